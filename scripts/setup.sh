@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what building and testing coffer needs on a fresh Debian machine that has only
+# Rust, gcc, python3 and pip: libclang (sequoia's nettle backend runs bindgen), nettle,
+# GnuPG 2.2 (interop tests) and zstd. Idempotent: installs only what is missing.
+set -euo pipefail
+need=()
+for pkg in libclang-dev nettle-dev pkg-config gnupg zstd; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "setup: installing ${need[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,496 @@
+//! `backup`: one source to one target, as one run.
+//!
+//! ```text
+//! walk ─► read, chunk, hash ─(bounded)─► packer: dedup, encrypt, pack, metafile
+//!   (main thread)                          │ sealed packs (bounded)
+//!                                          ▼
+//!                      uploader: create-only puts, bounded concurrency
+//!                                          │ acknowledgements
+//!                                          ▼
+//!                      packer records acknowledged chunks in the local index
+//! ```
+//! Invariant 1: the metafile is stored last, after every pack it references was
+//! acknowledged. Invariant 2: the index records a chunk only after its pack was
+//! acknowledged; chunks waiting for acknowledgement are deduplicated through an in-memory
+//! map whose size is bounded by the packs in flight.
+
+mod packer;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::{Config, SourceConfig, TargetConfig};
+use crate::crypto::load_recipients;
+use crate::error::{Error, Result};
+use crate::format::metafile::{Entry, Header, Kind};
+use crate::ids::{ChunkHash, RunId};
+use crate::index::{CachedFile, Index};
+use crate::progress::Progress;
+use crate::source::{self, IgnoreRules, Item, Names};
+use crate::store::Store;
+
+use packer::{Msg, Packer, PackerOutput};
+
+/// What a run did, in the spirit of duplicity's statistics.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct BackupStats {
+    /// Source name.
+    pub source: String,
+    /// Target name.
+    pub target: String,
+    /// Host name recorded in the run.
+    pub host: String,
+    /// The run's id (empty if the run failed).
+    pub run: String,
+    /// Regular files seen.
+    pub files: u64,
+    /// Files not in the digest cache.
+    pub files_new: u64,
+    /// Files in the cache but with another size, mtime, ctime or inode.
+    pub files_changed: u64,
+    /// Files taken from the cache without reading.
+    pub files_unchanged: u64,
+    /// Entries that could not be backed up (see `problems`).
+    pub files_skipped: u64,
+    /// Directories, symlinks, hard links, fifos and devices recorded.
+    pub other_entries: u64,
+    /// Sum of the sizes of the files in the run.
+    pub bytes_total: u64,
+    /// Bytes read from disk.
+    pub bytes_read: u64,
+    /// Chunks referenced by the run.
+    pub chunks: u64,
+    /// Chunks not stored before (encrypted and uploaded).
+    pub chunks_new: u64,
+    /// Plaintext bytes of the new chunks.
+    pub bytes_new: u64,
+    /// Bytes uploaded (packs, object list and metafile).
+    pub bytes_stored: u64,
+    /// Objects uploaded (packs, object list and metafile).
+    pub objects_stored: u64,
+    /// `bytes_total / bytes_new` (how much deduplication saved); 0 when nothing is new.
+    pub dedup_ratio: f64,
+    /// Wall-clock seconds.
+    pub elapsed_secs: f64,
+    /// `bytes_read / elapsed`, in bytes per second.
+    pub read_bytes_per_sec: f64,
+    /// Entries skipped or changed while read: path and reason (first 1000).
+    pub problems: Vec<String>,
+}
+
+const MAX_PROBLEMS: usize = 1000;
+
+impl BackupStats {
+    fn problem(&mut self, progress: &dyn Progress, message: String) {
+        progress.warn(&message);
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(message);
+        }
+    }
+}
+
+/// Backs up `source` to `target` as one new run.
+pub fn backup(
+    config: &Config,
+    source: &SourceConfig,
+    target: &TargetConfig,
+    progress: &dyn Progress,
+) -> Result<BackupStats> {
+    let started = Instant::now();
+    let start_time = chrono::Utc::now();
+    let run = RunId::new(start_time);
+    let encryptor = load_recipients(&source.recipients)?;
+    let store = Store::open(target, true)?;
+    let keyset = encryptor.fingerprints().join(",");
+    let reader_index = Index::open(&config.state_dir)?;
+    let target_id = reader_index.target_id(&target.url, &keyset)?;
+    let writer_index = Index::open(&config.state_dir)?;
+    let rules = IgnoreRules::new(&source.ignore)?;
+    let walker = source::walk(&source.path, source.one_file_system, rules)?;
+
+    let header = Header {
+        fields: vec![
+            ("host".into(), config.host.clone()),
+            ("source".into(), source.name.clone()),
+            ("run".into(), run.to_string()),
+            ("root".into(), source.path.to_string_lossy().into_owned()),
+            ("started".into(), start_time.to_rfc3339()),
+            (
+                "chunker".into(),
+                format!(
+                    "fastcdc-2020 {} {} {}",
+                    source.chunking.min, source.chunking.avg, source.chunking.max
+                ),
+            ),
+            ("recipients".into(), keyset),
+        ],
+    };
+    let mut stats = BackupStats {
+        source: source.name.clone(),
+        target: target.name.clone(),
+        host: config.host.clone(),
+        ..Default::default()
+    };
+    let tmp_dir = config.state_dir.join("tmp");
+    std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+    let metafile_tmp = tempfile::tempfile_in(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+
+    let packer = Packer::new(packer::PackerSetup {
+        encryptor: encryptor.clone(),
+        store: store.clone(),
+        index: writer_index,
+        target_id,
+        source: source.name.clone(),
+        header,
+        metafile: metafile_tmp,
+        pack_size: target.pack_size,
+        upload_concurrency: target.upload_concurrency,
+        racy_after_ns: start_time.timestamp_nanos_opt().unwrap_or(i64::MAX) - 2_000_000_000,
+    })?;
+    let (tx, rx) = sync_channel::<Msg>(8);
+    let packer_thread = std::thread::Builder::new()
+        .name("coffer-packer".into())
+        .spawn(move || packer.run(rx))
+        .map_err(|e| Error::Usage(format!("cannot start a thread: {e}")))?;
+
+    progress.phase(&format!("{} -> {}", source.name, target.name), None);
+    let mut walk = Walk {
+        source,
+        index: &reader_index,
+        target_id,
+        tx: &tx,
+        names: Names::default(),
+        hardlinks: HashMap::new(),
+        progress,
+        stats: &mut stats,
+    };
+    let walked = walk.run(walker);
+    drop(tx);
+    let packed = packer_thread
+        .join()
+        .map_err(|_| Error::Usage("internal error: the packer thread panicked".into()))?;
+    progress.done();
+    let output: PackerOutput = match (walked, packed) {
+        (_, Err(e)) => return Err(e),
+        (Err(e), Ok(_)) => return Err(e),
+        (Ok(()), Ok(out)) => out,
+    };
+    finish_run(&store, config, source, &run, output, &mut stats)?;
+    stats.run = run.to_string();
+    stats.elapsed_secs = started.elapsed().as_secs_f64();
+    stats.read_bytes_per_sec = stats.bytes_read as f64 / stats.elapsed_secs.max(1e-9);
+    stats.dedup_ratio = if stats.bytes_new == 0 {
+        0.0
+    } else {
+        stats.bytes_total as f64 / stats.bytes_new as f64
+    };
+    Ok(stats)
+}
+
+/// Uploads the object list, then the metafile: the run is committed by the last put.
+fn finish_run(
+    store: &Store,
+    config: &Config,
+    source: &SourceConfig,
+    run: &RunId,
+    output: PackerOutput,
+    stats: &mut BackupStats,
+) -> Result<()> {
+    stats.chunks = output.chunks;
+    stats.chunks_new = output.chunks_new;
+    stats.bytes_new = output.bytes_new;
+    stats.bytes_stored = output.bytes_stored;
+    stats.objects_stored = output.packs;
+    let mut refs = Vec::new();
+    crate::format::refs::write(&mut refs, output.referenced.iter().copied())
+        .map_err(|e| Error::io("object list", e))?;
+    let refs_path = crate::store::run_path(&config.host, &source.name, run, "refs");
+    let meta_path = crate::store::run_path(&config.host, &source.name, run, "meta");
+    stats.bytes_stored += refs.len() as u64;
+    store.put_create(&refs_path, refs.into())?;
+    let mut file = output.metafile;
+    let mut meta = Vec::new();
+    std::io::Seek::rewind(&mut file)
+        .and_then(|_| file.read_to_end(&mut meta))
+        .map_err(|e| Error::io("metafile (temporary)", e))?;
+    stats.bytes_stored += meta.len() as u64;
+    stats.objects_stored += 2;
+    if store.put_create(&meta_path, meta.into())? == crate::store::PutOutcome::AlreadyExists {
+        return Err(Error::Store {
+            target: store.name().to_string(),
+            message: format!("{meta_path} already exists; run ids must be unique"),
+        });
+    }
+    Ok(())
+}
+
+struct Walk<'a> {
+    source: &'a SourceConfig,
+    index: &'a Index,
+    target_id: i64,
+    tx: &'a SyncSender<Msg>,
+    names: Names,
+    hardlinks: HashMap<(u64, u64), Vec<u8>>,
+    progress: &'a dyn Progress,
+    stats: &'a mut BackupStats,
+}
+
+/// The packer hung up: it failed, and its error is what the caller will report.
+struct PackerGone;
+
+impl Walk<'_> {
+    fn send(&self, msg: Msg) -> std::result::Result<(), PackerGone> {
+        self.tx.send(msg).map_err(|_| PackerGone)
+    }
+
+    fn run(&mut self, walker: impl Iterator<Item = Result<Item>>) -> Result<()> {
+        for item in walker {
+            let item = match item {
+                Ok(i) => i,
+                Err(e) => {
+                    self.stats.files_skipped += 1;
+                    self.stats.problem(self.progress, format!("skipped {e}"));
+                    continue;
+                }
+            };
+            if self.entry(item).is_err() {
+                return Ok(()); // the packer's error is reported by the caller
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, item: Item) -> std::result::Result<(), PackerGone> {
+        let m = &item.metadata;
+        let ft = m.file_type();
+        let meta = self.names.meta(m);
+        let kind = if ft.is_file() {
+            return self.file(item, meta);
+        } else if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            match std::fs::read_link(&item.abs) {
+                Ok(t) => Kind::Symlink {
+                    target: std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()).to_vec(),
+                },
+                Err(e) => {
+                    self.skip(&item.abs, e);
+                    return Ok(());
+                }
+            }
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let rdev = m.rdev();
+            let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+            if ft.is_char_device() {
+                Kind::CharDev { major, minor }
+            } else {
+                Kind::BlockDev { major, minor }
+            }
+        } else {
+            // A socket: it cannot be restored meaningfully (tar skips them too).
+            self.stats.problem(
+                self.progress,
+                format!(
+                    "note: {} is a socket; sockets are not backed up",
+                    item.abs.display()
+                ),
+            );
+            return Ok(());
+        };
+        self.stats.other_entries += 1;
+        self.send(Msg::Entry(Entry {
+            path: item.rel,
+            kind,
+            meta,
+        }))
+    }
+
+    fn skip(&mut self, path: &std::path::Path, e: impl std::fmt::Display) {
+        self.stats.files_skipped += 1;
+        self.stats
+            .problem(self.progress, format!("skipped {}: {e}", path.display()));
+    }
+
+    fn file(
+        &mut self,
+        item: Item,
+        meta: crate::format::metafile::Meta,
+    ) -> std::result::Result<(), PackerGone> {
+        let m = &item.metadata;
+        let link_key = (m.dev(), m.ino());
+        if m.nlink() > 1 {
+            if let Some(first) = self.hardlinks.get(&link_key) {
+                self.stats.other_entries += 1;
+                return self.send(Msg::Entry(Entry {
+                    path: item.rel,
+                    kind: Kind::Hardlink {
+                        target: first.clone(),
+                    },
+                    meta,
+                }));
+            }
+        }
+        self.stats.files += 1;
+        self.progress.item(&item.abs.to_string_lossy());
+        let stamp = source::stamp(m);
+        let cached = match self
+            .index
+            .lookup_file(self.target_id, &self.source.name, &item.rel)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.progress.warn(&format!("digest cache: {e}"));
+                None
+            }
+        };
+        if let Some(c) = cached.as_ref().filter(|c| c.stamp == stamp) {
+            if let Some(chunks) = self.resolve(c) {
+                self.stats.files_unchanged += 1;
+                self.stats.bytes_total += stamp.size;
+                self.stats.chunks += chunks.len() as u64;
+                if m.nlink() > 1 {
+                    self.hardlinks.insert(link_key, item.rel.clone());
+                }
+                return self.send(Msg::Entry(Entry {
+                    path: item.rel,
+                    kind: Kind::File {
+                        size: stamp.size,
+                        hash: c.hash,
+                        chunks,
+                    },
+                    meta,
+                }));
+            }
+        }
+        if cached.is_some() {
+            self.stats.files_changed += 1;
+        } else {
+            self.stats.files_new += 1;
+        }
+        match self.read(&item)? {
+            Ok((size, hash, after)) => {
+                if after != stamp {
+                    self.stats.problem(
+                        self.progress,
+                        format!(
+                            "warning: {} changed while it was read; backed up as read",
+                            item.abs.display()
+                        ),
+                    );
+                }
+                self.stats.bytes_total += size;
+                if m.nlink() > 1 {
+                    self.hardlinks.insert(link_key, item.rel.clone());
+                }
+                let cache = (after == stamp).then_some(stamp);
+                self.send(Msg::FileEnd {
+                    entry: Entry {
+                        path: item.rel,
+                        kind: Kind::File {
+                            size,
+                            hash,
+                            chunks: Vec::new(),
+                        },
+                        meta,
+                    },
+                    stamp: cache,
+                })
+            }
+            Err(e) => {
+                self.send(Msg::FileAbort)?;
+                self.skip(&item.abs, e);
+                Ok(())
+            }
+        }
+    }
+
+    /// Every chunk of a cached file, if the index still lists them all.
+    fn resolve(&self, c: &CachedFile) -> Option<Vec<crate::format::metafile::ChunkRef>> {
+        c.chunks
+            .iter()
+            .map(|h| self.index.lookup_chunk(self.target_id, h).ok().flatten())
+            .collect()
+    }
+
+    /// Reads, chunks and hashes a file, sending its chunks to the packer. The outer
+    /// result is the packer hanging up; the inner one is this file's I/O.
+    #[allow(clippy::type_complexity)]
+    fn read(
+        &mut self,
+        item: &Item,
+    ) -> std::result::Result<
+        std::result::Result<(u64, ChunkHash, crate::index::FileStamp), std::io::Error>,
+        PackerGone,
+    > {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(
+                nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NOATIME.bits(),
+            )
+            .open(&item.abs)
+            .or_else(|_| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                    .open(&item.abs)
+            }) {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(e)),
+        };
+        let c = self.source.chunking;
+        let mut whole = blake3::Hasher::new();
+        let mut size = 0u64;
+        let reader = std::io::BufReader::with_capacity(1 << 20, &file);
+        for chunk in
+            fastcdc::v2020::StreamCDC::new(reader, c.min as usize, c.avg as usize, c.max as usize)
+        {
+            let chunk = match chunk {
+                Ok(ch) => ch,
+                Err(fastcdc::v2020::Error::IoError(e)) => return Ok(Err(e)),
+                Err(e) => return Ok(Err(std::io::Error::other(e.to_string()))),
+            };
+            whole.update(&chunk.data);
+            size += chunk.data.len() as u64;
+            self.stats.bytes_read += chunk.data.len() as u64;
+            self.progress.bytes(chunk.data.len() as u64);
+            let hash = ChunkHash::of(&chunk.data);
+            self.stats.chunks += 1;
+            self.send(Msg::Chunk {
+                hash,
+                data: chunk.data,
+            })?;
+        }
+        let after = match file.metadata() {
+            Ok(m) => source::stamp(&m),
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(Ok((size, whole.finalize().into(), after)))
+    }
+}
+
+/// Backs up every selected source to each of its targets. One target failing does not
+/// stop the others; each (source, target) pair gets its own result.
+pub fn backup_all(
+    config: &Config,
+    sources: &[&SourceConfig],
+    progress: &dyn Progress,
+) -> Vec<(String, String, Result<BackupStats>)> {
+    let mut results = Vec::new();
+    for source in sources {
+        for target_name in &source.targets {
+            let result = config
+                .target(target_name)
+                .and_then(|t| backup(config, source, &t, progress));
+            results.push((source.name.clone(), target_name.clone(), result));
+        }
+    }
+    results
+}

@@ -1,0 +1,398 @@
+//! The packer thread: dedup, encryption, packing, metafile writing, and recording
+//! acknowledged packs in the local index.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::BufWriter;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::ObjectStore;
+
+use crate::crypto::{Encryptor, MessageWriter, PackSession};
+use crate::error::{Error, Result};
+use crate::format::metafile::{self, ChunkRef, Encoding, Entry, Header, Kind};
+use crate::ids::{ChunkHash, ObjectKey};
+use crate::index::{CachedFile, FileStamp, Index};
+use crate::store::{self, Store};
+
+/// Marks a chunk in the pack still being filled; replaced by the pack's key when sealed.
+const OPEN_PACK: ObjectKey = ObjectKey([0; 32]);
+
+/// From the walking thread to the packer, in walk order.
+pub(super) enum Msg {
+    /// A chunk of the file being read.
+    Chunk { hash: ChunkHash, data: Vec<u8> },
+    /// The file being read is complete; its chunks are the `Chunk`s since the last end.
+    FileEnd {
+        entry: Entry,
+        stamp: Option<FileStamp>,
+    },
+    /// The file being read failed: forget its chunks.
+    FileAbort,
+    /// A complete entry (not a file being read).
+    Entry(Entry),
+}
+
+pub(super) struct PackerSetup {
+    pub encryptor: Encryptor,
+    pub store: Store,
+    pub index: Index,
+    pub target_id: i64,
+    pub source: String,
+    pub header: Header,
+    pub metafile: std::fs::File,
+    pub pack_size: u64,
+    pub upload_concurrency: usize,
+    /// Files modified after this (ns) are not cached: they may change again within the
+    /// file system's timestamp granularity.
+    pub racy_after_ns: i64,
+}
+
+pub(super) struct PackerOutput {
+    pub metafile: std::fs::File,
+    pub referenced: BTreeSet<ObjectKey>,
+    pub chunks: u64,
+    pub chunks_new: u64,
+    pub bytes_new: u64,
+    pub bytes_stored: u64,
+    pub packs: u64,
+}
+
+struct SealedPack {
+    key: ObjectKey,
+    bytes: Bytes,
+    chunks: Vec<ChunkRef>,
+}
+
+type MetaWriter = metafile::Writer<BufWriter<MessageWriter<'static>>>;
+
+pub(super) struct Packer {
+    setup_encryptor: Encryptor,
+    store: Store,
+    index: Index,
+    target_id: i64,
+    source: String,
+    pack_size: u64,
+    upload_concurrency: usize,
+    racy_after_ns: i64,
+    writer: MetaWriter,
+    metafile: std::fs::File,
+    session: PackSession,
+    pack: Vec<u8>,
+    pack_chunks: Vec<ChunkRef>,
+    /// Chunks not yet acknowledged: in the open pack (object = OPEN_PACK) or in flight.
+    pending: HashMap<ChunkHash, ChunkRef>,
+    /// Entries waiting for the open pack to be sealed, in order.
+    queued: Vec<Entry>,
+    cache_rows: Vec<(Vec<u8>, CachedFile)>,
+    file_chunks: Vec<ChunkRef>,
+    referenced: BTreeSet<ObjectKey>,
+    out: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    chunks: u64,
+    chunks_new: u64,
+    bytes_new: u64,
+    bytes_stored: u64,
+    packs: u64,
+}
+
+impl Packer {
+    pub(super) fn new(s: PackerSetup) -> Result<Packer> {
+        let metafile = s.metafile;
+        let sink = metafile
+            .try_clone()
+            .map_err(|e| Error::io("metafile (temporary)", e))?;
+        let enc = s.encryptor.message_writer(sink)?;
+        let writer = metafile::Writer::new(BufWriter::with_capacity(1 << 16, enc), &s.header)
+            .map_err(|e| Error::io("metafile (temporary)", e))?;
+        Ok(Packer {
+            session: s.encryptor.session()?,
+            setup_encryptor: s.encryptor,
+            store: s.store,
+            index: s.index,
+            target_id: s.target_id,
+            source: s.source,
+            pack_size: s.pack_size,
+            upload_concurrency: s.upload_concurrency,
+            racy_after_ns: s.racy_after_ns,
+            writer,
+            metafile,
+            pack: Vec::new(),
+            pack_chunks: Vec::new(),
+            pending: HashMap::new(),
+            queued: Vec::new(),
+            cache_rows: Vec::new(),
+            file_chunks: Vec::new(),
+            referenced: BTreeSet::new(),
+            out: Counters::default(),
+        })
+    }
+
+    /// Runs until the walking thread hangs up, then flushes everything.
+    pub(super) fn run(mut self, rx: Receiver<Msg>) -> Result<PackerOutput> {
+        let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(2);
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Vec<ChunkRef>>();
+        let uploader = {
+            let store = self.store.object_store();
+            let target = self.store.name().to_string();
+            let concurrency = self.upload_concurrency;
+            std::thread::Builder::new()
+                .name("coffer-upload".into())
+                .spawn(move || upload(store, target, concurrency, pack_rx, ack_tx))
+                .map_err(|e| Error::Usage(format!("cannot start a thread: {e}")))?
+        };
+        let result = self.consume(&rx, &pack_tx, &ack_rx);
+        drop(pack_tx);
+        let uploaded = uploader
+            .join()
+            .map_err(|_| Error::Usage("internal error: the upload thread panicked".into()))?;
+        // An upload error explains a failed send, so it takes precedence.
+        let uploaded = uploaded?;
+        result?;
+        for chunks in ack_rx.iter() {
+            self.acknowledged(chunks)?;
+        }
+        self.out.bytes_stored = uploaded.bytes;
+        self.out.packs = uploaded.created;
+        self.flush_cache()?;
+        let (buffered, _) = self
+            .writer
+            .finish()
+            .map_err(|e| Error::io("metafile (temporary)", e))?;
+        let enc = buffered
+            .into_inner()
+            .map_err(|e| Error::io("metafile (temporary)", e.into_error()))?;
+        enc.finish()?;
+        Ok(PackerOutput {
+            metafile: self.metafile,
+            referenced: self.referenced,
+            chunks: self.out.chunks,
+            chunks_new: self.out.chunks_new,
+            bytes_new: self.out.bytes_new,
+            bytes_stored: self.out.bytes_stored,
+            packs: self.out.packs,
+        })
+    }
+
+    fn consume(
+        &mut self,
+        rx: &Receiver<Msg>,
+        pack_tx: &tokio::sync::mpsc::Sender<SealedPack>,
+        ack_rx: &Receiver<Vec<ChunkRef>>,
+    ) -> Result<()> {
+        for msg in rx.iter() {
+            while let Ok(chunks) = ack_rx.try_recv() {
+                self.acknowledged(chunks)?;
+            }
+            match msg {
+                Msg::Chunk { hash, data } => self.chunk(hash, &data)?,
+                Msg::FileAbort => self.file_chunks.clear(),
+                Msg::FileEnd { mut entry, stamp } => {
+                    let chunks = std::mem::take(&mut self.file_chunks);
+                    if let (Some(stamp), Kind::File { hash, .. }) = (stamp, &entry.kind) {
+                        if stamp.mtime_ns < self.racy_after_ns {
+                            let row = CachedFile {
+                                stamp,
+                                hash: *hash,
+                                chunks: chunks.iter().map(|c| c.hash).collect(),
+                            };
+                            self.cache_rows.push((entry.path.clone(), row));
+                        }
+                    }
+                    if let Kind::File { chunks: c, .. } = &mut entry.kind {
+                        *c = chunks;
+                    }
+                    self.emit(entry)?;
+                }
+                Msg::Entry(entry) => {
+                    if let Kind::File { chunks, .. } = &entry.kind {
+                        self.out.chunks += chunks.len() as u64;
+                    }
+                    self.emit(entry)?
+                }
+            }
+            if self.pack.len() as u64 >= self.pack_size {
+                self.seal(pack_tx)?;
+            }
+            if self.cache_rows.len() >= 4096 {
+                self.flush_cache()?;
+            }
+        }
+        if !self.pack.is_empty() {
+            self.seal(pack_tx)?;
+        }
+        Ok(())
+    }
+
+    fn chunk(&mut self, hash: ChunkHash, data: &[u8]) -> Result<()> {
+        self.out.chunks += 1;
+        let known = match self.pending.get(&hash) {
+            Some(c) => Some(c.clone()),
+            None => self.index.lookup_chunk(self.target_id, &hash)?,
+        };
+        let location = match known {
+            Some(c) => c,
+            None => {
+                let offset = self.pack.len() as u64;
+                self.session.encrypt_into(data, &mut self.pack)?;
+                let c = ChunkRef {
+                    object: OPEN_PACK,
+                    offset,
+                    length: self.pack.len() as u64 - offset,
+                    size: data.len() as u64,
+                    hash,
+                    encoding: Encoding::Raw,
+                };
+                self.out.chunks_new += 1;
+                self.out.bytes_new += data.len() as u64;
+                self.pending.insert(hash, c.clone());
+                self.pack_chunks.push(c.clone());
+                c
+            }
+        };
+        self.file_chunks.push(location);
+        Ok(())
+    }
+
+    /// Writes `entry` to the metafile, or queues it behind entries that wait for the
+    /// open pack (the metafile keeps walk order).
+    fn emit(&mut self, entry: Entry) -> Result<()> {
+        let waits = match &entry.kind {
+            Kind::File { chunks, .. } => chunks.iter().any(|c| c.object == OPEN_PACK),
+            _ => false,
+        };
+        if waits || !self.queued.is_empty() {
+            self.queued.push(entry);
+            Ok(())
+        } else {
+            self.write(&entry)
+        }
+    }
+
+    fn write(&mut self, entry: &Entry) -> Result<()> {
+        if let Kind::File { chunks, .. } = &entry.kind {
+            self.referenced.extend(chunks.iter().map(|c| c.object));
+        }
+        self.writer
+            .entry(entry)
+            .map_err(|e| Error::io("metafile (temporary)", e))
+    }
+
+    /// Closes the open pack: names it, resolves everything that pointed into it, writes
+    /// the queued entries and hands the pack to the uploader.
+    fn seal(&mut self, pack_tx: &tokio::sync::mpsc::Sender<SealedPack>) -> Result<()> {
+        let bytes = Bytes::from(std::mem::take(&mut self.pack));
+        let key = ObjectKey::of(&bytes);
+        let fix = |c: &mut ChunkRef| {
+            if c.object == OPEN_PACK {
+                c.object = key;
+            }
+        };
+        let mut chunks = std::mem::take(&mut self.pack_chunks);
+        chunks.iter_mut().for_each(fix);
+        for c in &chunks {
+            if let Some(p) = self.pending.get_mut(&c.hash) {
+                fix(p);
+            }
+        }
+        self.file_chunks.iter_mut().for_each(fix);
+        let mut queued = std::mem::take(&mut self.queued);
+        for entry in &mut queued {
+            if let Kind::File { chunks, .. } = &mut entry.kind {
+                chunks.iter_mut().for_each(fix);
+            }
+            self.write(entry)?;
+        }
+        self.session = self.setup_encryptor.session()?;
+        pack_tx
+            .blocking_send(SealedPack { key, bytes, chunks })
+            .map_err(|_| Error::Store {
+                target: self.store.name().to_string(),
+                message: "the upload stopped".into(),
+            })
+    }
+
+    fn acknowledged(&mut self, chunks: Vec<ChunkRef>) -> Result<()> {
+        self.index.record_chunks(self.target_id, &chunks)?;
+        for c in &chunks {
+            if self
+                .pending
+                .get(&c.hash)
+                .is_some_and(|p| p.object == c.object)
+            {
+                self.pending.remove(&c.hash);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_cache(&mut self) -> Result<()> {
+        if !self.cache_rows.is_empty() {
+            let rows = std::mem::take(&mut self.cache_rows);
+            self.index
+                .record_files(self.target_id, &self.source, &rows)?;
+        }
+        Ok(())
+    }
+}
+
+struct Uploaded {
+    bytes: u64,
+    created: u64,
+}
+
+/// Uploads sealed packs with create-only puts, at most `concurrency` at once, and
+/// reports each acknowledged pack's chunks. Stops at the first failure.
+fn upload(
+    store: Arc<dyn ObjectStore>,
+    target: String,
+    concurrency: usize,
+    mut packs: tokio::sync::mpsc::Receiver<SealedPack>,
+    acks: std::sync::mpsc::Sender<Vec<ChunkRef>>,
+) -> Result<Uploaded> {
+    store::runtime().block_on(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut done = Uploaded {
+            bytes: 0,
+            created: 0,
+        };
+        let mut collect = |r: std::result::Result<Result<(u64, bool)>, tokio::task::JoinError>| {
+            let (bytes, created) = r.map_err(|e| Error::Store {
+                target: target.clone(),
+                message: format!("upload task failed: {e}"),
+            })??;
+            if created {
+                done.bytes += bytes;
+                done.created += 1;
+            }
+            Ok::<(), Error>(())
+        };
+        while let Some(pack) = packs.recv().await {
+            while tasks.len() >= concurrency {
+                if let Some(r) = tasks.join_next().await {
+                    collect(r)?;
+                }
+            }
+            let store = store.clone();
+            let acks = acks.clone();
+            let target = target.clone();
+            tasks.spawn(async move {
+                let path = store::data_path(&pack.key);
+                let len = pack.bytes.len() as u64;
+                let outcome = store::put_create(&*store, &path, pack.bytes)
+                    .await
+                    .map_err(|e| store::map_store_error(&target, &path, "create", e))?;
+                let _ = acks.send(pack.chunks);
+                Ok((len, outcome == store::PutOutcome::Created))
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            collect(r)?;
+        }
+        Ok(done)
+    })
+}

@@ -1,0 +1,151 @@
+//! Command-line arguments (clap). Mapped into library options in `mod.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0  everything was done
+  1  an error stopped the command (bad config, unreachable target, wrong key, ...)
+  2  the command line was wrong
+  3  done, but some files were skipped or could not be backed up or restored
+     (each is named on standard error and in --json output)
+
+Environment:
+  COFFER_CONFIG      config file when -c is not given
+                     (default: $XDG_CONFIG_HOME/coffer/config.toml)
+  COFFER_PASSPHRASE  passphrase of the secret key (keygen, restore)
+
+Quick start:
+  coffer keygen --out /root/keys --name admin      # keep admin.key.asc off the host
+  cp /root/keys/admin.pub.asc /etc/coffer/         # the host needs only the public key
+  coffer backup -c /etc/coffer/config.toml         # from cron: quiet unless something fails
+  coffer runs -c /etc/coffer/config.toml
+  coffer restore -c /etc/coffer/config.toml --key admin.key.asc --source home --to /tmp/r";
+
+/// Encrypted, deduplicated, incremental off-site backups.
+///
+/// Sources are split into content-defined chunks, deduplicated, encrypted to OpenPGP
+/// public keys and stored in packs on the targets. The host that backs up needs only the
+/// recipients' public certificates; restoring needs a secret key.
+#[derive(Debug, Parser)]
+#[command(name = "coffer", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Config file [default: $COFFER_CONFIG, else $XDG_CONFIG_HOME/coffer/config.toml]
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make an OpenPGP key pair: NAME.pub.asc for the hosts, NAME.key.asc for restoring.
+    ///
+    /// The key is an OpenPGP v4 key that GnuPG 2.2 imports (`gpg --import`). Keep the
+    /// secret key (NAME.key.asc) away from the hosts that back up.
+    Keygen(KeygenArgs),
+    /// Back up the sources named (default: every source in the config) to their targets.
+    ///
+    /// Needs only the recipients' public certificates and create rights on the targets.
+    /// Unchanged files (same size, mtime, ctime, inode) are not read again; only new
+    /// chunks are encrypted and uploaded. A failing target does not stop the others.
+    Backup(BackupArgs),
+    /// List the runs stored on a target. Needs no key.
+    Runs(RunsArgs),
+    /// Restore a run (the newest of a source, a given run, or a metafile on disk).
+    ///
+    /// Every chunk and file is checked against its BLAKE3. Files that cannot be restored
+    /// are named and the exit status is 3; everything else is restored. Existing files are
+    /// not overwritten unless --overwrite is given.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Directory to write the key files into (created if missing)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Base name of the key files, also the key's user id
+    #[arg(long, default_value = "coffer")]
+    pub name: String,
+    /// Make an RSA key of this size (3072 or 4096) instead of Ed25519/Cv25519
+    #[arg(long, value_name = "BITS", value_parser = ["3072", "4096"])]
+    pub rsa: Option<String>,
+    /// Leave the secret key unprotected (for tests and throwaway keys only)
+    #[arg(long)]
+    pub no_passphrase: bool,
+    /// Read the passphrase from the first line of this file
+    #[arg(long, value_name = "FILE", conflicts_with = "no_passphrase")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Sources to back up [default: all]
+    #[arg(value_name = "SOURCE")]
+    pub sources: Vec<String>,
+    /// Print the statistics as one JSON object on standard output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Target name from the config, or a target URL [default: every target]
+    #[arg(long, value_name = "T")]
+    pub target: Option<String>,
+    /// Only runs of this source
+    #[arg(long, value_name = "S")]
+    pub source: Option<String>,
+    /// Only runs made by this host
+    #[arg(long, value_name = "H")]
+    pub host: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Secret key file (from `coffer keygen`, or `gpg --export-secret-keys --armor`)
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Read the key's passphrase from the first line of this file
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Target name from the config, or a target URL [default: the source's only target]
+    #[arg(long, value_name = "T")]
+    pub target: Option<String>,
+    /// Restore the newest run of this source (or --run)
+    #[arg(
+        long,
+        value_name = "S",
+        required_unless_present = "index",
+        conflicts_with = "index"
+    )]
+    pub source: Option<String>,
+    /// Restore this run (see `coffer runs`)
+    #[arg(long, value_name = "ID", requires = "source")]
+    pub run: Option<String>,
+    /// Only consider runs made by this host
+    #[arg(long, value_name = "H", requires = "source")]
+    pub host: Option<String>,
+    /// Restore from a metafile on disk (as stored, or decrypted with gpg -d)
+    #[arg(long, value_name = "FILE")]
+    pub index: Option<PathBuf>,
+    /// Destination directory
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Replace files that already exist in the destination
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print the statistics as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Restore only these paths (relative to the source root) and what is below them
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}

@@ -1,0 +1,326 @@
+//! The command line: parse, call one library function, render the result.
+
+mod args;
+mod output;
+
+use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use coffer::{Config, MetafileSource, RestoreOptions, Store, TargetConfig};
+use zeroize::Zeroizing;
+
+use args::{BackupArgs, Cli, Command, KeygenArgs, RestoreArgs, RunsArgs};
+use output::Bar;
+
+/// Everything done.
+const EXIT_OK: u8 = 0;
+/// An error stopped the command.
+const EXIT_ERROR: u8 = 1;
+/// Done, but some files were skipped or failed.
+const EXIT_PARTIAL: u8 = 3;
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let name = match &cli.command {
+        Command::Keygen(_) => "keygen",
+        Command::Backup(_) => "backup",
+        Command::Runs(_) => "runs",
+        Command::Restore(_) => "restore",
+    };
+    let result = match cli.command {
+        Command::Keygen(a) => keygen(a),
+        Command::Backup(a) => backup(cli.config.as_deref(), a),
+        Command::Runs(a) => runs(cli.config.as_deref(), a),
+        Command::Restore(a) => restore(cli.config.as_deref(), a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::from(EXIT_OK);
+            }
+            eprintln!("coffer {name}: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn load_config(explicit: Option<&Path>) -> Result<Config> {
+    let path = coffer::config_path(explicit)?;
+    Ok(Config::load(&path)?)
+}
+
+/// Reads a passphrase: from `file`, else `COFFER_PASSPHRASE`, else a prompt on the terminal.
+fn passphrase(file: Option<&Path>, prompt: &str, confirm: bool) -> Result<Zeroizing<String>> {
+    if let Some(f) = file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("passphrase file {}", f.display()))?,
+        );
+        let line = text.lines().next().unwrap_or("");
+        if line.is_empty() {
+            bail!("passphrase file {} is empty", f.display());
+        }
+        return Ok(Zeroizing::new(line.to_string()));
+    }
+    if let Ok(p) = std::env::var("COFFER_PASSPHRASE") {
+        if !p.is_empty() {
+            return Ok(Zeroizing::new(p));
+        }
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "a passphrase is needed and there is no terminal to ask on: use \
+             --passphrase-file FILE or COFFER_PASSPHRASE"
+        );
+    }
+    let first = Zeroizing::new(rpassword::prompt_password(prompt)?);
+    if confirm {
+        let again = Zeroizing::new(rpassword::prompt_password("Repeat the passphrase: ")?);
+        if *first != *again {
+            bail!("the passphrases differ");
+        }
+    }
+    if first.is_empty() {
+        bail!("empty passphrase; use --no-passphrase if you really want no protection");
+    }
+    Ok(first)
+}
+
+fn keygen(a: KeygenArgs) -> Result<u8> {
+    let algorithm = match a.rsa.as_deref() {
+        Some("3072") => coffer::KeyAlgorithm::Rsa3072,
+        Some("4096") => coffer::KeyAlgorithm::Rsa4096,
+        _ => coffer::KeyAlgorithm::Cv25519,
+    };
+    if a.name.is_empty() || a.name.contains('/') {
+        bail!("--name must be a plain file name");
+    }
+    let public = a.out.join(format!("{}.pub.asc", a.name));
+    let secret = a.out.join(format!("{}.key.asc", a.name));
+    for p in [&public, &secret] {
+        if p.exists() {
+            bail!(
+                "{} already exists; choose another --name or --out",
+                p.display()
+            );
+        }
+    }
+    let pass = if a.no_passphrase {
+        None
+    } else {
+        Some(passphrase(
+            a.passphrase_file.as_deref(),
+            "Passphrase for the new secret key: ",
+            true,
+        )?)
+    };
+    let key = coffer::generate_key(&a.name, algorithm, pass.as_deref().map(|s| s.as_str()))?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    write_new(&public, &key.public_armored, 0o644)?;
+    write_new(&secret, &key.secret_armored, 0o600)?;
+    println!("fingerprint {}", key.fingerprint);
+    println!(
+        "public key  {}  (copy to the hosts that back up)",
+        public.display()
+    );
+    println!(
+        "secret key  {}  (keep it off those hosts; needed to restore)",
+        secret.display()
+    );
+    Ok(EXIT_OK)
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn backup(config: Option<&Path>, a: BackupArgs) -> Result<u8> {
+    let config = load_config(config)?;
+    let sources = config.select_sources(&a.sources)?;
+    let bar = Bar::new("backup", a.json);
+    let results = coffer::backup_all(&config, &sources, &bar);
+    let mut code = EXIT_OK;
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for (source, target, r) in results {
+        match r {
+            Ok(stats) => {
+                if stats.files_skipped > 0 && code == EXIT_OK {
+                    code = EXIT_PARTIAL;
+                }
+                if !a.json {
+                    print!("{}", output::backup_summary(&stats));
+                }
+                ok.push(stats);
+            }
+            Err(e) => {
+                code = EXIT_ERROR;
+                eprintln!("coffer backup: {source} -> {target}: FAILED: {e}");
+                failed.push(serde_json::json!({
+                    "source": source, "target": target, "error": e.to_string()
+                }));
+            }
+        }
+    }
+    if a.json {
+        let out = serde_json::json!({ "runs": ok, "failed": failed, "exit_status": code });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if !failed.is_empty() {
+        eprintln!(
+            "coffer backup: {} of {} backups failed (see above)",
+            failed.len(),
+            failed.len() + ok.len()
+        );
+    }
+    Ok(code)
+}
+
+/// The targets a read command works on: a URL needs no config.
+fn read_targets(
+    config: Option<&Path>,
+    target: Option<&str>,
+) -> Result<(Option<Config>, Vec<TargetConfig>)> {
+    if let Some(t) = target.filter(|t| t.contains("://")) {
+        let cfg = load_config(config).ok();
+        return Ok((cfg, vec![TargetConfig::from_url(t)?]));
+    }
+    let cfg = load_config(config)?;
+    let targets = match target {
+        Some(t) => vec![cfg.target(t)?],
+        None => cfg.targets.values().cloned().collect(),
+    };
+    Ok((Some(cfg), targets))
+}
+
+fn runs(config: Option<&Path>, a: RunsArgs) -> Result<u8> {
+    let (_, targets) = read_targets(config, a.target.as_deref())?;
+    let mut all = Vec::new();
+    for t in &targets {
+        let store = Store::open(t, false)?;
+        for r in store.list_runs()? {
+            if a.source.as_ref().is_some_and(|s| *s != r.source)
+                || a.host.as_ref().is_some_and(|h| *h != r.host)
+            {
+                continue;
+            }
+            all.push((t.name.clone(), r));
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let list: Vec<_> = all
+            .iter()
+            .map(|(t, r)| {
+                serde_json::json!({"target": t, "host": r.host, "source": r.source,
+                "run": r.id, "time": r.time, "metafile_bytes": r.metafile_bytes})
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+    } else {
+        writeln!(
+            out,
+            "{:<12} {:<16} {:<12} {:<26} TIME",
+            "TARGET", "HOST", "SOURCE", "RUN"
+        )?;
+        for (t, r) in &all {
+            writeln!(
+                out,
+                "{:<12} {:<16} {:<12} {:<26} {}",
+                t, r.host, r.source, r.id, r.time
+            )?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
+    let target = restore_target(config, &a)?;
+    let store = Store::open(&target, false)?;
+    let source = match (&a.index, &a.source) {
+        (Some(file), _) => MetafileSource::File(file.clone()),
+        (None, Some(s)) => MetafileSource::Run {
+            host: a.host.clone(),
+            source: s.clone(),
+            id: a.run.as_deref().map(str::parse).transpose()?,
+        },
+        (None, None) => bail!("give --source S (with --run ID) or --index FILE"),
+    };
+    let pass_file = a.passphrase_file.clone();
+    let decryptor = coffer::load_secret_keys(&a.key, &mut || {
+        passphrase(
+            pass_file.as_deref(),
+            "Passphrase for the secret key: ",
+            false,
+        )
+        .map_err(|e| coffer::Error::Usage(e.to_string()))
+    })?;
+    let mut opts = RestoreOptions::new(&a.to);
+    opts.overwrite = a.overwrite;
+    opts.paths = a
+        .paths
+        .iter()
+        .map(|p| {
+            let b = p.as_os_str().as_bytes();
+            let b = b.strip_prefix(b"./").unwrap_or(b);
+            b.strip_suffix(b"/").unwrap_or(b).to_vec()
+        })
+        .collect();
+    let bar = Bar::new("restore", a.json);
+    let stats = coffer::restore(&store, &source, &decryptor, &opts, &bar)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        print!("{}", output::restore_summary(&stats));
+    }
+    Ok(if stats.failed > 0 {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
+}
+
+fn restore_target(config: Option<&Path>, a: &RestoreArgs) -> Result<TargetConfig> {
+    if let Some(t) = a.target.as_deref().filter(|t| t.contains("://")) {
+        return Ok(TargetConfig::from_url(t)?);
+    }
+    let cfg = load_config(config)?;
+    if let Some(t) = &a.target {
+        return Ok(cfg.target(t)?);
+    }
+    let candidates: Vec<String> = match a.source.as_ref().and_then(|s| cfg.sources.get(s)) {
+        Some(s) => s.targets.clone(),
+        None => cfg.targets.keys().cloned().collect(),
+    };
+    match candidates.as_slice() {
+        [one] => Ok(cfg.target(one)?),
+        [] => Err(anyhow!(
+            "no target in {}; give --target",
+            cfg.file.display()
+        )),
+        many => Err(anyhow!(
+            "several targets ({}); choose one with --target",
+            many.join(", ")
+        )),
+    }
+}

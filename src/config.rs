@@ -1,0 +1,596 @@
+//! The configuration file: TOML parsed into [`RawConfig`], then validated into [`Config`].
+//!
+//! Every problem is reported with the file and line and what to write instead. Relative
+//! paths in the file are taken relative to the file's own directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+
+/// Smallest allowed chunk bounds (fastcdc limits).
+const CHUNK_MIN_FLOOR: u64 = 64;
+const CHUNK_MAX_CEIL: u64 = 1 << 30;
+
+/// Default chunk sizes: 256 KiB / 1 MiB / 4 MiB.
+pub const DEFAULT_CHUNKING: Chunking = Chunking {
+    min: 256 * 1024,
+    avg: 1024 * 1024,
+    max: 4 * 1024 * 1024,
+};
+
+/// Default pack size: chunks are packed into objects of about this many bytes.
+pub const DEFAULT_PACK_SIZE: u64 = 16 * 1024 * 1024;
+
+/// Default number of concurrent uploads per target.
+pub const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
+
+/// A byte size: an integer or a string such as "256KiB", "4MiB", "1M".
+#[derive(Debug, Clone, Copy)]
+struct Size(u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Text(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses "123", "64KiB", "4 MiB", "1M", "2G" (binary multiples).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. 1048576, \"1MiB\" or \"256KiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit; use B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// The file as written (see `config.example.toml` for every key).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    host: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    source: BTreeMap<Spanned<String>, RawSource>,
+    #[serde(default)]
+    target: BTreeMap<Spanned<String>, RawTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    path: Spanned<String>,
+    recipients: Spanned<Vec<Spanned<String>>>,
+    targets: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    ignore: Vec<Spanned<String>>,
+    #[serde(default)]
+    one_file_system: bool,
+    chunk_min: Option<Spanned<Size>>,
+    chunk_avg: Option<Spanned<Size>>,
+    chunk_max: Option<Spanned<Size>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    url: Spanned<String>,
+    pack_size: Option<Spanned<Size>>,
+    upload_concurrency: Option<Spanned<usize>>,
+}
+
+/// FastCDC bounds, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunking {
+    /// Minimum chunk size.
+    pub min: u32,
+    /// Average (target) chunk size.
+    pub avg: u32,
+    /// Maximum chunk size.
+    pub max: u32,
+}
+
+/// A validated source.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SourceConfig {
+    /// The section name, `[source.NAME]`.
+    pub name: String,
+    /// Absolute path of the tree to back up.
+    pub path: PathBuf,
+    /// Certificate files of the recipients (absolute).
+    pub recipients: Vec<PathBuf>,
+    /// Names of the targets this source goes to.
+    pub targets: Vec<String>,
+    /// Ignore patterns (glob; see `config.example.toml`).
+    pub ignore: Vec<String>,
+    /// Stay on the file system `path` is on.
+    pub one_file_system: bool,
+    /// Chunk size bounds.
+    pub chunking: Chunking,
+}
+
+/// A validated target.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TargetConfig {
+    /// The section name, `[target.NAME]`.
+    pub name: String,
+    /// The target's URL (no credentials in it).
+    pub url: String,
+    /// Pack size in bytes.
+    pub pack_size: u64,
+    /// Concurrent uploads.
+    pub upload_concurrency: usize,
+}
+
+impl TargetConfig {
+    /// A target given only by URL (e.g. `restore --target file:///mnt/usb/coffer`).
+    pub fn from_url(url: &str) -> Result<Self> {
+        check_url(url).map_err(Error::Usage)?;
+        Ok(TargetConfig {
+            name: url.to_string(),
+            url: url.to_string(),
+            pack_size: DEFAULT_PACK_SIZE,
+            upload_concurrency: DEFAULT_UPLOAD_CONCURRENCY,
+        })
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Where the file was read from.
+    pub file: PathBuf,
+    /// Host name recorded in runs.
+    pub host: String,
+    /// Local state (SQLite index).
+    pub state_dir: PathBuf,
+    /// Sources by name, in name order.
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Targets by name.
+    pub targets: BTreeMap<String, TargetConfig>,
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|&b| b == b'\n')
+            .count()
+            + 1
+    }
+    fn err<T>(&self, span: std::ops::Range<usize>, msg: impl std::fmt::Display) -> Result<T> {
+        Err(Error::Config(format!(
+            "{}:{}: {msg}",
+            self.file.display(),
+            self.line(span.start)
+        )))
+    }
+    fn path(&self, s: &Spanned<String>) -> Result<PathBuf> {
+        let p = Path::new(s.get_ref());
+        if s.get_ref().is_empty() {
+            return self.err(s.span(), "empty path");
+        }
+        if p.is_absolute() {
+            Ok(p.to_path_buf())
+        } else {
+            let base = self.file.parent().unwrap_or(Path::new("."));
+            Ok(absolute(&base.join(p)))
+        }
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn check_url(url: &str) -> std::result::Result<(), String> {
+    match url.split_once("://") {
+        Some(("file", rest)) if rest.starts_with('/') => Ok(()),
+        Some(("file", _)) => Err(format!(
+            "{url:?}: a file URL needs an absolute path, e.g. file:///mnt/usb/coffer"
+        )),
+        Some((scheme, _)) => Err(format!(
+            "{url:?}: unsupported scheme {scheme:?}; this version supports file:///PATH"
+        )),
+        None => Err(format!(
+            "{url:?} is not a URL; write e.g. url = \"file:///mnt/usb/coffer\""
+        )),
+    }
+}
+
+impl Config {
+    /// Parses and validates configuration text; `file` is used for messages and to
+    /// resolve relative paths.
+    pub fn parse(text: &str, file: &Path) -> Result<Config> {
+        let file = absolute(file);
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| {
+                text[..s.start.min(text.len())]
+                    .bytes()
+                    .filter(|&b| b == b'\n')
+                    .count()
+                    + 1
+            });
+            let msg = e.message().replace('`', "");
+            match line {
+                Some(l) => Error::Config(format!("{}:{l}: {msg}", file.display())),
+                None => Error::Config(format!("{}: {msg}", file.display())),
+            }
+        })?;
+        let ctx = Ctx { file: &file, text };
+        Self::validate(raw, &ctx)
+    }
+
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read config {}: {e} (give one with -c FILE or COFFER_CONFIG; \
+                 config.example.toml documents every key)",
+                path.display()
+            ))
+        })?;
+        Self::parse(&text, path)
+    }
+
+    fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config> {
+        let host = match raw.host {
+            Some(h) if h.get_ref().trim().is_empty() => {
+                return ctx.err(
+                    h.span(),
+                    "host is empty; remove it to use the system's name",
+                )
+            }
+            Some(h) => h.into_inner(),
+            None => hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".to_string()),
+        };
+        let state_dir = match &raw.state_dir {
+            Some(s) => ctx.path(s)?,
+            None => default_state_dir()?,
+        };
+        let mut targets = BTreeMap::new();
+        for (name, t) in raw.target {
+            if !valid_name(name.get_ref()) {
+                return ctx.err(name.span(), bad_name("target", name.get_ref()));
+            }
+            if let Err(msg) = check_url(t.url.get_ref()) {
+                return ctx.err(t.url.span(), msg);
+            }
+            let pack_size = match t.pack_size {
+                Some(s) if s.get_ref().0 < 1 << 20 || s.get_ref().0 > 1 << 30 => {
+                    return ctx.err(s.span(), "pack_size must be between \"1MiB\" and \"1GiB\"")
+                }
+                Some(s) => s.get_ref().0,
+                None => DEFAULT_PACK_SIZE,
+            };
+            let upload_concurrency = match t.upload_concurrency {
+                Some(c) if *c.get_ref() == 0 || *c.get_ref() > 256 => {
+                    return ctx.err(c.span(), "upload_concurrency must be between 1 and 256")
+                }
+                Some(c) => c.into_inner(),
+                None => DEFAULT_UPLOAD_CONCURRENCY,
+            };
+            let name = name.into_inner();
+            targets.insert(
+                name.clone(),
+                TargetConfig {
+                    name,
+                    url: t.url.into_inner(),
+                    pack_size,
+                    upload_concurrency,
+                },
+            );
+        }
+        let mut sources = BTreeMap::new();
+        for (name, s) in raw.source {
+            if !valid_name(name.get_ref()) {
+                return ctx.err(name.span(), bad_name("source", name.get_ref()));
+            }
+            let source = Self::validate_source(name.get_ref(), s, &targets, ctx)?;
+            sources.insert(name.into_inner(), source);
+        }
+        Ok(Config {
+            file: ctx.file.to_path_buf(),
+            host,
+            state_dir,
+            sources,
+            targets,
+        })
+    }
+
+    fn validate_source(
+        name: &str,
+        s: RawSource,
+        targets: &BTreeMap<String, TargetConfig>,
+        ctx: &Ctx<'_>,
+    ) -> Result<SourceConfig> {
+        let path = ctx.path(&s.path)?;
+        if s.recipients.get_ref().is_empty() {
+            return ctx.err(
+                s.recipients.span(),
+                "recipients is empty; list at least one public certificate file, e.g. \
+                 recipients = [\"/etc/coffer/admin.pub.asc\"]",
+            );
+        }
+        let recipients = s
+            .recipients
+            .get_ref()
+            .iter()
+            .map(|r| ctx.path(r))
+            .collect::<Result<Vec<_>>>()?;
+        if s.targets.get_ref().is_empty() {
+            return ctx.err(
+                s.targets.span(),
+                "targets is empty; name at least one [target.NAME]",
+            );
+        }
+        let mut names = Vec::new();
+        for t in s.targets.get_ref() {
+            if !targets.contains_key(t.get_ref()) {
+                let known: Vec<&str> = targets.keys().map(String::as_str).collect();
+                return ctx.err(
+                    t.span(),
+                    format!(
+                        "source {name:?} names target {:?}, which no [target.{}] section \
+                         defines (defined: {})",
+                        t.get_ref(),
+                        t.get_ref(),
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            names.push(t.get_ref().clone());
+        }
+        for pattern in &s.ignore {
+            if let Err(e) = globset::Glob::new(pattern.get_ref().trim_start_matches('/')) {
+                return ctx.err(pattern.span(), format!("bad ignore pattern: {e}"));
+            }
+        }
+        let chunking = Self::validate_chunking(&s, ctx)?;
+        Ok(SourceConfig {
+            name: name.to_string(),
+            path,
+            recipients,
+            targets: names,
+            ignore: s.ignore.into_iter().map(Spanned::into_inner).collect(),
+            one_file_system: s.one_file_system,
+            chunking,
+        })
+    }
+
+    fn validate_chunking(s: &RawSource, ctx: &Ctx<'_>) -> Result<Chunking> {
+        let get =
+            |v: &Option<Spanned<Size>>, d: u32| v.as_ref().map_or(d as u64, |s| s.get_ref().0);
+        let min = get(&s.chunk_min, DEFAULT_CHUNKING.min);
+        let avg = get(&s.chunk_avg, DEFAULT_CHUNKING.avg);
+        let max = get(&s.chunk_max, DEFAULT_CHUNKING.max);
+        let span = s
+            .chunk_min
+            .as_ref()
+            .or(s.chunk_avg.as_ref())
+            .or(s.chunk_max.as_ref())
+            .map_or(0..0, |s| s.span());
+        if min < CHUNK_MIN_FLOOR || max > CHUNK_MAX_CEIL || avg < 256 || !(min < avg && avg < max) {
+            return ctx.err(
+                span,
+                format!(
+                    "chunk sizes must satisfy 64 <= chunk_min < chunk_avg < chunk_max <= \
+                     1GiB and chunk_avg >= 256 (have {min}, {avg}, {max}); the defaults \
+                     are \"256KiB\", \"1MiB\", \"4MiB\""
+                ),
+            );
+        }
+        Ok(Chunking {
+            min: min as u32,
+            avg: avg as u32,
+            max: max as u32,
+        })
+    }
+
+    /// The named sources, or all of them when `names` is empty.
+    pub fn select_sources(&self, names: &[String]) -> Result<Vec<&SourceConfig>> {
+        if names.is_empty() {
+            if self.sources.is_empty() {
+                return Err(Error::Config(format!(
+                    "{}: no [source.NAME] section",
+                    self.file.display()
+                )));
+            }
+            return Ok(self.sources.values().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.sources.get(n).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "no source {n:?} in {} (defined: {})",
+                        self.file.display(),
+                        self.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// A target by name, or by URL (anything containing "://").
+    pub fn target(&self, name: &str) -> Result<TargetConfig> {
+        if name.contains("://") {
+            return TargetConfig::from_url(name);
+        }
+        self.targets.get(name).cloned().ok_or_else(|| {
+            Error::Usage(format!(
+                "no target {name:?} in {} (defined: {})",
+                self.file.display(),
+                self.targets.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+}
+
+fn bad_name(kind: &str, name: &str) -> String {
+    format!(
+        "{kind} name {name:?} is not allowed: use letters, digits, '-', '_' and '.', \
+         not starting with '.', at most 64 characters"
+    )
+}
+
+fn env_path(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
+fn home() -> Result<PathBuf> {
+    env_path("HOME")
+        .ok_or_else(|| Error::Config("HOME is not set; set state_dir in the config or HOME".into()))
+}
+
+/// `$XDG_STATE_HOME/coffer`, else `~/.local/state/coffer`.
+pub fn default_state_dir() -> Result<PathBuf> {
+    match env_path("XDG_STATE_HOME") {
+        Some(p) => Ok(p.join("coffer")),
+        None => Ok(home()?.join(".local/state/coffer")),
+    }
+}
+
+/// The config file to use: `explicit`, else `COFFER_CONFIG`, else
+/// `$XDG_CONFIG_HOME/coffer/config.toml` (else `~/.config/coffer/config.toml`).
+pub fn config_path(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("COFFER_CONFIG").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    match env_path("XDG_CONFIG_HOME") {
+        Some(p) => Ok(p.join("coffer/config.toml")),
+        None => Ok(home()?.join(".config/coffer/config.toml")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[source.home]
+path = "/home/alice"
+recipients = ["/etc/coffer/admin.pub.asc"]
+targets = ["usb"]
+
+[target.usb]
+url = "file:///mnt/usb/coffer"
+"#;
+
+    fn parse(t: &str) -> Result<Config> {
+        Config::parse(t, Path::new("/etc/coffer/coffer.toml"))
+    }
+
+    #[test]
+    fn smallest_config() {
+        let c = parse(MIN).unwrap();
+        let s = &c.sources["home"];
+        assert_eq!(s.path, Path::new("/home/alice"));
+        assert_eq!(s.targets, vec!["usb"]);
+        assert_eq!(s.chunking, DEFAULT_CHUNKING);
+        assert_eq!(c.targets["usb"].url, "file:///mnt/usb/coffer");
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let t = MIN.replace("targets = [\"usb\"]", "targets = [\"usb\"]\ncompresion = 3");
+        let e = parse(&t).unwrap_err().to_string();
+        assert!(e.contains("coffer.toml:6"), "{e}");
+        assert!(e.contains("compresion"), "{e}");
+        assert!(e.contains("one_file_system"), "lists valid keys: {e}");
+    }
+
+    #[test]
+    fn undefined_target_and_bad_values() {
+        let e = parse(&MIN.replace("[\"usb\"]", "[\"usbb\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":5:") && e.contains("usbb"), "{e}");
+        let e = parse(&MIN.replace("file:///mnt", "ftp://mnt"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":8:") && e.contains("ftp"), "{e}");
+        let t = MIN.replace(
+            "targets = [\"usb\"]",
+            "targets = [\"usb\"]\nchunk_min = \"8MiB\"",
+        );
+        let e = parse(&t).unwrap_err().to_string();
+        assert!(e.contains(":6:") && e.contains("chunk_min"), "{e}");
+        let t = MIN.replace(
+            "targets = [\"usb\"]",
+            "targets = [\"usb\"]\nchunk_avg = \"1XB\"",
+        );
+        assert!(parse(&t).unwrap_err().to_string().contains("unit"));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let t = MIN.replace("/etc/coffer/admin.pub.asc", "keys/admin.pub.asc");
+        let c = parse(&t).unwrap();
+        assert_eq!(
+            c.sources["home"].recipients[0],
+            Path::new("/etc/coffer/keys/admin.pub.asc")
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256KiB").unwrap(), 262144);
+        assert_eq!(parse_size("4 MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("17").unwrap(), 17);
+        assert!(parse_size("x").is_err());
+    }
+}

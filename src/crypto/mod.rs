@@ -1,0 +1,419 @@
+//! OpenPGP encryption and decryption; the only module that uses sequoia.
+//!
+//! The capability split lives in the types: [`Encryptor`] holds recipient *public*
+//! certificates only, so `backup` cannot decrypt anything; [`Decryptor`] holds secret keys
+//! and is only built by `restore`.
+//!
+//! Everything written is OpenPGP that GnuPG 2.2 reads: v3 PKESK packets and a SEIPD v1
+//! packet (with MDC), AES-256. A [`PackSession`] draws one random session key per pack and
+//! serializes the PKESK packets once; every chunk in the pack is then a complete message
+//! (those PKESK packets followed by its own SEIPD v1 packet with a fresh IV), so public-key
+//! work is paid per pack, not per chunk, and `gpg -d` still decrypts each chunk alone.
+
+mod keys;
+
+pub use keys::{generate_key, load_recipients, load_secret_keys, GeneratedKey, KeyAlgorithm};
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use sequoia_openpgp as openpgp;
+
+use openpgp::crypto::{KeyPair, SessionKey};
+use openpgp::packet::prelude::*;
+use openpgp::packet::{PKESK, SKESK};
+use openpgp::parse::stream::{
+    DecryptionHelper, DecryptorBuilder, MessageStructure, VerificationHelper,
+};
+use openpgp::parse::Parse;
+use openpgp::policy::StandardPolicy;
+use openpgp::serialize::stream::{Compressor, Encryptor as SqEncryptor, LiteralWriter, Message};
+use openpgp::serialize::Serialize;
+use openpgp::types::{CompressionAlgorithm, SymmetricAlgorithm};
+use openpgp::{Cert, KeyHandle};
+
+use crate::error::{Error, Result};
+
+const SYMMETRIC: SymmetricAlgorithm = SymmetricAlgorithm::AES256;
+
+pub(crate) static POLICY: std::sync::LazyLock<StandardPolicy<'static>> =
+    std::sync::LazyLock::new(StandardPolicy::new);
+
+fn crypto_err(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Crypto(format!("{context}: {e}"))
+}
+
+/// The recipients' encryption keys (public parts only). Cheap to clone.
+#[derive(Clone)]
+pub struct Encryptor {
+    keys: Arc<Vec<Key<key::PublicParts, key::UnspecifiedRole>>>,
+    fingerprints: Arc<Vec<String>>,
+}
+
+impl Encryptor {
+    /// Builds an encryptor from certificates, using every valid encryption-capable key.
+    pub(crate) fn from_certs(certs: &[(std::path::PathBuf, Cert)]) -> Result<Self> {
+        let mut keys = Vec::new();
+        let mut fingerprints = Vec::new();
+        for (path, cert) in certs {
+            let valid = cert.with_policy(&*POLICY, None).map_err(|e| Error::Key {
+                path: path.clone(),
+                reason: format!("certificate {} is not valid: {e}", cert.fingerprint()),
+            })?;
+            let before = keys.len();
+            for ka in valid
+                .keys()
+                .supported()
+                .alive()
+                .revoked(false)
+                .for_storage_encryption()
+                .for_transport_encryption()
+            {
+                keys.push(ka.key().clone().role_into_unspecified());
+            }
+            if keys.len() == before {
+                return Err(Error::Key {
+                    path: path.clone(),
+                    reason: format!(
+                        "certificate {} has no usable encryption key (expired, revoked or \
+                         missing; with GnuPG add one: gpg --quick-add-key {} cv25519 encr)",
+                        cert.fingerprint(),
+                        cert.fingerprint()
+                    ),
+                });
+            }
+            fingerprints.push(cert.fingerprint().to_hex());
+        }
+        if keys.is_empty() {
+            return Err(Error::Usage("no recipients given".into()));
+        }
+        fingerprints.sort();
+        Ok(Encryptor {
+            keys: Arc::new(keys),
+            fingerprints: Arc::new(fingerprints),
+        })
+    }
+
+    /// The recipients' primary fingerprints, sorted (identifies the key set).
+    pub fn fingerprints(&self) -> &[String] {
+        &self.fingerprints
+    }
+
+    /// Draws a fresh session key and encrypts it to every recipient (the public-key work).
+    pub fn session(&self) -> Result<PackSession> {
+        let sk = SessionKey::new(
+            SYMMETRIC
+                .key_size()
+                .map_err(|e| crypto_err("key size", e))?,
+        )
+        .map_err(|e| crypto_err("session key", e))?;
+        let mut header = Vec::new();
+        for key in self.keys.iter() {
+            let mut pkesk = PKESK3::for_recipient(SYMMETRIC, &sk, key)
+                .map_err(|e| crypto_err("encrypting the session key", e))?;
+            pkesk.set_recipient(Some(key.keyid()));
+            Packet::PKESK(pkesk.into())
+                .serialize(&mut header)
+                .map_err(|e| crypto_err("serializing PKESK", e))?;
+        }
+        Ok(PackSession { sk, header })
+    }
+
+    /// A writer that encrypts everything written to it into `sink` as one OpenPGP message
+    /// (compressed with zlib inside the encryption, which `gpg -d` undoes by itself).
+    /// Call [`MessageWriter::finish`] to flush the last packets.
+    pub fn message_writer<'a, W: Write + Send + Sync + 'a>(
+        &self,
+        sink: W,
+    ) -> Result<MessageWriter<'a>> {
+        let session = self.session()?;
+        let mut sink = sink;
+        sink.write_all(&session.header)
+            .map_err(|e| crypto_err("writing message header", e))?;
+        let message = Message::new(sink);
+        let message = SqEncryptor::with_session_key(message, SYMMETRIC, session.sk.clone())
+            .and_then(|e| e.build())
+            .map_err(|e| crypto_err("starting encryption", e))?;
+        let message = Compressor::new(message)
+            .algo(CompressionAlgorithm::Zip)
+            .build()
+            .map_err(|e| crypto_err("starting compression", e))?;
+        let message = LiteralWriter::new(message)
+            .build()
+            .map_err(|e| crypto_err("starting literal packet", e))?;
+        Ok(MessageWriter { inner: message })
+    }
+}
+
+/// One session key with its PKESK packets already serialized; used for one pack.
+pub struct PackSession {
+    sk: SessionKey,
+    header: Vec<u8>,
+}
+
+impl PackSession {
+    /// Encrypts `plaintext` as one complete OpenPGP message appended to `out`.
+    pub fn encrypt_into(&self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        out.reserve(self.header.len() + plaintext.len() + 64);
+        out.extend_from_slice(&self.header);
+        let message = Message::new(&mut *out);
+        let message = SqEncryptor::with_session_key(message, SYMMETRIC, self.sk.clone())
+            .and_then(|e| e.build())
+            .map_err(|e| crypto_err("starting encryption", e))?;
+        let mut literal = LiteralWriter::new(message)
+            .build()
+            .map_err(|e| crypto_err("starting literal packet", e))?;
+        literal
+            .write_all(plaintext)
+            .map_err(|e| crypto_err("encrypting", e))?;
+        literal
+            .finalize()
+            .map_err(|e| crypto_err("finishing encryption", e))?;
+        Ok(())
+    }
+
+    /// Convenience: encrypt into a new buffer.
+    pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.encrypt_into(plaintext, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// A streaming encrypting writer (see [`Encryptor::message_writer`]).
+pub struct MessageWriter<'a> {
+    inner: Message<'a>,
+}
+
+impl Write for MessageWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl MessageWriter<'_> {
+    /// Writes the trailing packets (MDC) and flushes. Without it the message is truncated.
+    pub fn finish(self) -> Result<()> {
+        self.inner
+            .finalize()
+            .map_err(|e| crypto_err("finishing encryption", e))
+    }
+}
+
+type SessionCache = HashMap<Vec<u8>, (Option<SymmetricAlgorithm>, SessionKey)>;
+
+/// Secret keys that can decrypt, plus a cache of session keys already recovered, so a
+/// pack's chunks cost one public-key operation between them.
+pub struct Decryptor {
+    keys: Arc<Vec<KeyPair>>,
+    key_ids: Arc<Vec<String>>,
+    cache: Arc<Mutex<SessionCache>>,
+}
+
+impl Clone for Decryptor {
+    fn clone(&self) -> Self {
+        Decryptor {
+            keys: self.keys.clone(),
+            key_ids: self.key_ids.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl Decryptor {
+    pub(crate) fn new(keys: Vec<KeyPair>) -> Self {
+        let key_ids = keys.iter().map(|k| k.public().keyid().to_hex()).collect();
+        Decryptor {
+            keys: Arc::new(keys),
+            key_ids: Arc::new(key_ids),
+            cache: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Decrypts one complete message held in memory; `what` names it in errors.
+    pub fn decrypt(&self, what: &str, message: &[u8]) -> Result<Vec<u8>> {
+        let mut reader = self.reader(what, io::Cursor::new(message))?;
+        let mut out = Vec::with_capacity(message.len());
+        reader.read_to_end(&mut out).map_err(|e| Error::Corrupt {
+            what: what.to_string(),
+            reason: format!("decryption failed: {e}"),
+        })?;
+        Ok(out)
+    }
+
+    /// A reader that decrypts a streamed message.
+    pub fn reader<'a, R: Read + Send + Sync + 'a>(
+        &self,
+        what: &str,
+        source: R,
+    ) -> Result<Box<dyn Read + Send + Sync + 'a>> {
+        let helper = Helper {
+            keys: self.keys.clone(),
+            key_ids: self.key_ids.clone(),
+            cache: self.cache.clone(),
+            failure: None,
+        };
+        let builder = DecryptorBuilder::from_reader(source).map_err(|e| Error::Corrupt {
+            what: what.to_string(),
+            reason: format!("not an OpenPGP message: {e}"),
+        })?;
+        match builder.with_policy(&*POLICY, None, helper) {
+            Ok(d) => Ok(Box::new(d)),
+            Err(e) => {
+                let text = e.to_string();
+                if let Some(WrongKeyMarker(reason)) = e.downcast_ref::<WrongKeyMarker>() {
+                    Err(Error::WrongKey {
+                        what: what.to_string(),
+                        reason: reason.clone(),
+                    })
+                } else {
+                    Err(Error::Corrupt {
+                        what: what.to_string(),
+                        reason: format!("cannot decrypt: {text}"),
+                    })
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct WrongKeyMarker(String);
+impl std::fmt::Display for WrongKeyMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for WrongKeyMarker {}
+
+struct Helper {
+    keys: Arc<Vec<KeyPair>>,
+    key_ids: Arc<Vec<String>>,
+    cache: Arc<Mutex<SessionCache>>,
+    failure: Option<String>,
+}
+
+impl VerificationHelper for Helper {
+    fn get_certs(&mut self, _ids: &[KeyHandle]) -> openpgp::Result<Vec<Cert>> {
+        Ok(Vec::new())
+    }
+    fn check(&mut self, _structure: MessageStructure) -> openpgp::Result<()> {
+        Ok(())
+    }
+}
+
+impl DecryptionHelper for Helper {
+    fn decrypt(
+        &mut self,
+        pkesks: &[PKESK],
+        _skesks: &[SKESK],
+        sym_algo: Option<SymmetricAlgorithm>,
+        decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
+    ) -> openpgp::Result<Option<Cert>> {
+        let mut cache_key = Vec::new();
+        for p in pkesks {
+            Packet::PKESK(p.clone()).serialize(&mut cache_key)?;
+        }
+        if let Some((algo, sk)) = self.cache.lock().expect("cache lock").get(&cache_key) {
+            if decrypt(*algo, sk) {
+                return Ok(None);
+            }
+        }
+        for pkesk in pkesks {
+            for pair in self.keys.iter() {
+                let matches = match pkesk.recipient() {
+                    Some(handle) => handle.aliases(KeyHandle::from(pair.public().keyid())),
+                    None => true, // anonymous recipient: try every key
+                };
+                if !matches {
+                    continue;
+                }
+                let mut pair = pair.clone();
+                if let Some((algo, sk)) = pkesk.decrypt(&mut pair, sym_algo) {
+                    if decrypt(algo, &sk) {
+                        let mut cache = self.cache.lock().expect("cache lock");
+                        if cache.len() > 4096 {
+                            cache.clear();
+                        }
+                        cache.insert(cache_key, (algo, sk));
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        let wanted: Vec<String> = pkesks
+            .iter()
+            .filter_map(|p| p.recipient().map(|r| r.to_hex()))
+            .collect();
+        let reason = format!(
+            "none of the given secret keys ({}) can decrypt it; it is encrypted to key(s) {}",
+            self.key_ids.join(", "),
+            if wanted.is_empty() {
+                "(anonymous)".to_string()
+            } else {
+                wanted.join(", ")
+            }
+        );
+        self.failure = Some(reason.clone());
+        Err(WrongKeyMarker(reason).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Encryptor, Decryptor) {
+        let key = generate_key("test", KeyAlgorithm::Cv25519, None).unwrap();
+        let certs = keys::parse_certs_for_test(&key.public_armored);
+        let enc = Encryptor::from_certs(&certs).unwrap();
+        let dec = keys::decryptor_from_bytes(&key.secret_armored, None).unwrap();
+        (enc, dec)
+    }
+
+    #[test]
+    fn chunk_roundtrip_shares_session() {
+        let (enc, dec) = pair();
+        let session = enc.session().unwrap();
+        let a = session.encrypt(b"hello").unwrap();
+        let b = session.encrypt(b"").unwrap();
+        assert_eq!(dec.decrypt("a", &a).unwrap(), b"hello");
+        assert_eq!(dec.decrypt("b", &b).unwrap(), b"");
+        // tampering is detected
+        let mut bad = a.clone();
+        let n = bad.len() - 30;
+        bad[n] ^= 1;
+        assert!(dec.decrypt("bad", &bad).is_err());
+    }
+
+    #[test]
+    fn stream_roundtrip() {
+        let (enc, dec) = pair();
+        let mut out = Vec::new();
+        let mut w = enc.message_writer(&mut out).unwrap();
+        w.write_all(&vec![7u8; 100_000]).unwrap();
+        w.finish().unwrap();
+        let mut r = dec.reader("m", io::Cursor::new(out)).unwrap();
+        let mut plain = Vec::new();
+        r.read_to_end(&mut plain).unwrap();
+        assert_eq!(plain, vec![7u8; 100_000]);
+    }
+
+    #[test]
+    fn wrong_key_is_named() {
+        let (enc, _) = pair();
+        let (_, other) = pair();
+        let msg = enc.session().unwrap().encrypt(b"x").unwrap();
+        match other.decrypt("chunk", &msg) {
+            Err(Error::WrongKey { what, reason }) => {
+                assert_eq!(what, "chunk");
+                assert!(reason.contains("encrypted to key"), "{reason}");
+            }
+            other => panic!("expected WrongKey, got {:?}", other.map(|_| ())),
+        }
+    }
+}

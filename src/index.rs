@@ -1,0 +1,369 @@
+//! The local index (SQLite): dedup state per target and the digest cache. The only SQL.
+//!
+//! It is a cache, never the truth: losing it costs re-uploads, never data. It records a
+//! chunk only after the target acknowledged the pack holding it (invariant 2), so a crash
+//! at any instant leaves it listing only stored chunks. The digest cache lists a file's
+//! chunk hashes; a hit is used only when every one of those chunks is in the chunk table,
+//! so a file row written before its chunks were acknowledged is harmless.
+//!
+//! Dedup state is per target *and* per recipient set: chunks encrypted to one set of keys
+//! are never reused for a run encrypted to another.
+//!
+//! No secret is stored here: plaintext hashes and paths, never contents or keys.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::error::{Error, Result};
+use crate::format::metafile::{ChunkRef, Encoding};
+use crate::ids::{ChunkHash, ObjectKey};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS targets (
+    id INTEGER PRIMARY KEY,
+    url TEXT NOT NULL,
+    keyset TEXT NOT NULL,
+    UNIQUE (url, keyset)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    target INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    object BLOB NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    encoding INTEGER NOT NULL,
+    stored_at INTEGER NOT NULL,
+    PRIMARY KEY (target, hash)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files (
+    target INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    path BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    chunks BLOB NOT NULL,
+    PRIMARY KEY (target, source, path)
+) WITHOUT ROWID;
+";
+
+/// What identifies an unchanged file: if all of these match the last run, it is not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub inode: u64,
+}
+
+/// A digest-cache row.
+#[derive(Debug, Clone)]
+pub struct CachedFile {
+    /// The stamp recorded.
+    pub stamp: FileStamp,
+    /// Whole-file BLAKE3.
+    pub hash: ChunkHash,
+    /// Chunk hashes in order.
+    pub chunks: Vec<ChunkHash>,
+}
+
+/// An open index.
+pub struct Index {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Index {
+    /// Opens (creating if needed) `state_dir/index.sqlite`.
+    pub fn open(state_dir: &Path) -> Result<Index> {
+        std::fs::create_dir_all(state_dir).map_err(|e| Error::io(state_dir, e))?;
+        set_private(state_dir);
+        let path = state_dir.join("index.sqlite");
+        let fail = |e: rusqlite::Error| index_err(&path, e);
+        let conn = Connection::open(&path).map_err(fail)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(fail)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(fail)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(fail)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(fail)?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::Index {
+                path: path.clone(),
+                message: format!(
+                    "schema version {version} is newer than this coffer ({SCHEMA_VERSION}); \
+                     upgrade coffer, or move the file away (it is only a cache)"
+                ),
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(fail)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(fail)?;
+        Ok(Index { conn, path })
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        index_err(&self.path, e)
+    }
+
+    /// The id of the dedup domain for (target URL, recipient set), created on first use.
+    pub fn target_id(&self, url: &str, keyset: &str) -> Result<i64> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO targets (url, keyset) VALUES (?1, ?2)",
+                params![url, keyset],
+            )
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .query_row(
+                "SELECT id FROM targets WHERE url = ?1 AND keyset = ?2",
+                params![url, keyset],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Where a chunk is stored on `target`, if it was acknowledged.
+    pub fn lookup_chunk(&self, target: i64, hash: &ChunkHash) -> Result<Option<ChunkRef>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT object, offset, length, size, encoding FROM chunks
+                 WHERE target = ?1 AND hash = ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let row = stmt
+            .query_row(params![target, &hash.0[..]], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((object, offset, length, size, encoding)) = row else {
+            return Ok(None);
+        };
+        let object: [u8; 32] = object.try_into().map_err(|_| self.corrupt_row())?;
+        Ok(Some(ChunkRef {
+            object: ObjectKey(object),
+            offset: offset as u64,
+            length: length as u64,
+            size: size as u64,
+            hash: *hash,
+            encoding: Encoding::from_code(encoding).ok_or_else(|| self.corrupt_row())?,
+        }))
+    }
+
+    fn corrupt_row(&self) -> Error {
+        Error::Index {
+            path: self.path.clone(),
+            message: "malformed row; move the file away (it is only a cache) and run again".into(),
+        }
+    }
+
+    /// Records the chunks of an acknowledged pack, in one transaction.
+    pub fn record_chunks(&mut self, target: i64, chunks: &[ChunkRef]) -> Result<()> {
+        let now = chrono::Utc::now().timestamp();
+        let path = self.path.clone();
+        let fail = |e| index_err(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO chunks
+                     (target, hash, object, offset, length, size, encoding, stored_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(fail)?;
+            for c in chunks {
+                stmt.execute(params![
+                    target,
+                    &c.hash.0[..],
+                    &c.object.0[..],
+                    c.offset as i64,
+                    c.length as i64,
+                    c.size as i64,
+                    c.encoding.code(),
+                    now
+                ])
+                .map_err(fail)?;
+            }
+        }
+        tx.commit().map_err(fail)
+    }
+
+    /// The digest-cache row for a path.
+    pub fn lookup_file(
+        &self,
+        target: i64,
+        source: &str,
+        path: &[u8],
+    ) -> Result<Option<CachedFile>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT size, mtime_ns, ctime_ns, inode, hash, chunks FROM files
+                 WHERE target = ?1 AND source = ?2 AND path = ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let row = stmt
+            .query_row(params![target, source, path], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                ))
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((size, mtime_ns, ctime_ns, inode, hash, chunks)) = row else {
+            return Ok(None);
+        };
+        if chunks.len() % 32 != 0 {
+            return Err(self.corrupt_row());
+        }
+        Ok(Some(CachedFile {
+            stamp: FileStamp {
+                size: size as u64,
+                mtime_ns,
+                ctime_ns,
+                inode: inode as u64,
+            },
+            hash: ChunkHash(hash.try_into().map_err(|_| self.corrupt_row())?),
+            chunks: chunks
+                .chunks_exact(32)
+                .map(|c| ChunkHash(c.try_into().expect("32 bytes")))
+                .collect(),
+        }))
+    }
+
+    /// Writes digest-cache rows, in one transaction.
+    pub fn record_files(
+        &mut self,
+        target: i64,
+        source: &str,
+        files: &[(Vec<u8>, CachedFile)],
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let fail = |e| index_err(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO files
+                     (target, source, path, size, mtime_ns, ctime_ns, inode, hash, chunks)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(fail)?;
+            for (p, f) in files {
+                let chunks: Vec<u8> = f.chunks.iter().flat_map(|c| c.0).collect();
+                stmt.execute(params![
+                    target,
+                    source,
+                    p,
+                    f.stamp.size as i64,
+                    f.stamp.mtime_ns,
+                    f.stamp.ctime_ns,
+                    f.stamp.inode as i64,
+                    &f.hash.0[..],
+                    chunks
+                ])
+                .map_err(fail)?;
+            }
+        }
+        tx.commit().map_err(fail)
+    }
+}
+
+fn index_err(path: &Path, e: rusqlite::Error) -> Error {
+    let busy = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    Error::Index {
+        path: path.to_path_buf(),
+        message: if busy {
+            "in use by another coffer run; wait for it to finish".into()
+        } else {
+            e.to_string()
+        },
+    }
+}
+
+fn set_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(dir.path()).unwrap();
+        let t = idx.target_id("file:///x", "AAA").unwrap();
+        assert_eq!(idx.target_id("file:///x", "AAA").unwrap(), t);
+        let t2 = idx.target_id("file:///x", "BBB").unwrap();
+        assert_ne!(t, t2, "another recipient set is another dedup domain");
+        let h = ChunkHash::of(b"c");
+        assert!(idx.lookup_chunk(t, &h).unwrap().is_none());
+        let c = ChunkRef {
+            object: ObjectKey::of(b"pack"),
+            offset: 10,
+            length: 20,
+            size: 1,
+            hash: h,
+            encoding: Encoding::Raw,
+        };
+        idx.record_chunks(t, std::slice::from_ref(&c)).unwrap();
+        assert_eq!(idx.lookup_chunk(t, &h).unwrap().unwrap(), c);
+        assert!(idx.lookup_chunk(t2, &h).unwrap().is_none());
+        let f = CachedFile {
+            stamp: FileStamp {
+                size: 1,
+                mtime_ns: 5,
+                ctime_ns: 6,
+                inode: 7,
+            },
+            hash: h,
+            chunks: vec![h, h],
+        };
+        idx.record_files(t, "home", &[(b"a\nb".to_vec(), f.clone())])
+            .unwrap();
+        let back = idx.lookup_file(t, "home", b"a\nb").unwrap().unwrap();
+        assert_eq!(back.stamp, f.stamp);
+        assert_eq!(back.chunks, f.chunks);
+        drop(idx);
+        // reopening keeps the data
+        let idx = Index::open(dir.path()).unwrap();
+        assert!(idx.lookup_chunk(t, &h).unwrap().is_some());
+    }
+}

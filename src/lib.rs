@@ -1,0 +1,31 @@
+//! coffer: encrypted, deduplicated, incremental off-site backups in the style of Brackup.
+//!
+//! Files are split into content-defined chunks (FastCDC), hashed with BLAKE3,
+//! deduplicated through a local SQLite index, encrypted to OpenPGP public keys, packed and
+//! stored through `object_store`. Each run writes an encrypted metafile listing every file
+//! and its chunks; `restore` reads it back. docs/FORMAT.md specifies what is stored.
+
+mod backup;
+mod config;
+mod crypto;
+mod error;
+mod format;
+mod ids;
+mod index;
+mod progress;
+mod restore;
+mod source;
+mod store;
+
+pub use backup::{backup, backup_all, BackupStats};
+pub use config::{config_path, default_state_dir, parse_size, Config, SourceConfig, TargetConfig};
+pub use crypto::{
+    generate_key, load_recipients, load_secret_keys, Decryptor, Encryptor, GeneratedKey,
+    KeyAlgorithm,
+};
+pub use error::{Error, Result};
+pub use format::{metafile, refs};
+pub use ids::{ChunkHash, ObjectKey, RunId};
+pub use progress::{NoProgress, Progress};
+pub use restore::{restore, MetafileSource, RestoreOptions, RestoreStats};
+pub use store::{RunInfo, Store};

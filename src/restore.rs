@@ -1,0 +1,563 @@
+//! `restore`: a run's metafile back into a tree.
+//!
+//! Every chunk is checked against the BLAKE3 the metafile records, and every file against
+//! its whole-file BLAKE3 (invariant 4). A file whose data cannot be fetched or fails a check
+//! is reported with its path and reason and left out (never half-written: files are
+//! written to a temporary name and renamed into place), and the rest is restored.
+//!
+//! The metafile is encrypted to public keys, so anyone who holds a recipient's public key
+//! (for instance a compromised backup host) could forge one. Restore therefore refuses
+//! absolute paths and `..` components, and creates symbolic links only after every file is
+//! written, so that nothing is ever written through a link the restore itself made.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::crypto::Decryptor;
+use crate::error::{Error, Result};
+use crate::format::metafile::{self, ChunkRef, Encoding, Entry, Kind, Meta};
+use crate::ids::{ChunkHash, ObjectKey, RunId};
+use crate::progress::Progress;
+use crate::source::os;
+use crate::store::{self, Store};
+
+/// Which metafile to restore from.
+#[derive(Debug, Clone)]
+pub enum MetafileSource {
+    /// A run on the target: the given id, or the newest of `source` from `host`.
+    Run {
+        /// Host whose runs to consider (`None`: any host, if only one has runs of `source`).
+        host: Option<String>,
+        /// Source name.
+        source: String,
+        /// A specific run.
+        id: Option<RunId>,
+    },
+    /// A metafile on disk: as stored (encrypted), or already decrypted.
+    File(PathBuf),
+}
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    /// Destination directory (created if missing).
+    pub to: PathBuf,
+    /// Restore only these paths (relative to the source root) and what is below them.
+    pub paths: Vec<Vec<u8>>,
+    /// Replace existing files instead of reporting them.
+    pub overwrite: bool,
+}
+
+impl RestoreOptions {
+    /// Restore everything into `to`.
+    pub fn new(to: impl Into<PathBuf>) -> Self {
+        RestoreOptions {
+            to: to.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct RestoreStats {
+    /// The run restored.
+    pub run: String,
+    /// Regular files restored.
+    pub files: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Directories, links, fifos and devices restored.
+    pub other_entries: u64,
+    /// Entries that could not be restored (see `problems`).
+    pub failed: u64,
+    /// Seconds.
+    pub elapsed_secs: f64,
+    /// Path and reason of each failure (first 1000).
+    pub problems: Vec<String>,
+}
+
+/// Restores a run into `opts.to`.
+pub fn restore(
+    store: &Store,
+    source: &MetafileSource,
+    decryptor: &Decryptor,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreStats> {
+    let started = Instant::now();
+    let (what, bytes) = fetch_metafile(store, source)?;
+    for p in &opts.paths {
+        check_path(p).map_err(|r| Error::Usage(format!("path {:?}: {r}", os(p))))?;
+    }
+    std::fs::create_dir_all(&opts.to).map_err(|e| Error::io(&opts.to, e))?;
+    let open = || -> Result<metafile::Reader<Box<dyn std::io::BufRead + Send + Sync>>> {
+        let reader: Box<dyn std::io::BufRead + Send + Sync> =
+            if bytes.starts_with(b"coffer-metafile ") {
+                Box::new(std::io::Cursor::new(bytes.clone()))
+            } else {
+                let r = decryptor.reader(&what, std::io::Cursor::new(bytes.clone()))?;
+                Box::new(BufReader::with_capacity(1 << 16, r))
+            };
+        metafile::Reader::new(reader, &what)
+    };
+    // With a path filter, a selected hard link may name a file outside the selection:
+    // find those first, so their data can be restored under the link's name.
+    let mut borrowed = HashMap::new();
+    if !opts.paths.is_empty() {
+        let mut r = open()?;
+        while let Some(e) = r.next_entry()? {
+            if let Kind::Hardlink { target } = &e.kind {
+                if selected(&opts.paths, &e.path) && !selected(&opts.paths, target) {
+                    borrowed.entry(target.clone()).or_insert(e.path.clone());
+                }
+            }
+        }
+    }
+    let mut reader = open()?;
+    let run = reader.header().get("run").unwrap_or("?").to_string();
+    progress.phase(&format!("restore {run}"), None);
+    let mut job = Job {
+        store,
+        decryptor,
+        opts,
+        progress,
+        stats: RestoreStats {
+            run,
+            ..Default::default()
+        },
+        bad_objects: HashMap::new(),
+        dirs: Vec::new(),
+        links: Vec::new(),
+        restored: HashSet::new(),
+        borrowed,
+        is_root: nix::unistd::geteuid().is_root(),
+    };
+    while let Some(entry) = reader.next_entry()? {
+        job.entry(entry);
+    }
+    job.finish();
+    progress.done();
+    job.stats.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(job.stats)
+}
+
+fn fetch_metafile(store: &Store, source: &MetafileSource) -> Result<(String, Vec<u8>)> {
+    match source {
+        MetafileSource::File(path) => {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            Ok((format!("metafile {}", path.display()), bytes))
+        }
+        MetafileSource::Run { host, source, id } => {
+            let run = select_run(store, host.as_deref(), source, id.as_ref())?;
+            let id: RunId = run.id.parse()?;
+            let path = store::run_path(&run.host, &run.source, &id, "meta");
+            let bytes = store.get(&path)?;
+            Ok((format!("metafile {path}"), bytes.to_vec()))
+        }
+    }
+}
+
+/// The run to restore: `id` if given, else the newest of `source` (from `host`).
+pub fn select_run(
+    store: &Store,
+    host: Option<&str>,
+    source: &str,
+    id: Option<&RunId>,
+) -> Result<store::RunInfo> {
+    let runs: Vec<store::RunInfo> = store
+        .list_runs()?
+        .into_iter()
+        .filter(|r| r.source == source && host.is_none_or(|h| r.host == h))
+        .collect();
+    if let Some(id) = id {
+        let mut found = runs.into_iter().filter(|r| r.id == id.as_str());
+        return match (found.next(), found.next()) {
+            (Some(r), None) => Ok(r),
+            (Some(_), Some(_)) => Err(Error::Usage(format!(
+                "run {id} of source {source:?} exists for several hosts; name one with --host"
+            ))),
+            _ => Err(Error::NotFound(format!(
+                "no run {id} of source {source:?} on target {} (`coffer runs` lists them)",
+                store.name()
+            ))),
+        };
+    }
+    let hosts: HashSet<&str> = runs.iter().map(|r| r.host.as_str()).collect();
+    if hosts.len() > 1 {
+        let mut hosts: Vec<&str> = hosts.into_iter().collect();
+        hosts.sort();
+        return Err(Error::Usage(format!(
+            "source {source:?} has runs from several hosts ({}); choose one with --host",
+            hosts.join(", ")
+        )));
+    }
+    runs.into_iter().next_back().ok_or_else(|| {
+        Error::NotFound(format!(
+            "no run of source {source:?}{} on target {}",
+            host.map(|h| format!(" from host {h:?}"))
+                .unwrap_or_default(),
+            store.name()
+        ))
+    })
+}
+
+fn selected(paths: &[Vec<u8>], path: &[u8]) -> bool {
+    paths.is_empty()
+        || paths.iter().any(|p| {
+            p == b"." || path == &p[..] || (path.starts_with(p) && path.get(p.len()) == Some(&b'/'))
+        })
+}
+
+/// A restored path must stay inside the destination.
+fn check_path(p: &[u8]) -> std::result::Result<(), &'static str> {
+    if p == b"." {
+        return Ok(());
+    }
+    if p.is_empty() || p.starts_with(b"/") {
+        return Err("absolute or empty path");
+    }
+    if p.split(|&b| b == b'/')
+        .any(|c| c.is_empty() || c == b"." || c == b"..")
+    {
+        return Err("path has an empty, '.' or '..' component");
+    }
+    if p.contains(&0) {
+        return Err("path contains a NUL byte");
+    }
+    Ok(())
+}
+
+enum Deferred {
+    Hardlink {
+        path: PathBuf,
+        target: PathBuf,
+    },
+    Symlink {
+        path: PathBuf,
+        target: Vec<u8>,
+        meta: Meta,
+    },
+}
+
+struct Job<'a> {
+    store: &'a Store,
+    decryptor: &'a Decryptor,
+    opts: &'a RestoreOptions,
+    progress: &'a dyn Progress,
+    stats: RestoreStats,
+    bad_objects: HashMap<ObjectKey, String>,
+    dirs: Vec<(PathBuf, Meta)>,
+    links: Vec<(Vec<u8>, Deferred)>,
+    /// Paths (relative) of regular files restored, for hard links.
+    restored: HashSet<Vec<u8>>,
+    /// Unselected hard-link targets whose data goes to a selected link's path.
+    borrowed: HashMap<Vec<u8>, Vec<u8>>,
+    is_root: bool,
+}
+
+impl Job<'_> {
+    fn fail(&mut self, path: &[u8], reason: impl std::fmt::Display) {
+        self.stats.failed += 1;
+        let msg = format!("{}: {reason}", self.opts.to.join(os(path)).display());
+        self.progress.warn(&msg);
+        if self.stats.problems.len() < 1000 {
+            self.stats.problems.push(msg);
+        }
+    }
+
+    fn entry(&mut self, mut entry: Entry) {
+        if let Err(reason) = check_path(&entry.path) {
+            return self.fail(&entry.path.clone(), format!("refused: {reason}"));
+        }
+        if !selected(&self.opts.paths, &entry.path) {
+            match self.borrowed.remove(&entry.path) {
+                Some(link) if matches!(entry.kind, Kind::File { .. }) => entry.path = link,
+                _ => return,
+            }
+        }
+        let dest = self.opts.to.join(os(&entry.path));
+        if let Some(parent) = dest.parent() {
+            if let Err(e) = std::fs::create_dir_all(parent) {
+                return self.fail(&entry.path, format!("cannot create parent: {e}"));
+            }
+        }
+        let result = match &entry.kind {
+            Kind::File { .. } => self.file(&entry, &dest),
+            Kind::Dir => {
+                let r = match std::fs::symlink_metadata(&dest) {
+                    Ok(m) if m.is_dir() => Ok(()),
+                    Ok(_) => Err("exists and is not a directory".to_string()),
+                    Err(_) => std::fs::create_dir(&dest).map_err(|e| e.to_string()),
+                };
+                if r.is_ok() {
+                    self.dirs.push((dest.clone(), entry.meta.clone()));
+                    self.stats.other_entries += 1;
+                }
+                r
+            }
+            Kind::Symlink { target } => {
+                self.links.push((
+                    entry.path.clone(),
+                    Deferred::Symlink {
+                        path: dest.clone(),
+                        target: target.clone(),
+                        meta: entry.meta.clone(),
+                    },
+                ));
+                Ok(())
+            }
+            Kind::Hardlink { target } => match check_path(target) {
+                Err(r) => Err(format!("refused hard link target: {r}")),
+                Ok(()) => {
+                    self.links.push((
+                        entry.path.clone(),
+                        Deferred::Hardlink {
+                            path: dest.clone(),
+                            target: self.opts.to.join(os(target)),
+                        },
+                    ));
+                    Ok(())
+                }
+            },
+            Kind::Fifo | Kind::CharDev { .. } | Kind::BlockDev { .. } => {
+                self.special(&entry, &dest)
+            }
+        };
+        if let Err(reason) = result {
+            self.fail(&entry.path, reason);
+        }
+    }
+
+    fn prepare(&self, dest: &Path) -> std::result::Result<(), String> {
+        match std::fs::symlink_metadata(dest) {
+            Err(_) => Ok(()),
+            Ok(m) if m.is_dir() => Err("exists as a directory".into()),
+            Ok(_) if self.opts.overwrite => std::fs::remove_file(dest).map_err(|e| e.to_string()),
+            Ok(_) => Err("exists; pass --overwrite to replace it".into()),
+        }
+    }
+
+    fn special(&mut self, entry: &Entry, dest: &Path) -> std::result::Result<(), String> {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        self.prepare(dest)?;
+        let mode = Mode::from_bits_truncate(entry.meta.mode & 0o777);
+        let r = match entry.kind {
+            Kind::Fifo => nix::unistd::mkfifo(dest, mode),
+            Kind::CharDev { major, minor } => {
+                mknod(dest, SFlag::S_IFCHR, mode, makedev(major, minor))
+            }
+            Kind::BlockDev { major, minor } => {
+                mknod(dest, SFlag::S_IFBLK, mode, makedev(major, minor))
+            }
+            _ => unreachable!("special() is only called for fifos and devices"),
+        };
+        r.map_err(|e| format!("cannot create: {e}"))?;
+        self.stats.other_entries += 1;
+        self.apply_meta(dest, &entry.meta, false)
+    }
+
+    fn file(&mut self, entry: &Entry, dest: &Path) -> std::result::Result<(), String> {
+        let Kind::File { size, hash, chunks } = &entry.kind else {
+            unreachable!("file() is only called for files")
+        };
+        if !self.opts.overwrite && std::fs::symlink_metadata(dest).is_ok() {
+            return Err("exists; pass --overwrite to replace it".into());
+        }
+        let parent = dest.parent().unwrap_or(&self.opts.to);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".coffer-restore-")
+            .tempfile_in(parent)
+            .map_err(|e| format!("cannot create a temporary file: {e}"))?;
+        let mut whole = blake3::Hasher::new();
+        let mut written = 0u64;
+        for c in chunks {
+            let data = self.chunk(c)?;
+            whole.update(&data);
+            tmp.write_all(&data)
+                .map_err(|e| format!("write failed: {e}"))?;
+            written += data.len() as u64;
+            self.progress.bytes(data.len() as u64);
+        }
+        if written != *size || ChunkHash::from(whole.finalize()) != *hash {
+            return Err("restored content does not match the file's recorded BLAKE3".into());
+        }
+        tmp.as_file()
+            .sync_data()
+            .map_err(|e| format!("write failed: {e}"))?;
+        let persisted = if self.opts.overwrite {
+            tmp.persist(dest).map_err(|e| e.error)
+        } else {
+            tmp.persist_noclobber(dest).map_err(|e| e.error)
+        };
+        persisted.map_err(|e| format!("cannot move into place: {e}"))?;
+        self.apply_meta(dest, &entry.meta, false)?;
+        self.stats.files += 1;
+        self.stats.bytes += size;
+        self.restored.insert(entry.path.clone());
+        self.progress.item(&dest.to_string_lossy());
+        Ok(())
+    }
+
+    /// Fetches, decrypts and checks one chunk.
+    fn chunk(&mut self, c: &ChunkRef) -> std::result::Result<Vec<u8>, String> {
+        if let Some(reason) = self.bad_objects.get(&c.object) {
+            return Err(reason.clone());
+        }
+        let path = store::data_path(&c.object);
+        let what = format!("chunk at {}+{} of object {}", c.offset, c.length, c.object);
+        let bytes = match self.store.get_range(&path, c.offset..c.offset + c.length) {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = match e {
+                    Error::NotFound(_) => format!("object {} is missing from the target", c.object),
+                    e => e.to_string(),
+                };
+                if !matches!(e_kind(&reason), ErrKind::Transient) {
+                    self.bad_objects.insert(c.object, reason.clone());
+                }
+                return Err(reason);
+            }
+        };
+        if bytes.len() as u64 != c.length {
+            let reason = format!("object {} is truncated", c.object);
+            self.bad_objects.insert(c.object, reason.clone());
+            return Err(reason);
+        }
+        let plain = self
+            .decryptor
+            .decrypt(&what, &bytes)
+            .map_err(|e| e.to_string())?;
+        let data = match c.encoding {
+            Encoding::Zstd => zstd::stream::decode_all(&plain[..])
+                .map_err(|e| format!("{what}: cannot decompress: {e}"))?,
+            _ => plain,
+        };
+        if data.len() as u64 != c.size || ChunkHash::of(&data) != c.hash {
+            return Err(format!(
+                "{what}: content does not match its recorded BLAKE3"
+            ));
+        }
+        Ok(data)
+    }
+
+    fn apply_meta(&self, dest: &Path, m: &Meta, symlink: bool) -> std::result::Result<(), String> {
+        if self.is_root {
+            let uid = m.user.as_deref().and_then(lookup_user).unwrap_or(m.uid);
+            let gid = m.group.as_deref().and_then(lookup_group).unwrap_or(m.gid);
+            std::os::unix::fs::lchown(dest, Some(uid), Some(gid))
+                .map_err(|e| format!("cannot set owner: {e}"))?;
+        }
+        if !symlink {
+            std::fs::set_permissions(dest, std::fs::Permissions::from_mode(m.mode))
+                .map_err(|e| format!("cannot set mode: {e}"))?;
+        }
+        let t = filetime::FileTime::from_unix_time(m.mtime, m.mtime_nsec);
+        filetime::set_symlink_file_times(dest, t, t).map_err(|e| format!("cannot set mtime: {e}"))
+    }
+
+    /// Hard links, then symbolic links, then directory metadata (deepest first).
+    fn finish(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        let (hard, soft): (Vec<_>, Vec<_>) = links
+            .into_iter()
+            .partition(|(_, d)| matches!(d, Deferred::Hardlink { .. }));
+        for (rel, d) in hard.into_iter().chain(soft) {
+            let r = match &d {
+                Deferred::Hardlink { path, target } => self.prepare(path).and_then(|_| {
+                    std::fs::hard_link(target, path)
+                        .map_err(|e| format!("cannot link to {}: {e}", target.display()))
+                }),
+                Deferred::Symlink { path, target, meta } => self.prepare(path).and_then(|_| {
+                    std::os::unix::fs::symlink(os(target), path)
+                        .map_err(|e| format!("cannot create symlink: {e}"))
+                        .and_then(|_| self.apply_meta(path, meta, true))
+                }),
+            };
+            match r {
+                Ok(()) => self.stats.other_entries += 1,
+                Err(reason) => self.fail(&rel, reason),
+            }
+        }
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        for (dir, meta) in dirs {
+            if let Err(reason) = self.apply_meta(&dir, &meta, false) {
+                let rel = dir
+                    .strip_prefix(&self.opts.to)
+                    .unwrap_or(&dir)
+                    .to_path_buf();
+                self.fail(
+                    std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()),
+                    reason,
+                );
+            }
+        }
+    }
+}
+
+enum ErrKind {
+    Transient,
+    Permanent,
+}
+
+fn e_kind(reason: &str) -> ErrKind {
+    if reason.contains("missing") || reason.contains("truncated") {
+        ErrKind::Permanent
+    } else {
+        ErrKind::Transient
+    }
+}
+
+fn lookup_user(name: &[u8]) -> Option<u32> {
+    let name = std::str::from_utf8(name).ok()?;
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+}
+
+fn lookup_group(name: &[u8]) -> Option<u32> {
+    let name = std::str::from_utf8(name).ok()?;
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside() {
+        assert!(check_path(b"a/b").is_ok());
+        assert!(check_path(b".").is_ok());
+        for bad in [
+            &b"/etc/passwd"[..],
+            b"../x",
+            b"a/../../x",
+            b"a//b",
+            b"a/./b",
+            b"",
+        ] {
+            assert!(check_path(bad).is_err(), "{:?}", os(bad));
+        }
+    }
+
+    #[test]
+    fn selection() {
+        let p = vec![b"etc".to_vec()];
+        assert!(selected(&p, b"etc"));
+        assert!(selected(&p, b"etc/x"));
+        assert!(!selected(&p, b"etcx"));
+        assert!(selected(&[], b"anything"));
+    }
+}

@@ -50,11 +50,11 @@ pub struct BackupStats {
     pub run: String,
     /// Regular files seen.
     pub files: u64,
-    /// Files not in the digest cache.
+    /// Files not seen by the last run to this target.
     pub files_new: u64,
-    /// Files in the cache but with another size, mtime, ctime or inode.
+    /// Files whose content changed since the last run.
     pub files_changed: u64,
-    /// Files taken from the cache without reading.
+    /// Files whose content did not change (most taken from the digest cache unread).
     pub files_unchanged: u64,
     /// Entries that could not be backed up (see `problems`).
     pub files_skipped: u64,
@@ -351,7 +351,7 @@ impl Walk<'_> {
                 None
             }
         };
-        if let Some(c) = cached.as_ref().filter(|c| c.stamp == stamp) {
+        if let Some(c) = cached.as_ref().filter(|c| c.trusted && c.stamp == stamp) {
             if let Some(chunks) = self.resolve(c) {
                 self.stats.files_unchanged += 1;
                 self.stats.bytes_total += stamp.size;
@@ -370,13 +370,13 @@ impl Walk<'_> {
                 }));
             }
         }
-        if cached.is_some() {
-            self.stats.files_changed += 1;
-        } else {
-            self.stats.files_new += 1;
-        }
         match self.read(&item)? {
             Ok((size, hash, after)) => {
+                match &cached {
+                    None => self.stats.files_new += 1,
+                    Some(c) if c.hash == hash => self.stats.files_unchanged += 1,
+                    Some(_) => self.stats.files_changed += 1,
+                }
                 if after != stamp {
                     self.stats.problem(
                         self.progress,

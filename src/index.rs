@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS files (
     inode INTEGER NOT NULL,
     hash BLOB NOT NULL,
     chunks BLOB NOT NULL,
+    trusted INTEGER NOT NULL,
     PRIMARY KEY (target, source, path)
 ) WITHOUT ROWID;
 ";
@@ -75,6 +76,10 @@ pub struct CachedFile {
     pub hash: ChunkHash,
     /// Chunk hashes in order.
     pub chunks: Vec<ChunkHash>,
+    /// Whether a matching stamp proves the content unchanged. False for files modified
+    /// so close to the run that a later change could keep the same timestamp: those are
+    /// read again, and the hash tells whether they changed.
+    pub trusted: bool,
 }
 
 /// An open index.
@@ -222,7 +227,7 @@ impl Index {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT size, mtime_ns, ctime_ns, inode, hash, chunks FROM files
+                "SELECT size, mtime_ns, ctime_ns, inode, hash, chunks, trusted FROM files
                  WHERE target = ?1 AND source = ?2 AND path = ?3",
             )
             .map_err(|e| self.err(e))?;
@@ -235,11 +240,12 @@ impl Index {
                     r.get::<_, i64>(3)?,
                     r.get::<_, Vec<u8>>(4)?,
                     r.get::<_, Vec<u8>>(5)?,
+                    r.get::<_, bool>(6)?,
                 ))
             })
             .optional()
             .map_err(|e| self.err(e))?;
-        let Some((size, mtime_ns, ctime_ns, inode, hash, chunks)) = row else {
+        let Some((size, mtime_ns, ctime_ns, inode, hash, chunks, trusted)) = row else {
             return Ok(None);
         };
         if chunks.len() % 32 != 0 {
@@ -257,6 +263,7 @@ impl Index {
                 .chunks_exact(32)
                 .map(|c| ChunkHash(c.try_into().expect("32 bytes")))
                 .collect(),
+            trusted,
         }))
     }
 
@@ -277,8 +284,8 @@ impl Index {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO files
-                     (target, source, path, size, mtime_ns, ctime_ns, inode, hash, chunks)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     (target, source, path, size, mtime_ns, ctime_ns, inode, hash, chunks, trusted)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(fail)?;
             for (p, f) in files {
@@ -292,7 +299,8 @@ impl Index {
                     f.stamp.ctime_ns,
                     f.stamp.inode as i64,
                     &f.hash.0[..],
-                    chunks
+                    chunks,
+                    f.trusted
                 ])
                 .map_err(fail)?;
             }
@@ -355,6 +363,7 @@ mod tests {
             },
             hash: h,
             chunks: vec![h, h],
+            trusted: true,
         };
         idx.record_files(t, "home", &[(b"a\nb".to_vec(), f.clone())])
             .unwrap();

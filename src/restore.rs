@@ -144,6 +144,10 @@ pub fn restore(
         job.entry(entry);
     }
     job.finish();
+    // One flush of the whole destination file system instead of an fsync per file; the
+    // restore does not report success before the data is on disk.
+    let dir = std::fs::File::open(&opts.to).map_err(|e| Error::io(&opts.to, e))?;
+    nix::unistd::syncfs(&dir).map_err(|e| Error::io(&opts.to, e.into()))?;
     progress.done();
     job.stats.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(job.stats)
@@ -389,9 +393,6 @@ impl Job<'_> {
         if written != *size || ChunkHash::from(whole.finalize()) != *hash {
             return Err("restored content does not match the file's recorded BLAKE3".into());
         }
-        tmp.as_file()
-            .sync_data()
-            .map_err(|e| format!("write failed: {e}"))?;
         let persisted = if self.opts.overwrite {
             tmp.persist(dest).map_err(|e| e.error)
         } else {

@@ -44,8 +44,8 @@ pub(super) struct PackerSetup {
     pub metafile: std::fs::File,
     pub pack_size: u64,
     pub upload_concurrency: usize,
-    /// Files modified after this (ns) are not cached: they may change again within the
-    /// file system's timestamp granularity.
+    /// Files modified after this (ns) are cached as untrusted: they may change again
+    /// within the file system's timestamp granularity, so the next run reads them.
     pub racy_after_ns: i64,
 }
 
@@ -194,14 +194,13 @@ impl Packer {
                 Msg::FileEnd { mut entry, stamp } => {
                     let chunks = std::mem::take(&mut self.file_chunks);
                     if let (Some(stamp), Kind::File { hash, .. }) = (stamp, &entry.kind) {
-                        if stamp.mtime_ns < self.racy_after_ns {
-                            let row = CachedFile {
-                                stamp,
-                                hash: *hash,
-                                chunks: chunks.iter().map(|c| c.hash).collect(),
-                            };
-                            self.cache_rows.push((entry.path.clone(), row));
-                        }
+                        let row = CachedFile {
+                            stamp,
+                            hash: *hash,
+                            chunks: chunks.iter().map(|c| c.hash).collect(),
+                            trusted: stamp.mtime_ns < self.racy_after_ns,
+                        };
+                        self.cache_rows.push((entry.path.clone(), row));
                     }
                     if let Kind::File { chunks: c, .. } = &mut entry.kind {
                         *c = chunks;

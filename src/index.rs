@@ -95,13 +95,7 @@ impl Index {
         set_private(state_dir);
         let path = state_dir.join("index.sqlite");
         let fail = |e: rusqlite::Error| index_err(&path, e);
-        let conn = Connection::open(&path).map_err(fail)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(fail)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(fail)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(fail)?;
+        let conn = retry_busy(|| init(&path)).map_err(fail)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(fail)?;
@@ -114,9 +108,6 @@ impl Index {
                 ),
             });
         }
-        conn.execute_batch(SCHEMA).map_err(fail)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(fail)?;
         Ok(Index { conn, path })
     }
 
@@ -310,10 +301,7 @@ impl Index {
 }
 
 fn index_err(path: &Path, e: rusqlite::Error) -> Error {
-    let busy = matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    );
+    let busy = is_busy(&e);
     Error::Index {
         path: path.to_path_buf(),
         message: if busy {
@@ -321,6 +309,44 @@ fn index_err(path: &Path, e: rusqlite::Error) -> Error {
         } else {
             e.to_string()
         },
+    }
+}
+
+/// Opens the file, switches it to WAL and creates the schema. SQLite does not always call
+/// the busy handler here (switching to WAL, recovering a WAL another process is creating),
+/// so two runs opening a fresh index at the same moment can fail at once: [`retry_busy`].
+fn init(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version <= SCHEMA_VERSION {
+        conn.execute_batch(SCHEMA)?;
+        if version < SCHEMA_VERSION {
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+    }
+    Ok(conn)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Retries `f` while SQLite answers busy/locked, for up to 30 seconds.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match f() {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -136,8 +136,8 @@ pub fn restore(
         bad_objects: HashMap::new(),
         dirs: Vec::new(),
         links: Vec::new(),
-        restored: HashSet::new(),
         borrowed,
+        relocated: HashMap::new(),
         is_root: nix::unistd::geteuid().is_root(),
     };
     while let Some(entry) = reader.next_entry()? {
@@ -260,10 +260,10 @@ struct Job<'a> {
     bad_objects: HashMap<ObjectKey, String>,
     dirs: Vec<(PathBuf, Meta)>,
     links: Vec<(Vec<u8>, Deferred)>,
-    /// Paths (relative) of regular files restored, for hard links.
-    restored: HashSet<Vec<u8>>,
     /// Unselected hard-link targets whose data goes to a selected link's path.
     borrowed: HashMap<Vec<u8>, Vec<u8>>,
+    /// Borrowed targets already restored: target path -> the link path holding the data.
+    relocated: HashMap<Vec<u8>, Vec<u8>>,
     is_root: bool,
 }
 
@@ -283,8 +283,19 @@ impl Job<'_> {
         }
         if !selected(&self.opts.paths, &entry.path) {
             match self.borrowed.remove(&entry.path) {
-                Some(link) if matches!(entry.kind, Kind::File { .. }) => entry.path = link,
+                Some(link) if matches!(entry.kind, Kind::File { .. }) => {
+                    self.relocated.insert(entry.path.clone(), link.clone());
+                    entry.path = link;
+                }
                 _ => return,
+            }
+        }
+        if let Kind::Hardlink { target } = &mut entry.kind {
+            if let Some(holder) = self.relocated.get(target.as_slice()) {
+                if *holder == entry.path {
+                    return; // this link's name already holds the data
+                }
+                *target = holder.clone();
             }
         }
         let dest = self.opts.to.join(os(&entry.path));
@@ -402,7 +413,6 @@ impl Job<'_> {
         self.apply_meta(dest, &entry.meta, false)?;
         self.stats.files += 1;
         self.stats.bytes += size;
-        self.restored.insert(entry.path.clone());
         self.progress.item(&dest.to_string_lossy());
         Ok(())
     }

@@ -1,0 +1,883 @@
+//! End-to-end tests of the `coffer` binary: backups to a `file://` target, restores, the
+//! on-target format as GnuPG sees it, and failure handling.
+//!
+//! Every test builds its own [`Fixture`] (key pair, config, source, target in a temporary
+//! directory) and runs the real binary with a clean environment.
+
+mod util;
+
+use std::ffi::OsStr;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use util::*;
+
+// ---------------------------------------------------------------------------------------
+// Helpers shared by several tests
+
+/// A source with a few files, a symlink, a fifo and a hard link pair; mtimes in the past.
+fn small_tree(src: &Path) {
+    write(&src.join("file1.txt"), b"first file\n");
+    write(&src.join("sub/file2.txt"), b"second file\n");
+    write(&src.join("sub/empty"), b"");
+    write(&src.join("pair_a"), b"hard linked\n");
+    std::fs::hard_link(src.join("pair_a"), src.join("sub/pair_b")).unwrap();
+    symlink("file1.txt", src.join("link")).unwrap();
+    nix::unistd::mkfifo(
+        &src.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    set_past_mtimes(src, 1_600_000_000);
+}
+
+fn as_u64(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v:#}"))
+}
+
+fn as_str<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} is not a string in {v:#}"))
+}
+
+/// 1-based number of the first line of `text` that contains `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in\n{text}"))
+        + 1
+}
+
+/// Overwrites `bytes` at `offset` without changing the file's size.
+fn overwrite_in_place(path: &Path, offset: u64, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn osargs<'a>(args: &[&'a str]) -> Vec<&'a OsStr> {
+    args.iter().map(|a| OsStr::new(*a)).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Round trip of every file type
+
+/// Names that stress percent-encoding and shells: spaces, control characters, invalid
+/// UTF-8, leading dashes, percent signs, and the longest name a file system allows.
+fn awkward_names() -> Vec<Vec<u8>> {
+    let mut names: Vec<Vec<u8>> = [
+        &b"with space"[..],
+        b"new\nline",
+        b"tab\there",
+        b"bad\xff\xfe",
+        b"-leading-dash",
+        b"-",
+        b"100%",
+        b"%41%2",
+        b"trailing space ",
+        b"\xc3\xa9t\xc3\xa9 \xe2\x98\x83",
+        b"back\\slash",
+    ]
+    .iter()
+    .map(|n| n.to_vec())
+    .collect();
+    names.push(vec![b'L'; 255]);
+    names
+}
+
+/// Builds a tree with every kind of entry. Returns whether it holds a character device.
+fn every_kind_tree(src: &Path) -> bool {
+    let root = is_root();
+    // Directories: nested, empty, setgid, sticky.
+    write(&src.join("dir_a/nested/deeper/file.txt"), b"deep\n");
+    std::fs::create_dir(src.join("empty_dir")).unwrap();
+    write(&src.join("shared/inside.txt"), b"group file\n");
+    std::fs::create_dir(src.join("sticky")).unwrap();
+    // Regular files: empty, small, large (many chunks), various modes.
+    write(&src.join("empty.bin"), b"");
+    write(&src.join("small.txt"), b"hello, coffer\n");
+    write(&src.join("private.txt"), b"only me\n");
+    write(&src.join("run.sh"), b"#!/bin/sh\necho hi\n");
+    write(&src.join("setuid-prog"), b"not really a program\n");
+    write(&src.join("large.bin"), &pseudo_random(1, (1 << 20) + 12345));
+    write(&src.join("before-1970"), b"old\n");
+    // Symbolic links: relative, dangling, with odd target bytes.
+    symlink("dir_a/nested/deeper/file.txt", src.join("link_rel")).unwrap();
+    symlink("../no/such/file", src.join("dir_a/dangling")).unwrap();
+    symlink(os(b"odd \xff target\n"), src.join("odd_link")).unwrap();
+    // A hard link pair, the names in different directories.
+    write(&src.join("hard_1"), b"linked content\n");
+    std::fs::hard_link(src.join("hard_1"), src.join("dir_a/hard_2")).unwrap();
+    // A fifo and (as root) a character device.
+    nix::unistd::mkfifo(
+        &src.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    let mut has_device = false;
+    if root {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        match mknod(
+            &src.join("null_dev"),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o620),
+            makedev(1, 3),
+        ) {
+            Ok(()) => has_device = true,
+            Err(e) => eprintln!("note: no character device in the tree (mknod: {e})"),
+        }
+    } else {
+        eprintln!("note: not root: no character device and no foreign owners");
+    }
+    // Awkward names, each holding its own name.
+    for name in awkward_names() {
+        let p = src.join("names").join(os(&name));
+        write(&p, &name);
+    }
+    // Owners (as root), before the modes: chown clears setuid/setgid bits.
+    if root {
+        for (p, uid, gid) in [
+            ("small.txt", 1234, 5678),
+            ("shared", 1234, 5678),
+            ("shared/inside.txt", 1234, 5678),
+            ("fifo", 1234, 5678),
+            ("dir_a/nested", 0, 5678),
+            ("setuid-prog", 1234, 5678),
+        ] {
+            std::os::unix::fs::chown(src.join(p), Some(uid), Some(gid)).unwrap();
+        }
+        std::os::unix::fs::lchown(src.join("link_rel"), Some(1234), Some(5678)).unwrap();
+        if has_device {
+            std::os::unix::fs::chown(src.join("null_dev"), Some(0), Some(5678)).unwrap();
+        }
+    }
+    // Modes.
+    for (p, mode) in [
+        ("private.txt", 0o600),
+        ("run.sh", 0o755),
+        ("setuid-prog", 0o4755),
+        ("shared", 0o2775),
+        ("sticky", 0o1777),
+        ("dir_a/nested", 0o700),
+        ("empty_dir", 0o750),
+        ("small.txt", 0o640),
+        ("names", 0o711),
+    ] {
+        chmod(&src.join(p), mode);
+    }
+    chmod(&src.join("names").join(os(b"bad\xff\xfe")), 0o444);
+    // Times in the past with nanoseconds; one before the epoch.
+    set_past_mtimes(src, 1_500_000_000);
+    set_mtime(&src.join("before-1970"), -40_000_000, 999_999_999);
+    has_device
+}
+
+#[test]
+fn round_trip_preserves_every_file_type_and_its_metadata() {
+    let fx = Fixture::new();
+    let has_device = every_kind_tree(&fx.src);
+    let stats = fx.backup_ok();
+    assert_eq!(as_u64(&stats, "files_skipped"), 0, "{stats:#}");
+    assert_eq!(
+        stats["problems"].as_array().map(Vec::len),
+        Some(0),
+        "{stats:#}"
+    );
+    assert!(
+        as_u64(&stats, "chunks") > 16,
+        "the large file spans many chunks: {stats:#}"
+    );
+
+    let dest = fx.path("restored");
+    fx.restore(&dest, &[]).ok();
+    assert_same_tree(&fx.src, &dest);
+
+    // Spot checks that the comparison itself would catch.
+    let m = std::fs::symlink_metadata(dest.join("large.bin")).unwrap();
+    assert_eq!(m.len(), (1 << 20) + 12345);
+    assert_eq!(
+        std::fs::read_link(dest.join("odd_link"))
+            .unwrap()
+            .as_os_str()
+            .as_encoded_bytes(),
+        b"odd \xff target\n"
+    );
+    let (h1, h2) = (
+        std::fs::metadata(dest.join("hard_1")).unwrap(),
+        std::fs::metadata(dest.join("dir_a/hard_2")).unwrap(),
+    );
+    assert_eq!(
+        (h1.dev(), h1.ino()),
+        (h2.dev(), h2.ino()),
+        "hard links share an inode"
+    );
+    for name in awkward_names() {
+        assert_eq!(read(&dest.join("names").join(os(&name))), name);
+    }
+    if has_device {
+        let d = std::fs::symlink_metadata(dest.join("null_dev")).unwrap();
+        assert_eq!(
+            (
+                nix::sys::stat::major(d.rdev()),
+                nix::sys::stat::minor(d.rdev())
+            ),
+            (1, 3)
+        );
+    }
+    if is_root() {
+        let s = std::fs::metadata(dest.join("shared")).unwrap();
+        assert_eq!((s.uid(), s.gid(), s.mode() & 0o7777), (1234, 5678, 0o2775));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Incremental backups
+
+#[test]
+fn incremental_backup_stores_only_what_changed() {
+    let fx = Fixture::new();
+    let large = pseudo_random(7, 1 << 20);
+    write(&fx.src.join("large.bin"), &large);
+    write(&fx.src.join("a.txt"), b"alpha\n");
+    write(&fx.src.join("sub/b.txt"), b"beta\n");
+    write(&fx.src.join("sub/empty"), b"");
+    std::fs::hard_link(fx.src.join("a.txt"), fx.src.join("sub/a-again")).unwrap();
+    // Old mtimes: files modified within 2 s of a run's start are not cached.
+    set_past_mtimes(&fx.src, 1_600_000_000);
+    const FILES: u64 = 4; // the second hard-link name is not a file of its own
+
+    let first = fx.backup_ok();
+    assert_eq!(as_u64(&first, "files"), FILES, "{first:#}");
+    assert_eq!(as_u64(&first, "files_new"), FILES, "{first:#}");
+    assert!(as_u64(&first, "chunks_new") >= 16, "{first:#}");
+
+    let second = fx.backup_ok();
+    assert_eq!(as_u64(&second, "files"), FILES, "{second:#}");
+    assert_eq!(as_u64(&second, "files_unchanged"), FILES, "{second:#}");
+    assert_eq!(as_u64(&second, "chunks_new"), 0, "{second:#}");
+    assert_eq!(as_u64(&second, "bytes_new"), 0, "{second:#}");
+    assert_eq!(
+        as_u64(&second, "bytes_read"),
+        0,
+        "unchanged files are not read"
+    );
+    assert_eq!(
+        as_u64(&second, "chunks"),
+        as_u64(&first, "chunks"),
+        "{second:#}"
+    );
+
+    // A few bytes in the middle of the large file, same size.
+    let mut edited = large.clone();
+    let at = 512 * 1024 + 77;
+    edited[at..at + 9].copy_from_slice(b"*EDITED!*");
+    overwrite_in_place(&fx.src.join("large.bin"), at as u64, b"*EDITED!*");
+    set_mtime(&fx.src.join("large.bin"), 1_650_000_000, 123_456_789);
+
+    let third = fx.backup_ok();
+    assert_eq!(as_u64(&third, "files_changed"), 1, "{third:#}");
+    assert_eq!(as_u64(&third, "files_unchanged"), FILES - 1, "{third:#}");
+    let new = as_u64(&third, "chunks_new");
+    assert!(
+        (1..=3).contains(&new),
+        "only the edited chunks are new: {third:#}"
+    );
+    let bytes_new = as_u64(&third, "bytes_new");
+    assert!(
+        bytes_new > 0 && bytes_new * 8 < large.len() as u64,
+        "bytes_new {bytes_new} should be a small part of {}",
+        large.len()
+    );
+
+    // The newest run has the edit...
+    let dest = fx.path("newest");
+    fx.restore(&dest, &[]).ok();
+    assert!(read(&dest.join("large.bin")) == edited, "edited content");
+    assert_same_tree(&fx.src, &dest);
+    // ...and the first run still has the original.
+    let old = fx.path("first");
+    let run = as_str(&first, "run");
+    fx.restore(&old, &osargs(&["--run", run])).ok();
+    assert!(read(&old.join("large.bin")) == large, "original content");
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Interoperability with GnuPG
+
+/// The decrypted metafile's `chunk` lines of the file `path`, split into fields.
+fn chunk_lines_of(metafile: &str, path: &str) -> Vec<Vec<String>> {
+    let mut lines = metafile.lines();
+    while let Some(line) = lines.next() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f[0] == "file" && f[1] == path {
+            assert_eq!(f.len(), 11, "file line: {line}");
+            let n: usize = f[10].parse().unwrap();
+            return (0..n)
+                .map(|_| {
+                    let c = lines.next().expect("chunk line");
+                    let fields: Vec<String> = c.split(' ').map(str::to_string).collect();
+                    assert_eq!(fields.len(), 7, "chunk line: {c}");
+                    assert_eq!(fields[0], "chunk", "chunk line: {c}");
+                    fields
+                })
+                .collect();
+        }
+    }
+    panic!("no file line for {path} in\n{metafile}");
+}
+
+#[test]
+fn gpg_decrypts_the_metafile_and_each_chunk() {
+    let fx = Fixture::new();
+    let data = pseudo_random(3, 300_000);
+    write(&fx.src.join("data.bin"), &data);
+    write(&fx.src.join("note.txt"), b"a note\n");
+    fx.backup_ok();
+
+    let gpg = Gpg::new();
+    gpg.run(&[OsStr::new("--import"), fx.secret_key.as_os_str()], None);
+
+    let metas = fx.metafiles();
+    assert_eq!(metas.len(), 1);
+    let text = String::from_utf8(gpg.decrypt(&read(&metas[0]))).expect("metafile is text");
+    assert!(text.starts_with("coffer-metafile 1\n"), "{text}");
+    assert!(text.contains(&format!("\nhost {HOST}\n")), "{text}");
+    assert!(text.contains(&format!("\nsource {SOURCE}\n")), "{text}");
+
+    let chunks = chunk_lines_of(&text, "data.bin");
+    assert!(
+        chunks.len() >= 4,
+        "300 kB in 16 KiB chunks: {}",
+        chunks.len()
+    );
+    let mut whole = Vec::new();
+    for c in &chunks {
+        let (object, offset, length) = (
+            &c[1],
+            c[2].parse::<usize>().unwrap(),
+            c[3].parse::<usize>().unwrap(),
+        );
+        let (size, hash, encoding) = (c[4].parse::<usize>().unwrap(), &c[5], &c[6]);
+        let pack_path = fx.target.join("data").join(&object[..2]).join(object);
+        let pack = read(&pack_path);
+        assert_eq!(
+            &blake3::hash(&pack).to_hex().to_string(),
+            object,
+            "an object is named by the BLAKE3 of its bytes"
+        );
+        let plain = gpg.decrypt(&pack[offset..offset + length]);
+        let plain = match encoding.as_str() {
+            "raw" => plain,
+            "zstd" => zstd::decode_all(&plain[..]).unwrap(),
+            other => panic!("unknown encoding {other}"),
+        };
+        assert_eq!(plain.len(), size);
+        assert_eq!(&blake3::hash(&plain).to_hex().to_string(), hash);
+        whole.extend_from_slice(&plain);
+    }
+    assert!(whole == data, "the chunks, in order, are the file");
+
+    // coffer restores from the gpg-decrypted metafile too, given only the target's URL.
+    let decrypted = fx.path("decrypted.meta");
+    std::fs::write(&decrypted, &text).unwrap();
+    let dest = fx.path("restored");
+    let mut cmd = coffer(&fx.home);
+    cmd.arg("restore")
+        .arg("--key")
+        .arg(&fx.secret_key)
+        .args(["--target", &fx.target_url()])
+        .arg("--index")
+        .arg(&decrypted)
+        .arg("--to")
+        .arg(&dest);
+    run(cmd).ok();
+    assert_same_tree(&fx.src, &dest);
+}
+
+/// A fixture whose only recipient is a GnuPG-made key; returns the secret key file.
+fn fixture_with_gpg_key(fx: &Fixture, user_id: &str, passphrase: &str) -> PathBuf {
+    let gpg = Gpg::new();
+    gpg.generate(user_id, passphrase);
+    let (public, secret) = gpg.export(passphrase);
+    let public_path = fx.path("gpg.pub.asc");
+    let secret_path = fx.path("gpg.key.asc");
+    write(&public_path, &public);
+    write(&secret_path, &secret);
+    fx.write_config(&Settings {
+        recipients: vec![public_path],
+        ..Settings::default()
+    });
+    secret_path
+}
+
+#[test]
+fn gpg_made_key_pair_backs_up_and_restores() {
+    let fx = Fixture::new();
+    small_tree(&fx.src);
+    let secret = fixture_with_gpg_key(&fx, "Test <t@example.org>", "");
+    fx.backup_ok();
+    let dest = fx.path("restored");
+    fx.restore_with(&secret, &dest, &[]).ok();
+    assert_same_tree(&fx.src, &dest);
+    // The fixture's own key is not a recipient any more.
+    fx.restore(&fx.path("other"), &[])
+        .expect(EXIT_ERROR)
+        .stderr_has("can decrypt");
+}
+
+#[test]
+fn gpg_made_key_with_passphrase_needs_the_right_one() {
+    let fx = Fixture::new();
+    small_tree(&fx.src);
+    let secret = fixture_with_gpg_key(&fx, "Protected <p@example.org>", "correct horse");
+    fx.backup_ok();
+
+    let good = fx.path("good-pass");
+    std::fs::write(&good, "correct horse\n").unwrap();
+    let dest = fx.path("restored");
+    fx.restore_with(
+        &secret,
+        &dest,
+        &[OsStr::new("--passphrase-file"), good.as_os_str()],
+    )
+    .ok();
+    assert_same_tree(&fx.src, &dest);
+
+    let bad = fx.path("bad-pass");
+    std::fs::write(&bad, "battery staple\n").unwrap();
+    let wrong = fx.path("wrong");
+    fx.restore_with(
+        &secret,
+        &wrong,
+        &[OsStr::new("--passphrase-file"), bad.as_os_str()],
+    )
+    .expect(EXIT_ERROR)
+    .stderr_has("passphrase");
+    assert!(
+        !wrong.exists() || relative_paths(&wrong).is_empty(),
+        "nothing restored with a wrong passphrase"
+    );
+
+    // No passphrase at all, and no terminal to ask on.
+    fx.restore_with(&secret, &fx.path("none"), &[])
+        .expect(EXIT_ERROR)
+        .stderr_has("passphrase");
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Keys that cannot restore
+
+#[test]
+fn public_certificate_backs_up_but_cannot_restore() {
+    let fx = Fixture::new();
+    small_tree(&fx.src);
+    // The config names only the host's copy of the public certificate.
+    assert!(!read(&fx.config).windows(7).any(|w| w == b"key.asc"));
+    fx.backup_ok();
+    let dest = fx.path("restored");
+    fx.restore_with(&fx.public_key, &dest, &[])
+        .expect(EXIT_ERROR)
+        .stderr_has("public certificate");
+    assert!(!dest.exists(), "nothing restored");
+}
+
+#[test]
+fn another_key_pairs_secret_key_cannot_restore() {
+    let fx = Fixture::new();
+    small_tree(&fx.src);
+    fx.backup_ok();
+    let (_, other) = keygen(&fx.home, &fx.path("other-keys"), "other");
+    let dest = fx.path("restored");
+    fx.restore_with(&other, &dest, &[])
+        .expect(EXIT_ERROR)
+        .stderr_has("none of the given secret keys")
+        .stderr_has("can decrypt");
+    assert!(
+        !dest.exists() || relative_paths(&dest).is_empty(),
+        "nothing restored"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Damaged targets
+
+#[test]
+fn corrupt_or_missing_pack_fails_only_the_files_in_it() {
+    let fx = Fixture::new();
+    let a = pseudo_random(11, 200_000);
+    let b = pseudo_random(12, 200_000);
+    write(&fx.src.join("a.bin"), &a);
+    write(&fx.src.join("c.txt"), b"small, same pack as a\n");
+    set_past_mtimes(&fx.src, 1_600_000_000);
+    fx.backup_ok();
+    let first_pack = fx.objects();
+    assert_eq!(first_pack.len(), 1, "one pack for the first run");
+    let first_pack = first_pack[0].clone();
+
+    // b arrives in the second run, in a pack of its own.
+    write(&fx.src.join("b.bin"), &b);
+    set_mtime(&fx.src.join("b.bin"), 1_600_000_500, 5);
+    fx.backup_ok();
+    let second_pack: Vec<PathBuf> = fx
+        .objects()
+        .into_iter()
+        .filter(|p| *p != first_pack)
+        .collect();
+    assert_eq!(second_pack.len(), 1, "one new pack for the second run");
+    let second_pack = second_pack[0].clone();
+
+    // One byte flipped in the middle of b's pack.
+    let original = read(&second_pack);
+    let mut damaged = original.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x55;
+    std::fs::write(&second_pack, &damaged).unwrap();
+
+    let dest = fx.path("after-corruption");
+    let out = fx
+        .restore(&dest, &[])
+        .expect(EXIT_PARTIAL)
+        .stderr_has(&dest.join("b.bin").display().to_string());
+    assert!(!dest.join("b.bin").exists(), "no partial b.bin\n{out}");
+    assert_eq!(leftover_temporaries(&dest), Vec::<String>::new());
+    assert!(read(&dest.join("a.bin")) == a);
+    assert_eq!(read(&dest.join("c.txt")), b"small, same pack as a\n");
+    assert!(!out.stderr.contains("a.bin"), "a.bin is fine\n{out}");
+
+    // Repaired b's pack, deleted a's and c's.
+    std::fs::write(&second_pack, &original).unwrap();
+    std::fs::remove_file(&first_pack).unwrap();
+    let dest = fx.path("after-deletion");
+    let out = fx
+        .restore(&dest, &[])
+        .expect(EXIT_PARTIAL)
+        .stderr_has(&dest.join("a.bin").display().to_string())
+        .stderr_has(&dest.join("c.txt").display().to_string());
+    assert!(!dest.join("a.bin").exists() && !dest.join("c.txt").exists());
+    assert_eq!(leftover_temporaries(&dest), Vec::<String>::new());
+    assert!(read(&dest.join("b.bin")) == b, "b.bin restored\n{out}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Files the backup cannot read
+
+const NOBODY: u32 = 65534;
+
+/// Hands every entry below `root` to `uid:gid`.
+fn chown_tree(root: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(root, Some(uid), Some(gid)).unwrap();
+    for rel in relative_paths(root) {
+        std::os::unix::fs::lchown(root.join(os(&rel)), Some(uid), Some(gid)).unwrap();
+    }
+}
+
+#[test]
+fn unreadable_file_is_skipped_named_and_the_rest_backed_up() {
+    if !is_root() || !have_program("setpriv") {
+        eprintln!("skipping: needs root and setpriv to back up as an unprivileged user");
+        return;
+    }
+    let fx = Fixture::new();
+    write(&fx.src.join("readable.txt"), b"anyone may read\n");
+    write(&fx.src.join("sub/also.txt"), b"also readable\n");
+    write(&fx.src.join("sub/locked.txt"), b"nobody may read\n");
+    set_past_mtimes(&fx.src, 1_600_000_000);
+    chown_tree(fx.dir.path(), NOBODY, NOBODY);
+    let locked = fx.src.join("sub/locked.txt");
+    chmod(&locked, 0o000);
+
+    // The binary must be reachable by that user; copy it in if it is not.
+    let ids = [
+        format!("--reuid={NOBODY}"),
+        format!("--regid={NOBODY}"),
+        "--clear-groups".to_string(),
+    ];
+    let mut bin = coffer_bin();
+    let mut probe = clean_command("setpriv", &fx.home);
+    probe.args(&ids).arg(&bin).arg("--version");
+    if run(probe).code != Some(0) {
+        let copy = fx.path("coffer-bin");
+        std::fs::copy(&bin, &copy).unwrap();
+        chmod(&copy, 0o755);
+        bin = copy;
+    }
+
+    let mut cmd = clean_command("setpriv", &fx.home);
+    cmd.args(&ids)
+        .arg(&bin)
+        .arg("-c")
+        .arg(&fx.config)
+        .args(["backup", "--json"]);
+    let out = run(cmd)
+        .expect(EXIT_PARTIAL)
+        .stderr_has(&locked.display().to_string());
+    let stats = out.json()["runs"][0].clone();
+    assert_eq!(as_u64(&stats, "files_skipped"), 1, "{out}");
+    assert_eq!(as_u64(&stats, "files"), 3, "{out}");
+
+    let dest = fx.path("restored");
+    fx.restore(&dest, &[]).ok();
+    assert_eq!(read(&dest.join("readable.txt")), b"anyone may read\n");
+    assert_eq!(read(&dest.join("sub/also.txt")), b"also readable\n");
+    assert!(!dest.join("sub/locked.txt").exists());
+    let mut got = relative_paths(&dest);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            b"readable.txt".to_vec(),
+            b"sub".to_vec(),
+            b"sub/also.txt".to_vec()
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Config errors
+
+/// Writes `text` as the config, runs a backup, and checks exit 1 and `<file>:<line>`.
+fn assert_config_error(fx: &Fixture, text: &str, line: usize, mentions: &str) {
+    std::fs::write(&fx.config, text).unwrap();
+    let where_ = format!("{}:{line}", fx.config.display());
+    fx.backup()
+        .expect(EXIT_ERROR)
+        .stderr_has(&where_)
+        .stderr_has(mentions);
+}
+
+#[test]
+fn config_errors_name_file_and_line() {
+    let fx = Fixture::new();
+    small_tree(&fx.src);
+    let good = fx.config_text(&Settings::default());
+
+    let unknown = good.replace(
+        "targets = [\"local\"]\n",
+        "targets = [\"local\"]\ncompression_level = 3\n",
+    );
+    assert_ne!(unknown, good);
+    let line = line_of(&unknown, "compression_level");
+    assert_config_error(&fx, &unknown, line, "compression_level");
+
+    let undefined = good.replace("targets = [\"local\"]", "targets = [\"offsite\"]");
+    assert_ne!(undefined, good);
+    let line = line_of(&undefined, "offsite");
+    assert_config_error(&fx, &undefined, line, "offsite");
+
+    // And nothing was stored by either.
+    assert!(!fx.target.exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. Restore options, listing runs, run ids
+
+#[test]
+fn restore_does_not_overwrite_without_the_flag() {
+    let fx = Fixture::new();
+    small_tree(&fx.src);
+    fx.backup_ok();
+
+    let dest = fx.path("restored");
+    let existing = dest.join("file1.txt");
+    write(&existing, b"local edit, keep me\n");
+    set_mtime(&existing, 1_234_567_890, 42);
+
+    fx.restore(&dest, &[])
+        .expect(EXIT_PARTIAL)
+        .stderr_has(&existing.display().to_string())
+        .stderr_has("--overwrite");
+    assert_eq!(read(&existing), b"local edit, keep me\n", "untouched");
+    let m = std::fs::metadata(&existing).unwrap();
+    assert_eq!(
+        (m.mtime(), m.mtime_nsec()),
+        (1_234_567_890, 42),
+        "untouched"
+    );
+    assert_eq!(read(&dest.join("sub/file2.txt")), b"second file\n");
+    assert_eq!(leftover_temporaries(&dest), Vec::<String>::new());
+
+    // With --overwrite everything (file, links, fifo) is replaced.
+    fx.restore(&dest, &osargs(&["--overwrite"])).ok();
+    assert_same_tree(&fx.src, &dest);
+}
+
+#[test]
+fn restore_of_a_path_restores_only_that_subtree() {
+    let fx = Fixture::new();
+    write(&fx.src.join("docs/a.txt"), b"a\n");
+    write(&fx.src.join("docs/deep/b.txt"), b"b\n");
+    write(&fx.src.join("docsx.txt"), b"same prefix, not below docs\n");
+    write(&fx.src.join("other/c.txt"), b"c\n");
+    write(&fx.src.join("top.txt"), b"top\n");
+    set_past_mtimes(&fx.src, 1_600_000_000);
+    fx.backup_ok();
+
+    let dest = fx.path("docs-only");
+    fx.restore(&dest, &osargs(&["docs"])).ok();
+    let got = relative_paths(&dest);
+    let want: Vec<Vec<u8>> = ["docs", "docs/a.txt", "docs/deep", "docs/deep/b.txt"]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    assert_eq!(got, want, "only docs/ and below");
+    let (src, back) = (snapshot(&fx.src), snapshot(&dest));
+    for rel in &want {
+        assert_eq!(src[rel].kind, back[rel].kind, "{}", show(rel));
+        assert_eq!(src[rel].mode, back[rel].mode, "{}", show(rel));
+        assert_eq!(src[rel].mtime, back[rel].mtime, "{}", show(rel));
+    }
+
+    let dest = fx.path("one-file");
+    fx.restore(&dest, &osargs(&["./docs/deep/b.txt"])).ok();
+    assert_eq!(read(&dest.join("docs/deep/b.txt")), b"b\n");
+    assert_eq!(
+        relative_paths(&dest),
+        vec![
+            b"docs".to_vec(),
+            b"docs/deep".to_vec(),
+            b"docs/deep/b.txt".to_vec()
+        ]
+    );
+}
+
+#[test]
+fn restore_of_a_path_holding_a_hard_link_to_a_file_outside_it() {
+    let fx = Fixture::new();
+    write(&fx.src.join("a_dir/orig.txt"), b"shared by two names\n");
+    std::fs::create_dir(fx.src.join("b_dir")).unwrap();
+    std::fs::hard_link(fx.src.join("a_dir/orig.txt"), fx.src.join("b_dir/link.txt")).unwrap();
+    set_past_mtimes(&fx.src, 1_600_000_000);
+    fx.backup_ok();
+
+    for (dir, args) in [
+        ("b-only", &["b_dir"][..]),
+        ("b-only-overwrite", &["--overwrite", "b_dir"][..]),
+    ] {
+        let dest = fx.path(dir);
+        let out = fx.restore(&dest, &osargs(args));
+        let restored = std::fs::read(dest.join("b_dir/link.txt"));
+        assert!(
+            restored.is_ok_and(|b| b == b"shared by two names\n"),
+            "b_dir/link.txt restored with its content\n{out}"
+        );
+        assert!(
+            !dest.join("a_dir").exists(),
+            "a_dir was not selected\n{out}"
+        );
+        out.ok();
+    }
+}
+
+#[test]
+fn runs_lists_a_target_url_without_config_or_key() {
+    let fx = Fixture::new();
+    small_tree(&fx.src);
+    let first = fx.backup_ok();
+    let second = fx.backup_ok();
+    let ids = [as_str(&first, "run"), as_str(&second, "run")];
+
+    // A HOME with no config at all, and no key anywhere in the command.
+    let empty_home = fx.path("empty-home");
+    std::fs::create_dir(&empty_home).unwrap();
+    let mut cmd = coffer(&empty_home);
+    cmd.args(["runs", "--target", &fx.target_url()]);
+    let out = run(cmd).ok();
+    for id in ids {
+        assert!(out.stdout.contains(id), "{id} listed\n{out}");
+    }
+    assert!(
+        out.stdout.contains(HOST) && out.stdout.contains(SOURCE),
+        "{out}"
+    );
+
+    let mut cmd = coffer(&empty_home);
+    cmd.args(["runs", "--json", "--target", &fx.target_url()]);
+    let list = run(cmd).ok().json();
+    let listed: Vec<&str> = list
+        .as_array()
+        .expect("a JSON list")
+        .iter()
+        .map(|r| {
+            assert_eq!(as_str(r, "host"), HOST);
+            assert_eq!(as_str(r, "source"), SOURCE);
+            assert!(as_u64(r, "metafile_bytes") > 0);
+            as_str(r, "run")
+        })
+        .collect();
+    assert_eq!(listed, ids, "oldest first");
+}
+
+/// Two backups started at once, each with its own config file.
+fn concurrent_backups(fx: &Fixture, configs: [&Path; 2]) -> [Out; 2] {
+    std::thread::scope(|s| {
+        let x = s.spawn(|| fx.backup_using(configs[0]));
+        let y = s.spawn(|| fx.backup_using(configs[1]));
+        [x.join().unwrap(), y.join().unwrap()]
+    })
+}
+
+#[test]
+fn backups_started_in_the_same_second_get_distinct_run_ids() {
+    let fx = Fixture::new();
+    write(&fx.src.join("f.txt"), b"tiny\n");
+    set_past_mtimes(&fx.src, 1_600_000_000);
+    // Same host, source and target; separate state directories, so the two runs share
+    // nothing but the target.
+    let other_config = fx.path("host/config2.toml");
+    std::fs::write(
+        &other_config,
+        fx.config_text(&Settings {
+            state_dir: Some(fx.path("host/state2")),
+            ..Settings::default()
+        }),
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    let mut same_second = None;
+    // Almost always the first pair; a pair can straddle a second boundary.
+    for _ in 0..10 {
+        let [x, y] = concurrent_backups(&fx, [&fx.config, &other_config]);
+        let x = as_str(&x.ok().json()["runs"][0], "run").to_string();
+        let y = as_str(&y.ok().json()["runs"][0], "run").to_string();
+        all.push(x.clone());
+        all.push(y.clone());
+        if x[..16] == y[..16] {
+            same_second = Some((x, y));
+            break;
+        }
+    }
+    let (x, y) = same_second.expect("two concurrent backups started in the same second");
+    assert_ne!(x, y, "run ids of the same second differ");
+    let mut listed: Vec<String> = fx
+        .runs()
+        .iter()
+        .map(|r| as_str(r, "run").to_string())
+        .collect();
+    listed.sort();
+    all.sort();
+    assert_eq!(listed, all, "every run is stored and listed");
+}
+
+#[test]
+fn concurrent_first_backups_sharing_a_state_dir_both_succeed() {
+    // Probabilistic: about one pair in five shows the failure, so try fifteen pairs,
+    // each on a fresh index.
+    let fx = Fixture::new();
+    write(&fx.src.join("f.txt"), b"tiny\n");
+    set_past_mtimes(&fx.src, 1_600_000_000);
+    for _ in 0..15 {
+        let _ = std::fs::remove_dir_all(&fx.state);
+        for out in concurrent_backups(&fx, [&fx.config, &fx.config]) {
+            out.ok();
+        }
+    }
+}

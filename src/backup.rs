@@ -207,13 +207,6 @@ fn finish_run(
     stats.bytes_new = output.bytes_new;
     stats.bytes_stored = output.bytes_stored;
     stats.objects_stored = output.packs;
-    let mut refs = Vec::new();
-    crate::format::refs::write(&mut refs, output.referenced.iter().copied())
-        .map_err(|e| Error::io("object list", e))?;
-    let refs_path = crate::store::run_path(&config.host, &source.name, run, "refs");
-    let meta_path = crate::store::run_path(&config.host, &source.name, run, "meta");
-    stats.bytes_stored += refs.len() as u64;
-    store.put_create(&refs_path, refs.into())?;
     let mut file = output.metafile;
     let mut meta = Vec::new();
     std::io::Seek::rewind(&mut file)
@@ -221,15 +214,22 @@ fn finish_run(
         .map_err(|e| Error::io("metafile (temporary)", e))?;
     stats.bytes_stored += meta.len() as u64;
     stats.objects_stored += 2;
-    if store.put_create(&meta_path, meta.into())? == crate::store::PutOutcome::AlreadyExists {
-        return Err(Error::Store {
-            target: store.name().to_string(),
-            message: format!("{meta_path} already exists; run ids must be unique"),
-        });
+    let mut refs = Vec::new();
+    crate::format::refs::write(&mut refs, output.referenced.iter().copied())
+        .map_err(|e| Error::io("object list", e))?;
+    let refs_path = crate::store::run_path(&config.host, &source.name, run, "refs");
+    let meta_path = crate::store::run_path(&config.host, &source.name, run, "meta");
+    stats.bytes_stored += refs.len() as u64;
+    for (path, bytes) in [(&refs_path, refs), (&meta_path, meta)] {
+        if store.put_create(path, bytes.into())? == crate::store::PutOutcome::AlreadyExists {
+            return Err(Error::Store {
+                target: store.name().to_string(),
+                message: format!("{path} already exists; run ids must be unique"),
+            });
+        }
     }
     Ok(())
 }
-
 struct Walk<'a> {
     source: &'a SourceConfig,
     index: &'a Index,

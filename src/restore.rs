@@ -93,20 +93,29 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreStats> {
     let started = Instant::now();
-    let (what, bytes) = fetch_metafile(store, source)?;
+    let Fetched {
+        what,
+        bytes,
+        plaintext_ok,
+        expect,
+    } = fetch_metafile(store, source)?;
     for p in &opts.paths {
         check_path(p).map_err(|r| Error::Usage(format!("path {:?}: {r}", os(p))))?;
     }
     std::fs::create_dir_all(&opts.to).map_err(|e| Error::io(&opts.to, e))?;
     let open = || -> Result<metafile::Reader<Box<dyn std::io::BufRead + Send + Sync>>> {
         let reader: Box<dyn std::io::BufRead + Send + Sync> =
-            if bytes.starts_with(b"coffer-metafile ") {
+            if plaintext_ok && bytes.starts_with(b"coffer-metafile ") {
                 Box::new(std::io::Cursor::new(bytes.clone()))
             } else {
                 let r = decryptor.reader(&what, std::io::Cursor::new(bytes.clone()))?;
                 Box::new(BufReader::with_capacity(1 << 16, r))
             };
-        metafile::Reader::new(reader, &what)
+        let reader = metafile::Reader::new(reader, &what)?;
+        if let Some(expect) = &expect {
+            check_header(&what, reader.header(), expect)?;
+        }
+        Ok(reader)
     };
     // With a path filter, a selected hard link may name a file outside the selection:
     // find those first, so their data can be restored under the link's name.
@@ -153,20 +162,59 @@ pub fn restore(
     Ok(job.stats)
 }
 
-fn fetch_metafile(store: &Store, source: &MetafileSource) -> Result<(String, Vec<u8>)> {
+/// A metafile's bytes, a name for messages, whether a plaintext (already decrypted)
+/// metafile is acceptable, and the run it must describe when it came from the target.
+struct Fetched {
+    what: String,
+    bytes: Vec<u8>,
+    plaintext_ok: bool,
+    expect: Option<store::RunInfo>,
+}
+
+fn fetch_metafile(store: &Store, source: &MetafileSource) -> Result<Fetched> {
     match source {
-        MetafileSource::File(path) => {
-            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-            Ok((format!("metafile {}", path.display()), bytes))
-        }
+        // A file the user names is trusted as given: it may be one decrypted with gpg -d.
+        MetafileSource::File(path) => Ok(Fetched {
+            what: format!("metafile {}", path.display()),
+            bytes: std::fs::read(path).map_err(|e| Error::io(path, e))?,
+            plaintext_ok: true,
+            expect: None,
+        }),
+        // From the target it must be encrypted to us, and describe the run it is named
+        // after: anyone who can write to the target could plant a plaintext one.
         MetafileSource::Run { host, source, id } => {
             let run = select_run(store, host.as_deref(), source, id.as_ref())?;
             let id: RunId = run.id.parse()?;
             let path = store::run_path(&run.host, &run.source, &id, "meta");
-            let bytes = store.get(&path)?;
-            Ok((format!("metafile {path}"), bytes.to_vec()))
+            Ok(Fetched {
+                what: format!("metafile {path}"),
+                bytes: store.get(&path)?.to_vec(),
+                plaintext_ok: false,
+                expect: Some(run),
+            })
         }
     }
+}
+
+/// Refuses a metafile whose header disagrees with the name it was stored under.
+fn check_header(what: &str, header: &metafile::Header, expect: &store::RunInfo) -> Result<()> {
+    for (key, want) in [
+        ("run", &expect.id),
+        ("host", &expect.host),
+        ("source", &expect.source),
+    ] {
+        if header.get(key) != Some(want.as_str()) {
+            return Err(Error::Corrupt {
+                what: what.to_string(),
+                reason: format!(
+                    "its header says {key} {:?}, but it is stored as {key} {want:?}; it may \
+                     have been planted or moved",
+                    header.get(key).unwrap_or("")
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The run to restore: `id` if given, else the newest of `source` (from `host`).

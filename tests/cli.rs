@@ -881,3 +881,50 @@ fn concurrent_first_backups_sharing_a_state_dir_both_succeed() {
         }
     }
 }
+
+/// Whoever can write to the target must not be able to make restore use a metafile it
+/// planted: one in plaintext is refused from the target (only a local --index file may be
+/// plaintext), and an encrypted one stored under another run's name is refused too.
+#[test]
+fn planted_or_renamed_metafiles_are_refused() {
+    let fx = Fixture::new();
+    write(&fx.src.join("real.txt"), b"the real data\n");
+    set_past_mtimes(&fx.src, 1_600_000_000);
+    fx.backup_ok();
+    let stored = fx.metafiles()[0].clone();
+    let dir = stored.parent().unwrap().to_path_buf();
+
+    // A plaintext metafile named as a newer run, listing no file.
+    let planted_id = "20300101T000000Z-00000000";
+    let plain = format!(
+        "coffer-metafile 1\nhost {HOST}\nsource {SOURCE}\nrun {planted_id}\n\n\
+         dir . 755 0 0 - - 0.000000000\nend 1 0\n"
+    );
+    write(&dir.join(format!("{planted_id}.meta")), plain.as_bytes());
+    let dest = fx.path("planted");
+    fx.restore(&dest, &[])
+        .expect(EXIT_ERROR)
+        .stderr_has(planted_id);
+    assert!(!dest.join("real.txt").exists());
+
+    // The same plaintext given explicitly with --index is the user's choice: accepted.
+    let explicit = fx.path("explicit.meta");
+    write(&explicit, plain.as_bytes());
+    let mut cmd = fx.cmd();
+    cmd.arg("restore")
+        .arg("--key")
+        .arg(&fx.secret_key)
+        .arg("--index")
+        .arg(&explicit)
+        .arg("--to")
+        .arg(fx.path("explicit"));
+    run(cmd).ok();
+
+    // The genuine encrypted metafile copied under a newer run's name.
+    std::fs::remove_file(dir.join(format!("{planted_id}.meta"))).unwrap();
+    std::fs::copy(&stored, dir.join(format!("{planted_id}.meta"))).unwrap();
+    let dest = fx.path("renamed");
+    fx.restore(&dest, &[])
+        .expect(EXIT_ERROR)
+        .stderr_has("planted or moved");
+}

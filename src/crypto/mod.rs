@@ -7,7 +7,8 @@
 //! Everything written is OpenPGP that GnuPG 2.2 reads: v3 PKESK packets and a SEIPD v1
 //! packet (with MDC), AES-256. A [`PackSession`] draws one random session key per pack and
 //! serializes the PKESK packets once; every chunk in the pack is then a complete message
-//! (those PKESK packets followed by its own SEIPD v1 packet with a fresh IV), so public-key
+//! (those PKESK packets followed by its own SEIPD v1 packet, which starts with a fresh
+//! random prefix), so public-key
 //! work is paid per pack, not per chunk, and `gpg -d` still decrypts each chunk alone.
 
 mod keys;
@@ -121,7 +122,8 @@ impl Encryptor {
     }
 
     /// A writer that encrypts everything written to it into `sink` as one OpenPGP message
-    /// (compressed with zlib inside the encryption, which `gpg -d` undoes by itself).
+    /// (compressed with DEFLATE, OpenPGP algorithm 1, inside the encryption; `gpg -d`
+    /// undoes it by itself).
     /// Call [`MessageWriter::finish`] to flush the last packets.
     pub fn message_writer<'a, W: Write + Send + Sync + 'a>(
         &self,

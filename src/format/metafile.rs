@@ -292,7 +292,7 @@ impl<R: BufRead> Reader<R> {
         let first = r.next_line()?.ok_or_else(|| r.corrupt("empty"))?;
         match first.split_once(' ') {
             Some((MAGIC, v)) if v == VERSION.to_string() => {}
-            Some((MAGIC, v)) => {
+            Some((MAGIC, v)) if v.parse::<u32>().is_ok_and(|v| v > VERSION) => {
                 return Err(r.corrupt(&format!(
                     "metafile version {v} is newer than this coffer reads ({VERSION}); \
                      upgrade coffer"
@@ -369,6 +369,12 @@ impl<R: BufRead> Reader<R> {
                         "end line says {want:?}, listing has {:?}",
                         self.totals
                     )));
+                }
+                if fields.len() != 3 {
+                    return Err(self.corrupt("bad end line"));
+                }
+                if self.next_line()?.is_some() {
+                    return Err(self.corrupt("data after the end line"));
                 }
                 self.done = true;
                 return Ok(None);
@@ -476,10 +482,9 @@ impl<R: BufRead> Reader<R> {
             user: name(f[3])?,
             group: name(f[4])?,
             mtime: secs.parse().map_err(|_| self.corrupt("bad mtime"))?,
-            mtime_nsec: nanos
-                .parse()
-                .ok()
-                .filter(|&n| n < 1_000_000_000)
+            mtime_nsec: Some(nanos)
+                .filter(|n| n.len() == 9 && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse().ok())
                 .ok_or_else(|| self.corrupt("bad mtime"))?,
         })
     }

@@ -39,7 +39,11 @@ pub fn read(input: impl BufRead, what: &str) -> Result<Vec<ObjectKey>> {
     let mut lines = input.lines();
     match lines.next() {
         Some(Ok(l)) if l == MAGIC => {}
-        Some(Ok(l)) if l.starts_with("coffer-refs ") => {
+        Some(Ok(l))
+            if l.strip_prefix("coffer-refs ")
+                .and_then(|v| v.parse::<u32>().ok())
+                .is_some_and(|v| v > 1) =>
+        {
             return Err(corrupt(format!(
                 "format {l:?} is newer than this coffer understands; upgrade coffer"
             )))

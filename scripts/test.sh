@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need, then runs the whole suite.
+# The test command: installs what the tests need, starts the S3 test server (moto on
+# 127.0.0.1, scripts/s3-server.sh), runs the whole suite, and stops the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+s3dir=$(mktemp -d -t coffer-s3-XXXXXX)
+trap 'scripts/s3-server.sh stop "$s3dir"; rm -rf "$s3dir"' EXIT
+scripts/s3-server.sh start "$s3dir"
+export COFFER_TEST_S3_ENV="$s3dir/s3.env"
 cargo test -j2 --all-targets "$@"

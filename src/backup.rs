@@ -17,7 +17,6 @@
 mod packer;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::Instant;
@@ -32,7 +31,7 @@ use crate::ids::{ChunkHash, RunId};
 use crate::index::{CachedFile, Index};
 use crate::progress::Progress;
 use crate::source::{self, IgnoreRules, Item, Names};
-use crate::store::Store;
+use crate::store::{PutOutcome, Store};
 
 use packer::{Msg, Packer, PackerOutput};
 
@@ -151,6 +150,7 @@ pub fn backup(
         metafile: metafile_tmp,
         pack_size: target.pack_size,
         upload_concurrency: target.upload_concurrency,
+        upload_rate_limit: target.upload_rate_limit,
         racy_after_ns: start_time.timestamp_nanos_opt().unwrap_or(i64::MAX) - 2_000_000_000,
     })?;
     let (tx, rx) = sync_channel::<Msg>(8);
@@ -207,12 +207,11 @@ fn finish_run(
     stats.bytes_new = output.bytes_new;
     stats.bytes_stored = output.bytes_stored;
     stats.objects_stored = output.packs;
-    let mut file = output.metafile;
-    let mut meta = Vec::new();
-    std::io::Seek::rewind(&mut file)
-        .and_then(|_| file.read_to_end(&mut meta))
-        .map_err(|e| Error::io("metafile (temporary)", e))?;
-    stats.bytes_stored += meta.len() as u64;
+    let mut metafile = output.metafile;
+    stats.bytes_stored += metafile
+        .metadata()
+        .map_err(|e| Error::io("metafile (temporary)", e))?
+        .len();
     stats.objects_stored += 2;
     let mut refs = Vec::new();
     crate::format::refs::write(&mut refs, output.referenced.iter().copied())
@@ -220,13 +219,16 @@ fn finish_run(
     let refs_path = crate::store::run_path(&config.host, &source.name, run, "refs");
     let meta_path = crate::store::run_path(&config.host, &source.name, run, "meta");
     stats.bytes_stored += refs.len() as u64;
-    for (path, bytes) in [(&refs_path, refs), (&meta_path, meta)] {
-        if store.put_create(path, bytes.into())? == crate::store::PutOutcome::AlreadyExists {
-            return Err(Error::Store {
-                target: store.name().to_string(),
-                message: format!("{path} already exists; run ids must be unique"),
-            });
-        }
+    let exists = |path: &object_store::path::Path| Error::Store {
+        target: store.name().to_string(),
+        message: format!("{path} already exists; run ids must be unique"),
+    };
+    if store.put_create(&refs_path, refs.into())? == PutOutcome::AlreadyExists {
+        return Err(exists(&refs_path));
+    }
+    // The commit point: the run exists once its metafile is stored.
+    if store.put_file(&meta_path, &mut metafile)? == PutOutcome::AlreadyExists {
+        return Err(exists(&meta_path));
     }
     Ok(())
 }

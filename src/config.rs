@@ -47,6 +47,48 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// Parses a duration: "90s", "15m", "2h", "7d", "1w", or a number of seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a duration; write e.g. \"30s\", \"15m\", \"2h\" or \"7d\"")
+    })?;
+    let mult: u64 = match unit.trim() {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => return Err(format!("{s:?}: unknown unit; use s, m, h, d or w")),
+    };
+    n.checked_mul(mult)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// A duration in the config: a string such as "30s" or an integer number of seconds.
+#[derive(Debug, Clone, Copy)]
+struct Dur(std::time::Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Dur(std::time::Duration::from_secs(n))),
+            Raw::Text(s) => parse_duration(&s)
+                .map(Dur)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// Parses "123", "64KiB", "4 MiB", "1M", "2G" (binary multiples).
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
@@ -99,6 +141,16 @@ struct RawTarget {
     url: Spanned<String>,
     pack_size: Option<Spanned<Size>>,
     upload_concurrency: Option<Spanned<usize>>,
+    upload_rate_limit: Option<Spanned<Size>>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    allow_http: Option<bool>,
+    profile: Option<String>,
+    credentials_file: Option<Spanned<String>>,
+    retries: Option<Spanned<usize>>,
+    retry_timeout: Option<Dur>,
+    #[serde(default)]
+    options: BTreeMap<String, String>,
 }
 
 /// FastCDC bounds, in bytes.
@@ -144,7 +196,32 @@ pub struct TargetConfig {
     pub pack_size: u64,
     /// Concurrent uploads.
     pub upload_concurrency: usize,
+    /// Upload rate limit in bytes per second, if any.
+    pub upload_rate_limit: Option<u64>,
+    /// Object store endpoint (S3-compatible stores), overriding `AWS_ENDPOINT_URL`.
+    pub endpoint: Option<String>,
+    /// Region, overriding `AWS_REGION`.
+    pub region: Option<String>,
+    /// Allow plain HTTP (test servers), overriding `AWS_ALLOW_HTTP`.
+    pub allow_http: Option<bool>,
+    /// Profile in the AWS shared credentials file (else `AWS_PROFILE`, else "default").
+    pub profile: Option<String>,
+    /// AWS-style shared credentials file (else `AWS_SHARED_CREDENTIALS_FILE`, else
+    /// `~/.aws/credentials`); read only when `AWS_ACCESS_KEY_ID` is not set.
+    pub credentials_file: Option<PathBuf>,
+    /// How many times a failed request is retried (with exponential backoff).
+    pub retries: usize,
+    /// Give up retrying a request after this long.
+    pub retry_timeout: std::time::Duration,
+    /// Further object_store options for the scheme (e.g. `aws_virtual_hosted_style_request`).
+    /// Never logged.
+    pub options: BTreeMap<String, String>,
 }
+
+/// Default number of retries of a failed request.
+pub const DEFAULT_RETRIES: usize = 10;
+/// Default time after which a failing request is not retried any more.
+pub const DEFAULT_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
 
 impl TargetConfig {
     /// A target given only by URL (e.g. `restore --target file:///mnt/usb/coffer`).
@@ -155,6 +232,15 @@ impl TargetConfig {
             url: url.to_string(),
             pack_size: DEFAULT_PACK_SIZE,
             upload_concurrency: DEFAULT_UPLOAD_CONCURRENCY,
+            upload_rate_limit: None,
+            endpoint: None,
+            region: None,
+            allow_http: None,
+            profile: None,
+            credentials_file: None,
+            retries: DEFAULT_RETRIES,
+            retry_timeout: DEFAULT_RETRY_TIMEOUT,
+            options: BTreeMap::new(),
         })
     }
 }
@@ -222,14 +308,27 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// URL schemes coffer accepts.
+pub const SCHEMES: &[&str] = &["file", "s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
+
 fn check_url(url: &str) -> std::result::Result<(), String> {
     match url.split_once("://") {
         Some(("file", rest)) if rest.starts_with('/') => Ok(()),
         Some(("file", _)) => Err(format!(
             "{url:?}: a file URL needs an absolute path, e.g. file:///mnt/usb/coffer"
         )),
+        Some((scheme, rest)) if SCHEMES.contains(&scheme) => {
+            if rest.is_empty() || rest.starts_with('/') {
+                Err(format!(
+                    "{url:?}: name the bucket or container, e.g. {scheme}://backups/prefix"
+                ))
+            } else {
+                Ok(())
+            }
+        }
         Some((scheme, _)) => Err(format!(
-            "{url:?}: unsupported scheme {scheme:?}; this version supports file:///PATH"
+            "{url:?}: unsupported scheme {scheme:?}; use file:///PATH, s3://BUCKET/PREFIX, \
+             gs://BUCKET/PREFIX or az://CONTAINER/PREFIX"
         )),
         None => Err(format!(
             "{url:?} is not a URL; write e.g. url = \"file:///mnt/usb/coffer\""
@@ -313,6 +412,23 @@ impl Config {
                 Some(c) => c.into_inner(),
                 None => DEFAULT_UPLOAD_CONCURRENCY,
             };
+            let upload_rate_limit = match t.upload_rate_limit {
+                Some(r) if r.get_ref().0 < 1024 => {
+                    return ctx.err(r.span(), "upload_rate_limit must be at least \"1KiB\"")
+                }
+                r => r.map(|r| r.get_ref().0),
+            };
+            let retries = match t.retries {
+                Some(r) if *r.get_ref() > 100 => {
+                    return ctx.err(r.span(), "retries must be between 0 and 100")
+                }
+                r => r.map_or(DEFAULT_RETRIES, |r| r.into_inner()),
+            };
+            let credentials_file = t
+                .credentials_file
+                .as_ref()
+                .map(|f| ctx.path(f))
+                .transpose()?;
             let name = name.into_inner();
             targets.insert(
                 name.clone(),
@@ -321,6 +437,15 @@ impl Config {
                     url: t.url.into_inner(),
                     pack_size,
                     upload_concurrency,
+                    upload_rate_limit,
+                    endpoint: t.endpoint,
+                    region: t.region,
+                    allow_http: t.allow_http,
+                    profile: t.profile,
+                    credentials_file,
+                    retries,
+                    retry_timeout: t.retry_timeout.map_or(DEFAULT_RETRY_TIMEOUT, |d| d.0),
+                    options: t.options,
                 },
             );
         }
@@ -584,6 +709,33 @@ url = "file:///mnt/usb/coffer"
             c.sources["home"].recipients[0],
             Path::new("/etc/coffer/keys/admin.pub.asc")
         );
+    }
+
+    #[test]
+    fn object_store_targets() {
+        let t = MIN.replace(
+            "url = \"file:///mnt/usb/coffer\"",
+            "url = \"s3://bucket/host1\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+             allow_http = true\nretries = 2\nretry_timeout = \"30s\"\n\
+             upload_rate_limit = \"1MiB\"",
+        );
+        let c = parse(&t).unwrap();
+        let u = &c.targets["usb"];
+        assert_eq!(u.url, "s3://bucket/host1");
+        assert_eq!(u.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(u.retries, 2);
+        assert_eq!(u.retry_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(u.upload_rate_limit, Some(1 << 20));
+        let e = parse(&MIN.replace("file:///mnt/usb/coffer", "s3:///x")).unwrap_err();
+        assert!(e.to_string().contains("name the bucket"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
+        assert_eq!(parse_duration("7d").unwrap().as_secs(), 7 * 86400);
+        assert!(parse_duration("3y").is_err());
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub(super) struct PackerSetup {
     pub metafile: std::fs::File,
     pub pack_size: u64,
     pub upload_concurrency: usize,
+    pub upload_rate_limit: Option<u64>,
     /// Files modified after this (ns) are cached as untrusted: they may change again
     /// within the file system's timestamp granularity, so the next run reads them.
     pub racy_after_ns: i64,
@@ -75,6 +76,7 @@ pub(super) struct Packer {
     source: String,
     pack_size: u64,
     upload_concurrency: usize,
+    upload_rate_limit: Option<u64>,
     racy_after_ns: i64,
     writer: MetaWriter,
     metafile: std::fs::File,
@@ -118,6 +120,7 @@ impl Packer {
             source: s.source,
             pack_size: s.pack_size,
             upload_concurrency: s.upload_concurrency,
+            upload_rate_limit: s.upload_rate_limit,
             racy_after_ns: s.racy_after_ns,
             writer,
             metafile,
@@ -139,10 +142,10 @@ impl Packer {
         let uploader = {
             let store = self.store.object_store();
             let target = self.store.name().to_string();
-            let concurrency = self.upload_concurrency;
+            let limits = (self.upload_concurrency, self.upload_rate_limit);
             std::thread::Builder::new()
                 .name("coffer-upload".into())
-                .spawn(move || upload(store, target, concurrency, pack_rx, ack_tx))
+                .spawn(move || upload(store, target, limits, pack_rx, ack_tx))
                 .map_err(|e| Error::Usage(format!("cannot start a thread: {e}")))?
         };
         let result = self.consume(&rx, &pack_tx, &ack_rx);
@@ -344,15 +347,17 @@ struct Uploaded {
     created: u64,
 }
 
-/// Uploads sealed packs with create-only puts, at most `concurrency` at once, and
-/// reports each acknowledged pack's chunks. Stops at the first failure.
+/// Uploads sealed packs with create-only puts, at most `concurrency` at once and at most
+/// `rate` bytes per second on average, and reports each acknowledged pack's chunks.
+/// Stops at the first failure.
 fn upload(
     store: Arc<dyn ObjectStore>,
     target: String,
-    concurrency: usize,
+    (concurrency, rate): (usize, Option<u64>),
     mut packs: tokio::sync::mpsc::Receiver<SealedPack>,
     acks: std::sync::mpsc::Sender<Vec<ChunkRef>>,
 ) -> Result<Uploaded> {
+    let rate = rate.map(|r| Arc::new(store::RateLimit::new(r)));
     store::runtime().block_on(async move {
         let mut tasks = tokio::task::JoinSet::new();
         let mut done = Uploaded {
@@ -379,9 +384,13 @@ fn upload(
             let store = store.clone();
             let acks = acks.clone();
             let target = target.clone();
+            let rate = rate.clone();
             tasks.spawn(async move {
                 let path = store::data_path(&pack.key);
                 let len = pack.bytes.len() as u64;
+                if let Some(rate) = rate {
+                    rate.acquire(len).await;
+                }
                 let outcome = store::put_create(&*store, &path, pack.bytes)
                     .await
                     .map_err(|e| store::map_store_error(&target, &path, "create", e))?;

@@ -12,9 +12,10 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+mod open;
 
 use crate::config::TargetConfig;
 use crate::error::{Error, Result};
@@ -42,11 +43,16 @@ pub enum PutOutcome {
     AlreadyExists,
 }
 
+/// Objects larger than this are uploaded in parts (multipart upload).
+pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
+const PART_SIZE: usize = 8 << 20;
+
 /// One target.
 #[derive(Clone, Debug)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     name: String,
+    multipart_threshold: u64,
 }
 
 /// A run as listed on a target (from object names alone: no key needed).
@@ -114,38 +120,58 @@ pub fn run_path(host: &str, source: &str, id: &RunId, ext: &str) -> StorePath {
 
 impl Store {
     /// Opens a target. With `create`, a missing local folder is created (backup); without,
-    /// it must exist (restore, runs).
+    /// it must exist (restore, runs). Nothing is requested from the target here.
     pub fn open(target: &TargetConfig, create: bool) -> Result<Store> {
-        let fail = |message: String| Error::Store {
-            target: target.name.clone(),
-            message,
-        };
-        let url = url::Url::parse(&target.url).map_err(|e| fail(format!("bad URL: {e}")))?;
-        let inner: Arc<dyn ObjectStore> = match url.scheme() {
-            "file" => {
-                let dir = url
-                    .to_file_path()
-                    .map_err(|_| fail(format!("{} is not a local path", target.url)))?;
-                if create {
-                    std::fs::create_dir_all(&dir)
-                        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-                } else if !dir.is_dir() {
-                    return Err(fail(format!(
-                        "{} does not exist (is the disk mounted?)",
-                        dir.display()
-                    )));
-                }
-                let fs = LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|e| fail(e.to_string()))?
-                    .with_fsync(true);
-                Arc::new(fs)
-            }
-            other => return Err(fail(format!("unsupported scheme {other:?}"))),
-        };
         Ok(Store {
-            inner,
+            inner: open::open(target, create)?,
             name: target.name.clone(),
+            multipart_threshold: MULTIPART_THRESHOLD,
         })
+    }
+
+    /// Uploads files larger than `bytes` in parts (default [`MULTIPART_THRESHOLD`]; at
+    /// least 5 MiB, S3's smallest part).
+    pub fn with_multipart_threshold(mut self, bytes: u64) -> Self {
+        self.multipart_threshold = bytes.max(5 << 20);
+        self
+    }
+
+    /// Stores the contents of `file` at `path`: one create-only put when small, a
+    /// multipart upload streamed from the file when large (bounded memory). Multipart
+    /// uploads cannot be create-only in object_store; they are used only for names that
+    /// are unique by construction (metafiles).
+    pub fn put_file(&self, path: &StorePath, file: &mut std::fs::File) -> Result<PutOutcome> {
+        use std::io::{Read, Seek};
+        let io = |e| Error::io(format!("temporary file for {path}"), e);
+        let len = file.metadata().map_err(io)?.len();
+        file.rewind().map_err(io)?;
+        if len <= self.multipart_threshold {
+            let mut bytes = Vec::with_capacity(len as usize);
+            file.read_to_end(&mut bytes).map_err(io)?;
+            return self.put_create(path, bytes.into());
+        }
+        let store = self.inner.clone();
+        let result: std::result::Result<(), object_store::Error> = runtime().block_on(async {
+            let upload = store.put_multipart(path).await?;
+            let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let mut buf = vec![0u8; PART_SIZE];
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .map_err(|e| object_store::Error::Generic {
+                        store: "coffer",
+                        source: Box::new(e),
+                    })?;
+                if n == 0 {
+                    break;
+                }
+                writer.wait_for_capacity(2).await?;
+                writer.write(&buf[..n]);
+            }
+            writer.finish().await.map(|_| ())
+        });
+        result.map_err(|e| self.map_err(path, "create", e))?;
+        Ok(PutOutcome::Created)
     }
 
     /// The target's name (for messages).
@@ -223,6 +249,32 @@ impl Store {
     }
 }
 
+/// Spaces out uploads so that they average at most a given number of bytes per second.
+pub(crate) struct RateLimit {
+    bytes_per_sec: f64,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl RateLimit {
+    pub(crate) fn new(bytes_per_sec: u64) -> Self {
+        RateLimit {
+            bytes_per_sec: bytes_per_sec.max(1) as f64,
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits until `bytes` more may be sent.
+    pub(crate) async fn acquire(&self, bytes: u64) {
+        let start = {
+            let mut next = self.next.lock().await;
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + std::time::Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
 /// Create-only put; "already exists" is an outcome, not an error.
 pub(crate) async fn put_create(
     store: &dyn ObjectStore,
@@ -240,28 +292,48 @@ pub(crate) async fn put_create(
     }
 }
 
+/// Whether an error means "this credential may not do that". object_store reports some
+/// refusals (e.g. of a LIST) as generic errors that carry the HTTP status.
+fn is_refusal(e: &object_store::Error) -> bool {
+    match e {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => true,
+        e => {
+            let text = e.to_string();
+            [
+                "403 Forbidden",
+                "401 Unauthorized",
+                "AccessDenied",
+                "AuthorizationPermissionMismatch",
+            ]
+            .iter()
+            .any(|needle| text.contains(needle))
+        }
+    }
+}
+
 pub(crate) fn map_store_error(
     target: &str,
     what: &StorePath,
     op: &str,
     e: object_store::Error,
 ) -> Error {
-    match e {
-        object_store::Error::NotFound { .. } => {
-            Error::NotFound(format!("target {target}: object {what} is missing"))
-        }
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => Error::Store {
+    if let object_store::Error::NotFound { .. } = e {
+        return Error::NotFound(format!("target {target}: object {what} is missing"));
+    }
+    if is_refusal(&e) {
+        return Error::Store {
             target: target.to_string(),
             message: format!(
-                "{op} {what}: the credential lacks the right to {op} ({e}); backups need \
-                     only create rights, but runs, restore, prune and gc need read/list rights"
+                "{op} {what}: refused: the credential lacks the right to {op} here. Backups \
+                 need only create rights (s3:PutObject); runs and restore need read and list \
+                 rights: use the restore credential, not the host's put-only one ({e})"
             ),
-        },
-        e => Error::Store {
-            target: target.to_string(),
-            message: format!("{op} {what}: {e}"),
-        },
+        };
+    }
+    Error::Store {
+        target: target.to_string(),
+        message: format!("{op} {what}: {e}"),
     }
 }
 

@@ -1,0 +1,266 @@
+//! Building an `ObjectStore` for a target URL and its settings.
+//!
+//! Credentials follow each ecosystem's conventions: for S3 the `AWS_*` environment
+//! variables, then an AWS shared credentials file (`credentials_file`, else
+//! `AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`; profile `profile`, else
+//! `AWS_PROFILE`, else `default`), then what object_store finds itself (instance
+//! metadata, web identity). GCS and Azure read their usual `GOOGLE_*` / `AZURE_*`
+//! variables. No credential is ever put in an error message or a log line.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
+
+use crate::config::TargetConfig;
+use crate::error::{Error, Result};
+
+pub(super) fn open(target: &TargetConfig, create: bool) -> Result<Arc<dyn ObjectStore>> {
+    let fail = |message: String| Error::Store {
+        target: target.name.clone(),
+        message,
+    };
+    let url = url::Url::parse(&target.url).map_err(|e| fail(format!("bad URL: {e}")))?;
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "file" => return open_local(target, &url, create),
+        "s3" | "s3a" => Arc::new(s3(target).map_err(|e| fail(e.to_string()))?),
+        "gs" => Arc::new(gcs(target).map_err(|e| fail(e.to_string()))?),
+        "az" | "azure" | "abfs" | "abfss" => {
+            Arc::new(azure(target).map_err(|e| fail(e.to_string()))?)
+        }
+        other => return Err(fail(format!("unsupported scheme {other:?}"))),
+    };
+    let prefix = url.path().trim_matches('/');
+    Ok(if prefix.is_empty() {
+        store
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    })
+}
+
+fn open_local(target: &TargetConfig, url: &url::Url, create: bool) -> Result<Arc<dyn ObjectStore>> {
+    let fail = |message: String| Error::Store {
+        target: target.name.clone(),
+        message,
+    };
+    let dir = url
+        .to_file_path()
+        .map_err(|_| fail(format!("{} is not a local path", target.url)))?;
+    if create {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+    } else if !dir.is_dir() {
+        return Err(fail(format!(
+            "{} does not exist (is the disk mounted?)",
+            dir.display()
+        )));
+    }
+    let fs = LocalFileSystem::new_with_prefix(&dir)
+        .map_err(|e| fail(e.to_string()))?
+        .with_fsync(true);
+    Ok(Arc::new(fs))
+}
+
+fn retry(target: &TargetConfig) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: target.retries,
+        retry_timeout: target.retry_timeout,
+    }
+}
+
+/// Timeouts, as client config keys: `with_client_options` would replace the options the
+/// builder already holds (allow_http from the environment or the config among them).
+const CLIENT_TIMEOUTS: [(ClientConfigKey, &str); 2] = [
+    (ClientConfigKey::ConnectTimeout, "10s"),
+    (ClientConfigKey::Timeout, "300s"),
+];
+
+fn unknown_option(key: &str) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "coffer",
+        source: format!("unknown option {key:?} in the target's options table").into(),
+    }
+}
+
+fn s3(target: &TargetConfig) -> object_store::Result<object_store::aws::AmazonS3> {
+    let mut b = AmazonS3Builder::from_env().with_url(&target.url);
+    for (k, v) in CLIENT_TIMEOUTS {
+        b = b.with_config(AmazonS3ConfigKey::Client(k), v);
+    }
+    if let Some(e) = &target.endpoint {
+        b = b.with_endpoint(e);
+    }
+    if let Some(r) = &target.region {
+        b = b.with_region(r);
+    }
+    if let Some(h) = target.allow_http {
+        b = b.with_allow_http(h);
+    }
+    for (k, v) in &target.options {
+        let key: AmazonS3ConfigKey = k
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|_| unknown_option(k))?;
+        b = b.with_config(key, v);
+    }
+    let from_env = std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|v| !v.is_empty())
+        || target.options.keys().any(|k| k.contains("access_key_id"));
+    if !from_env {
+        if let Some(creds) =
+            shared_credentials(target).map_err(|e| object_store::Error::Generic {
+                store: "coffer",
+                source: e.into(),
+            })?
+        {
+            b = b
+                .with_access_key_id(creds.key_id)
+                .with_secret_access_key(creds.secret);
+            if let Some(t) = creds.token {
+                b = b.with_token(t);
+            }
+        }
+    }
+    b.with_retry(retry(target)).build()
+}
+
+fn gcs(target: &TargetConfig) -> object_store::Result<object_store::gcp::GoogleCloudStorage> {
+    let mut b = GoogleCloudStorageBuilder::from_env().with_url(&target.url);
+    for (k, v) in CLIENT_TIMEOUTS {
+        b = b.with_config(GoogleConfigKey::Client(k), v);
+    }
+    for (k, v) in &target.options {
+        let key: GoogleConfigKey = k
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|_| unknown_option(k))?;
+        b = b.with_config(key, v);
+    }
+    b.with_retry(retry(target)).build()
+}
+
+fn azure(target: &TargetConfig) -> object_store::Result<object_store::azure::MicrosoftAzure> {
+    let mut b = MicrosoftAzureBuilder::from_env().with_url(&target.url);
+    for (k, v) in CLIENT_TIMEOUTS {
+        b = b.with_config(AzureConfigKey::Client(k), v);
+    }
+    if let Some(e) = &target.endpoint {
+        b = b.with_endpoint(e.clone());
+    }
+    if let Some(h) = target.allow_http {
+        b = b.with_allow_http(h);
+    }
+    for (k, v) in &target.options {
+        let key: AzureConfigKey = k
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|_| unknown_option(k))?;
+        b = b.with_config(key, v);
+    }
+    b.with_retry(retry(target)).build()
+}
+
+/// A key pair from an AWS shared credentials file.
+struct SharedCredentials {
+    key_id: String,
+    secret: String,
+    token: Option<String>,
+}
+
+/// Reads the profile from the AWS shared credentials file, if there is one. A file named
+/// in the config must exist; the default one may be absent.
+fn shared_credentials(
+    target: &TargetConfig,
+) -> std::result::Result<Option<SharedCredentials>, String> {
+    let explicit = target.credentials_file.clone().or_else(|| {
+        std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    let path = match (&explicit, std::env::var_os("HOME")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(home)) => Path::new(&home).join(".aws/credentials"),
+        (None, None) => return Ok(None),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        Err(e) => return Err(format!("credentials file {}: {e}", path.display())),
+    };
+    let profile = target
+        .profile
+        .clone()
+        .or_else(|| std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()))
+        .unwrap_or_else(|| "default".to_string());
+    let values = parse_profile(&text, &profile);
+    match (values.0, values.1) {
+        (Some(key_id), Some(secret)) => Ok(Some(SharedCredentials {
+            key_id,
+            secret,
+            token: values.2,
+        })),
+        _ if explicit.is_some() || target.profile.is_some() => Err(format!(
+            "credentials file {} has no profile [{profile}] with aws_access_key_id and \
+             aws_secret_access_key",
+            path.display()
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// (aws_access_key_id, aws_secret_access_key, aws_session_token) of `[profile]`.
+fn parse_profile(text: &str, profile: &str) -> (Option<String>, Option<String>, Option<String>) {
+    let mut in_profile = false;
+    let mut out = (None, None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_profile = name.trim() == profile;
+            continue;
+        }
+        if !in_profile {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = Some(v.trim().to_string());
+            match k.trim() {
+                "aws_access_key_id" => out.0 = v,
+                "aws_secret_access_key" => out.1 = v,
+                "aws_session_token" => out.2 = v,
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles() {
+        let text = "[default]\naws_access_key_id = A\naws_secret_access_key = B\n\n\
+                    # comment\n[backup]\naws_access_key_id=C\naws_secret_access_key=D\n\
+                    aws_session_token = E\n";
+        assert_eq!(
+            parse_profile(text, "default"),
+            (Some("A".into()), Some("B".into()), None)
+        );
+        assert_eq!(
+            parse_profile(text, "backup"),
+            (Some("C".into()), Some("D".into()), Some("E".into()))
+        );
+        assert_eq!(parse_profile(text, "none"), (None, None, None));
+    }
+}

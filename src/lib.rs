@@ -21,7 +21,7 @@ pub use backup::{backup, backup_all, BackupStats};
 pub use config::{config_path, default_state_dir, parse_size, Config, SourceConfig, TargetConfig};
 pub use crypto::{
     generate_key, load_recipients, load_secret_keys, Decryptor, Encryptor, GeneratedKey,
-    KeyAlgorithm,
+    KeyAlgorithm, PackSession,
 };
 pub use error::{Error, Result};
 pub use format::{metafile, refs};

@@ -143,6 +143,7 @@ pub fn restore(
             ..Default::default()
         },
         bad_objects: HashMap::new(),
+        packs: PackCache::new(!opts.paths.is_empty()),
         dirs: Vec::new(),
         links: Vec::new(),
         borrowed,
@@ -306,6 +307,7 @@ struct Job<'a> {
     progress: &'a dyn Progress,
     stats: RestoreStats,
     bad_objects: HashMap<ObjectKey, String>,
+    packs: PackCache,
     dirs: Vec<(PathBuf, Meta)>,
     links: Vec<(Vec<u8>, Deferred)>,
     /// Unselected hard-link targets whose data goes to a selected link's path.
@@ -441,8 +443,8 @@ impl Job<'_> {
             .map_err(|e| format!("cannot create a temporary file: {e}"))?;
         let mut whole = blake3::Hasher::new();
         let mut written = 0u64;
-        for c in chunks {
-            let data = self.chunk(c)?;
+        for (i, c) in chunks.iter().enumerate() {
+            let data = self.chunk(c, &chunks[i..])?;
             whole.update(&data);
             tmp.write_all(&data)
                 .map_err(|e| format!("write failed: {e}"))?;
@@ -465,31 +467,27 @@ impl Job<'_> {
         Ok(())
     }
 
-    /// Fetches, decrypts and checks one chunk.
-    fn chunk(&mut self, c: &ChunkRef) -> std::result::Result<Vec<u8>, String> {
+    /// Fetches, decrypts and checks one chunk. `ahead` is this chunk and the rest of the
+    /// file, so a ranged read can cover the following chunks in the same pack too.
+    fn chunk(&mut self, c: &ChunkRef, ahead: &[ChunkRef]) -> std::result::Result<Vec<u8>, String> {
         if let Some(reason) = self.bad_objects.get(&c.object) {
             return Err(reason.clone());
         }
-        let path = store::data_path(&c.object);
         let what = format!("chunk at {}+{} of object {}", c.offset, c.length, c.object);
-        let bytes = match self.store.get_range(&path, c.offset..c.offset + c.length) {
+        let bytes = match self.packs.message(self.store, c, ahead) {
             Ok(b) => b,
             Err(e) => {
+                let permanent = matches!(e, Error::NotFound(_) | Error::Corrupt { .. });
                 let reason = match e {
                     Error::NotFound(_) => format!("object {} is missing from the target", c.object),
                     e => e.to_string(),
                 };
-                if !matches!(e_kind(&reason), ErrKind::Transient) {
+                if permanent {
                     self.bad_objects.insert(c.object, reason.clone());
                 }
                 return Err(reason);
             }
         };
-        if bytes.len() as u64 != c.length {
-            let reason = format!("object {} is truncated", c.object);
-            self.bad_objects.insert(c.object, reason.clone());
-            return Err(reason);
-        }
         let plain = self
             .decryptor
             .decrypt(&what, &bytes)
@@ -562,16 +560,83 @@ impl Job<'_> {
     }
 }
 
-enum ErrKind {
-    Transient,
-    Permanent,
+/// Packs held in memory for a full restore, which reads chunks in about the order they
+/// were packed: each pack is then fetched once. A filtered restore, which may need a few
+/// chunks of many packs, reads ranges instead: the run of following chunks of the same
+/// file that lie next to each other in the pack, in one request.
+struct PackCache {
+    ranged: bool,
+    packs: std::collections::VecDeque<(ObjectKey, bytes::Bytes)>,
+    held: u64,
+    /// A ranged read's bytes: (object, start offset, bytes).
+    window: Option<(ObjectKey, u64, bytes::Bytes)>,
 }
 
-fn e_kind(reason: &str) -> ErrKind {
-    if reason.contains("missing") || reason.contains("truncated") {
-        ErrKind::Permanent
-    } else {
-        ErrKind::Transient
+/// Packs larger than this are read in ranges.
+const WHOLE_PACK_LIMIT: u64 = 64 << 20;
+/// Memory for whole packs.
+const PACK_CACHE_BYTES: u64 = 128 << 20;
+
+impl PackCache {
+    fn new(ranged: bool) -> Self {
+        PackCache {
+            ranged,
+            packs: std::collections::VecDeque::new(),
+            held: 0,
+            window: None,
+        }
+    }
+
+    /// The stored bytes of chunk `c` (its OpenPGP message).
+    fn message(&mut self, store: &Store, c: &ChunkRef, ahead: &[ChunkRef]) -> Result<bytes::Bytes> {
+        let end = c.offset + c.length;
+        let truncated = || Error::Corrupt {
+            what: format!("object {}", c.object),
+            reason: "truncated: a chunk lies beyond its end".into(),
+        };
+        if let Some((_, pack)) = self.packs.iter().find(|(k, _)| *k == c.object) {
+            return pack
+                .get(c.offset as usize..end as usize)
+                .map(|b| pack.slice_ref(b))
+                .ok_or_else(truncated);
+        }
+        if let Some((k, start, bytes)) = &self.window {
+            if *k == c.object && c.offset >= *start && end <= start + bytes.len() as u64 {
+                return Ok(bytes.slice((c.offset - start) as usize..(end - start) as usize));
+            }
+        }
+        let path = store::data_path(&c.object);
+        if !self.ranged {
+            if let Some(pack) = store.get_small(&path, WHOLE_PACK_LIMIT)? {
+                let b = pack
+                    .get(c.offset as usize..end as usize)
+                    .map(|b| pack.slice_ref(b))
+                    .ok_or_else(truncated)?;
+                self.held += pack.len() as u64;
+                self.packs.push_back((c.object, pack));
+                while self.held > PACK_CACHE_BYTES && self.packs.len() > 1 {
+                    let (_, old) = self.packs.pop_front().expect("not empty");
+                    self.held -= old.len() as u64;
+                }
+                return Ok(b);
+            }
+        }
+        // The following chunks of this file that continue this one in the same pack.
+        let mut span_end = end;
+        for next in ahead.iter().skip(1) {
+            if next.object != c.object || next.offset != span_end || span_end - c.offset > 64 << 20
+            {
+                break;
+            }
+            span_end = next.offset + next.length;
+        }
+        let bytes = store.get_range(&path, c.offset..span_end)?;
+        if (bytes.len() as u64) < span_end - c.offset {
+            return Err(truncated());
+        }
+        let b = bytes.slice(..c.length as usize);
+        self.window = Some((c.object, c.offset, bytes));
+        Ok(b)
     }
 }
 

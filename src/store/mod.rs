@@ -204,6 +204,22 @@ impl Store {
             .map_err(|e| self.map_err(path, "read", e))
     }
 
+    /// Reads a whole object if it is at most `limit` bytes; `None` if it is larger (the
+    /// body of a larger one is not downloaded). One request either way.
+    pub fn get_small(&self, path: &StorePath, limit: u64) -> Result<Option<Bytes>> {
+        let store = self.inner.clone();
+        let p = path.clone();
+        runtime()
+            .block_on(async move {
+                let result = store.get(&p).await?;
+                if result.meta.size > limit {
+                    return Ok(None);
+                }
+                result.bytes().await.map(Some)
+            })
+            .map_err(|e| self.map_err(path, "read", e))
+    }
+
     /// Reads `range` of an object (blocking).
     pub fn get_range(&self, path: &StorePath, range: std::ops::Range<u64>) -> Result<Bytes> {
         let store = self.inner.clone();
@@ -340,6 +356,21 @@ pub(crate) fn map_store_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_spaces_uploads() {
+        // Virtual time: the clock only moves when every task sleeps, so this measures the
+        // limiter's schedule, not the machine.
+        let limit = RateLimit::new(1 << 20);
+        let start = tokio::time::Instant::now();
+        for _ in 0..4 {
+            limit.acquire(1 << 20).await;
+        }
+        // Four 1 MiB uploads at 1 MiB/s: the fourth may start after 3 s, not before.
+        assert_eq!(start.elapsed().as_secs(), 3);
+        limit.acquire(512 << 10).await;
+        assert_eq!(start.elapsed().as_millis(), 4000);
+    }
 
     #[test]
     fn segments() {

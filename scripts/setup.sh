@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing coffer needs on a fresh Debian machine that has only
-# Rust, gcc, python3 and pip: libclang (sequoia's nettle backend runs bindgen), nettle,
-# GnuPG 2.2 (interop tests), zstd and b3sum (the gpg-only restore procedure). Idempotent: installs only what is missing.
+# Rust, gcc, python3 and pip: libclang (sequoia's OpenSSL backend runs bindgen), OpenSSL,
+# GnuPG 2.2 (interop tests), zstd and b3sum (the gpg-only restore procedure).
+# Idempotent: installs only what is missing.
 set -euo pipefail
 need=()
-for pkg in libclang-dev nettle-dev pkg-config gnupg zstd b3sum; do
+for pkg in libclang-dev libssl-dev pkg-config gnupg zstd b3sum; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

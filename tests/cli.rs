@@ -928,3 +928,38 @@ fn planted_or_renamed_metafiles_are_refused() {
         .expect(EXIT_ERROR)
         .stderr_has("planted or moved");
 }
+
+/// A source encrypted to two recipients (an admin key and an offline recovery key, one
+/// of them RSA): either secret key alone restores the run.
+#[test]
+fn any_one_of_several_recipients_can_restore() {
+    let fx = Fixture::new();
+    let recovery_dir = fx.path("recovery");
+    let mut cmd = coffer(&fx.home);
+    cmd.args([
+        "keygen",
+        "--no-passphrase",
+        "--rsa",
+        "3072",
+        "--name",
+        "recovery",
+        "--out",
+    ])
+    .arg(&recovery_dir);
+    run(cmd).ok();
+    let recovery_pub = recovery_dir.join("recovery.pub.asc");
+    fx.write_config(&Settings {
+        recipients: vec![fx.public_key.clone(), recovery_pub],
+        ..Settings::default()
+    });
+    small_tree(&fx.src);
+    fx.backup_ok();
+    for key in [fx.secret_key.clone(), recovery_dir.join("recovery.key.asc")] {
+        let dest = fx.path(&format!(
+            "with-{}",
+            key.file_stem().unwrap().to_string_lossy()
+        ));
+        fx.restore_with(&key, &dest, &[]).ok();
+        assert_same_tree(&fx.src, &dest);
+    }
+}

@@ -493,8 +493,12 @@ impl Job<'_> {
             .decrypt(&what, &bytes)
             .map_err(|e| e.to_string())?;
         let data = match c.encoding {
-            Encoding::Zstd => zstd::stream::decode_all(&plain[..])
-                .map_err(|e| format!("{what}: cannot decompress: {e}"))?,
+            // Never more than the recorded size: a forged chunk cannot inflate without bound.
+            Encoding::Zstd if c.size <= MAX_CHUNK => {
+                zstd::bulk::decompress(&plain, c.size as usize)
+                    .map_err(|e| format!("{what}: cannot decompress: {e}"))?
+            }
+            Encoding::Zstd => return Err(format!("{what}: recorded size {} is too large", c.size)),
             _ => plain,
         };
         if data.len() as u64 != c.size || ChunkHash::of(&data) != c.hash {
@@ -571,6 +575,9 @@ struct PackCache {
     /// A ranged read's bytes: (object, start offset, bytes).
     window: Option<(ObjectKey, u64, bytes::Bytes)>,
 }
+
+/// No chunk is larger (the chunker's ceiling).
+const MAX_CHUNK: u64 = 1 << 30;
 
 /// Packs larger than this are read in ranges.
 const WHOLE_PACK_LIMIT: u64 = 64 << 20;

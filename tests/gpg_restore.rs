@@ -76,6 +76,12 @@ fn make_tree(src: &Path) {
     let files: Vec<(&[u8], Vec<u8>, u32)> = vec![
         (BIG, noise(300_000, 0x9e37_79b9_7f4a_7c15), 0o644),
         (b"empty", Vec::new(), 0o644),
+        // Compressible: stored as zstd chunks, which the script must decompress.
+        (
+            b"notes.log",
+            b"GET /index.html 200 backup ok\n".repeat(12_000),
+            0o644,
+        ),
         (b"dir1/dir2/nested.txt", b"nested\n".to_vec(), 0o640),
         (b"with space", b"a space\n".to_vec(), 0o644),
         (b"new\nline", b"a newline\n".to_vec(), 0o600),
@@ -319,6 +325,12 @@ fn backup_restores_with_gpg_and_coreutils_alone() {
         nchunks >= 3,
         "big.bin should have several chunks: {}",
         lines[at]
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("chunk ") && l.ends_with(" zstd")),
+        "notes.log should be stored compressed"
     );
     let chunk: Vec<&str> = lines[at + 1].split(' ').collect();
     let (object, offset, length): (&str, u64, u64) = (

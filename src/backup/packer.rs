@@ -16,8 +16,13 @@ use crate::ids::{ChunkHash, ObjectKey};
 use crate::index::{CachedFile, FileStamp, Index};
 use crate::store::{self, Store};
 
-/// Marks a chunk in the pack still being filled; replaced by the pack's key when sealed.
+/// Marks a chunk in the pack still being filled (its `offset` then holds its slot in the
+/// pack); replaced by the pack's key, offset and length when the pack is sealed.
 const OPEN_PACK: ObjectKey = ObjectKey([0; 32]);
+
+/// Chunks up to this size are compressed whole to see whether it pays; larger ones are
+/// first tried on a sample of this size.
+const COMPRESSION_SAMPLE: usize = 64 << 10;
 
 /// From the walking thread to the packer, in walk order.
 pub(super) enum Msg {
@@ -81,7 +86,9 @@ pub(super) struct Packer {
     writer: MetaWriter,
     metafile: std::fs::File,
     session: PackSession,
-    pack: Vec<u8>,
+    /// Plaintext of the open pack's chunks, in slot order; encrypted when sealed.
+    pack_plain: Vec<Vec<u8>>,
+    pack_plain_bytes: u64,
     pack_chunks: Vec<ChunkRef>,
     /// Chunks not yet acknowledged: in the open pack (object = OPEN_PACK) or in flight.
     pending: HashMap<ChunkHash, ChunkRef>,
@@ -124,7 +131,8 @@ impl Packer {
             racy_after_ns: s.racy_after_ns,
             writer,
             metafile,
-            pack: Vec::new(),
+            pack_plain: Vec::new(),
+            pack_plain_bytes: 0,
             pack_chunks: Vec::new(),
             pending: HashMap::new(),
             queued: Vec::new(),
@@ -192,7 +200,7 @@ impl Packer {
                 self.acknowledged(chunks)?;
             }
             match msg {
-                Msg::Chunk { hash, data } => self.chunk(hash, &data)?,
+                Msg::Chunk { hash, data } => self.chunk(hash, data)?,
                 Msg::FileAbort => self.file_chunks.clear(),
                 Msg::FileEnd { mut entry, stamp } => {
                     let chunks = std::mem::take(&mut self.file_chunks);
@@ -217,20 +225,20 @@ impl Packer {
                     self.emit(entry)?
                 }
             }
-            if self.pack.len() as u64 >= self.pack_size {
+            if self.pack_plain_bytes >= self.pack_size {
                 self.seal(pack_tx)?;
             }
             if self.cache_rows.len() >= 4096 {
                 self.flush_cache()?;
             }
         }
-        if !self.pack.is_empty() {
+        if !self.pack_plain.is_empty() {
             self.seal(pack_tx)?;
         }
         Ok(())
     }
 
-    fn chunk(&mut self, hash: ChunkHash, data: &[u8]) -> Result<()> {
+    fn chunk(&mut self, hash: ChunkHash, data: Vec<u8>) -> Result<()> {
         self.out.chunks += 1;
         let known = match self.pending.get(&hash) {
             Some(c) => Some(c.clone()),
@@ -239,18 +247,18 @@ impl Packer {
         let location = match known {
             Some(c) => c,
             None => {
-                let offset = self.pack.len() as u64;
-                self.session.encrypt_into(data, &mut self.pack)?;
                 let c = ChunkRef {
                     object: OPEN_PACK,
-                    offset,
-                    length: self.pack.len() as u64 - offset,
+                    offset: self.pack_plain.len() as u64,
+                    length: 0,
                     size: data.len() as u64,
                     hash,
                     encoding: Encoding::Raw,
                 };
                 self.out.chunks_new += 1;
                 self.out.bytes_new += data.len() as u64;
+                self.pack_plain_bytes += data.len() as u64;
+                self.pack_plain.push(data);
                 self.pending.insert(hash, c.clone());
                 self.pack_chunks.push(c.clone());
                 c
@@ -284,14 +292,37 @@ impl Packer {
             .map_err(|e| Error::io("metafile (temporary)", e))
     }
 
-    /// Closes the open pack: names it, resolves everything that pointed into it, writes
-    /// the queued entries and hands the pack to the uploader.
+    /// Closes the open pack: compresses and encrypts its chunks on all cores, names it,
+    /// resolves everything that pointed into it, writes the queued entries and hands the
+    /// pack to the uploader.
     fn seal(&mut self, pack_tx: &tokio::sync::mpsc::Sender<SealedPack>) -> Result<()> {
-        let bytes = Bytes::from(std::mem::take(&mut self.pack));
+        use rayon::prelude::*;
+        let plain = std::mem::take(&mut self.pack_plain);
+        self.pack_plain_bytes = 0;
+        let session = &self.session;
+        let messages: Vec<(Vec<u8>, Encoding)> = plain
+            .par_iter()
+            .map(|data| {
+                let (payload, encoding) = encode(data);
+                session.encrypt(&payload).map(|m| (m, encoding))
+            })
+            .collect::<Result<_>>()?;
+        drop(plain);
+        let mut bytes = Vec::with_capacity(messages.iter().map(|(m, _)| m.len()).sum());
+        let mut places = Vec::with_capacity(messages.len());
+        for (message, encoding) in messages {
+            places.push((bytes.len() as u64, message.len() as u64, encoding));
+            bytes.extend_from_slice(&message);
+        }
+        let bytes = Bytes::from(bytes);
         let key = ObjectKey::of(&bytes);
         let fix = |c: &mut ChunkRef| {
             if c.object == OPEN_PACK {
+                let (offset, length, encoding) = places[c.offset as usize];
                 c.object = key;
+                c.offset = offset;
+                c.length = length;
+                c.encoding = encoding;
             }
         };
         let mut chunks = std::mem::take(&mut self.pack_chunks);
@@ -403,4 +434,50 @@ fn upload(
         }
         Ok(done)
     })
+}
+
+/// The chunk as it is encrypted: compressed with zstd when that saves at least a tenth,
+/// else as it is. Incompressible data is detected on a sample, so it costs little.
+fn encode(data: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Encoding) {
+    use std::borrow::Cow;
+    let pays = |compressed: usize, original: usize| compressed * 10 <= original * 9;
+    if data.len() < 256 {
+        return (Cow::Borrowed(data), Encoding::Raw);
+    }
+    if data.len() > COMPRESSION_SAMPLE {
+        let sample = &data[..COMPRESSION_SAMPLE];
+        match zstd::bulk::compress(sample, 1) {
+            Ok(c) if pays(c.len(), sample.len()) => {}
+            _ => return (Cow::Borrowed(data), Encoding::Raw),
+        }
+    }
+    match zstd::bulk::compress(data, 3) {
+        Ok(c) if pays(c.len(), data.len()) => (Cow::Owned(c), Encoding::Zstd),
+        _ => (Cow::Borrowed(data), Encoding::Raw),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compresses_only_when_it_pays() {
+        let text = b"backup server config value ".repeat(10_000);
+        let (out, enc) = encode(&text);
+        assert_eq!(enc, Encoding::Zstd);
+        assert!(out.len() < text.len() / 10);
+        assert_eq!(zstd::bulk::decompress(&out, text.len()).unwrap(), text);
+        let mut x = 1u64;
+        let random: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert_eq!(encode(&random).1, Encoding::Raw);
+        assert_eq!(encode(b"tiny").1, Encoding::Raw);
+    }
 }

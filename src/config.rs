@@ -32,18 +32,27 @@ pub const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
 #[derive(Debug, Clone, Copy)]
 struct Size(u64);
 
+/// Deserializes a value written either as an integer or as a string for `parse`.
+fn int_or_text<'de, D: serde::Deserializer<'de>, T>(
+    d: D,
+    from_int: impl FnOnce(u64) -> T,
+    parse: impl FnOnce(&str) -> std::result::Result<T, String>,
+) -> std::result::Result<T, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(from_int(n)),
+        Raw::Text(s) => parse(&s).map_err(serde::de::Error::custom),
+    }
+}
+
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Size(n)),
-            Raw::Text(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
-        }
+        int_or_text(d, Size, |s| parse_size(s).map(Size))
     }
 }
 
@@ -74,18 +83,11 @@ struct Dur(std::time::Duration);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Dur(std::time::Duration::from_secs(n))),
-            Raw::Text(s) => parse_duration(&s)
-                .map(Dur)
-                .map_err(serde::de::Error::custom),
-        }
+        int_or_text(
+            d,
+            |n| Dur(std::time::Duration::from_secs(n)),
+            |s| parse_duration(s).map(Dur),
+        )
     }
 }
 

@@ -357,7 +357,6 @@ impl Walk<'_> {
             if let Some(chunks) = self.resolve(c) {
                 self.stats.files_unchanged += 1;
                 self.stats.bytes_total += stamp.size;
-                self.stats.chunks += chunks.len() as u64;
                 if m.nlink() > 1 {
                     self.hardlinks.insert(link_key, item.rel.clone());
                 }
@@ -464,7 +463,6 @@ impl Walk<'_> {
             self.stats.bytes_read += chunk.data.len() as u64;
             self.progress.bytes(chunk.data.len() as u64);
             let hash = ChunkHash::of(&chunk.data);
-            self.stats.chunks += 1;
             self.send(Msg::Chunk {
                 hash,
                 data: chunk.data,

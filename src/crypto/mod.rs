@@ -238,7 +238,9 @@ impl Decryptor {
 
     /// Decrypts one complete message held in memory; `what` names it in errors.
     pub fn decrypt(&self, what: &str, message: &[u8]) -> Result<Vec<u8>> {
-        let mut reader = self.reader(what, io::Cursor::new(message))?;
+        // The plaintext is never longer than the message: hold back no more than that
+        // (sequoia's default reserves 25 MiB per message) while the MDC is checked.
+        let mut reader = self.reader_with(what, io::Cursor::new(message), message.len())?;
         let mut out = Vec::with_capacity(message.len());
         reader.read_to_end(&mut out).map_err(|e| Error::Corrupt {
             what: what.to_string(),
@@ -253,6 +255,15 @@ impl Decryptor {
         what: &str,
         source: R,
     ) -> Result<Box<dyn Read + Send + Sync + 'a>> {
+        self.reader_with(what, source, openpgp::parse::stream::DEFAULT_BUFFER_SIZE)
+    }
+
+    fn reader_with<'a, R: Read + Send + Sync + 'a>(
+        &self,
+        what: &str,
+        source: R,
+        buffer: usize,
+    ) -> Result<Box<dyn Read + Send + Sync + 'a>> {
         let helper = Helper {
             keys: self.keys.clone(),
             key_ids: self.key_ids.clone(),
@@ -263,7 +274,10 @@ impl Decryptor {
             what: what.to_string(),
             reason: format!("not an OpenPGP message: {e}"),
         })?;
-        match builder.with_policy(&*POLICY, None, helper) {
+        match builder
+            .buffer_size(buffer)
+            .with_policy(&*POLICY, None, helper)
+        {
             Ok(d) => Ok(Box::new(d)),
             Err(e) => {
                 let text = e.to_string();

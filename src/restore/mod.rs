@@ -10,18 +10,21 @@
 //! absolute paths and `..` components, and creates symbolic links only after every file is
 //! written, so that nothing is ever written through a link the restore itself made.
 
+mod files;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::crypto::Decryptor;
 use crate::error::{Error, Result};
-use crate::format::metafile::{self, ChunkRef, Encoding, Entry, Kind, Meta};
-use crate::ids::{ChunkHash, ObjectKey, RunId};
+use crate::format::metafile::{self, ChunkRef, Entry, Kind, Meta};
+use crate::ids::{ObjectKey, RunId};
 use crate::progress::Progress;
 use crate::source::os;
 use crate::store::{self, Store};
@@ -133,9 +136,14 @@ pub fn restore(
     let mut reader = open()?;
     let run = reader.header().get("run").unwrap_or("?").to_string();
     progress.phase(&format!("restore {run}"), None);
+    let settings = files::Settings {
+        decryptor,
+        progress,
+        overwrite: opts.overwrite,
+        is_root: nix::unistd::geteuid().is_root(),
+    };
     let mut job = Job {
         store,
-        decryptor,
         opts,
         progress,
         stats: RestoreStats {
@@ -148,11 +156,37 @@ pub fn restore(
         links: Vec::new(),
         borrowed,
         relocated: HashMap::new(),
-        is_root: nix::unistd::geteuid().is_root(),
+        settings,
+        pool: None,
     };
-    while let Some(entry) = reader.next_entry()? {
-        job.entry(entry);
-    }
+    // Small files are decrypted and written by one worker per core while this thread
+    // reads the listing and fetches packs; the scope ends when every worker is done.
+    let listed = std::thread::scope(|scope| {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<files::FileJob>(QUEUED_FILES);
+        let (done_tx, done) = std::sync::mpsc::channel::<files::Done>();
+        let queue = Arc::new(Mutex::new(queue));
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for _ in 0..workers {
+            let (queue, done_tx) = (queue.clone(), done_tx.clone());
+            scope.spawn(move || files::worker(queue, done_tx, settings));
+        }
+        drop(done_tx);
+        job.pool = Some(Pool {
+            jobs,
+            done,
+            in_flight: 0,
+            held: 0,
+        });
+        let listed = (|| {
+            while let Some(entry) = reader.next_entry()? {
+                job.entry(entry);
+            }
+            Ok::<(), Error>(())
+        })();
+        job.drain();
+        listed
+    });
+    listed?;
     job.finish();
     // One flush of the whole destination file system instead of an fsync per file; the
     // restore does not report success before the data is on disk.
@@ -302,7 +336,6 @@ enum Deferred {
 
 struct Job<'a> {
     store: &'a Store,
-    decryptor: &'a Decryptor,
     opts: &'a RestoreOptions,
     progress: &'a dyn Progress,
     stats: RestoreStats,
@@ -314,7 +347,23 @@ struct Job<'a> {
     borrowed: HashMap<Vec<u8>, Vec<u8>>,
     /// Borrowed targets already restored: target path -> the link path holding the data.
     relocated: HashMap<Vec<u8>, Vec<u8>>,
-    is_root: bool,
+    settings: files::Settings<'a>,
+    pool: Option<Pool>,
+}
+
+/// Files waiting for a worker, at most.
+const QUEUED_FILES: usize = 8;
+/// Files whose stored chunks total at most this go to the workers whole; larger ones
+/// are written by the restoring thread, their chunks decrypted in parallel batches.
+const WORKER_FILE_BYTES: u64 = 8 << 20;
+/// Bytes of fetched chunks handed to workers and not yet written, at most.
+const WORKER_BYTES: u64 = 32 << 20;
+
+struct Pool {
+    jobs: SyncSender<files::FileJob>,
+    done: Receiver<files::Done>,
+    in_flight: usize,
+    held: u64,
 }
 
 impl Job<'_> {
@@ -426,56 +475,126 @@ impl Job<'_> {
         };
         r.map_err(|e| format!("cannot create: {e}"))?;
         self.stats.other_entries += 1;
-        self.apply_meta(dest, &entry.meta, false)
+        files::apply_meta(dest, &entry.meta, false, self.settings.is_root)
     }
 
     fn file(&mut self, entry: &Entry, dest: &Path) -> std::result::Result<(), String> {
         let Kind::File { size, hash, chunks } = &entry.kind else {
             unreachable!("file() is only called for files")
         };
-        if !self.opts.overwrite && std::fs::symlink_metadata(dest).is_ok() {
+        if !self.settings.overwrite && std::fs::symlink_metadata(dest).is_ok() {
             return Err("exists; pass --overwrite to replace it".into());
         }
-        let parent = dest.parent().unwrap_or(&self.opts.to);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".coffer-restore-")
-            .tempfile_in(parent)
-            .map_err(|e| format!("cannot create a temporary file: {e}"))?;
-        let mut whole = blake3::Hasher::new();
-        let mut written = 0u64;
-        for (i, c) in chunks.iter().enumerate() {
-            let data = self.chunk(c, &chunks[i..])?;
-            whole.update(&data);
-            tmp.write_all(&data)
-                .map_err(|e| format!("write failed: {e}"))?;
-            written += data.len() as u64;
-            self.progress.bytes(data.len() as u64);
-        }
-        if written != *size || ChunkHash::from(whole.finalize()) != *hash {
-            return Err("restored content does not match the file's recorded BLAKE3".into());
-        }
-        let persisted = if self.opts.overwrite {
-            tmp.persist(dest).map_err(|e| e.error)
-        } else {
-            tmp.persist_noclobber(dest).map_err(|e| e.error)
+        let expected = files::Expected {
+            size: *size,
+            hash: *hash,
+            meta: entry.meta.clone(),
         };
-        persisted.map_err(|e| format!("cannot move into place: {e}"))?;
-        self.apply_meta(dest, &entry.meta, false)?;
+        let stored: u64 = chunks.iter().map(|c| c.length).sum();
+        if stored <= WORKER_FILE_BYTES && self.pool.is_some() {
+            let mut messages = Vec::with_capacity(chunks.len());
+            for (i, c) in chunks.iter().enumerate() {
+                // A copy, so a queued file does not keep a whole cached pack alive.
+                messages.push(bytes::Bytes::copy_from_slice(&self.fetch(c, &chunks[i..])?));
+            }
+            self.submit(files::FileJob {
+                path: entry.path.clone(),
+                dest: dest.to_path_buf(),
+                chunks: chunks.clone(),
+                messages,
+                expected,
+            });
+            return Ok(());
+        }
+        let settings = self.settings;
+        files::write_file(&settings, dest, chunks, &expected, &mut |c, ahead| {
+            self.fetch(c, ahead)
+        })?;
         self.stats.files += 1;
         self.stats.bytes += size;
         self.progress.item(&dest.to_string_lossy());
         Ok(())
     }
 
-    /// Fetches, decrypts and checks one chunk. `ahead` is this chunk and the rest of the
-    /// file, so a ranged read can cover the following chunks in the same pack too.
-    fn chunk(&mut self, c: &ChunkRef, ahead: &[ChunkRef]) -> std::result::Result<Vec<u8>, String> {
+    /// Hands a file to the workers, first waiting for room.
+    fn submit(&mut self, job: files::FileJob) {
+        let held: u64 = job.messages.iter().map(|m| m.len() as u64).sum();
+        self.collect(false);
+        while self
+            .pool
+            .as_ref()
+            .is_some_and(|p| p.in_flight > 0 && p.held + held > WORKER_BYTES)
+        {
+            self.collect(true);
+        }
+        let pool = self
+            .pool
+            .as_mut()
+            .expect("submit() is only called with a pool");
+        pool.in_flight += 1;
+        pool.held += held;
+        if let Err(e) = pool.jobs.send(job) {
+            // Every worker is gone (they only stop when the queue closes): fail the file.
+            pool.in_flight -= 1;
+            pool.held -= held;
+            let job = e.0;
+            self.fail(&job.path, "internal error: no restore worker left");
+        }
+    }
+
+    /// Takes in the workers' results: those ready, or (with `block`) at least one.
+    fn collect(&mut self, block: bool) {
+        let mut block = block;
+        loop {
+            let Some(pool) = self.pool.as_mut() else {
+                return;
+            };
+            if pool.in_flight == 0 {
+                return;
+            }
+            let done = if block {
+                pool.done.recv().ok()
+            } else {
+                match pool.done.try_recv() {
+                    Ok(d) => Some(d),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some(done) = done else { return };
+            pool.in_flight -= 1;
+            pool.held -= done.held;
+            block = false;
+            match done.result {
+                Ok(()) => {
+                    self.stats.files += 1;
+                    self.stats.bytes += done.bytes;
+                    self.progress.item(&done.dest.to_string_lossy());
+                }
+                Err(reason) => self.fail(&done.path, reason),
+            }
+        }
+    }
+
+    /// Closes the queue and waits for every queued file.
+    fn drain(&mut self) {
+        while self.pool.as_ref().is_some_and(|p| p.in_flight > 0) {
+            self.collect(true);
+        }
+        self.pool = None;
+    }
+
+    /// The stored message of one chunk. `ahead` is this chunk and the rest of the file,
+    /// so a ranged read can cover the following chunks in the same pack too.
+    fn fetch(
+        &mut self,
+        c: &ChunkRef,
+        ahead: &[ChunkRef],
+    ) -> std::result::Result<bytes::Bytes, String> {
         if let Some(reason) = self.bad_objects.get(&c.object) {
             return Err(reason.clone());
         }
-        let what = format!("chunk at {}+{} of object {}", c.offset, c.length, c.object);
-        let bytes = match self.packs.message(self.store, c, ahead) {
-            Ok(b) => b,
+        match self.packs.message(self.store, c, ahead) {
+            Ok(b) => Ok(b),
             Err(e) => {
                 let permanent = matches!(e, Error::NotFound(_) | Error::Corrupt { .. });
                 let reason = match e {
@@ -485,43 +604,9 @@ impl Job<'_> {
                 if permanent {
                     self.bad_objects.insert(c.object, reason.clone());
                 }
-                return Err(reason);
+                Err(reason)
             }
-        };
-        let plain = self
-            .decryptor
-            .decrypt(&what, &bytes)
-            .map_err(|e| e.to_string())?;
-        let data = match c.encoding {
-            // Never more than the recorded size: a forged chunk cannot inflate without bound.
-            Encoding::Zstd if c.size <= MAX_CHUNK => {
-                zstd::bulk::decompress(&plain, c.size as usize)
-                    .map_err(|e| format!("{what}: cannot decompress: {e}"))?
-            }
-            Encoding::Zstd => return Err(format!("{what}: recorded size {} is too large", c.size)),
-            _ => plain,
-        };
-        if data.len() as u64 != c.size || ChunkHash::of(&data) != c.hash {
-            return Err(format!(
-                "{what}: content does not match its recorded BLAKE3"
-            ));
         }
-        Ok(data)
-    }
-
-    fn apply_meta(&self, dest: &Path, m: &Meta, symlink: bool) -> std::result::Result<(), String> {
-        if self.is_root {
-            let uid = m.user.as_deref().and_then(lookup_user).unwrap_or(m.uid);
-            let gid = m.group.as_deref().and_then(lookup_group).unwrap_or(m.gid);
-            std::os::unix::fs::lchown(dest, Some(uid), Some(gid))
-                .map_err(|e| format!("cannot set owner: {e}"))?;
-        }
-        if !symlink {
-            std::fs::set_permissions(dest, std::fs::Permissions::from_mode(m.mode))
-                .map_err(|e| format!("cannot set mode: {e}"))?;
-        }
-        let t = filetime::FileTime::from_unix_time(m.mtime, m.mtime_nsec);
-        filetime::set_symlink_file_times(dest, t, t).map_err(|e| format!("cannot set mtime: {e}"))
     }
 
     /// Hard links, then symbolic links, then directory metadata (deepest first).
@@ -539,7 +624,7 @@ impl Job<'_> {
                 Deferred::Symlink { path, target, meta } => self.prepare(path).and_then(|_| {
                     std::os::unix::fs::symlink(os(target), path)
                         .map_err(|e| format!("cannot create symlink: {e}"))
-                        .and_then(|_| self.apply_meta(path, meta, true))
+                        .and_then(|_| files::apply_meta(path, meta, true, self.settings.is_root))
                 }),
             };
             match r {
@@ -550,7 +635,7 @@ impl Job<'_> {
         let mut dirs = std::mem::take(&mut self.dirs);
         dirs.sort_by(|a, b| b.0.cmp(&a.0));
         for (dir, meta) in dirs {
-            if let Err(reason) = self.apply_meta(&dir, &meta, false) {
+            if let Err(reason) = files::apply_meta(&dir, &meta, false, self.settings.is_root) {
                 let rel = dir
                     .strip_prefix(&self.opts.to)
                     .unwrap_or(&dir)
@@ -576,13 +661,10 @@ struct PackCache {
     window: Option<(ObjectKey, u64, bytes::Bytes)>,
 }
 
-/// No chunk is larger (the chunker's ceiling).
-const MAX_CHUNK: u64 = 1 << 30;
-
 /// Packs larger than this are read in ranges.
 const WHOLE_PACK_LIMIT: u64 = 64 << 20;
 /// Memory for whole packs.
-const PACK_CACHE_BYTES: u64 = 128 << 20;
+const PACK_CACHE_BYTES: u64 = 64 << 20;
 
 impl PackCache {
     fn new(ranged: bool) -> Self {
@@ -645,22 +727,6 @@ impl PackCache {
         self.window = Some((c.object, c.offset, bytes));
         Ok(b)
     }
-}
-
-fn lookup_user(name: &[u8]) -> Option<u32> {
-    let name = std::str::from_utf8(name).ok()?;
-    nix::unistd::User::from_name(name)
-        .ok()
-        .flatten()
-        .map(|u| u.uid.as_raw())
-}
-
-fn lookup_group(name: &[u8]) -> Option<u32> {
-    let name = std::str::from_utf8(name).ok()?;
-    nix::unistd::Group::from_name(name)
-        .ok()
-        .flatten()
-        .map(|g| g.gid.as_raw())
 }
 
 #[cfg(test)]

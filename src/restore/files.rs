@@ -22,6 +22,9 @@ const MAX_CHUNK: u64 = 1 << 30;
 /// How many chunks are decrypted at once on the restoring thread.
 pub(super) const BATCH: usize = 8;
 
+/// Gives a chunk's stored message; its arguments are the chunk and the rest of the file.
+pub(super) type Fetch<'f> = dyn FnMut(&ChunkRef, &[ChunkRef]) -> Result<Bytes, String> + 'f;
+
 /// What a file must turn out to be.
 pub(super) struct Expected {
     pub size: u64,
@@ -108,7 +111,7 @@ pub(super) fn write_file(
     dest: &Path,
     chunks: &[ChunkRef],
     expected: &Expected,
-    fetch: &mut dyn FnMut(&ChunkRef, &[ChunkRef]) -> Result<Bytes, String>,
+    fetch: &mut Fetch<'_>,
 ) -> Result<(), String> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()

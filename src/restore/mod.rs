@@ -15,7 +15,7 @@ mod files;
 use std::collections::{HashMap, HashSet};
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -555,10 +555,7 @@ impl Job<'_> {
             let done = if block {
                 pool.done.recv().ok()
             } else {
-                match pool.done.try_recv() {
-                    Ok(d) => Some(d),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-                }
+                pool.done.try_recv().ok()
             };
             let Some(done) = done else { return };
             pool.in_flight -= 1;

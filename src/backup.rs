@@ -33,6 +33,7 @@ use crate::progress::Progress;
 use crate::source::{self, IgnoreRules, Item, Names};
 use crate::store::{PutOutcome, Store};
 
+pub(crate) use packer::encode;
 use packer::{Msg, Packer, PackerOutput};
 
 /// What a run did, in the spirit of duplicity's statistics.

@@ -11,10 +11,6 @@ use toml::Spanned;
 
 use crate::error::{Error, Result};
 
-/// Smallest allowed chunk bounds (fastcdc limits).
-const CHUNK_MIN_FLOOR: u64 = 64;
-const CHUNK_MAX_CEIL: u64 = 1 << 30;
-
 /// Default chunk sizes: 256 KiB / 1 MiB / 4 MiB.
 pub const DEFAULT_CHUNKING: Chunking = Chunking {
     min: 256 * 1024,
@@ -229,7 +225,20 @@ impl TargetConfig {
     /// A target given only by URL (e.g. `restore --target file:///mnt/usb/coffer`).
     pub fn from_url(url: &str) -> Result<Self> {
         check_url(url).map_err(Error::Usage)?;
-        Ok(TargetConfig {
+        Ok(Self::with_defaults(url))
+    }
+
+    /// A target that keeps everything in this process's memory and forgets it when the
+    /// backup ends: `coffer bench` measures a whole backup with it. Its `memory://` URL is
+    /// refused in config files and by [`TargetConfig::from_url`]: only code reaches it.
+    pub(crate) fn in_memory() -> Self {
+        let mut t = Self::with_defaults(MEMORY_URL);
+        t.name = "memory".into();
+        t
+    }
+
+    fn with_defaults(url: &str) -> Self {
+        TargetConfig {
             name: url.to_string(),
             url: url.to_string(),
             pack_size: DEFAULT_PACK_SIZE,
@@ -243,9 +252,12 @@ impl TargetConfig {
             retries: DEFAULT_RETRIES,
             retry_timeout: DEFAULT_RETRY_TIMEOUT,
             options: BTreeMap::new(),
-        })
+        }
     }
 }
+
+/// The URL of [`TargetConfig::in_memory`]; never accepted from a user.
+pub(crate) const MEMORY_URL: &str = "memory://coffer-bench";
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -544,13 +556,21 @@ impl Config {
             .or(s.chunk_avg.as_ref())
             .or(s.chunk_max.as_ref())
             .map_or(0..0, |s| s.span());
-        if min < CHUNK_MIN_FLOOR || max > CHUNK_MAX_CEIL || avg < 256 || !(min < avg && avg < max) {
+        use fastcdc::v2020 as cdc;
+        let within = |v: u64, lo: usize, hi: usize| (lo as u64..=hi as u64).contains(&v);
+        let valid = within(min, cdc::MINIMUM_MIN, cdc::MINIMUM_MAX)
+            && within(avg, cdc::AVERAGE_MIN, cdc::AVERAGE_MAX)
+            && within(max, cdc::MAXIMUM_MIN, cdc::MAXIMUM_MAX)
+            && min < avg
+            && avg < max;
+        if !valid {
             return ctx.err(
                 span,
                 format!(
-                    "chunk sizes must satisfy 64 <= chunk_min < chunk_avg < chunk_max <= \
-                     1GiB and chunk_avg >= 256 (have {min}, {avg}, {max}); the defaults \
-                     are \"256KiB\", \"1MiB\", \"4MiB\""
+                    "chunk sizes must satisfy chunk_min < chunk_avg < chunk_max with \
+                     64 <= chunk_min <= \"1MiB\", 256 <= chunk_avg <= \"4MiB\" and \
+                     1024 <= chunk_max <= \"16MiB\" (FastCDC's limits; have {min}, {avg}, \
+                     {max}); the defaults are \"256KiB\", \"1MiB\", \"4MiB\""
                 ),
             );
         }
@@ -730,6 +750,29 @@ url = "file:///mnt/usb/coffer"
         assert_eq!(u.upload_rate_limit, Some(1 << 20));
         let e = parse(&MIN.replace("file:///mnt/usb/coffer", "s3:///x")).unwrap_err();
         assert!(e.to_string().contains("name the bucket"), "{e}");
+        // FastCDC's own limits: larger sizes would make it panic.
+        for (key, value) in [
+            ("chunk_max", "32MiB"),
+            ("chunk_avg", "8MiB"),
+            ("chunk_min", "2MiB"),
+        ] {
+            let t = MIN.replace(
+                "targets = [\"usb\"]",
+                &format!("targets = [\"usb\"]\n{key} = \"{value}\""),
+            );
+            let e = parse(&t).unwrap_err().to_string();
+            assert!(e.contains("FastCDC's limits"), "{key}: {e}");
+        }
+        let e = parse(&MIN.replace("file:///mnt/usb/coffer", "s3:///x")).unwrap_err();
+        assert!(e.to_string().contains("name the bucket"), "{e}");
+    }
+
+    #[test]
+    fn memory_targets_are_for_code_only() {
+        let e = parse(&MIN.replace("file:///mnt/usb/coffer", MEMORY_URL)).unwrap_err();
+        assert!(e.to_string().contains("unsupported scheme"), "{e}");
+        assert!(TargetConfig::from_url(MEMORY_URL).is_err());
+        assert_eq!(TargetConfig::in_memory().url, MEMORY_URL);
     }
 
     #[test]

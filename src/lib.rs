@@ -6,6 +6,7 @@
 //! and its chunks; `restore` reads it back. docs/FORMAT.md specifies what is stored.
 
 mod backup;
+pub mod bench;
 mod config;
 mod crypto;
 mod error;
@@ -18,6 +19,7 @@ mod source;
 mod store;
 
 pub use backup::{backup, backup_all, BackupStats};
+pub use bench::{bench, BenchInput, BenchReport};
 pub use config::{config_path, default_state_dir, parse_size, Config, SourceConfig, TargetConfig};
 pub use crypto::{
     generate_key, load_recipients, load_secret_keys, Decryptor, Encryptor, GeneratedKey,
@@ -26,6 +28,9 @@ pub use crypto::{
 pub use error::{Error, Result};
 pub use format::{metafile, refs};
 pub use ids::{ChunkHash, ObjectKey, RunId};
+/// The local SQLite index, public for benchmarks (`benches/index.rs`); its methods take
+/// [`ChunkHash`]es and [`metafile::ChunkRef`]s.
+pub use index::Index;
 pub use progress::{NoProgress, Progress};
 pub use restore::{restore, MetafileSource, RestoreOptions, RestoreStats};
 pub use store::{RunInfo, Store};

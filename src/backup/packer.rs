@@ -438,7 +438,7 @@ fn upload(
 
 /// The chunk as it is encrypted: compressed with zstd when that saves at least a tenth,
 /// else as it is. Incompressible data is detected on a sample, so it costs little.
-fn encode(data: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Encoding) {
+pub(crate) fn encode(data: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Encoding) {
     use std::borrow::Cow;
     let pays = |compressed: usize, original: usize| compressed * 10 <= original * 9;
     if data.len() < 256 {

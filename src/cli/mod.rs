@@ -13,7 +13,7 @@ use clap::Parser;
 use coffer::{Config, MetafileSource, RestoreOptions, Store, TargetConfig};
 use zeroize::Zeroizing;
 
-use args::{BackupArgs, Cli, Command, KeygenArgs, RestoreArgs, RunsArgs};
+use args::{BackupArgs, BenchArgs, Cli, Command, KeygenArgs, RestoreArgs, RunsArgs};
 use output::Bar;
 
 /// Everything done.
@@ -30,12 +30,14 @@ pub fn run() -> ExitCode {
         Command::Backup(_) => "backup",
         Command::Runs(_) => "runs",
         Command::Restore(_) => "restore",
+        Command::Bench(_) => "bench",
     };
     let result = match cli.command {
         Command::Keygen(a) => keygen(a),
         Command::Backup(a) => backup(cli.config.as_deref(), a),
         Command::Runs(a) => runs(cli.config.as_deref(), a),
         Command::Restore(a) => restore(cli.config.as_deref(), a),
+        Command::Bench(a) => bench(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -298,6 +300,22 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
     } else {
         EXIT_OK
     })
+}
+
+fn bench(a: BenchArgs) -> Result<u8> {
+    let input = match a.path {
+        Some(path) => coffer::BenchInput::Path(path),
+        None => coffer::BenchInput::Generated(a.size),
+    };
+    let bar = Bar::new("bench", a.json);
+    let report = coffer::bench(&input, &bar)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write!(out, "{}", output::bench_report(&report))?;
+    }
+    Ok(EXIT_OK)
 }
 
 fn restore_target(config: Option<&Path>, a: &RestoreArgs) -> Result<TargetConfig> {

@@ -3,7 +3,9 @@
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
-use coffer::{BackupStats, Progress, RestoreStats};
+use std::fmt::Write;
+
+use coffer::{BackupStats, BenchReport, Progress, RestoreStats};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Human-readable bytes.
@@ -69,6 +71,131 @@ pub fn restore_summary(s: &RestoreStats) -> String {
         s.failed,
         s.elapsed_secs
     )
+}
+
+/// A chunk size bound, short: 256KiB, 1MiB.
+fn bound(n: u32) -> String {
+    match n {
+        n if n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => n.to_string(),
+    }
+}
+
+pub fn bench_report(r: &BenchReport) -> String {
+    let mut o = String::new();
+    let rate = |t: &coffer::bench::Throughput| format!("{:>8.1} MB/s", t.mb_per_sec);
+    let _ = writeln!(o, "input        {}", r.input.description);
+    let _ = writeln!(
+        o,
+        "cores        {} (the all-cores figures use {} threads)",
+        r.cores, r.threads
+    );
+    let _ = writeln!(
+        o,
+        "figures      median of {} runs; MB/s = 10^6 bytes of input per second",
+        r.repetitions
+    );
+
+    let _ = writeln!(o, "\nchunking: FastCDC, each file on its own, one core");
+    let _ = writeln!(
+        o,
+        "  {:<9} {:<18} {:>13} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}",
+        "variant",
+        "min/avg/max",
+        "speed",
+        "chunks",
+        "smallest",
+        "median",
+        "p90",
+        "largest",
+        "average",
+        "at max"
+    );
+    for c in &r.chunking {
+        let s = &c.sizes;
+        let _ = writeln!(
+            o,
+            "  {:<9} {:<18} {} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}",
+            format!("{}{}", c.variant, if c.backup_default { " *" } else { "" }),
+            format!("{}/{}/{}", bound(c.min), bound(c.avg), bound(c.max)),
+            rate(&c.throughput),
+            c.chunks,
+            bytes(s.smallest),
+            bytes(s.median),
+            bytes(s.p90),
+            bytes(s.largest),
+            bytes(s.average.round() as u64),
+            s.at_max,
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  * what backup uses: its chunks are the \"default chunks\" below"
+    );
+
+    let _ = writeln!(o, "\nhashing: BLAKE3 of the default chunks, one core");
+    let _ = writeln!(o, "  {}", rate(&r.hashing));
+
+    let c = &r.compression;
+    let _ = writeln!(
+        o,
+        "\ncompression: zstd where it saves a tenth, as backup does; default chunks, one core"
+    );
+    let _ = writeln!(
+        o,
+        "  {}   ratio {:.2}: {} chunks of {} compressed, {} -> {}",
+        rate(&c.throughput),
+        c.ratio,
+        c.chunks_compressed,
+        c.chunks,
+        bytes(r.input.bytes),
+        bytes(c.bytes_out)
+    );
+
+    let e = &r.encryption;
+    let _ = writeln!(
+        o,
+        "\nencryption: OpenPGP to a throwaway {} key, one pack session; default chunks",
+        e.key
+    );
+    let _ = writeln!(o, "  {}   one core", rate(&e.one_core));
+    let _ = writeln!(
+        o,
+        "  {}   all cores  <- the baseline whole backups are compared with",
+        rate(&e.all_cores)
+    );
+    let _ = writeln!(
+        o,
+        "  {}   compression + encryption on all cores, pack by pack, as backup seals",
+        rate(&e.seal_all_cores)
+    );
+
+    let p = &r.pipeline;
+    let _ = writeln!(
+        o,
+        "\npipeline: whole backups into memory, a fresh index each time"
+    );
+    let _ = writeln!(
+        o,
+        "  {}   {:.2} of encryption on all cores",
+        rate(&p.throughput),
+        p.of_encryption_all_cores
+    );
+    let _ = writeln!(
+        o,
+        "  files {}, read {}, chunks {} ({} new), stored {} in {} objects",
+        p.files,
+        bytes(p.bytes_read),
+        p.chunks,
+        p.chunks_new,
+        bytes(p.bytes_stored),
+        p.objects_stored
+    );
+    for problem in &p.problems {
+        let _ = writeln!(o, "  note: {problem}");
+    }
+    o
 }
 
 /// A progress bar on a terminal; warnings go to standard error either way.

@@ -1,0 +1,866 @@
+//! `bench`: how fast each stage of a backup runs on this machine, and how fast a whole
+//! backup runs, on the same input.
+//!
+//! The input (a file, a directory's regular files, or generated data) is read into memory
+//! once, so that the stage figures do not measure the disk. Each figure is the median of
+//! [`REPETITIONS`] runs, in MB/s: 10^6 bytes *of input* per second.
+//!
+//! Stages, each on one core unless said otherwise:
+//! 1. chunking with both FastCDC variants of the `fastcdc` crate and several size bounds,
+//!    each file chunked on its own as backup does;
+//! 2. BLAKE3 of the chunks backup makes (FastCDC 2020 with the default bounds: the
+//!    *default chunks*);
+//! 3. the packer's zstd decision and compression of the default chunks;
+//! 4. OpenPGP encryption of the default chunks with one pack session, on one core and on
+//!    all cores (rayon, as the packer's seal); then compression and encryption exactly as
+//!    the packer seals packs;
+//! 5. a whole backup (walk, read, chunk, hash, dedup, compress, encrypt, pack, metafile)
+//!    into an in-memory target, with a fresh local index each time.
+//!
+//! Encryption on all cores is the baseline a whole backup is compared with: the pipeline
+//! cannot be faster, and the gap is what the other stages and the plumbing cost.
+
+use std::io::Read;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::{Chunking, Config, SourceConfig, TargetConfig, DEFAULT_CHUNKING};
+use crate::crypto::{generate_key, load_recipients, Encryptor, KeyAlgorithm};
+use crate::error::{Error, Result};
+use crate::format::metafile::Encoding;
+use crate::ids::ChunkHash;
+use crate::progress::{NoProgress, Progress};
+
+/// The largest input `bench` reads into memory.
+pub const MAX_INPUT: u64 = 1 << 30;
+/// The smallest generated input.
+pub const MIN_GENERATED: u64 = 1 << 20;
+/// How many times each figure is measured; the median is reported.
+pub const REPETITIONS: usize = 5;
+/// Generated data is split into files of at most this size (large enough that the
+/// largest chunk bounds measured, 16 MiB, are rarely cut short by a file's end).
+const GENERATED_FILE: u64 = 16 << 20;
+/// The chunk size bounds measured besides the default: a quarter and four times it.
+const CHUNK_SETTINGS: [Chunking; 3] = [
+    Chunking {
+        min: 64 << 10,
+        avg: 256 << 10,
+        max: 1 << 20,
+    },
+    DEFAULT_CHUNKING,
+    Chunking {
+        min: 1 << 20,
+        avg: 4 << 20,
+        max: 16 << 20,
+    },
+];
+
+/// What to measure with.
+#[derive(Debug, Clone)]
+pub enum BenchInput {
+    /// Deterministic data of this many bytes: half pseudo-random (incompressible), half
+    /// text-like (compressible), in files of up to 16 MiB.
+    Generated(u64),
+    /// A file, or every regular file below a directory (read recursively).
+    Path(PathBuf),
+}
+
+/// Every figure `bench` measured.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct BenchReport {
+    /// What was measured.
+    pub input: InputInfo,
+    /// Cores available to this process.
+    pub cores: usize,
+    /// Threads of the "all cores" figures (rayon's pool, as the packer uses).
+    pub threads: usize,
+    /// Runs per figure; each figure is their median.
+    pub repetitions: usize,
+    /// The unit of every `mb_per_sec`.
+    pub unit: &'static str,
+    /// FastCDC, one core, per variant and size bounds.
+    pub chunking: Vec<ChunkingFigures>,
+    /// BLAKE3 of the default chunks, one core.
+    pub hashing: Throughput,
+    /// The packer's compression of the default chunks, one core.
+    pub compression: CompressionFigures,
+    /// OpenPGP encryption of the default chunks.
+    pub encryption: EncryptionFigures,
+    /// A whole backup into memory.
+    pub pipeline: PipelineFigures,
+}
+
+/// The input.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct InputInfo {
+    /// For people: where it came from and what it is.
+    pub description: String,
+    /// Bytes (the sum of the files' sizes).
+    pub bytes: u64,
+    /// Regular files.
+    pub files: u64,
+    /// Whether it was generated (else read from a path).
+    pub generated: bool,
+}
+
+/// A rate: input bytes over the median time.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[non_exhaustive]
+pub struct Throughput {
+    /// 10^6 bytes of input per second.
+    pub mb_per_sec: f64,
+    /// The median time of one run over the whole input, in seconds.
+    pub median_secs: f64,
+}
+
+/// One FastCDC variant with one set of size bounds.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct ChunkingFigures {
+    /// `v2016` or `v2020` (the `fastcdc` crate's modules).
+    pub variant: &'static str,
+    /// Minimum chunk size.
+    pub min: u32,
+    /// Average (target) chunk size.
+    pub avg: u32,
+    /// Maximum chunk size.
+    pub max: u32,
+    /// Whether this is what backup uses (FastCDC 2020, default bounds).
+    pub backup_default: bool,
+    /// Speed on one core.
+    pub throughput: Throughput,
+    /// Chunks made.
+    pub chunks: u64,
+    /// Sizes of the chunks made.
+    pub sizes: SizeSpread,
+}
+
+/// The distribution of chunk sizes, in bytes.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[non_exhaustive]
+pub struct SizeSpread {
+    /// The smallest chunk (often a file's last).
+    pub smallest: u64,
+    /// The median chunk.
+    pub median: u64,
+    /// 90% of the chunks are at most this large.
+    pub p90: u64,
+    /// The largest chunk.
+    pub largest: u64,
+    /// The mean size.
+    pub average: f64,
+    /// Chunks cut at the maximum size, not at a content-defined point.
+    pub at_max: u64,
+}
+
+/// The packer's compression.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct CompressionFigures {
+    /// Speed on one core.
+    pub throughput: Throughput,
+    /// Chunks.
+    pub chunks: u64,
+    /// Chunks stored compressed (zstd saved at least a tenth).
+    pub chunks_compressed: u64,
+    /// Bytes after compression (compressed chunks, and the others as they are).
+    pub bytes_out: u64,
+    /// Input bytes over output bytes.
+    pub ratio: f64,
+}
+
+/// OpenPGP encryption of the default chunks with one pack session.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct EncryptionFigures {
+    /// The algorithm of the throwaway recipient key.
+    pub key: &'static str,
+    /// Chunk after chunk on one core.
+    pub one_core: Throughput,
+    /// The chunks spread over all cores (rayon): the baseline a whole backup is
+    /// compared with.
+    pub all_cores: Throughput,
+    /// Compression then encryption on all cores, pack by pack with a new session each,
+    /// exactly as the packer seals packs.
+    pub seal_all_cores: Throughput,
+}
+
+/// A whole backup into an in-memory target.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct PipelineFigures {
+    /// Input bytes over the median duration of a backup.
+    pub throughput: Throughput,
+    /// `throughput` over the encryption on all cores (1.0: as fast as encryption alone).
+    pub of_encryption_all_cores: f64,
+    /// Regular files backed up.
+    pub files: u64,
+    /// Bytes read from the files.
+    pub bytes_read: u64,
+    /// Chunks referenced by the run.
+    pub chunks: u64,
+    /// Chunks stored (the others were duplicates).
+    pub chunks_new: u64,
+    /// Bytes stored (packs, object list, metafile).
+    pub bytes_stored: u64,
+    /// Objects stored.
+    pub objects_stored: u64,
+    /// What backup reported as skipped or changed while read (last run).
+    pub problems: Vec<String>,
+}
+
+const UNIT: &str = "MB/s = 10^6 bytes of input per second";
+
+/// The input in memory: one buffer, and where each file is in it.
+struct Loaded {
+    data: Vec<u8>,
+    /// Each file's name (relative, for generated input) and bytes.
+    files: Vec<(String, Range<usize>)>,
+    info: InputInfo,
+    /// A directory holding exactly the input's files, if there is one already.
+    tree: Option<PathBuf>,
+}
+
+/// Measures every stage, then whole backups. `progress` hears of each phase.
+pub fn bench(input: &BenchInput, progress: &dyn Progress) -> Result<BenchReport> {
+    let loaded = match input {
+        BenchInput::Generated(size) => {
+            progress.phase("generating the input", None);
+            generate(*size)?
+        }
+        BenchInput::Path(path) => {
+            progress.phase(&format!("reading {}", path.display()), None);
+            load(path)?
+        }
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("coffer-bench-")
+        .tempdir()
+        .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    progress.phase("making a throwaway key", None);
+    let key = generate_key("coffer bench", KeyAlgorithm::Cv25519, None)?;
+    let cert = tmp.path().join("bench.pub.asc");
+    std::fs::write(&cert, &key.public_armored).map_err(|e| Error::io(&cert, e))?;
+    let encryptor = load_recipients(std::slice::from_ref(&cert))?;
+
+    let stages = stages(&loaded, &encryptor, progress)?;
+    // Whole backups run on the calling thread, as `coffer backup` runs them.
+    let mut pipeline = pipeline(&loaded, tmp.path(), &cert, progress)?;
+    progress.done();
+    pipeline.of_encryption_all_cores = pipeline.throughput.mb_per_sec
+        / stages
+            .encryption
+            .all_cores
+            .mb_per_sec
+            .max(f64::MIN_POSITIVE);
+    Ok(BenchReport {
+        input: loaded.info.clone(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        threads: rayon::current_num_threads(),
+        repetitions: REPETITIONS,
+        unit: UNIT,
+        chunking: stages.chunking,
+        hashing: stages.hashing,
+        compression: stages.compression,
+        encryption: stages.encryption,
+        pipeline,
+    })
+}
+
+struct Stages {
+    chunking: Vec<ChunkingFigures>,
+    hashing: Throughput,
+    compression: CompressionFigures,
+    encryption: EncryptionFigures,
+}
+
+/// Chunking, hashing, compression and encryption of the input in memory.
+fn stages(loaded: &Loaded, encryptor: &Encryptor, progress: &dyn Progress) -> Result<Stages> {
+    let reps = REPETITIONS;
+    let bytes = loaded.info.bytes;
+    let total = bytes * reps as u64;
+    let data = &loaded.data[..];
+
+    let mut chunking = Vec::new();
+    let mut settings = CHUNK_SETTINGS.to_vec();
+    if !settings.contains(&DEFAULT_CHUNKING) {
+        settings.push(DEFAULT_CHUNKING);
+    }
+    let mut default_chunks = Vec::new();
+    for c in &settings {
+        for variant in [Variant::V2016, Variant::V2020] {
+            progress.phase(
+                &format!("chunking, FastCDC {}", variant.name()),
+                Some(total),
+            );
+            let (throughput, chunks) = measure(reps, bytes, progress, || {
+                Ok(chunk_all(data, &loaded.files, variant, c))
+            })?;
+            let backup_default = variant == Variant::V2020 && *c == DEFAULT_CHUNKING;
+            let lengths: Vec<u64> = chunks.iter().map(|r| r.len() as u64).collect();
+            chunking.push(ChunkingFigures {
+                variant: variant.name(),
+                min: c.min,
+                avg: c.avg,
+                max: c.max,
+                backup_default,
+                throughput,
+                chunks: chunks.len() as u64,
+                sizes: spread(lengths, c.max as u64),
+            });
+            if backup_default {
+                default_chunks = chunks;
+            }
+        }
+    }
+    let chunks = &default_chunks[..];
+
+    progress.phase("hashing, BLAKE3", Some(total));
+    let (hashing, _) = measure(reps, bytes, progress, || {
+        Ok(chunks
+            .iter()
+            .map(|r| ChunkHash::of(&data[r.clone()]))
+            .fold(0u8, |acc, h| acc ^ h.0[0]))
+    })?;
+
+    progress.phase("compressing, zstd", Some(total));
+    let (throughput, (compressed, bytes_out)) = measure(reps, bytes, progress, || {
+        let mut compressed = 0u64;
+        let mut out = 0u64;
+        for r in chunks {
+            let (payload, encoding) = crate::backup::encode(&data[r.clone()]);
+            compressed += u64::from(encoding == Encoding::Zstd);
+            out += payload.len() as u64;
+        }
+        Ok((compressed, out))
+    })?;
+    let compression = CompressionFigures {
+        throughput,
+        chunks: chunks.len() as u64,
+        chunks_compressed: compressed,
+        bytes_out,
+        ratio: bytes as f64 / bytes_out.max(1) as f64,
+    };
+
+    use rayon::prelude::*;
+    let session = encryptor.session()?;
+    progress.phase("encrypting, one core", Some(total));
+    let (one_core, _) = measure(reps, bytes, progress, || {
+        chunks
+            .iter()
+            .try_for_each(|r| session.encrypt(&data[r.clone()]).map(drop))
+    })?;
+    progress.phase("encrypting, all cores", Some(total));
+    let (all_cores, _) = measure(reps, bytes, progress, || {
+        chunks
+            .par_iter()
+            .try_for_each(|r| session.encrypt(&data[r.clone()]).map(drop))
+    })?;
+    progress.phase(
+        "compressing and encrypting as the packer seals",
+        Some(total),
+    );
+    let packs = packs(chunks, crate::config::DEFAULT_PACK_SIZE);
+    let (seal_all_cores, _) = measure(reps, bytes, progress, || {
+        for pack in &packs {
+            let session = encryptor.session()?;
+            let sealed: Vec<Vec<u8>> = pack
+                .par_iter()
+                .map(|r| session.encrypt(&crate::backup::encode(&data[r.clone()]).0))
+                .collect::<Result<_>>()?;
+            drop(sealed);
+        }
+        Ok(())
+    })?;
+    Ok(Stages {
+        chunking,
+        hashing,
+        compression,
+        encryption: EncryptionFigures {
+            key: "Cv25519",
+            one_core,
+            all_cores,
+            seal_all_cores,
+        },
+    })
+}
+
+/// Backs the input up [`REPETITIONS`] times into a new in-memory target, each time with a new
+/// local index (so nothing is deduplicated against an earlier run).
+fn pipeline(
+    loaded: &Loaded,
+    tmp: &Path,
+    cert: &Path,
+    progress: &dyn Progress,
+) -> Result<PipelineFigures> {
+    let reps = REPETITIONS;
+    let tree = match &loaded.tree {
+        Some(t) => t.clone(),
+        None => {
+            progress.phase("writing the input files", None);
+            let dir = tmp.join("input");
+            for (name, range) in &loaded.files {
+                let path = dir.join(name);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+                }
+                std::fs::write(&path, &loaded.data[range.clone()])
+                    .map_err(|e| Error::io(&path, e))?;
+            }
+            dir
+        }
+    };
+    let target = TargetConfig::in_memory();
+    let source = SourceConfig {
+        name: "bench".into(),
+        path: tree,
+        recipients: vec![cert.to_path_buf()],
+        targets: vec![target.name.clone()],
+        ignore: Vec::new(),
+        one_file_system: false,
+        chunking: DEFAULT_CHUNKING,
+    };
+    let mut times = Vec::with_capacity(reps);
+    let mut last = None;
+    for rep in 0..reps {
+        progress.phase(
+            &format!("backing up into memory ({}/{reps})", rep + 1),
+            Some(loaded.info.bytes * reps as u64),
+        );
+        let state_dir = tmp.join(format!("state-{rep}"));
+        let config = Config {
+            file: PathBuf::from("(coffer bench)"),
+            host: "bench".into(),
+            state_dir: state_dir.clone(),
+            sources: Default::default(),
+            targets: Default::default(),
+        };
+        let started = Instant::now();
+        let stats = crate::backup::backup(&config, &source, &target, &NoProgress)?;
+        times.push(started.elapsed().as_secs_f64());
+        progress.bytes(loaded.info.bytes);
+        std::fs::remove_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, e))?;
+        last = Some(stats);
+    }
+    let stats = last.expect("at least one repetition");
+    Ok(PipelineFigures {
+        throughput: throughput(loaded.info.bytes, times),
+        of_encryption_all_cores: 0.0,
+        files: stats.files,
+        bytes_read: stats.bytes_read,
+        chunks: stats.chunks,
+        chunks_new: stats.chunks_new,
+        bytes_stored: stats.bytes_stored,
+        objects_stored: stats.objects_stored,
+        problems: stats.problems,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    V2016,
+    V2020,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::V2016 => "v2016",
+            Variant::V2020 => "v2020",
+        }
+    }
+}
+
+/// Every chunk of every file, as ranges of `data`.
+fn chunk_all(
+    data: &[u8],
+    files: &[(String, Range<usize>)],
+    variant: Variant,
+    c: &Chunking,
+) -> Vec<Range<usize>> {
+    let (min, avg, max) = (c.min as usize, c.avg as usize, c.max as usize);
+    let mut out = Vec::new();
+    for (_, file) in files {
+        let bytes = &data[file.clone()];
+        let base = file.start;
+        let mut push = |offset: usize, length: usize| {
+            out.push(base + offset..base + offset + length);
+        };
+        match variant {
+            Variant::V2016 => fastcdc::v2016::FastCDC::new(bytes, min, avg, max)
+                .for_each(|ch| push(ch.offset, ch.length)),
+            Variant::V2020 => fastcdc::v2020::FastCDC::new(bytes, min, avg, max)
+                .for_each(|ch| push(ch.offset, ch.length)),
+        }
+    }
+    out
+}
+
+/// The chunks grouped as the packer groups them: a pack is sealed once it holds at least
+/// `pack_size` bytes.
+fn packs(chunks: &[Range<usize>], pack_size: u64) -> Vec<Vec<Range<usize>>> {
+    let mut out = vec![Vec::new()];
+    let mut filled = 0u64;
+    for r in chunks {
+        if filled >= pack_size {
+            out.push(Vec::new());
+            filled = 0;
+        }
+        filled += r.len() as u64;
+        out.last_mut().expect("one pack at least").push(r.clone());
+    }
+    out
+}
+
+fn spread(mut lengths: Vec<u64>, max: u64) -> SizeSpread {
+    lengths.sort_unstable();
+    let n = lengths.len();
+    if n == 0 {
+        return SizeSpread {
+            smallest: 0,
+            median: 0,
+            p90: 0,
+            largest: 0,
+            average: 0.0,
+            at_max: 0,
+        };
+    }
+    // Nearest rank: the smallest size at least `p` of the chunks are not larger than.
+    let rank = |p: f64| lengths[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
+    SizeSpread {
+        smallest: lengths[0],
+        median: rank(0.5),
+        p90: rank(0.9),
+        largest: lengths[n - 1],
+        average: lengths.iter().sum::<u64>() as f64 / n as f64,
+        at_max: lengths.iter().filter(|&&l| l == max).count() as u64,
+    }
+}
+
+/// Runs `f` `reps` times; its throughput over `bytes`, and its last result.
+/// `progress` hears of `bytes` after each run.
+fn measure<T>(
+    reps: usize,
+    bytes: u64,
+    progress: &dyn Progress,
+    mut f: impl FnMut() -> Result<T>,
+) -> Result<(Throughput, T)> {
+    let mut times = Vec::with_capacity(reps);
+    let mut last = None;
+    for _ in 0..reps.max(1) {
+        let started = Instant::now();
+        let out = std::hint::black_box(f()?);
+        times.push(started.elapsed().as_secs_f64());
+        progress.bytes(bytes);
+        last = Some(out);
+    }
+    Ok((throughput(bytes, times), last.expect("at least one run")))
+}
+
+fn throughput(bytes: u64, mut times: Vec<f64>) -> Throughput {
+    times.sort_by(f64::total_cmp);
+    let median = match times.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => times[n / 2],
+        n => (times[n / 2 - 1] + times[n / 2]) / 2.0,
+    };
+    Throughput {
+        mb_per_sec: bytes as f64 / median.max(1e-9) / 1e6,
+        median_secs: median,
+    }
+}
+
+/// 512.0 KiB, 256.0 MiB, 1.0 GiB.
+fn mib(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.1} KiB", b as f64 / 1024.0),
+    }
+}
+
+fn n_files(n: usize) -> String {
+    if n == 1 {
+        "1 file".into()
+    } else {
+        format!("{n} files")
+    }
+}
+
+/// Half pseudo-random, half text-like, in files of up to [`GENERATED_FILE`] bytes that
+/// alternate between the two kinds (`0000-random.bin`, `0000-text.txt`, `0001-...`).
+fn generate(size: u64) -> Result<Loaded> {
+    if !(MIN_GENERATED..=MAX_INPUT).contains(&size) {
+        return Err(Error::Usage(format!(
+            "--size {}: generated input must be between {} and {}",
+            mib(size),
+            mib(MIN_GENERATED),
+            mib(MAX_INPUT)
+        )));
+    }
+    let random_total = size / 2;
+    let text_total = size - random_total;
+    let file = GENERATED_FILE.min(text_total);
+    let mut data = Vec::with_capacity(size as usize);
+    let mut files = Vec::new();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let (mut random_left, mut text_left) = (random_total, text_total);
+    let mut i = 0;
+    while random_left > 0 || text_left > 0 {
+        for (kind, left) in [
+            ("random.bin", &mut random_left),
+            ("text.txt", &mut text_left),
+        ] {
+            let n = file.min(*left) as usize;
+            if n == 0 {
+                continue;
+            }
+            let start = data.len();
+            if kind == "random.bin" {
+                rng.fill(&mut data, n);
+            } else {
+                rng.text(&mut data, n);
+            }
+            files.push((format!("{i:04}-{kind}"), start..data.len()));
+            *left -= n as u64;
+        }
+        i += 1;
+    }
+    let info = InputInfo {
+        description: format!(
+            "generated: {} ({} pseudo-random, {} text-like) in {} of up to {}",
+            mib(size),
+            mib(random_total),
+            mib(text_total),
+            n_files(files.len()),
+            mib(file)
+        ),
+        bytes: size,
+        files: files.len() as u64,
+        generated: true,
+    };
+    Ok(Loaded {
+        data,
+        files,
+        info,
+        tree: None,
+    })
+}
+
+/// xorshift64*: deterministic, fast, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Appends `n` incompressible bytes.
+    fn fill(&mut self, out: &mut Vec<u8>, n: usize) {
+        let end = out.len() + n;
+        while out.len() < end {
+            let word = self.next().to_le_bytes();
+            let take = (end - out.len()).min(8);
+            out.extend_from_slice(&word[..take]);
+        }
+    }
+
+    /// Appends `n` bytes of log-like lines: words from a small vocabulary and numbers,
+    /// never repeating a line, so zstd compresses it (about 3:1) but no chunk repeats.
+    fn text(&mut self, out: &mut Vec<u8>, n: usize) {
+        const WORDS: [&str; 32] = [
+            "backup",
+            "server",
+            "request",
+            "user",
+            "alice",
+            "bob",
+            "GET",
+            "POST",
+            "status",
+            "ok",
+            "failed",
+            "retry",
+            "connection",
+            "timeout",
+            "cache",
+            "index",
+            "chunk",
+            "the",
+            "of",
+            "to",
+            "and",
+            "in",
+            "is",
+            "for",
+            "on",
+            "with",
+            "/var/log/syslog",
+            "/home/alice/notes.txt",
+            "session",
+            "opened",
+            "closed",
+            "bytes",
+        ];
+        const HOSTS: [&str; 4] = ["web1", "web2", "db1", "mail"];
+        let end = out.len() + n;
+        let mut seconds = 1_700_000_000u64;
+        let mut line = String::with_capacity(160);
+        while out.len() < end {
+            use std::fmt::Write;
+            let r = self.next();
+            seconds += r % 3;
+            line.clear();
+            let _ = write!(
+                line,
+                "{seconds} {} app[{}]:",
+                HOSTS[(r >> 8) as usize % HOSTS.len()],
+                1000 + (r >> 16) % 9000
+            );
+            for k in 0..(4 + (r >> 32) % 8) {
+                let w = WORDS[(r >> (36 + 2 * k)) as usize % WORDS.len()];
+                line.push(' ');
+                line.push_str(w);
+            }
+            let _ = writeln!(line, " id={:x} took={}ms", self.next() >> 24, (r >> 56) * 3);
+            let take = (end - out.len()).min(line.len());
+            out.extend_from_slice(&line.as_bytes()[..take]);
+        }
+    }
+}
+
+/// Reads a file, or every regular file below a directory (walk order, as backup).
+fn load(path: &Path) -> Result<Loaded> {
+    let path = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+    let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+    let too_large = |bytes: u64| {
+        Error::Usage(format!(
+            "{}: {} of files or more, larger than the {} bench reads into memory; \
+             name a smaller file or directory, or measure generated data (--size)",
+            path.display(),
+            mib(bytes),
+            mib(MAX_INPUT)
+        ))
+    };
+    let mut data = Vec::new();
+    let mut files = Vec::new();
+    let mut read = |abs: &Path, rel: String, expected: u64, data: &mut Vec<u8>| {
+        if data.len() as u64 + expected > MAX_INPUT {
+            return Err(too_large(data.len() as u64 + expected));
+        }
+        let start = data.len();
+        std::fs::File::open(abs)
+            .and_then(|f| f.take(MAX_INPUT + 1 - start as u64).read_to_end(data))
+            .map_err(|e| Error::io(abs, e))?;
+        if data.len() as u64 > MAX_INPUT {
+            return Err(too_large(data.len() as u64));
+        }
+        files.push((rel, start..data.len()));
+        Ok(())
+    };
+    let tree = if meta.is_dir() {
+        let rules = crate::source::IgnoreRules::new(&[])?;
+        for item in crate::source::walk(&path, false, rules)? {
+            let item = item?;
+            if item.metadata.is_file() {
+                let rel = String::from_utf8_lossy(&item.rel).into_owned();
+                read(&item.abs, rel, item.metadata.len(), &mut data)?;
+            }
+        }
+        Some(path.clone())
+    } else if meta.is_file() {
+        let name = path
+            .file_name()
+            .map_or_else(|| "input".to_string(), |n| n.to_string_lossy().into_owned());
+        read(&path, name, meta.len(), &mut data)?;
+        None // backup walks directories: the pipeline gets a copy in one
+    } else {
+        return Err(Error::Usage(format!(
+            "{} is neither a regular file nor a directory",
+            path.display()
+        )));
+    };
+    if data.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: no data to measure with (no regular file, or only empty ones)",
+            path.display()
+        )));
+    }
+    let info = InputInfo {
+        description: format!(
+            "{}: {} in {}",
+            path.display(),
+            mib(data.len() as u64),
+            n_files(files.len())
+        ),
+        bytes: data.len() as u64,
+        files: files.len() as u64,
+        generated: false,
+    };
+    Ok(Loaded {
+        data,
+        files,
+        info,
+        tree,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_input_is_deterministic_and_half_compressible() {
+        let a = generate(3 << 20).unwrap();
+        let b = generate(3 << 20).unwrap();
+        assert_eq!(a.data, b.data);
+        assert_eq!(a.data.len(), 3 << 20);
+        let names: Vec<&str> = a.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["0000-random.bin", "0000-text.txt"]);
+        let random = &a.data[a.files[0].1.clone()];
+        let text = &a.data[a.files[1].1.clone()];
+        assert_eq!(random.len() + text.len(), 3 << 20);
+        let ratio = |d: &[u8]| d.len() as f64 / zstd::bulk::compress(d, 3).unwrap().len() as f64;
+        assert!(ratio(random) < 1.01, "{}", ratio(random));
+        assert!(ratio(text) > 2.0, "{}", ratio(text));
+        assert!(generate(1000).is_err());
+    }
+
+    #[test]
+    fn spread_and_packs() {
+        let s = spread((1..=10).collect(), 10);
+        assert_eq!((s.smallest, s.median, s.p90, s.largest), (1, 5, 9, 10));
+        assert_eq!(s.at_max, 1);
+        assert_eq!(s.average, 5.5);
+        let chunks = [0..6, 6..12, 12..13, 13..20];
+        let p = packs(&chunks, 10);
+        assert_eq!(p, vec![vec![0..6, 6..12], vec![12..13, 13..20]]);
+    }
+
+    #[test]
+    fn loads_a_directory_in_walk_order() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("b")).unwrap();
+        std::fs::write(d.path().join("b/x"), b"second").unwrap();
+        std::fs::write(d.path().join("a"), b"first").unwrap();
+        std::os::unix::fs::symlink("a", d.path().join("c")).unwrap();
+        let l = load(d.path()).unwrap();
+        assert_eq!(l.data, b"firstsecond");
+        assert_eq!(l.info.files, 2);
+        assert!(l.tree.is_some());
+        let f = load(&d.path().join("a")).unwrap();
+        assert_eq!(f.files.len(), 1);
+        assert!(f.tree.is_none());
+        std::fs::write(d.path().join("a"), b"").unwrap();
+        std::fs::remove_dir_all(d.path().join("b")).unwrap();
+        assert!(load(d.path()).is_err(), "no data");
+    }
+}

@@ -17,6 +17,7 @@
 mod packer;
 
 use std::collections::HashMap;
+use std::io::{Read, Seek};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::Instant;
@@ -85,6 +86,9 @@ pub struct BackupStats {
 }
 
 const MAX_PROBLEMS: usize = 1000;
+
+/// Files up to this size are read whole and cut in memory.
+const WHOLE_READ_LIMIT: u64 = 8 << 20;
 
 impl BackupStats {
     fn problem(&mut self, progress: &dyn Progress, message: String) {
@@ -450,6 +454,29 @@ impl Walk<'_> {
         let c = self.source.chunking;
         let mut whole = blake3::Hasher::new();
         let mut size = 0u64;
+        if item.metadata.len() <= WHOLE_READ_LIMIT {
+            // Read at once and cut in memory: StreamCDC zeroes a buffer of the largest
+            // chunk size for every file, which dominated trees of small files.
+            let mut data = Vec::with_capacity(item.metadata.len() as usize);
+            if let Err(e) = (&file).take(WHOLE_READ_LIMIT + 1).read_to_end(&mut data) {
+                return Ok(Err(e));
+            }
+            if data.len() as u64 <= WHOLE_READ_LIMIT {
+                let (min, avg, max) = (c.min as usize, c.avg as usize, c.max as usize);
+                let cuts = fastcdc::v2020::FastCDC::new(&data, min, avg, max);
+                for cut in cuts {
+                    let piece = data[cut.offset..cut.offset + cut.length].to_vec();
+                    self.chunk(&mut whole, &mut size, piece)?;
+                }
+                return Ok(self
+                    .stamp_after(&file)
+                    .map(|after| (size, whole.finalize().into(), after)));
+            }
+            // It grew past the limit while we read: start again, streaming.
+            if let Err(e) = (&file).seek(std::io::SeekFrom::Start(0)) {
+                return Ok(Err(e));
+            }
+        }
         let reader = std::io::BufReader::with_capacity(1 << 20, &file);
         for chunk in
             fastcdc::v2020::StreamCDC::new(reader, c.min as usize, c.avg as usize, c.max as usize)
@@ -459,21 +486,34 @@ impl Walk<'_> {
                 Err(fastcdc::v2020::Error::IoError(e)) => return Ok(Err(e)),
                 Err(e) => return Ok(Err(std::io::Error::other(e.to_string()))),
             };
-            whole.update(&chunk.data);
-            size += chunk.data.len() as u64;
-            self.stats.bytes_read += chunk.data.len() as u64;
-            self.progress.bytes(chunk.data.len() as u64);
-            let hash = ChunkHash::of(&chunk.data);
-            self.send(Msg::Chunk {
-                hash,
-                data: chunk.data,
-            })?;
+            self.chunk(&mut whole, &mut size, chunk.data)?;
         }
-        let after = match file.metadata() {
-            Ok(m) => source::stamp(&m),
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(Ok((size, whole.finalize().into(), after)))
+        Ok(self
+            .stamp_after(&file)
+            .map(|after| (size, whole.finalize().into(), after)))
+    }
+
+    /// Hashes one chunk of the file being read and hands it to the packer.
+    fn chunk(
+        &mut self,
+        whole: &mut blake3::Hasher,
+        size: &mut u64,
+        data: Vec<u8>,
+    ) -> std::result::Result<(), PackerGone> {
+        whole.update(&data);
+        *size += data.len() as u64;
+        self.stats.bytes_read += data.len() as u64;
+        self.progress.bytes(data.len() as u64);
+        let hash = ChunkHash::of(&data);
+        self.send(Msg::Chunk { hash, data })
+    }
+
+    /// The file's stamp after reading, to detect a change during the read.
+    fn stamp_after(
+        &self,
+        file: &std::fs::File,
+    ) -> std::result::Result<crate::index::FileStamp, std::io::Error> {
+        file.metadata().map(|m| source::stamp(&m))
     }
 }
 

@@ -446,15 +446,33 @@ pub(crate) fn encode(data: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Encoding) {
     }
     if data.len() > COMPRESSION_SAMPLE {
         let sample = &data[..COMPRESSION_SAMPLE];
-        match zstd::bulk::compress(sample, 1) {
-            Ok(c) if pays(c.len(), sample.len()) => {}
+        match compress(sample, 1) {
+            Some(c) if pays(c.len(), sample.len()) => {}
             _ => return (Cow::Borrowed(data), Encoding::Raw),
         }
     }
-    match zstd::bulk::compress(data, 3) {
-        Ok(c) if pays(c.len(), data.len()) => (Cow::Owned(c), Encoding::Zstd),
+    match compress(data, 3) {
+        Some(c) if pays(c.len(), data.len()) => (Cow::Owned(c), Encoding::Zstd),
         _ => (Cow::Borrowed(data), Encoding::Raw),
     }
+}
+
+/// zstd at `level` with this thread's compressor: a new context per chunk costs more
+/// than compressing a small chunk (its tables are allocated and zeroed each time).
+fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    use std::cell::RefCell;
+    thread_local! {
+        static FAST: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+        static DEFAULT: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    }
+    let slot = if level <= 1 { &FAST } else { &DEFAULT };
+    slot.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = zstd::bulk::Compressor::new(level).ok();
+        }
+        cell.as_mut()?.compress(data).ok()
+    })
 }
 
 #[cfg(test)]

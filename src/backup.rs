@@ -87,6 +87,9 @@ pub struct BackupStats {
 
 const MAX_PROBLEMS: usize = 1000;
 
+/// Entries whose digest-cache lookups share one read transaction.
+const READ_BATCH: usize = 1000;
+
 /// Files up to this size are read whole and cut in memory.
 const WHOLE_READ_LIMIT: u64 = 8 << 20;
 
@@ -257,7 +260,16 @@ impl Walk<'_> {
     }
 
     fn run(&mut self, walker: impl Iterator<Item = Result<Item>>) -> Result<()> {
-        for item in walker {
+        let result = self.walk_all(walker);
+        let ended = self.index.end_read_batch();
+        result.and(ended)
+    }
+
+    fn walk_all(&mut self, walker: impl Iterator<Item = Result<Item>>) -> Result<()> {
+        for (n, item) in walker.enumerate() {
+            if n % READ_BATCH == 0 {
+                self.index.renew_read_batch()?;
+            }
             let item = match item {
                 Ok(i) => i,
                 Err(e) => {

@@ -34,7 +34,10 @@ macro_rules! hash_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.to_hex())
+                // Through a stack buffer: metafiles print two of these per chunk line.
+                let mut buf = [0u8; 64];
+                hex::encode_to_slice(self.0, &mut buf).map_err(|_| fmt::Error)?;
+                f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
             }
         }
 

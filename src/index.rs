@@ -132,6 +132,27 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
+    /// Starts a read transaction for a batch of lookups, ending the previous batch's: one
+    /// set of SQLite's WAL read locks per batch instead of per statement. A batch sees the
+    /// index as it was when it began, so chunks acknowledged meanwhile look unknown to it
+    /// (they are then deduplicated by the packer, which reads outside any batch).
+    pub fn renew_read_batch(&self) -> Result<()> {
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))?;
+        }
+        self.conn
+            .execute_batch("BEGIN DEFERRED")
+            .map_err(|e| self.err(e))
+    }
+
+    /// Ends the current read batch, if any.
+    pub fn end_read_batch(&self) -> Result<()> {
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
     /// Where a chunk is stored on `target`, if it was acknowledged.
     pub fn lookup_chunk(&self, target: i64, hash: &ChunkHash) -> Result<Option<ChunkRef>> {
         let mut stmt = self

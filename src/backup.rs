@@ -87,6 +87,11 @@ pub struct BackupStats {
 
 const MAX_PROBLEMS: usize = 1000;
 
+/// Chunk bytes read ahead of the packer (while it seals a pack, say), at most.
+const READ_AHEAD_BYTES: u64 = 16 << 20;
+/// Messages queued for the packer, at most (entries without data count too).
+const READ_AHEAD_MESSAGES: usize = 4096;
+
 /// Entries whose digest-cache lookups share one read transaction.
 const READ_BATCH: usize = 1000;
 
@@ -148,6 +153,7 @@ pub fn backup(
     std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
     let metafile_tmp = tempfile::tempfile_in(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
 
+    let budget = std::sync::Arc::new(packer::Budget::new(READ_AHEAD_BYTES));
     let packer = Packer::new(packer::PackerSetup {
         encryptor: encryptor.clone(),
         store: store.clone(),
@@ -159,9 +165,10 @@ pub fn backup(
         pack_size: target.pack_size,
         upload_concurrency: target.upload_concurrency,
         upload_rate_limit: target.upload_rate_limit,
+        budget: budget.clone(),
         racy_after_ns: start_time.timestamp_nanos_opt().unwrap_or(i64::MAX) - 2_000_000_000,
     })?;
-    let (tx, rx) = sync_channel::<Msg>(8);
+    let (tx, rx) = sync_channel::<Msg>(READ_AHEAD_MESSAGES);
     let packer_thread = std::thread::Builder::new()
         .name("coffer-packer".into())
         .spawn(move || packer.run(rx))
@@ -173,6 +180,7 @@ pub fn backup(
         index: &reader_index,
         target_id,
         tx: &tx,
+        budget: &budget,
         names: Names::default(),
         hardlinks: HashMap::new(),
         progress,
@@ -245,6 +253,7 @@ struct Walk<'a> {
     index: &'a Index,
     target_id: i64,
     tx: &'a SyncSender<Msg>,
+    budget: &'a packer::Budget,
     names: Names,
     hardlinks: HashMap<(u64, u64), Vec<u8>>,
     progress: &'a dyn Progress,
@@ -256,6 +265,11 @@ struct PackerGone;
 
 impl Walk<'_> {
     fn send(&self, msg: Msg) -> std::result::Result<(), PackerGone> {
+        if let Msg::Chunk { data, .. } = &msg {
+            if !self.budget.acquire(data.len() as u64) {
+                return Err(PackerGone);
+            }
+        }
         self.tx.send(msg).map_err(|_| PackerGone)
     }
 

@@ -39,6 +39,63 @@ pub(super) enum Msg {
     Entry(Entry),
 }
 
+/// Bounds the bytes of chunk data sent to the packer and not yet received, so that the
+/// walker reads ahead while a pack is sealed, whatever the chunks' sizes (a bound on the
+/// number of messages would stall on small files and allow gigabytes of large chunks).
+pub(super) struct Budget {
+    state: std::sync::Mutex<(u64, bool)>,
+    freed: std::sync::Condvar,
+    limit: u64,
+}
+
+impl Budget {
+    pub(super) fn new(limit: u64) -> Self {
+        Budget {
+            state: std::sync::Mutex::new((0, false)),
+            freed: std::sync::Condvar::new(),
+            limit,
+        }
+    }
+
+    /// Waits until `bytes` more may be in flight; `false` if the packer has stopped.
+    pub(super) fn acquire(&self, bytes: u64) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        while !state.1 && state.0 > 0 && state.0 + bytes > self.limit {
+            state = match self.freed.wait(state) {
+                Ok(s) => s,
+                Err(_) => return false,
+            };
+        }
+        state.0 += bytes;
+        !state.1
+    }
+
+    fn release(&self, bytes: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = state.0.saturating_sub(bytes);
+            self.freed.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.1 = true;
+            self.freed.notify_all();
+        }
+    }
+}
+
+/// Closes the budget when the packer stops, however it stops.
+struct CloseOnDrop(std::sync::Arc<Budget>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 pub(super) struct PackerSetup {
     pub encryptor: Encryptor,
     pub store: Store,
@@ -50,6 +107,7 @@ pub(super) struct PackerSetup {
     pub pack_size: u64,
     pub upload_concurrency: usize,
     pub upload_rate_limit: Option<u64>,
+    pub budget: std::sync::Arc<Budget>,
     /// Files modified after this (ns) are cached as untrusted: they may change again
     /// within the file system's timestamp granularity, so the next run reads them.
     pub racy_after_ns: i64,
@@ -67,7 +125,8 @@ pub(super) struct PackerOutput {
 
 struct SealedPack {
     key: ObjectKey,
-    bytes: Bytes,
+    /// The pack's bytes: its chunk messages in order, uploaded without concatenating.
+    parts: Vec<Bytes>,
     chunks: Vec<ChunkRef>,
 }
 
@@ -82,6 +141,7 @@ pub(super) struct Packer {
     pack_size: u64,
     upload_concurrency: usize,
     upload_rate_limit: Option<u64>,
+    budget: std::sync::Arc<Budget>,
     racy_after_ns: i64,
     writer: MetaWriter,
     metafile: std::fs::File,
@@ -128,6 +188,7 @@ impl Packer {
             pack_size: s.pack_size,
             upload_concurrency: s.upload_concurrency,
             upload_rate_limit: s.upload_rate_limit,
+            budget: s.budget,
             racy_after_ns: s.racy_after_ns,
             writer,
             metafile,
@@ -145,6 +206,7 @@ impl Packer {
 
     /// Runs until the walking thread hangs up, then flushes everything.
     pub(super) fn run(mut self, rx: Receiver<Msg>) -> Result<PackerOutput> {
+        let _close = CloseOnDrop(self.budget.clone());
         let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(2);
         let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Vec<ChunkRef>>();
         let uploader = {
@@ -200,7 +262,10 @@ impl Packer {
                 self.acknowledged(chunks)?;
             }
             match msg {
-                Msg::Chunk { hash, data } => self.chunk(hash, data)?,
+                Msg::Chunk { hash, data } => {
+                    self.budget.release(data.len() as u64);
+                    self.chunk(hash, data)?
+                }
                 Msg::FileAbort => self.file_chunks.clear(),
                 Msg::FileEnd { mut entry, stamp } => {
                     let chunks = std::mem::take(&mut self.file_chunks);
@@ -308,14 +373,17 @@ impl Packer {
             })
             .collect::<Result<_>>()?;
         drop(plain);
-        let mut bytes = Vec::with_capacity(messages.iter().map(|(m, _)| m.len()).sum());
+        let mut hasher = blake3::Hasher::new();
         let mut places = Vec::with_capacity(messages.len());
+        let mut parts = Vec::with_capacity(messages.len());
+        let mut offset = 0u64;
         for (message, encoding) in messages {
-            places.push((bytes.len() as u64, message.len() as u64, encoding));
-            bytes.extend_from_slice(&message);
+            places.push((offset, message.len() as u64, encoding));
+            offset += message.len() as u64;
+            hasher.update(&message);
+            parts.push(Bytes::from(message));
         }
-        let bytes = Bytes::from(bytes);
-        let key = ObjectKey::of(&bytes);
+        let key = ObjectKey::from(hasher.finalize());
         let fix = |c: &mut ChunkRef| {
             if c.object == OPEN_PACK {
                 let (offset, length, encoding) = places[c.offset as usize];
@@ -342,7 +410,7 @@ impl Packer {
         }
         self.session = self.setup_encryptor.session()?;
         pack_tx
-            .blocking_send(SealedPack { key, bytes, chunks })
+            .blocking_send(SealedPack { key, parts, chunks })
             .map_err(|_| Error::Store {
                 target: self.store.name().to_string(),
                 message: "the upload stopped".into(),
@@ -418,11 +486,12 @@ fn upload(
             let rate = rate.clone();
             tasks.spawn(async move {
                 let path = store::data_path(&pack.key);
-                let len = pack.bytes.len() as u64;
+                let len = pack.parts.iter().map(|p| p.len() as u64).sum();
                 if let Some(rate) = rate {
                     rate.acquire(len).await;
                 }
-                let outcome = store::put_create(&*store, &path, pack.bytes)
+                let payload = object_store::PutPayload::from_iter(pack.parts);
+                let outcome = store::put_create(&*store, &path, payload)
                     .await
                     .map_err(|e| store::map_store_error(&target, &path, "create", e))?;
                 let _ = acks.send(pack.chunks);
@@ -451,7 +520,7 @@ pub(crate) fn encode(data: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Encoding) {
             _ => return (Cow::Borrowed(data), Encoding::Raw),
         }
     }
-    match compress(data, 3) {
+    match compress(data, 1) {
         Some(c) if pays(c.len(), data.len()) => (Cow::Owned(c), Encoding::Zstd),
         _ => (Cow::Borrowed(data), Encoding::Raw),
     }

@@ -295,13 +295,13 @@ impl RateLimit {
 pub(crate) async fn put_create(
     store: &dyn ObjectStore,
     path: &StorePath,
-    bytes: Bytes,
+    payload: impl Into<PutPayload>,
 ) -> object_store::Result<PutOutcome> {
     let opts = PutOptions {
         mode: PutMode::Create,
         ..Default::default()
     };
-    match store.put_opts(path, PutPayload::from(bytes), opts).await {
+    match store.put_opts(path, payload.into(), opts).await {
         Ok(_) => Ok(PutOutcome::Created),
         Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),
         Err(e) => Err(e),

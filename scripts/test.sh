@@ -8,4 +8,9 @@ s3dir=$(mktemp -d -t coffer-s3-XXXXXX)
 trap 'scripts/s3-server.sh stop "$s3dir"; rm -rf "$s3dir"' EXIT
 scripts/s3-server.sh start "$s3dir"
 export COFFER_TEST_S3_ENV="$s3dir/s3.env"
-cargo test -j2 --all-targets "$@"
+log="$s3dir/cargo-test.log"
+set -o pipefail
+cargo test -j2 --all-targets "$@" 2>&1 | tee "$log"
+# One closing line for the whole suite (the last lines above are criterion's smoke runs).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -963,3 +963,45 @@ fn any_one_of_several_recipients_can_restore() {
         assert_same_tree(&fx.src, &dest);
     }
 }
+
+/// Ignore rules from the config: a name pattern at any depth, an anchored path, and an
+/// ignored directory whose contents are not even walked.
+#[test]
+fn ignore_rules_leave_out_what_they_match() {
+    let fx = Fixture::new();
+    let text = fx.config_text(&Settings::default()).replace(
+        "targets = [\"local\"]",
+        "targets = [\"local\"]\nignore = [\"*.tmp\", \"/var/cache\", \"node_modules\"]",
+    );
+    std::fs::write(&fx.config, text).unwrap();
+    for path in [
+        "a.txt",
+        "a.tmp",
+        "deep/er/b.tmp",
+        "deep/er/b.tmpl",
+        "var/cache/x",
+        "var/log/cache/y",
+        "srv/var/cache/z",
+        "app/node_modules/m.js",
+    ] {
+        write(&fx.src.join(path), path.as_bytes());
+    }
+    set_past_mtimes(&fx.src, 1_600_000_000);
+    let stats = fx.backup_ok();
+    assert_eq!(as_u64(&stats, "files"), 4, "{stats}");
+    let dest = fx.path("restored");
+    fx.restore(&dest, &[]).ok();
+    for (path, keep) in [
+        ("a.txt", true),
+        ("a.tmp", false),
+        ("deep/er/b.tmp", false),
+        ("deep/er/b.tmpl", true),
+        ("var/cache", false),
+        ("var/log/cache/y", true),
+        ("srv/var/cache/z", true),
+        ("app/node_modules", false),
+        ("app", true),
+    ] {
+        assert_eq!(dest.join(path).exists(), keep, "{path}");
+    }
+}

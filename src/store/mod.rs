@@ -43,8 +43,10 @@ pub enum PutOutcome {
     AlreadyExists,
 }
 
-/// Objects larger than this are uploaded in parts (multipart upload).
-pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
+/// Files larger than this are uploaded in parts (multipart upload), streamed from disk:
+/// below it a file is read into memory for one create-only put, so this bounds the memory
+/// a large metafile costs (a million entries make tens of MiB).
+pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
 const PART_SIZE: usize = 8 << 20;
 
 /// One target.

@@ -201,7 +201,8 @@ pub fn restore(
 /// metafile is acceptable, and the run it must describe when it came from the target.
 struct Fetched {
     what: String,
-    bytes: Vec<u8>,
+    /// Shared, so each pass over the listing reads it without copying it.
+    bytes: bytes::Bytes,
     plaintext_ok: bool,
     expect: Option<store::RunInfo>,
 }
@@ -211,7 +212,7 @@ fn fetch_metafile(store: &Store, source: &MetafileSource) -> Result<Fetched> {
         // A file the user names is trusted as given: it may be one decrypted with gpg -d.
         MetafileSource::File(path) => Ok(Fetched {
             what: format!("metafile {}", path.display()),
-            bytes: std::fs::read(path).map_err(|e| Error::io(path, e))?,
+            bytes: std::fs::read(path).map_err(|e| Error::io(path, e))?.into(),
             plaintext_ok: true,
             expect: None,
         }),
@@ -223,7 +224,7 @@ fn fetch_metafile(store: &Store, source: &MetafileSource) -> Result<Fetched> {
             let path = store::run_path(&run.host, &run.source, &id, "meta");
             Ok(Fetched {
                 what: format!("metafile {path}"),
-                bytes: store.get(&path)?.to_vec(),
+                bytes: store.get(&path)?,
                 plaintext_ok: false,
                 expect: Some(run),
             })

@@ -95,10 +95,7 @@ impl Index {
         set_private(state_dir);
         let path = state_dir.join("index.sqlite");
         let fail = |e: rusqlite::Error| index_err(&path, e);
-        let conn = retry_busy(|| init(&path)).map_err(fail)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(fail)?;
+        let (conn, version) = retry_busy(|| init(&path)).map_err(fail)?;
         if version > SCHEMA_VERSION {
             return Err(Error::Index {
                 path: path.clone(),
@@ -336,7 +333,8 @@ fn index_err(path: &Path, e: rusqlite::Error) -> Error {
 /// Opens the file, switches it to WAL and creates the schema. SQLite does not always call
 /// the busy handler here (switching to WAL, recovering a WAL another process is creating),
 /// so two runs opening a fresh index at the same moment can fail at once: [`retry_busy`].
-fn init(path: &Path) -> rusqlite::Result<Connection> {
+/// Returns the connection and the schema version the file had.
+fn init(path: &Path) -> rusqlite::Result<(Connection, i64)> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -348,7 +346,7 @@ fn init(path: &Path) -> rusqlite::Result<Connection> {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
     }
-    Ok(conn)
+    Ok((conn, version))
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {

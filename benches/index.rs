@@ -31,7 +31,7 @@ fn lookups(c: &mut Criterion) {
         .collect();
     // One transaction per pack would be what backup does; larger ones fill it faster.
     for batch in refs.chunks(1000) {
-        index.record_chunks(target, batch).unwrap();
+        index.record_chunks(target, batch, 0).unwrap();
     }
     // Precomputed, so the loop measures the lookup, not BLAKE3.
     let hits: Vec<ChunkHash> = (0..4096).map(|i| hash(i * 24 % CHUNKS)).collect();

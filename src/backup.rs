@@ -115,14 +115,24 @@ pub fn backup(
     progress: &dyn Progress,
 ) -> Result<BackupStats> {
     let started = Instant::now();
-    let start_time = chrono::Utc::now();
-    let run = RunId::new(start_time);
     let encryptor = load_recipients(&source.recipients)?;
     let store = Store::open(target, true)?;
     let keyset = encryptor.fingerprints().join(",");
-    let reader_index = Index::open(&config.state_dir)?;
-    let target_id = reader_index.target_id(&target.url, &keyset)?;
-    let writer_index = Index::open(&config.state_dir)?;
+    let _lock = Index::lock(&config.state_dir, |path| {
+        progress.warn(&format!(
+            "waiting for another coffer backup using {} to finish",
+            path.display()
+        ))
+    })?;
+    let start_time = chrono::Utc::now();
+    let mut index = Index::open(&config.state_dir)?;
+    let target_id = index.target_id(&target.url, &keyset)?;
+    let run = next_run_id(&index, target_id, &source.name, start_time)?;
+    // gc's safety rule: reuse only what gc cannot have deleted (see index.rs).
+    let horizon = start_time.timestamp() - target.dedup_max_age.as_secs() as i64;
+    index.set_dedup_horizon(horizon);
+    let mut writer_index = Index::open(&config.state_dir)?;
+    writer_index.set_dedup_horizon(horizon);
     let rules = IgnoreRules::new(&source.ignore)?;
     let walker = source::walk(&source.path, source.one_file_system, rules)?;
 
@@ -177,7 +187,7 @@ pub fn backup(
     progress.phase(&format!("{} -> {}", source.name, target.name), None);
     let mut walk = Walk {
         source,
-        index: &reader_index,
+        index: &index,
         target_id,
         tx: &tx,
         budget: &budget,
@@ -197,7 +207,17 @@ pub fn backup(
         (Err(e), Ok(_)) => return Err(e),
         (Ok(()), Ok(out)) => out,
     };
-    finish_run(&store, config, source, &run, output, &mut stats)?;
+    let commit = Commit {
+        store: &store,
+        index: &mut index,
+        target_id,
+        target,
+        host: &config.host,
+        source: &source.name,
+        run: &run,
+        start_time,
+    };
+    commit.finish(output, &mut stats)?;
     stats.run = run.to_string();
     stats.elapsed_secs = started.elapsed().as_secs_f64();
     stats.read_bytes_per_sec = stats.bytes_read as f64 / stats.elapsed_secs.max(1e-9);
@@ -209,45 +229,102 @@ pub fn backup(
     Ok(stats)
 }
 
-/// Uploads the object list, then the metafile: the run is committed by the last put.
-fn finish_run(
-    store: &Store,
-    config: &Config,
-    source: &SourceConfig,
-    run: &RunId,
-    output: PackerOutput,
-    stats: &mut BackupStats,
-) -> Result<()> {
-    stats.chunks = output.chunks;
-    stats.chunks_new = output.chunks_new;
-    stats.bytes_new = output.bytes_new;
-    stats.bytes_stored = output.bytes_stored;
-    stats.objects_stored = output.packs;
-    let mut metafile = output.metafile;
-    stats.bytes_stored += metafile
-        .metadata()
-        .map_err(|e| Error::io("metafile (temporary)", e))?
-        .len();
-    stats.objects_stored += 2;
-    let mut refs = Vec::new();
-    crate::format::refs::write(&mut refs, output.referenced.iter().copied())
-        .map_err(|e| Error::io("object list", e))?;
-    let refs_path = crate::store::run_path(&config.host, &source.name, run, "refs");
-    let meta_path = crate::store::run_path(&config.host, &source.name, run, "meta");
-    stats.bytes_stored += refs.len() as u64;
-    let exists = |path: &object_store::path::Path| Error::Store {
-        target: store.name().to_string(),
-        message: format!("{path} already exists; run ids must be unique"),
-    };
-    if store.put_create(&refs_path, refs.into())? == PutOutcome::AlreadyExists {
-        return Err(exists(&refs_path));
-    }
-    // The commit point: the run exists once its metafile is stored.
-    if store.put_file(&meta_path, &mut metafile)? == PutOutcome::AlreadyExists {
-        return Err(exists(&meta_path));
-    }
-    Ok(())
+/// The id of a new run: its start time, but always later than the last run of the
+/// source this index committed, so that the newest run (which prune never deletes) is the
+/// one this host last made even if the clock went back.
+fn next_run_id(
+    index: &Index,
+    target_id: i64,
+    source: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<RunId> {
+    let last = index
+        .last_run(target_id, source)?
+        .and_then(|r| r.parse::<RunId>().ok())
+        .and_then(|r| r.time());
+    Ok(match last {
+        Some(t) if t.timestamp() >= now.timestamp() => RunId::new(t + chrono::Duration::seconds(1)),
+        _ => RunId::new(now),
+    })
 }
+
+/// Commits a run whose packs were all acknowledged.
+struct Commit<'a> {
+    store: &'a Store,
+    index: &'a mut Index,
+    target_id: i64,
+    target: &'a TargetConfig,
+    host: &'a str,
+    source: &'a str,
+    run: &'a RunId,
+    start_time: chrono::DateTime<chrono::Utc>,
+}
+
+impl Commit<'_> {
+    /// Uploads the object list, then the metafile: the run is committed by the last put.
+    /// Refuses to commit a run older than `max_run_time` (gc may have deleted what it
+    /// uploaded first), and records the committed run's objects as protected.
+    fn finish(self, output: PackerOutput, stats: &mut BackupStats) -> Result<()> {
+        stats.chunks = output.chunks;
+        stats.chunks_new = output.chunks_new;
+        stats.bytes_new = output.bytes_new;
+        stats.bytes_stored = output.bytes_stored;
+        stats.objects_stored = output.packs;
+        let mut metafile = output.metafile;
+        stats.bytes_stored += metafile
+            .metadata()
+            .map_err(|e| Error::io("metafile (temporary)", e))?
+            .len();
+        stats.objects_stored += 2;
+        let bounds = crate::format::refs::Bounds {
+            dedup_max_age: self.target.dedup_max_age,
+            max_run_time: self.target.max_run_time,
+        };
+        let mut refs = Vec::new();
+        crate::format::refs::write(&mut refs, &bounds, output.referenced.iter().copied())
+            .map_err(|e| Error::io("object list", e))?;
+        let refs_path = crate::store::run_path(self.host, self.source, self.run, "refs");
+        let meta_path = crate::store::run_path(self.host, self.source, self.run, "meta");
+        stats.bytes_stored += refs.len() as u64;
+        // Wall-clock time: a suspended machine's monotonic clock stands still, gc's does not.
+        let took = (chrono::Utc::now() - self.start_time)
+            .to_std()
+            .unwrap_or_default();
+        if took > self.target.max_run_time {
+            return Err(Error::Store {
+                target: self.store.name().to_string(),
+                message: format!(
+                    "the run took {}, longer than max_run_time ({}): it is not committed, \
+                     because gc may already have deleted what it uploaded first. Run the \
+                     backup again (what it uploaded recently is reused), or raise \
+                     max_run_time in [target.{}] and gc's --grace with it",
+                    crate::retention::humantime(std::time::Duration::from_secs(took.as_secs())),
+                    crate::retention::humantime(self.target.max_run_time),
+                    self.target.name
+                ),
+            });
+        }
+        let exists = |path: &object_store::path::Path| Error::Store {
+            target: self.store.name().to_string(),
+            message: format!("{path} already exists; run ids must be unique"),
+        };
+        self.index.begin_commit(self.target_id, self.source)?;
+        if self.store.put_create(&refs_path, refs.into())? == PutOutcome::AlreadyExists {
+            return Err(exists(&refs_path));
+        }
+        // The commit point: the run exists once its metafile is stored.
+        if self.store.put_file(&meta_path, &mut metafile)? == PutOutcome::AlreadyExists {
+            return Err(exists(&meta_path));
+        }
+        self.index.committed(
+            self.target_id,
+            self.source,
+            self.run.as_str(),
+            output.referenced.iter().copied(),
+        )
+    }
+}
+
 struct Walk<'a> {
     source: &'a SourceConfig,
     index: &'a Index,

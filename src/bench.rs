@@ -424,6 +424,7 @@ fn pipeline(
         ignore: Vec::new(),
         one_file_system: false,
         chunking: DEFAULT_CHUNKING,
+        retention: crate::retention::Retention::default(),
     };
     let mut times = Vec::with_capacity(reps);
     let mut last = None;

@@ -131,6 +131,13 @@ struct RawSource {
     chunk_min: Option<Spanned<Size>>,
     chunk_avg: Option<Spanned<Size>>,
     chunk_max: Option<Spanned<Size>>,
+    keep_last: Option<Spanned<u32>>,
+    keep_hourly: Option<Spanned<u32>>,
+    keep_daily: Option<Spanned<u32>>,
+    keep_weekly: Option<Spanned<u32>>,
+    keep_monthly: Option<Spanned<u32>>,
+    keep_yearly: Option<Spanned<u32>>,
+    keep_within: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +154,8 @@ struct RawTarget {
     credentials_file: Option<Spanned<String>>,
     retries: Option<Spanned<usize>>,
     retry_timeout: Option<Dur>,
+    dedup_max_age: Option<Dur>,
+    max_run_time: Option<Spanned<Dur>>,
     #[serde(default)]
     options: BTreeMap<String, String>,
 }
@@ -180,6 +189,8 @@ pub struct SourceConfig {
     pub one_file_system: bool,
     /// Chunk size bounds.
     pub chunking: Chunking,
+    /// Retention rules `coffer prune` applies to this source's runs (empty: none set).
+    pub retention: crate::retention::Retention,
 }
 
 /// A validated target.
@@ -211,10 +222,22 @@ pub struct TargetConfig {
     pub retries: usize,
     /// Give up retrying a request after this long.
     pub retry_timeout: std::time::Duration,
+    /// A chunk the local index lists is reused only if it was stored less than this long
+    /// ago, or if its object belongs to the newest run of one of this host's sources.
+    /// Part of gc's safety rule (docs/FORMAT.md, "Garbage collection").
+    pub dedup_max_age: std::time::Duration,
+    /// A backup that has run longer than this is not committed (it fails). Part of gc's
+    /// safety rule: gc's grace period must be at least `dedup_max_age + max_run_time`.
+    pub max_run_time: std::time::Duration,
     /// Further object_store options for the scheme (e.g. `aws_virtual_hosted_style_request`).
     /// Never logged.
     pub options: BTreeMap<String, String>,
 }
+
+/// Default `dedup_max_age`: a week.
+pub const DEFAULT_DEDUP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+/// Default `max_run_time`: a week.
+pub const DEFAULT_MAX_RUN_TIME: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 /// Default number of retries of a failed request.
 pub const DEFAULT_RETRIES: usize = 10;
@@ -251,6 +274,8 @@ impl TargetConfig {
             credentials_file: None,
             retries: DEFAULT_RETRIES,
             retry_timeout: DEFAULT_RETRY_TIMEOUT,
+            dedup_max_age: DEFAULT_DEDUP_MAX_AGE,
+            max_run_time: DEFAULT_MAX_RUN_TIME,
             options: BTreeMap::new(),
         }
     }
@@ -438,6 +463,12 @@ impl Config {
                 }
                 r => r.map_or(DEFAULT_RETRIES, |r| r.into_inner()),
             };
+            let max_run_time = match &t.max_run_time {
+                Some(d) if d.get_ref().0.is_zero() => {
+                    return ctx.err(d.span(), "max_run_time must be more than 0s")
+                }
+                d => d.as_ref().map_or(DEFAULT_MAX_RUN_TIME, |d| d.get_ref().0),
+            };
             let credentials_file = t
                 .credentials_file
                 .as_ref()
@@ -459,6 +490,8 @@ impl Config {
                     credentials_file,
                     retries,
                     retry_timeout: t.retry_timeout.map_or(DEFAULT_RETRY_TIMEOUT, |d| d.0),
+                    dedup_max_age: t.dedup_max_age.map_or(DEFAULT_DEDUP_MAX_AGE, |d| d.0),
+                    max_run_time,
                     options: t.options,
                 },
             );
@@ -533,6 +566,7 @@ impl Config {
             }
         }
         let chunking = Self::validate_chunking(&s, ctx)?;
+        let retention = Self::validate_retention(&s, ctx)?;
         Ok(SourceConfig {
             name: name.to_string(),
             path,
@@ -541,6 +575,32 @@ impl Config {
             ignore: s.ignore.into_iter().map(Spanned::into_inner).collect(),
             one_file_system: s.one_file_system,
             chunking,
+            retention,
+        })
+    }
+
+    fn validate_retention(s: &RawSource, ctx: &Ctx<'_>) -> Result<crate::retention::Retention> {
+        let count = |v: &Option<Spanned<u32>>, key: &str| match v {
+            Some(n) if *n.get_ref() == 0 => ctx.err(
+                n.span(),
+                format!("{key} must be at least 1 (leave it out to not use the rule)"),
+            ),
+            v => Ok(v.as_ref().map(|n| *n.get_ref())),
+        };
+        let within = match &s.keep_within {
+            Some(d) if d.get_ref().0.is_zero() => {
+                return ctx.err(d.span(), "keep_within must be more than 0s")
+            }
+            d => d.as_ref().map(|d| d.get_ref().0),
+        };
+        Ok(crate::retention::Retention {
+            last: count(&s.keep_last, "keep_last")?,
+            hourly: count(&s.keep_hourly, "keep_hourly")?,
+            daily: count(&s.keep_daily, "keep_daily")?,
+            weekly: count(&s.keep_weekly, "keep_weekly")?,
+            monthly: count(&s.keep_monthly, "keep_monthly")?,
+            yearly: count(&s.keep_yearly, "keep_yearly")?,
+            within,
         })
     }
 

@@ -9,6 +9,13 @@
 //! Dedup state is per target *and* per recipient set: chunks encrypted to one set of keys
 //! are never reused for a run encrypted to another.
 //!
+//! gc on another host may delete objects this index still lists (the stale-index hazard),
+//! so a listed chunk is reused only when gc cannot have deleted its object (docs/FORMAT.md,
+//! "Garbage collection"): it was stored after the dedup horizon (`dedup_max_age` before
+//! the run started), or its object belongs to the newest committed run of one of this
+//! host's sources (table `protected`), which prune never deletes. Backups sharing the
+//! index hold its lock ([`Index::lock`]), so that set cannot change under a running backup.
+//!
 //! No secret is stored here: plaintext hashes and paths, never contents or keys.
 
 use std::path::{Path, PathBuf};
@@ -19,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::format::metafile::{ChunkRef, Encoding};
 use crate::ids::{ChunkHash, ObjectKey};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS targets (
@@ -51,6 +58,18 @@ CREATE TABLE IF NOT EXISTS files (
     chunks BLOB NOT NULL,
     trusted INTEGER NOT NULL,
     PRIMARY KEY (target, source, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS protected (
+    target INTEGER NOT NULL,
+    object BLOB NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (target, object, source)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS last_runs (
+    target INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    run TEXT NOT NULL,
+    PRIMARY KEY (target, source)
 ) WITHOUT ROWID;
 ";
 
@@ -86,7 +105,12 @@ pub struct CachedFile {
 pub struct Index {
     conn: Connection,
     path: PathBuf,
+    horizon: i64,
 }
+
+/// The exclusive lock on a state directory, held by a backup; released when dropped.
+#[derive(Debug)]
+pub struct StateLock(#[allow(dead_code)] std::fs::File);
 
 impl Index {
     /// Opens (creating if needed) `state_dir/index.sqlite`.
@@ -105,7 +129,40 @@ impl Index {
                 ),
             });
         }
-        Ok(Index { conn, path })
+        Ok(Index {
+            conn,
+            path,
+            horizon: i64::MIN,
+        })
+    }
+
+    /// Takes the state directory's lock, waiting for the backup that holds it (after
+    /// calling `on_wait`). Backups hold it: the set of protected objects must not change
+    /// while one runs.
+    pub fn lock(state_dir: &Path, on_wait: impl FnOnce(&Path)) -> Result<StateLock> {
+        std::fs::create_dir_all(state_dir).map_err(|e| Error::io(state_dir, e))?;
+        let path = state_dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(StateLock(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                on_wait(&path);
+                file.lock().map_err(|e| Error::io(&path, e))?;
+                Ok(StateLock(file))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        }
+    }
+
+    /// Chunks stored before `unix_secs` are reused only if their object is protected
+    /// (see the module documentation). Until this is called every listed chunk is used.
+    pub fn set_dedup_horizon(&mut self, unix_secs: i64) {
+        self.horizon = unix_secs;
     }
 
     fn err(&self, e: rusqlite::Error) -> Error {
@@ -150,17 +207,19 @@ impl Index {
         Ok(())
     }
 
-    /// Where a chunk is stored on `target`, if it was acknowledged.
+    /// Where a chunk is stored on `target`, if it was acknowledged and may still be
+    /// reused (stored after the dedup horizon, or in a protected object).
     pub fn lookup_chunk(&self, target: i64, hash: &ChunkHash) -> Result<Option<ChunkRef>> {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT object, offset, length, size, encoding FROM chunks
-                 WHERE target = ?1 AND hash = ?2",
+                "SELECT object, offset, length, size, encoding FROM chunks c
+                 WHERE target = ?1 AND hash = ?2 AND (stored_at >= ?3 OR EXISTS
+                   (SELECT 1 FROM protected p WHERE p.target = c.target AND p.object = c.object))",
             )
             .map_err(|e| self.err(e))?;
         let row = stmt
-            .query_row(params![target, &hash.0[..]], |r| {
+            .query_row(params![target, &hash.0[..], self.horizon], |r| {
                 Ok((
                     r.get::<_, Vec<u8>>(0)?,
                     r.get::<_, i64>(1)?,
@@ -192,9 +251,15 @@ impl Index {
         }
     }
 
-    /// Records the chunks of an acknowledged pack, in one transaction.
-    pub fn record_chunks(&mut self, target: i64, chunks: &[ChunkRef]) -> Result<()> {
-        let now = chrono::Utc::now().timestamp();
+    /// Records the chunks of an acknowledged pack, in one transaction. `stored_at` (unix
+    /// seconds) must not be later than the object's creation on the target: the time the
+    /// pack was sealed, before its upload began.
+    pub fn record_chunks(
+        &mut self,
+        target: i64,
+        chunks: &[ChunkRef],
+        stored_at: i64,
+    ) -> Result<()> {
         let path = self.path.clone();
         let fail = |e| index_err(&path, e);
         let tx = self
@@ -218,11 +283,76 @@ impl Index {
                     c.length as i64,
                     c.size as i64,
                     c.encoding.code(),
-                    now
+                    stored_at
                 ])
                 .map_err(fail)?;
             }
         }
+        tx.commit().map_err(fail)
+    }
+
+    /// The id of the last run of `source` to `target` this index saw committed.
+    pub fn last_run(&self, target: i64, source: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT run FROM last_runs WHERE target = ?1 AND source = ?2",
+                params![target, source],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Called just before a run of `source` is committed: its previous run stops
+    /// protecting objects, since prune may delete it once the new run exists. If the
+    /// commit fails, nothing protects them until the next committed run: safe, at the
+    /// cost of re-uploading chunks older than the dedup horizon.
+    pub fn begin_commit(&mut self, target: i64, source: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM protected WHERE target = ?1 AND source = ?2",
+                params![target, source],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records a committed run: the objects it references are protected (prune never
+    /// deletes a source's newest run) until the source's next commit.
+    pub fn committed(
+        &mut self,
+        target: i64,
+        source: &str,
+        run: &str,
+        objects: impl IntoIterator<Item = ObjectKey>,
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let fail = |e| index_err(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        tx.execute(
+            "DELETE FROM protected WHERE target = ?1 AND source = ?2",
+            params![target, source],
+        )
+        .map_err(fail)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO protected (target, object, source) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(fail)?;
+            for o in objects {
+                stmt.execute(params![target, &o.0[..], source])
+                    .map_err(fail)?;
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO last_runs (target, source, run) VALUES (?1, ?2, ?3)",
+            params![target, source, run],
+        )
+        .map_err(fail)?;
         tx.commit().map_err(fail)
     }
 
@@ -396,7 +526,8 @@ mod tests {
             hash: h,
             encoding: Encoding::Raw,
         };
-        idx.record_chunks(t, std::slice::from_ref(&c)).unwrap();
+        idx.record_chunks(t, std::slice::from_ref(&c), 1000)
+            .unwrap();
         assert_eq!(idx.lookup_chunk(t, &h).unwrap().unwrap(), c);
         assert!(idx.lookup_chunk(t2, &h).unwrap().is_none());
         let f = CachedFile {
@@ -419,5 +550,57 @@ mod tests {
         // reopening keeps the data
         let idx = Index::open(dir.path()).unwrap();
         assert!(idx.lookup_chunk(t, &h).unwrap().is_some());
+    }
+
+    #[test]
+    fn old_chunks_are_reused_only_from_protected_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(dir.path()).unwrap();
+        let t = idx.target_id("file:///x", "AAA").unwrap();
+        let chunk = |data: &[u8], pack: &[u8]| ChunkRef {
+            object: ObjectKey::of(pack),
+            offset: 0,
+            length: 1,
+            size: 1,
+            hash: ChunkHash::of(data),
+            encoding: Encoding::Raw,
+        };
+        let (old, young) = (chunk(b"old", b"p1"), chunk(b"young", b"p2"));
+        idx.record_chunks(t, std::slice::from_ref(&old), 100)
+            .unwrap();
+        idx.record_chunks(t, std::slice::from_ref(&young), 200)
+            .unwrap();
+        idx.set_dedup_horizon(150);
+        assert!(idx.lookup_chunk(t, &old.hash).unwrap().is_none(), "too old");
+        assert!(idx.lookup_chunk(t, &young.hash).unwrap().is_some());
+        // The newest run of a source protects its objects, whatever their age ...
+        idx.committed(t, "home", "run1", [old.object]).unwrap();
+        assert_eq!(idx.lookup_chunk(t, &old.hash).unwrap(), Some(old.clone()));
+        assert_eq!(idx.last_run(t, "home").unwrap().as_deref(), Some("run1"));
+        // ... until the source's next commit begins (prune may then delete that run).
+        idx.begin_commit(t, "etc").unwrap();
+        assert!(
+            idx.lookup_chunk(t, &old.hash).unwrap().is_some(),
+            "other source"
+        );
+        idx.begin_commit(t, "home").unwrap();
+        assert!(idx.lookup_chunk(t, &old.hash).unwrap().is_none());
+        idx.committed(t, "home", "run2", [young.object]).unwrap();
+        assert!(idx.lookup_chunk(t, &old.hash).unwrap().is_none());
+        assert_eq!(idx.last_run(t, "home").unwrap().as_deref(), Some("run2"));
+    }
+
+    #[test]
+    fn one_backup_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Index::lock(dir.path(), |_| panic!("free")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        let waiter = std::thread::spawn(move || {
+            let _lock = Index::lock(&path, |_| tx.send(()).unwrap()).unwrap();
+        });
+        rx.recv().unwrap(); // the second one waits ...
+        drop(held);
+        waiter.join().unwrap(); // ... and gets the lock once the first lets go
     }
 }

@@ -11,16 +11,21 @@ mod config;
 mod crypto;
 mod error;
 mod format;
+pub mod gc;
 mod ids;
 mod index;
 mod progress;
+pub mod prune;
 mod restore;
+pub mod retention;
 mod source;
 mod store;
 
 pub use backup::{backup, backup_all, BackupStats};
 pub use bench::{bench, BenchInput, BenchReport};
-pub use config::{config_path, default_state_dir, parse_size, Config, SourceConfig, TargetConfig};
+pub use config::{
+    config_path, default_state_dir, parse_duration, parse_size, Config, SourceConfig, TargetConfig,
+};
 pub use crypto::{
     generate_key, load_recipients, load_secret_keys, Decryptor, Encryptor, GeneratedKey,
     KeyAlgorithm, PackSession,
@@ -33,4 +38,5 @@ pub use ids::{ChunkHash, ObjectKey, RunId};
 pub use index::Index;
 pub use progress::{NoProgress, Progress};
 pub use restore::{restore, MetafileSource, RestoreOptions, RestoreStats};
+pub use retention::Retention;
 pub use store::{RunInfo, Store};

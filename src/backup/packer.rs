@@ -128,7 +128,13 @@ struct SealedPack {
     /// The pack's bytes: its chunk messages in order, uploaded without concatenating.
     parts: Vec<Bytes>,
     chunks: Vec<ChunkRef>,
+    /// When it was sealed (unix seconds): before its upload began, so never later than
+    /// the object's creation on the target; recorded as the chunks' `stored_at`.
+    sealed_at: i64,
 }
+
+/// An acknowledged pack: its chunks and when it was sealed.
+type Ack = (Vec<ChunkRef>, i64);
 
 type MetaWriter = metafile::Writer<BufWriter<MessageWriter<'static>>>;
 
@@ -208,7 +214,7 @@ impl Packer {
     pub(super) fn run(mut self, rx: Receiver<Msg>) -> Result<PackerOutput> {
         let _close = CloseOnDrop(self.budget.clone());
         let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(2);
-        let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Vec<ChunkRef>>();
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Ack>();
         let uploader = {
             let store = self.store.object_store();
             let target = self.store.name().to_string();
@@ -226,8 +232,8 @@ impl Packer {
         // An upload error explains a failed send, so it takes precedence.
         let uploaded = uploaded?;
         result?;
-        for chunks in ack_rx.iter() {
-            self.acknowledged(chunks)?;
+        for ack in ack_rx.iter() {
+            self.acknowledged(ack)?;
         }
         self.out.bytes_stored = uploaded.bytes;
         self.out.packs = uploaded.created;
@@ -255,7 +261,7 @@ impl Packer {
         &mut self,
         rx: &Receiver<Msg>,
         pack_tx: &tokio::sync::mpsc::Sender<SealedPack>,
-        ack_rx: &Receiver<Vec<ChunkRef>>,
+        ack_rx: &Receiver<Ack>,
     ) -> Result<()> {
         for msg in rx.iter() {
             while let Ok(chunks) = ack_rx.try_recv() {
@@ -410,15 +416,21 @@ impl Packer {
         }
         self.session = self.setup_encryptor.session()?;
         pack_tx
-            .blocking_send(SealedPack { key, parts, chunks })
+            .blocking_send(SealedPack {
+                key,
+                parts,
+                chunks,
+                sealed_at: chrono::Utc::now().timestamp(),
+            })
             .map_err(|_| Error::Store {
                 target: self.store.name().to_string(),
                 message: "the upload stopped".into(),
             })
     }
 
-    fn acknowledged(&mut self, chunks: Vec<ChunkRef>) -> Result<()> {
-        self.index.record_chunks(self.target_id, &chunks)?;
+    fn acknowledged(&mut self, (chunks, sealed_at): Ack) -> Result<()> {
+        self.index
+            .record_chunks(self.target_id, &chunks, sealed_at)?;
         for c in &chunks {
             if self
                 .pending
@@ -454,7 +466,7 @@ fn upload(
     target: String,
     (concurrency, rate): (usize, Option<u64>),
     mut packs: tokio::sync::mpsc::Receiver<SealedPack>,
-    acks: std::sync::mpsc::Sender<Vec<ChunkRef>>,
+    acks: std::sync::mpsc::Sender<Ack>,
 ) -> Result<Uploaded> {
     let rate = rate.map(|r| Arc::new(store::RateLimit::new(r)));
     store::runtime().block_on(async move {
@@ -494,7 +506,7 @@ fn upload(
                 let outcome = store::put_create(&*store, &path, payload)
                     .await
                     .map_err(|e| store::map_store_error(&target, &path, "create", e))?;
-                let _ = acks.send(pack.chunks);
+                let _ = acks.send((pack.chunks, pack.sealed_at));
                 Ok((len, outcome == store::PutOutcome::Created))
             });
         }

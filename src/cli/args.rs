@@ -92,6 +92,38 @@ pub enum Command {
     /// skews the figures: compare runs made under the same conditions.
     #[command(verbatim_doc_comment)]
     Bench(BenchArgs),
+    /// Delete the runs that retention rules do not keep. Needs no key.
+    ///
+    /// Runs are counted per host and source: two hosts with a source of the same name do
+    /// not share a count. Rules come from the command line, else from the keep_* keys of
+    /// the source's config section; groups with no rules are kept whole. A run is kept if
+    /// any rule keeps it, and the newest run of each host and source is always kept:
+    ///
+    ///   --keep-last N      the N newest runs
+    ///   --keep-hourly N    the newest run of each of the N latest hours that have runs
+    ///   --keep-daily N     ... days, --keep-weekly N ... ISO weeks (Monday to Sunday),
+    ///   --keep-monthly N   ... months, --keep-yearly N ... years (all in UTC)
+    ///   --keep-within D    every run started less than D (e.g. 36h, 14d, 2w) before the
+    ///                      newest run of its group
+    ///
+    /// Only metafiles and object lists are deleted; `coffer gc` then deletes the data no
+    /// run needs any more. Try --dry-run first: it prints every run, kept or not, and why.
+    /// Needs list and delete rights on the target.
+    #[command(verbatim_doc_comment)]
+    Prune(PruneArgs),
+    /// Delete the stored objects that no run references. Needs no key.
+    ///
+    /// Reads the runs' plain object lists (no secret key needed, and none is used) and
+    /// deletes every data object none of them lists and that the target stored more than
+    /// the grace period ago. The grace period protects backups running now and the local
+    /// indexes of every host: it must be at least dedup_max_age + max_run_time of every
+    /// backup (each run records its own; the defaults make 14d), and gc uses exactly that
+    /// unless --grace asks for more. docs/FORMAT.md ("Garbage collection") gives the rule.
+    ///
+    /// Safe to run while hosts back up. Needs list, read and delete rights on the target:
+    /// a host's put-only credential is refused, and nothing is deleted.
+    #[command(verbatim_doc_comment)]
+    Gc(GcArgs),
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +189,67 @@ pub struct RunsArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Target name from the config, or a target URL [default: every target]
+    #[arg(long, value_name = "T")]
+    pub target: Option<String>,
+    /// Only runs of these sources [default: all on the target]
+    #[arg(long, value_name = "S")]
+    pub source: Vec<String>,
+    /// Keep the N newest runs
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_last: Option<u32>,
+    /// Keep the newest run of each of the N latest hours with runs
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest run of each of the N latest days with runs
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest run of each of the N latest ISO weeks with runs
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest run of each of the N latest months with runs
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest run of each of the N latest years with runs
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_yearly: Option<u32>,
+    /// Keep every run started within DUR (e.g. 36h, 14d) of its group's newest run
+    #[arg(long, value_name = "DUR", value_parser = positive_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Print what would be kept and deleted, and why; delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Target name from the config, or a target URL [default: every target]
+    #[arg(long, value_name = "T")]
+    pub target: Option<String>,
+    /// Keep unreferenced objects younger than DUR (e.g. 14d) [default: the shortest safe
+    /// one, dedup_max_age + max_run_time]
+    #[arg(long, value_name = "DUR", value_parser = coffer::parse_duration)]
+    pub grace: Option<std::time::Duration>,
+    /// Count what would be deleted; delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match coffer::parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0s".into()),
+        d => Ok(d),
+    }
 }
 
 #[derive(Debug, Args)]

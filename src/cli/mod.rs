@@ -13,7 +13,9 @@ use clap::Parser;
 use coffer::{Config, MetafileSource, RestoreOptions, Store, TargetConfig};
 use zeroize::Zeroizing;
 
-use args::{BackupArgs, BenchArgs, Cli, Command, KeygenArgs, RestoreArgs, RunsArgs};
+use args::{
+    BackupArgs, BenchArgs, Cli, Command, GcArgs, KeygenArgs, PruneArgs, RestoreArgs, RunsArgs,
+};
 use output::Bar;
 
 /// Everything done.
@@ -31,6 +33,8 @@ pub fn run() -> ExitCode {
         Command::Runs(_) => "runs",
         Command::Restore(_) => "restore",
         Command::Bench(_) => "bench",
+        Command::Prune(_) => "prune",
+        Command::Gc(_) => "gc",
     };
     let result = match cli.command {
         Command::Keygen(a) => keygen(a),
@@ -38,6 +42,8 @@ pub fn run() -> ExitCode {
         Command::Runs(a) => runs(cli.config.as_deref(), a),
         Command::Restore(a) => restore(cli.config.as_deref(), a),
         Command::Bench(a) => bench(a),
+        Command::Prune(a) => prune(cli.config.as_deref(), a),
+        Command::Gc(a) => gc(cli.config.as_deref(), a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -314,6 +320,80 @@ fn bench(a: BenchArgs) -> Result<u8> {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         write!(out, "{}", output::bench_report(&report))?;
+    }
+    Ok(EXIT_OK)
+}
+
+fn prune(config: Option<&Path>, a: PruneArgs) -> Result<u8> {
+    let (cfg, targets) = read_targets(config, a.target.as_deref())?;
+    let cli_rules = coffer::Retention {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+        within: a.keep_within,
+    };
+    let policy_for = |_host: &str, source: &str| -> Option<coffer::Retention> {
+        if !a.source.is_empty() && !a.source.iter().any(|s| s == source) {
+            return None;
+        }
+        if !cli_rules.is_empty() {
+            return Some(cli_rules);
+        }
+        cfg.as_ref()?.sources.get(source).map(|s| s.retention)
+    };
+    let mut reports = Vec::new();
+    for t in &targets {
+        let store = Store::open(t, false)?;
+        let runs: Vec<coffer::RunInfo> = store
+            .list_runs()?
+            .into_iter()
+            .filter(|r| a.source.is_empty() || a.source.contains(&r.source))
+            .collect();
+        let mut report = coffer::prune::plan(&t.name, &runs, &policy_for)?;
+        report.dry_run = a.dry_run;
+        if !a.json {
+            print!("{}", output::prune_report(&report));
+        }
+        if !a.dry_run {
+            let bar = Bar::new("prune", a.json);
+            coffer::prune::execute(&store, &report, &bar)?;
+        }
+        reports.push(report);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(EXIT_OK)
+}
+
+fn gc(config: Option<&Path>, a: GcArgs) -> Result<u8> {
+    let (cfg, targets) = read_targets(config, a.target.as_deref())?;
+    let tmp_dir = match &cfg {
+        Some(c) => c.state_dir.join("tmp"),
+        None => std::env::temp_dir(),
+    };
+    let mut all = Vec::new();
+    for t in &targets {
+        let store = Store::open(t, false)?;
+        let bounds = coffer::refs::Bounds {
+            dedup_max_age: t.dedup_max_age,
+            max_run_time: t.max_run_time,
+        };
+        let mut opts = coffer::gc::GcOptions::new(bounds, &tmp_dir);
+        opts.grace = a.grace;
+        opts.dry_run = a.dry_run;
+        let bar = Bar::new("gc", a.json);
+        let stats = coffer::gc::gc(&store, &opts, &bar)?;
+        if !a.json {
+            print!("{}", output::gc_summary(&stats));
+        }
+        all.push(stats);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
     }
     Ok(EXIT_OK)
 }

@@ -73,6 +73,84 @@ pub fn restore_summary(s: &RestoreStats) -> String {
     )
 }
 
+pub fn prune_report(r: &coffer::prune::PruneReport) -> String {
+    let mut o = String::new();
+    for g in &r.groups {
+        let _ = writeln!(
+            o,
+            "{}: host {}, source {} ({})",
+            r.target,
+            g.host,
+            g.source,
+            g.policy.as_deref().unwrap_or("no rules: every run kept")
+        );
+        for i in &g.runs {
+            let _ = writeln!(
+                o,
+                "  {:<7} {}  {}",
+                if i.keep { "keep" } else { "delete" },
+                i.run,
+                i.reasons.join(", ")
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "{}: {} runs kept, {} {}",
+        r.target,
+        r.kept,
+        r.deleted,
+        if r.dry_run {
+            "would be deleted (dry run: nothing deleted); `coffer gc` then frees their data"
+        } else {
+            "deleted; `coffer gc` frees the data they alone used"
+        }
+    );
+    o
+}
+
+pub fn gc_summary(s: &coffer::gc::GcStats) -> String {
+    let grace = coffer::retention::humantime(std::time::Duration::from_secs(s.grace_secs));
+    format!(
+        "{}: gc{} over {} runs, grace period {grace}\n\
+         \x20 referenced     {} objects ({}), kept\n\
+         \x20 too young      {} objects ({}), kept for the grace period\n\
+         \x20 unreferenced   {} objects ({}), {}\n\
+         \x20 unfinished     {} object lists of runs that never committed, {}\n\
+         {}\
+         \x20 elapsed        {:.2}s\n",
+        s.target,
+        if s.dry_run { " (dry run)" } else { "" },
+        s.runs,
+        s.objects_referenced,
+        bytes(s.bytes_referenced),
+        s.objects_young,
+        bytes(s.bytes_young),
+        s.objects_deleted,
+        bytes(s.bytes_deleted),
+        if s.dry_run {
+            "would be deleted"
+        } else {
+            "deleted"
+        },
+        s.lists_deleted,
+        if s.dry_run {
+            "would be deleted"
+        } else {
+            "deleted"
+        },
+        if s.objects_foreign > 0 {
+            format!(
+                "  not coffer's   {} objects under data/, left alone\n",
+                s.objects_foreign
+            )
+        } else {
+            String::new()
+        },
+        s.elapsed_secs
+    )
+}
+
 /// A chunk size bound, short: 256KiB, 1MiB.
 fn bound(n: u32) -> String {
     match n {

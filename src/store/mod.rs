@@ -231,31 +231,22 @@ impl Store {
             .map_err(|e| self.map_err(path, "read", e))
     }
 
-    /// Lists the runs on the target, oldest first.
+    /// Lists the runs on the target (committed ones: with a metafile), oldest first.
     pub fn list_runs(&self) -> Result<Vec<RunInfo>> {
-        let store = self.inner.clone();
-        let prefix = StorePath::from("runs");
-        let metas: Vec<object_store::ObjectMeta> = runtime()
-            .block_on(async move { store.list(Some(&prefix)).try_collect().await })
-            .map_err(|e| self.map_err(&StorePath::from("runs/"), "list", e))?;
-        let mut runs: Vec<(RunInfo, chrono::DateTime<chrono::Utc>)> = metas
+        let mut runs: Vec<(RunInfo, chrono::DateTime<chrono::Utc>)> = self
+            .list_run_objects()?
             .into_iter()
-            .filter_map(|m| {
-                let parts: Vec<String> =
-                    m.location.parts().map(|p| p.as_ref().to_string()).collect();
-                if parts.len() != 4 {
-                    return None;
-                }
-                let id: RunId = parts[3].strip_suffix(".meta")?.parse().ok()?;
-                let time = id.time()?;
+            .filter(|o| o.ext == "meta")
+            .filter_map(|o| {
+                let time = o.id.time()?;
                 let info = RunInfo {
-                    host: decode_segment(&parts[1])?,
-                    source: parts[2].clone(),
+                    host: o.host,
+                    source: o.source,
                     time: time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    id: id.to_string(),
-                    metafile_bytes: m.size,
+                    id: o.id.to_string(),
+                    metafile_bytes: o.size,
                 };
-                Some((info, m.last_modified))
+                Some((info, o.last_modified))
             })
             .collect();
         // Ids order runs by their start second; runs started in the same second are
@@ -265,6 +256,105 @@ impl Store {
         });
         Ok(runs.into_iter().map(|(r, _)| r).collect())
     }
+
+    /// Every metafile and object list under `runs/` (other objects there are ignored).
+    /// One entry per run and file: a run has far fewer of these than data objects.
+    pub fn list_run_objects(&self) -> Result<Vec<RunObject>> {
+        let store = self.inner.clone();
+        let prefix = StorePath::from("runs");
+        let metas: Vec<object_store::ObjectMeta> = runtime()
+            .block_on(async move { store.list(Some(&prefix)).try_collect().await })
+            .map_err(|e| self.map_err(&StorePath::from("runs/"), "list", e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let parts: Vec<String> =
+                    m.location.parts().map(|p| p.as_ref().to_string()).collect();
+                if parts.len() != 4 {
+                    return None;
+                }
+                let (id, ext) = parts[3].rsplit_once('.')?;
+                if ext != "meta" && ext != "refs" {
+                    return None;
+                }
+                Some(RunObject {
+                    host: decode_segment(&parts[1])?,
+                    source: parts[2].clone(),
+                    id: id.parse().ok()?,
+                    ext: ext.to_string(),
+                    path: m.location,
+                    size: m.size,
+                    last_modified: m.last_modified,
+                })
+            })
+            .collect())
+    }
+
+    /// Lists the data objects (`data/`) in batches of up to `batch`, streaming, and
+    /// deletes the objects each call of `f` returns before listing further. Memory is
+    /// bounded by the batch, however many objects the target holds.
+    pub fn scan_data(
+        &self,
+        batch: usize,
+        mut f: impl FnMut(&[object_store::ObjectMeta]) -> Result<Vec<StorePath>>,
+    ) -> Result<()> {
+        use futures::StreamExt;
+        let store = self.inner.clone();
+        let prefix = StorePath::from("data");
+        runtime().block_on(async move {
+            let mut pages = store.list(Some(&prefix)).try_chunks(batch);
+            while let Some(page) = pages.next().await {
+                let page =
+                    page.map_err(|e| self.map_err(&StorePath::from("data/"), "list", e.1))?;
+                let doomed = f(&page)?;
+                if !doomed.is_empty() {
+                    self.delete_all(doomed).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes objects; one that is already gone is not an error.
+    pub fn delete(&self, paths: Vec<StorePath>) -> Result<()> {
+        runtime().block_on(self.delete_all(paths))
+    }
+
+    async fn delete_all(&self, paths: Vec<StorePath>) -> Result<()> {
+        use futures::StreamExt;
+        // Batch deletes do not always say which object failed: name the batch's first.
+        let Some(first) = paths.first().cloned() else {
+            return Ok(());
+        };
+        let input = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
+        let mut results = self.inner.delete_stream(input);
+        while let Some(r) = results.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.map_err(&first, "delete", e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A metafile or object list as listed on a target.
+#[derive(Debug, Clone)]
+pub struct RunObject {
+    /// Host that made the run.
+    pub host: String,
+    /// Source name.
+    pub source: String,
+    /// Run id.
+    pub id: RunId,
+    /// "meta" or "refs".
+    pub ext: String,
+    /// Its key.
+    pub path: StorePath,
+    /// Size in bytes.
+    pub size: u64,
+    /// When the target stored it.
+    pub last_modified: chrono::DateTime<chrono::Utc>,
 }
 
 /// Spaces out uploads so that they average at most a given number of bytes per second.
@@ -345,7 +435,8 @@ pub(crate) fn map_store_error(
             message: format!(
                 "{op} {what}: refused: the credential lacks the right to {op} here. Backups \
                  need only create rights (s3:PutObject); runs and restore need read and list \
-                 rights: use the restore credential, not the host's put-only one ({e})"
+                 rights; prune and gc need read, list and delete rights: use such a \
+                 credential, not the host's put-only one ({e})"
             ),
         };
     }

@@ -1,0 +1,301 @@
+//! `gc`: deletes the data objects no committed run references. Needs list, read and
+//! delete rights on the target and no key: it reads only the runs' plain object lists.
+//!
+//! The safety rule (docs/FORMAT.md, "Garbage collection"), in short: an unreferenced
+//! object is deleted only if the target stored it more than `grace` before gc started,
+//! and `grace` is at least `dedup_max_age + max_run_time` of every backup (each object
+//! list records its run's settings). A backup reuses from its local index only objects
+//! stored after its dedup horizon or protected by its source's newest run, and does not
+//! commit after `max_run_time`; so nothing a running or later backup references can be
+//! older than the grace period and unreferenced at once.
+//!
+//! Memory stays bounded: the referenced keys go into a temporary SQLite file, and the
+//! target's listing is streamed in pages.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::format::refs::{self, Bounds};
+use crate::ids::ObjectKey;
+use crate::progress::Progress;
+use crate::retention::humantime;
+use crate::store::{RunObject, Store};
+
+/// Objects listed and decided on per page.
+const PAGE: usize = 1000;
+
+/// How gc runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GcOptions {
+    /// The grace period asked for; `None` uses the shortest safe one.
+    pub grace: Option<Duration>,
+    /// The bounds of the config's target section (the hosts' settings, if they share
+    /// this config); the object lists add the bounds each run was made with.
+    pub bounds: Bounds,
+    /// List and count, delete nothing.
+    pub dry_run: bool,
+    /// Where the temporary SQLite file goes.
+    pub tmp_dir: std::path::PathBuf,
+}
+
+impl GcOptions {
+    /// Options with the given bounds, temporary directory and defaults otherwise.
+    pub fn new(bounds: Bounds, tmp_dir: &Path) -> Self {
+        GcOptions {
+            grace: None,
+            bounds,
+            dry_run: false,
+            tmp_dir: tmp_dir.to_path_buf(),
+        }
+    }
+}
+
+/// What gc found and did.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct GcStats {
+    /// Target name.
+    pub target: String,
+    /// Whether nothing was deleted on purpose.
+    pub dry_run: bool,
+    /// The grace period used, in seconds.
+    pub grace_secs: u64,
+    /// Committed runs whose objects were kept.
+    pub runs: u64,
+    /// Data objects referenced by a run, kept.
+    pub objects_referenced: u64,
+    /// Their bytes.
+    pub bytes_referenced: u64,
+    /// Unreferenced data objects kept because they are younger than the grace period
+    /// (a backup may be about to reference them).
+    pub objects_young: u64,
+    /// Their bytes.
+    pub bytes_young: u64,
+    /// Unreferenced data objects deleted (or that would be, in a dry run).
+    pub objects_deleted: u64,
+    /// Their bytes.
+    pub bytes_deleted: u64,
+    /// Object lists of runs that never committed (no metafile), older than the grace
+    /// period, deleted.
+    pub lists_deleted: u64,
+    /// Objects under `data/` whose names are not coffer's: never deleted.
+    pub objects_foreign: u64,
+    /// Wall-clock seconds.
+    pub elapsed_secs: f64,
+}
+
+/// Collects garbage on `store`.
+pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<GcStats> {
+    let started = std::time::Instant::now();
+    let start_time = chrono::Utc::now();
+    let mut stats = GcStats {
+        target: store.name().to_string(),
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    progress.phase("reading the runs' object lists", None);
+    let runs = group_runs(store.list_run_objects()?);
+    // A metafile without an object list: what that run needs is unknown. Stop.
+    if let Some((key, _)) = runs
+        .iter()
+        .find(|(_, r)| r.meta.is_some() && r.refs.is_none())
+    {
+        return Err(Error::Usage(format!(
+            "run {}/{}/{} has a metafile but no object list ({}.refs), so gc cannot tell \
+             which objects it needs; nothing was deleted. Delete the run with `coffer prune` \
+             (or put its object list back) and run gc again",
+            key.0, key.1, key.2, key.2
+        )));
+    }
+    std::fs::create_dir_all(&opts.tmp_dir).map_err(|e| Error::io(&opts.tmp_dir, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("gc-")
+        .suffix(".sqlite")
+        .tempfile_in(&opts.tmp_dir)
+        .map_err(|e| Error::io(&opts.tmp_dir, e))?;
+    let mut referenced = Referenced::create(tmp.path())?;
+
+    // Every object list: those of committed runs, and of runs that may be committing
+    // now (a list without a metafile, younger than the grace period: the metafile comes
+    // next). Older lists without a metafile belong to runs that never finished.
+    let mut required = opts.bounds.min_grace();
+    let mut stale_lists = Vec::new();
+    let mut lists = Vec::new();
+    for ((host, source, id), r) in &runs {
+        let Some(refs) = &r.refs else { continue };
+        if r.meta.is_some() {
+            stats.runs += 1;
+        }
+        lists.push((
+            format!("{host}/{source}/{id}"),
+            refs.clone(),
+            r.meta.is_some(),
+        ));
+    }
+    for (name, refs, committed) in &lists {
+        let bytes = store.get(&refs.path)?;
+        let what = format!("object list of run {name}");
+        let bounds = referenced.add(&bytes, &what)?;
+        required = required.max(bounds.min_grace());
+        if !committed {
+            stale_lists.push(refs.clone());
+        }
+    }
+    let grace = match opts.grace {
+        Some(g) if g < required => {
+            return Err(Error::Usage(format!(
+                "--grace {} is shorter than dedup_max_age + max_run_time of the backups \
+                 ({}): objects a running or later backup may still reference could be \
+                 deleted. Use --grace {} or more (or leave it out); nothing was deleted",
+                humantime(g),
+                humantime(required),
+                humantime(required)
+            )))
+        }
+        Some(g) => g,
+        None => required,
+    };
+    stats.grace_secs = grace.as_secs();
+    let cutoff = start_time - chrono::Duration::from_std(grace).unwrap_or(chrono::TimeDelta::MAX);
+
+    progress.phase(
+        if opts.dry_run {
+            "listing objects (dry run)"
+        } else {
+            "listing and deleting objects"
+        },
+        None,
+    );
+    store.scan_data(PAGE, |page| {
+        let mut doomed = Vec::new();
+        for m in page {
+            let key = m
+                .location
+                .filename()
+                .and_then(|f| f.parse::<ObjectKey>().ok())
+                .filter(|k| crate::store::data_path(k) == m.location);
+            let Some(key) = key else {
+                stats.objects_foreign += 1;
+                continue;
+            };
+            if referenced.contains(&key)? {
+                stats.objects_referenced += 1;
+                stats.bytes_referenced += m.size;
+            } else if m.last_modified >= cutoff {
+                stats.objects_young += 1;
+                stats.bytes_young += m.size;
+            } else {
+                stats.objects_deleted += 1;
+                stats.bytes_deleted += m.size;
+                if !opts.dry_run {
+                    doomed.push(m.location.clone());
+                }
+            }
+            progress.bytes(m.size);
+        }
+        Ok(doomed)
+    })?;
+
+    let old_lists: Vec<_> = stale_lists
+        .into_iter()
+        .filter(|r| r.last_modified < cutoff)
+        .map(|r| r.path)
+        .collect();
+    stats.lists_deleted = old_lists.len() as u64;
+    if !opts.dry_run && !old_lists.is_empty() {
+        store.delete(old_lists)?;
+    }
+    progress.done();
+    stats.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// A run's objects under `runs/`.
+#[derive(Default)]
+struct RunFiles {
+    meta: Option<RunObject>,
+    refs: Option<RunObject>,
+}
+
+type RunKey = (String, String, String);
+
+fn group_runs(objects: Vec<RunObject>) -> BTreeMap<RunKey, RunFiles> {
+    let mut runs: BTreeMap<RunKey, RunFiles> = BTreeMap::new();
+    for o in objects {
+        let entry = runs
+            .entry((o.host.clone(), o.source.clone(), o.id.to_string()))
+            .or_default();
+        if o.ext == "meta" {
+            entry.meta = Some(o);
+        } else {
+            entry.refs = Some(o);
+        }
+    }
+    runs
+}
+
+/// The set of referenced object keys, in a temporary SQLite file.
+struct Referenced {
+    conn: Connection,
+    path: std::path::PathBuf,
+}
+
+impl Referenced {
+    fn create(path: &Path) -> Result<Self> {
+        let fail = |e: rusqlite::Error| Error::Index {
+            path: path.to_path_buf(),
+            message: format!("gc's temporary key set: {e}"),
+        };
+        let conn = Connection::open(path).map_err(fail)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+             CREATE TABLE keys (key BLOB PRIMARY KEY) WITHOUT ROWID;",
+        )
+        .map_err(fail)?;
+        Ok(Referenced {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        Error::Index {
+            path: self.path.clone(),
+            message: format!("gc's temporary key set: {e}"),
+        }
+    }
+
+    /// Adds an object list's keys; returns the bounds it records.
+    fn add(&mut self, list: &[u8], what: &str) -> Result<Bounds> {
+        let path = self.path.clone();
+        let fail = |e: rusqlite::Error| Error::Index {
+            path: path.clone(),
+            message: format!("gc's temporary key set: {e}"),
+        };
+        let tx = self.conn.transaction().map_err(fail)?;
+        let bounds = {
+            let mut stmt = tx
+                .prepare_cached("INSERT OR IGNORE INTO keys (key) VALUES (?1)")
+                .map_err(fail)?;
+            refs::read_each(list, what, |k| {
+                stmt.execute(params![&k.0[..]]).map(drop).map_err(fail)
+            })?
+        };
+        tx.commit().map_err(fail)?;
+        Ok(bounds)
+    }
+
+    fn contains(&self, key: &ObjectKey) -> Result<bool> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM keys WHERE key = ?1")
+            .map_err(|e| self.err(e))?;
+        stmt.exists(params![&key.0[..]]).map_err(|e| self.err(e))
+    }
+}

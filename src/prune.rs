@@ -1,0 +1,209 @@
+//! `prune`: deletes the runs a retention policy does not keep. Needs no key.
+//!
+//! Runs are grouped by host and source (two hosts with a source of the same name are
+//! counted apart) and each group gets its policy ([`crate::retention`]). A run is deleted
+//! by deleting its metafile first, then its object list: a run without a metafile is not
+//! a run any more, and gc refuses to work while a metafile has no object list. The objects
+//! the deleted runs referenced are left for `gc`.
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::ids::RunId;
+use crate::progress::Progress;
+use crate::retention::{self, Retention};
+use crate::store::{run_path, RunInfo, Store};
+
+/// One run and what prune does with it.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct PruneItem {
+    /// Host that made the run.
+    pub host: String,
+    /// Source name.
+    pub source: String,
+    /// Run id.
+    pub run: String,
+    /// Start time (RFC 3339).
+    pub time: String,
+    /// Whether it is kept.
+    pub keep: bool,
+    /// The rules that keep it; empty when it is deleted.
+    pub reasons: Vec<String>,
+}
+
+/// A group of runs (one host, one source) and its policy.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct PruneGroup {
+    /// Host.
+    pub host: String,
+    /// Source.
+    pub source: String,
+    /// The policy in words, or `None` when no policy applies (every run is kept).
+    pub policy: Option<String>,
+    /// Its runs, oldest first.
+    pub runs: Vec<PruneItem>,
+}
+
+/// What prune decided, and did unless it was a dry run.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct PruneReport {
+    /// Target name.
+    pub target: String,
+    /// Whether nothing was deleted on purpose.
+    pub dry_run: bool,
+    /// Every group of runs on the target (or of the sources asked for).
+    pub groups: Vec<PruneGroup>,
+    /// Runs kept.
+    pub kept: u64,
+    /// Runs deleted (or that would be, in a dry run).
+    pub deleted: u64,
+}
+
+/// Decides, without touching the target, which runs to keep. `policy_for(host, source)`
+/// gives a group's policy; `None` keeps the whole group. Fails if no group has a policy
+/// (the caller gave no rules at all).
+pub fn plan(
+    target: &str,
+    runs: &[RunInfo],
+    policy_for: &dyn Fn(&str, &str) -> Option<Retention>,
+) -> Result<PruneReport> {
+    let mut groups: std::collections::BTreeMap<(&str, &str), Vec<&RunInfo>> = Default::default();
+    for r in runs {
+        groups.entry((&r.host, &r.source)).or_default().push(r);
+    }
+    let mut report = PruneReport {
+        target: target.to_string(),
+        ..Default::default()
+    };
+    let mut any_policy = false;
+    for ((host, source), runs) in groups {
+        let policy = policy_for(host, source).filter(|p| !p.is_empty());
+        any_policy |= policy.is_some();
+        let times: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                r.id.parse::<RunId>()
+                    .ok()
+                    .and_then(|id| id.time())
+                    .ok_or_else(|| Error::Usage(format!("bad run id {}", r.id)))
+            })
+            .collect::<Result<_>>()?;
+        let decisions = match &policy {
+            Some(p) => retention::apply(p, &times),
+            None => times
+                .iter()
+                .map(|_| retention::Decision {
+                    keep: true,
+                    reasons: vec!["no rules for this source".into()],
+                })
+                .collect(),
+        };
+        // Defence in depth: the newest run is always kept, so this cannot happen.
+        if !decisions.iter().any(|d| d.keep) {
+            return Err(Error::Usage(format!(
+                "refusing to delete every run of {host}/{source}"
+            )));
+        }
+        let items: Vec<PruneItem> = runs
+            .iter()
+            .zip(decisions)
+            .map(|(r, d)| PruneItem {
+                host: r.host.clone(),
+                source: r.source.clone(),
+                run: r.id.clone(),
+                time: r.time.clone(),
+                keep: d.keep,
+                reasons: d.reasons,
+            })
+            .collect();
+        report.kept += items.iter().filter(|i| i.keep).count() as u64;
+        report.deleted += items.iter().filter(|i| !i.keep).count() as u64;
+        report.groups.push(PruneGroup {
+            host: host.to_string(),
+            source: source.to_string(),
+            policy: policy.map(|p| p.describe()),
+            runs: items,
+        });
+    }
+    if !any_policy && !report.groups.is_empty() {
+        return Err(Error::Usage(
+            "no retention rules apply to any run: give --keep-last, --keep-daily ... \
+             --keep-within, or set keep_* in the sources' config sections"
+                .into(),
+        ));
+    }
+    Ok(report)
+}
+
+/// Deletes the runs `report` does not keep (metafile first, then object list).
+pub fn execute(store: &Store, report: &PruneReport, progress: &dyn Progress) -> Result<()> {
+    let doomed: Vec<&PruneItem> = report
+        .groups
+        .iter()
+        .flat_map(|g| &g.runs)
+        .filter(|r| !r.keep)
+        .collect();
+    progress.phase("deleting runs", Some(doomed.len() as u64));
+    for r in doomed {
+        let id: RunId = r.run.parse()?;
+        store.delete(vec![run_path(&r.host, &r.source, &id, "meta")])?;
+        store.delete(vec![run_path(&r.host, &r.source, &id, "refs")])?;
+        progress.bytes(1);
+    }
+    progress.done();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(host: &str, source: &str, id: &str) -> RunInfo {
+        RunInfo {
+            host: host.into(),
+            source: source.into(),
+            id: id.into(),
+            time: String::new(),
+            metafile_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn hosts_and_sources_are_counted_apart() {
+        let runs = [
+            run("a", "home", "20260101T000000Z-00000001"),
+            run("a", "home", "20260102T000000Z-00000002"),
+            run("b", "home", "20260101T000000Z-00000003"),
+            run("b", "home", "20260103T000000Z-00000004"),
+            run("a", "etc", "20260101T000000Z-00000005"),
+        ];
+        let last1 = Retention {
+            last: Some(1),
+            ..Default::default()
+        };
+        let policy = |_: &str, s: &str| (s == "home").then_some(last1);
+        let r = plan("t", &runs, &policy).unwrap();
+        let kept: Vec<&str> = r
+            .groups
+            .iter()
+            .flat_map(|g| &g.runs)
+            .filter(|i| i.keep)
+            .map(|i| &i.run[17..])
+            .collect();
+        assert_eq!(kept, ["00000005", "00000002", "00000004"]);
+        assert_eq!((r.kept, r.deleted), (3, 2));
+        assert_eq!(r.groups[0].policy, None, "etc has no rules: all kept");
+    }
+
+    #[test]
+    fn no_rules_at_all_is_refused() {
+        let runs = [run("a", "home", "20260101T000000Z-00000001")];
+        let err = plan("t", &runs, &|_, _| None).unwrap_err().to_string();
+        assert!(err.contains("no retention rules"), "{err}");
+        let empty = |_: &str, _: &str| Some(Retention::default());
+        assert!(plan("t", &runs, &empty).is_err());
+    }
+}

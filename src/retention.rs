@@ -1,0 +1,317 @@
+//! Which runs a retention policy keeps: pure logic, no I/O (`coffer prune` applies it).
+//!
+//! The runs of one host and source are considered together, newest first. A run is kept
+//! when any rule keeps it, and every kept run says which rules keep it:
+//! - `last N`: the N newest runs;
+//! - `hourly N` ... `yearly N`: for each of the N most recent hours (days, ISO weeks,
+//!   months, years) that have runs, the newest run in it (UTC calendar);
+//! - `within D`: every run started less than D before the newest run (relative to the
+//!   newest run, not to now, so a host that stopped backing up keeps its last runs).
+//!
+//! The newest run is always kept, whatever the rules say.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use serde::Serialize;
+
+/// A retention policy. Counts are at least 1 when set; `None` means "rule not used".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the N newest runs.
+    pub last: Option<u32>,
+    /// Keep the newest run of each of the N most recent hours with runs.
+    pub hourly: Option<u32>,
+    /// ... days.
+    pub daily: Option<u32>,
+    /// ... ISO weeks.
+    pub weekly: Option<u32>,
+    /// ... months.
+    pub monthly: Option<u32>,
+    /// ... years.
+    pub yearly: Option<u32>,
+    /// Keep every run started within this long of the newest one.
+    pub within: Option<Duration>,
+}
+
+impl Retention {
+    /// Whether no rule is set (such a policy would delete all but the newest run).
+    pub fn is_empty(&self) -> bool {
+        *self == Retention::default()
+    }
+
+    /// The rules in words, e.g. "last 3, daily 7, within 2d".
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (name, n) in self.buckets() {
+            if let Some(n) = n {
+                parts.push(format!("{name} {n}"));
+            }
+        }
+        if let Some(d) = self.within {
+            parts.push(format!("within {}", humantime(d)));
+        }
+        if parts.is_empty() {
+            "no rules".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    fn buckets(&self) -> [(&'static str, Option<u32>); 6] {
+        [
+            ("last", self.last),
+            ("hourly", self.hourly),
+            ("daily", self.daily),
+            ("weekly", self.weekly),
+            ("monthly", self.monthly),
+            ("yearly", self.yearly),
+        ]
+    }
+}
+
+/// A duration in the largest whole unit that config files accept ("90s", "2d", "1w").
+pub fn humantime(d: Duration) -> String {
+    let s = d.as_secs();
+    for (unit, secs) in [("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s >= secs && s.is_multiple_of(secs) {
+            return format!("{}{unit}", s / secs);
+        }
+    }
+    format!("{s}s")
+}
+
+/// The decision for one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// Whether the run is kept.
+    pub keep: bool,
+    /// The rules that keep it (empty when deleted), e.g. `["newest", "last 1", "daily 3"]`.
+    pub reasons: Vec<String>,
+}
+
+/// Applies `policy` to the start times of one host's runs of one source, given in any
+/// order; the result is in the same order as `times`.
+pub fn apply(policy: &Retention, times: &[DateTime<Utc>]) -> Vec<Decision> {
+    let mut order: Vec<usize> = (0..times.len()).collect();
+    // Newest first; equal times keep their given order (the later-listed one is newer).
+    order.sort_by(|&a, &b| times[b].cmp(&times[a]).then(b.cmp(&a)));
+    let mut out: Vec<Decision> = times
+        .iter()
+        .map(|_| Decision {
+            keep: false,
+            reasons: Vec::new(),
+        })
+        .collect();
+    let Some(&newest) = order.first() else {
+        return out;
+    };
+    out[newest].reasons.push("newest".into());
+
+    type Period = fn(&DateTime<Utc>) -> (i32, u32);
+    let periods: [Period; 6] = [
+        |_| (0, 0), // "last": unused, every run is its own bucket
+        |t| (t.num_days_from_ce(), t.hour()),
+        |t| (t.num_days_from_ce(), 0),
+        |t| {
+            let w = t.iso_week();
+            (w.year(), w.week())
+        },
+        |t| (t.year(), t.month()),
+        |t| (t.year(), 0),
+    ];
+    for (i, (name, count)) in policy.buckets().into_iter().enumerate() {
+        let Some(count) = count else { continue };
+        let mut seen = 0u32;
+        let mut last_period = None;
+        for &run in &order {
+            if seen == count {
+                break;
+            }
+            let period = if i == 0 {
+                None
+            } else {
+                Some(periods[i](&times[run]))
+            };
+            if i != 0 && period == last_period {
+                continue; // an older run in a period already represented
+            }
+            last_period = period;
+            seen += 1;
+            out[run].reasons.push(format!("{name} {seen}"));
+        }
+    }
+    if let Some(within) = policy.within {
+        let newest_time = times[newest];
+        for &run in &order {
+            let age = (newest_time - times[run]).to_std().unwrap_or_default();
+            if age < within {
+                out[run]
+                    .reasons
+                    .push(format!("within {}", humantime(within)));
+            }
+        }
+    }
+    for d in &mut out {
+        d.keep = !d.reasons.is_empty();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn kept(policy: &Retention, times: &[&str]) -> Vec<String> {
+        let times: Vec<_> = times.iter().map(|s| t(s)).collect();
+        let mut kept: Vec<String> = apply(policy, &times)
+            .iter()
+            .zip(&times)
+            .filter(|(d, _)| d.keep)
+            .map(|(_, t)| t.format("%Y-%m-%dT%H:%M").to_string())
+            .collect();
+        kept.sort();
+        kept
+    }
+
+    const RUNS: &[&str] = &[
+        "2025-12-31T23:00:00Z",
+        "2026-01-01T01:00:00Z",
+        "2026-01-01T01:30:00Z",
+        "2026-01-01T09:00:00Z",
+        "2026-01-02T09:00:00Z",
+        "2026-01-05T09:00:00Z", // Monday: a new ISO week
+        "2026-01-06T09:00:00Z",
+        "2026-01-06T21:00:00Z",
+        "2026-02-01T09:00:00Z",
+        "2026-03-15T09:00:00Z",
+        "2026-03-15T09:10:00Z",
+    ];
+
+    #[test]
+    fn last_keeps_the_newest_n() {
+        let p = Retention {
+            last: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            kept(&p, RUNS),
+            ["2026-02-01T09:00", "2026-03-15T09:00", "2026-03-15T09:10"]
+        );
+    }
+
+    #[test]
+    fn daily_keeps_the_newest_run_of_each_recent_day() {
+        let p = Retention {
+            daily: Some(4),
+            ..Default::default()
+        };
+        assert_eq!(
+            kept(&p, RUNS),
+            [
+                "2026-01-05T09:00",
+                "2026-01-06T21:00",
+                "2026-02-01T09:00",
+                "2026-03-15T09:10"
+            ]
+        );
+    }
+
+    #[test]
+    fn hourly_weekly_monthly_yearly() {
+        let hourly = Retention {
+            hourly: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            kept(&hourly, RUNS),
+            ["2026-02-01T09:00", "2026-03-15T09:10"]
+        );
+        let weekly = Retention {
+            weekly: Some(3),
+            ..Default::default()
+        };
+        // ISO weeks: 2026-W11 (Mar 15 is a Sunday), 2026-W05 (Feb 1, Sunday), 2026-W02.
+        assert_eq!(
+            kept(&weekly, RUNS),
+            ["2026-01-06T21:00", "2026-02-01T09:00", "2026-03-15T09:10"]
+        );
+        let monthly = Retention {
+            monthly: Some(12),
+            ..Default::default()
+        };
+        assert_eq!(
+            kept(&monthly, RUNS),
+            [
+                "2025-12-31T23:00",
+                "2026-01-06T21:00",
+                "2026-02-01T09:00",
+                "2026-03-15T09:10"
+            ]
+        );
+        let yearly = Retention {
+            yearly: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            kept(&yearly, RUNS),
+            ["2025-12-31T23:00", "2026-03-15T09:10"]
+        );
+    }
+
+    #[test]
+    fn within_is_relative_to_the_newest_run() {
+        let p = Retention {
+            within: Some(Duration::from_secs(45 * 86_400)),
+            ..Default::default()
+        };
+        assert_eq!(
+            kept(&p, RUNS),
+            ["2026-02-01T09:00", "2026-03-15T09:00", "2026-03-15T09:10"]
+        );
+    }
+
+    #[test]
+    fn rules_combine_and_say_why() {
+        let p = Retention {
+            last: Some(1),
+            daily: Some(2),
+            yearly: Some(2),
+            ..Default::default()
+        };
+        let times: Vec<_> = RUNS.iter().map(|s| t(s)).collect();
+        let d = apply(&p, &times);
+        assert_eq!(d[10].reasons, ["newest", "last 1", "daily 1", "yearly 1"]);
+        assert_eq!(d[8].reasons, ["daily 2"]);
+        assert_eq!(d[0].reasons, ["yearly 2"]);
+        assert!(!d[9].keep && d[9].reasons.is_empty());
+        assert_eq!(d.iter().filter(|d| d.keep).count(), 3);
+    }
+
+    #[test]
+    fn newest_is_always_kept_and_input_order_is_kept() {
+        let p = Retention::default();
+        let times = [t("2026-01-02T00:00:00Z"), t("2026-01-03T00:00:00Z")];
+        let d = apply(&p, &times);
+        assert!(!d[0].keep);
+        assert_eq!(d[1].reasons, ["newest"]);
+        assert!(apply(&p, &[]).is_empty());
+    }
+
+    #[test]
+    fn describe_and_humantime() {
+        let p = Retention {
+            last: Some(3),
+            weekly: Some(4),
+            within: Some(Duration::from_secs(2 * 86_400)),
+            ..Default::default()
+        };
+        assert_eq!(p.describe(), "last 3, weekly 4, within 2d");
+        assert_eq!(humantime(Duration::from_secs(90)), "90s");
+        assert_eq!(humantime(Duration::from_secs(1_209_600)), "2w");
+    }
+}

@@ -784,6 +784,43 @@ url = "file:///mnt/usb/coffer"
     }
 
     #[test]
+    fn retention_rules_and_gc_bounds() {
+        let c = parse(MIN).unwrap();
+        assert!(c.sources["home"].retention.is_empty());
+        assert_eq!(c.targets["usb"].dedup_max_age, DEFAULT_DEDUP_MAX_AGE);
+        assert_eq!(c.targets["usb"].max_run_time, DEFAULT_MAX_RUN_TIME);
+        let t = MIN
+            .replace(
+                "targets = [\"usb\"]",
+                "targets = [\"usb\"]\nkeep_last = 3\nkeep_weekly = 4\nkeep_within = \"2d\"",
+            )
+            .replace(
+                "url = \"file:///mnt/usb/coffer\"",
+                "url = \"file:///mnt/usb/coffer\"\ndedup_max_age = \"0s\"\nmax_run_time = 90",
+            );
+        let c = parse(&t).unwrap();
+        let r = c.sources["home"].retention;
+        assert_eq!((r.last, r.weekly, r.daily), (Some(3), Some(4), None));
+        assert_eq!(r.within, Some(std::time::Duration::from_secs(172_800)));
+        assert_eq!(c.targets["usb"].dedup_max_age, std::time::Duration::ZERO);
+        assert_eq!(c.targets["usb"].max_run_time.as_secs(), 90);
+        let e = parse(&MIN.replace("targets = [\"usb\"]", "targets = [\"usb\"]\nkeep_daily = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(":6:") && e.contains("keep_daily must be at least 1"),
+            "{e}"
+        );
+        let e = parse(&MIN.replace(
+            "url = \"file:///mnt/usb/coffer\"",
+            "url = \"file:///mnt/usb/coffer\"\nmax_run_time = \"0s\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(":9:") && e.contains("max_run_time"), "{e}");
+    }
+
+    #[test]
     fn relative_paths_resolve_against_the_file() {
         let t = MIN.replace("/etc/coffer/admin.pub.asc", "keys/admin.pub.asc");
         let c = parse(&t).unwrap();

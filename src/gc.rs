@@ -139,9 +139,8 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
         ));
     }
     for (name, refs, committed) in &lists {
-        let bytes = store.get(&refs.path)?;
         let what = format!("object list of run {name}");
-        let bounds = referenced.add(&bytes, &what)?;
+        let bounds = referenced.add(store.reader(&refs.path)?, &what)?;
         required = required.max(bounds.min_grace());
         if !committed {
             stale_lists.push(refs.clone());
@@ -272,7 +271,7 @@ impl Referenced {
     }
 
     /// Adds an object list's keys; returns the bounds it records.
-    fn add(&mut self, list: &[u8], what: &str) -> Result<Bounds> {
+    fn add(&mut self, list: impl std::io::BufRead, what: &str) -> Result<Bounds> {
         let path = self.path.clone();
         let fail = |e: rusqlite::Error| Error::Index {
             path: path.clone(),

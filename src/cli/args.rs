@@ -22,7 +22,9 @@ Quick start:
   cp /root/keys/admin.pub.asc /etc/coffer/         # the host needs only the public key
   coffer backup -c /etc/coffer/config.toml         # from cron: quiet unless something fails
   coffer runs -c /etc/coffer/config.toml
-  coffer restore -c /etc/coffer/config.toml --key admin.key.asc --source home --to /tmp/r";
+  coffer restore -c /etc/coffer/config.toml --key admin.key.asc --source home --to /tmp/r
+  coffer prune -c admin.toml --keep-daily 14 --keep-monthly 12 --dry-run   # no key needed
+  coffer gc -c admin.toml                          # deletes what no run needs any more";
 
 /// Encrypted, deduplicated, incremental off-site backups.
 ///
@@ -118,7 +120,7 @@ pub enum Command {
     /// the grace period ago. The grace period protects backups running now and the local
     /// indexes of every host: it must be at least dedup_max_age + max_run_time of every
     /// backup (each run records its own; the defaults make 14d), and gc uses exactly that
-    /// unless --grace asks for more. docs/FORMAT.md ("Garbage collection") gives the rule.
+    /// unless --grace asks for more. docs/FORMAT.md (section 10) gives the rule.
     ///
     /// Safe to run while hosts back up. Needs list, read and delete rights on the target:
     /// a host's put-only credential is refused, and nothing is deleted.

@@ -206,6 +206,23 @@ impl Store {
             .map_err(|e| self.map_err(path, "read", e))
     }
 
+    /// Opens an object for reading as a stream: memory stays bounded by the reader's
+    /// buffer whatever the object's size. Errors while reading name the object.
+    pub fn reader(&self, path: &StorePath) -> Result<impl std::io::BufRead> {
+        let store = self.inner.clone();
+        let p = path.clone();
+        let stream = runtime()
+            .block_on(async move { store.get(&p).await.map(|r| r.into_stream()) })
+            .map_err(|e| self.map_err(path, "read", e))?;
+        Ok(std::io::BufReader::with_capacity(
+            1 << 16,
+            StreamReader {
+                stream,
+                current: Bytes::new(),
+            },
+        ))
+    }
+
     /// Reads a whole object if it is at most `limit` bytes; `None` if it is larger (the
     /// body of a larger one is not downloaded). One request either way.
     pub fn get_small(&self, path: &StorePath, limit: u64) -> Result<Option<Bytes>> {
@@ -335,6 +352,28 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+/// Blocking `Read` over an object's body stream.
+struct StreamReader {
+    stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl std::io::Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use futures::StreamExt;
+        while self.current.is_empty() {
+            match runtime().block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }
 

@@ -566,6 +566,16 @@ impl Walk<'_> {
             }
             if data.len() as u64 <= WHOLE_READ_LIMIT {
                 let (min, avg, max) = (c.min as usize, c.avg as usize, c.max as usize);
+                if data.len() <= min {
+                    // One chunk (most files of a source tree): its hash is the file's,
+                    // so hash once.
+                    let hash = ChunkHash::of(&data);
+                    let size = data.len() as u64;
+                    if size > 0 {
+                        self.send_chunk(hash, data)?;
+                    }
+                    return Ok(self.stamp_after(&file).map(|after| (size, hash, after)));
+                }
                 let cuts = fastcdc::v2020::FastCDC::new(&data, min, avg, max);
                 for cut in cuts {
                     let piece = data[cut.offset..cut.offset + cut.length].to_vec();
@@ -605,9 +615,17 @@ impl Walk<'_> {
     ) -> std::result::Result<(), PackerGone> {
         whole.update(&data);
         *size += data.len() as u64;
+        let hash = ChunkHash::of(&data);
+        self.send_chunk(hash, data)
+    }
+
+    fn send_chunk(
+        &mut self,
+        hash: ChunkHash,
+        data: Vec<u8>,
+    ) -> std::result::Result<(), PackerGone> {
         self.stats.bytes_read += data.len() as u64;
         self.progress.bytes(data.len() as u64);
-        let hash = ChunkHash::of(&data);
         self.send(Msg::Chunk { hash, data })
     }
 

@@ -361,26 +361,8 @@ fn an_interrupted_backup_then_gc_then_a_rerun_restores_completely() {
     for (name, bytes) in &data {
         write(&fx.src.join(name), bytes);
     }
-    let mut child = std::process::Command::new(coffer_bin())
-        .env_clear()
-        .env("HOME", &fx.home)
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .arg("-c")
-        .arg(&fx.config)
-        .args(["backup", "--json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while fx.objects().len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "no pack was uploaded");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup ended too early"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = spawn_backup(&fx);
+    wait_for_packs(&fx, &mut child, 2);
     child.kill().unwrap();
     child.wait().unwrap();
     let left = object_names(&fx);
@@ -409,4 +391,73 @@ fn an_interrupted_backup_then_gc_then_a_rerun_restores_completely() {
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
     restore_run_matches(&fx, run, &expected, "restored");
+}
+
+/// `coffer backup` in the background.
+fn spawn_backup(fx: &Fixture) -> std::process::Child {
+    std::process::Command::new(coffer_bin())
+        .env_clear()
+        .env("HOME", &fx.home)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .arg("-c")
+        .arg(&fx.config)
+        .args(["backup", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the target holds `n` packs while `child` is still running.
+fn wait_for_packs(fx: &Fixture, child: &mut std::process::Child, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fx.objects().len() < n {
+        assert!(std::time::Instant::now() < deadline, "no pack was uploaded");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended too early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// gc while a backup uploads: the packs the run has uploaded are referenced by nothing
+/// yet, and must survive (they are younger than the grace period).
+#[test]
+fn gc_during_a_backup_keeps_what_the_backup_uploaded() {
+    let fx = Fixture::new();
+    let mut text = std::fs::read_to_string(&fx.config).unwrap();
+    text += "dedup_max_age = \"0s\"\nmax_run_time = \"60s\"\npack_size = \"1MiB\"\n\
+             upload_rate_limit = \"1MiB\"\nupload_concurrency = 1\n";
+    std::fs::write(&fx.config, text).unwrap();
+    let data: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (format!("f{i}"), pseudo_random(40 + i, 1 << 20)))
+        .collect();
+    for (name, bytes) in &data {
+        write(&fx.src.join(name), bytes);
+    }
+    let mut child = spawn_backup(&fx);
+    wait_for_packs(&fx, &mut child, 2);
+    let during = coffer_json(&fx, &["gc"]);
+    assert_eq!(
+        during[0]["runs"], 0,
+        "the run is not committed yet: {during:#}"
+    );
+    assert!(
+        during[0]["objects_young"].as_u64().unwrap() >= 2,
+        "{during:#}"
+    );
+    assert_eq!(during[0]["objects_deleted"], 0);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = run_ids(&fx).remove(0);
+    let expected: Vec<(&str, &[u8])> = data
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    restore_run_matches(&fx, &run, &expected, "restored");
 }

@@ -333,14 +333,18 @@ impl Fixture {
         v
     }
 
-    /// Every data object (pack) on the target.
+    /// Every data object (pack) on the target, not counting uploads in progress.
     pub fn objects(&self) -> Vec<PathBuf> {
         let data = self.target.join("data");
         let mut v = Vec::new();
         if let Ok(dirs) = std::fs::read_dir(&data) {
             for d in dirs {
                 for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-                    v.push(f.unwrap().path());
+                    let path = f.unwrap().path();
+                    // `<key>#<n>`: object_store's staging file for an upload in progress.
+                    if !path.to_string_lossy().contains('#') {
+                        v.push(path);
+                    }
                 }
             }
         }

@@ -88,7 +88,7 @@ pub struct BackupStats {
 const MAX_PROBLEMS: usize = 1000;
 
 /// Chunk bytes read ahead of the packer (while it seals a pack, say), at most.
-const READ_AHEAD_BYTES: u64 = 16 << 20;
+const READ_AHEAD_BYTES: u64 = 8 << 20;
 /// Messages queued for the packer, at most (entries without data count too).
 const READ_AHEAD_MESSAGES: usize = 4096;
 

@@ -213,7 +213,7 @@ impl Packer {
     /// Runs until the walking thread hangs up, then flushes everything.
     pub(super) fn run(mut self, rx: Receiver<Msg>) -> Result<PackerOutput> {
         let _close = CloseOnDrop(self.budget.clone());
-        let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(2);
+        let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<SealedPack>(1);
         let (ack_tx, ack_rx) = std::sync::mpsc::channel::<Ack>();
         let uploader = {
             let store = self.store.object_store();

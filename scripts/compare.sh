@@ -1,0 +1,34 @@
+#!/bin/sh
+# Compares coffer with restic and borg on one tree, in alternating rounds, warm cache:
+#   scripts/compare.sh TREE WORKDIR [ROUNDS]
+# Needs restic and borgbackup (apt-get install restic borgbackup) and a release build
+# (cargo build --release). Prints "<tool> first|rerun <seconds> [<user> <sys>] <peak KB>".
+set -eu
+TREE=$1 W=$2 ROUNDS=${3:-3}
+C=$(dirname "$0")/../target/release/coffer
+export RESTIC_PASSWORD=x BORG_PASSPHRASE=x BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
+mkdir -p "$W"
+[ -f "$W/keys/coffer.pub.asc" ] || "$C" keygen --out "$W/keys" --no-passphrase >/dev/null
+cat > "$W/c.toml" <<TOML
+host = "compare"
+state_dir = "$W/state"
+[source.tree]
+path = "$TREE"
+recipients = ["$W/keys/coffer.pub.asc"]
+targets = ["t"]
+[target.t]
+url = "file://$W/repo"
+TOML
+warm() { tar cf - "$TREE" 2>/dev/null | cat > /dev/null; sync; }
+for i in $(seq "$ROUNDS"); do
+  rm -rf "$W/state" "$W/repo"; warm
+  /usr/bin/time -f "coffer first %e %U %S %M" "$C" -c "$W/c.toml" backup --json > /dev/null
+  /usr/bin/time -f "coffer rerun %e %M" "$C" -c "$W/c.toml" backup --json > /dev/null
+  rm -rf "$W/rrepo"; restic init -q --repo "$W/rrepo" > /dev/null; warm
+  /usr/bin/time -f "restic first %e %U %S %M" restic -q --repo "$W/rrepo" backup "$TREE" > /dev/null
+  /usr/bin/time -f "restic rerun %e %M" restic -q --repo "$W/rrepo" backup "$TREE" > /dev/null
+  rm -rf "$W/brepo"; borg init -e repokey "$W/brepo" > /dev/null 2>&1; warm
+  /usr/bin/time -f "borg first %e %U %S %M" borg create "$W/brepo::a" "$TREE" > /dev/null
+  /usr/bin/time -f "borg rerun %e %M" borg create "$W/brepo::b" "$TREE" > /dev/null
+done
+du -sm "$W/repo" "$W/rrepo" "$W/brepo"

@@ -126,23 +126,14 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     // next). Older lists without a metafile belong to runs that never finished.
     let mut required = opts.bounds.min_grace();
     let mut stale_lists = Vec::new();
-    let mut lists = Vec::new();
     for ((host, source, id), r) in &runs {
         let Some(refs) = &r.refs else { continue };
-        if r.meta.is_some() {
-            stats.runs += 1;
-        }
-        lists.push((
-            format!("{host}/{source}/{id}"),
-            refs.clone(),
-            r.meta.is_some(),
-        ));
-    }
-    for (name, refs, committed) in &lists {
-        let what = format!("object list of run {name}");
+        let what = format!("object list of run {host}/{source}/{id}");
         let bounds = referenced.add(store.reader(&refs.path)?, &what)?;
         required = required.max(bounds.min_grace());
-        if !committed {
+        if r.meta.is_some() {
+            stats.runs += 1;
+        } else {
             stale_lists.push(refs.clone());
         }
     }
@@ -245,12 +236,17 @@ struct Referenced {
     path: std::path::PathBuf,
 }
 
+/// An error of the temporary key set at `path`.
+fn key_set_err(path: &Path, e: rusqlite::Error) -> Error {
+    Error::Index {
+        path: path.to_path_buf(),
+        message: format!("gc's temporary key set: {e}"),
+    }
+}
+
 impl Referenced {
     fn create(path: &Path) -> Result<Self> {
-        let fail = |e: rusqlite::Error| Error::Index {
-            path: path.to_path_buf(),
-            message: format!("gc's temporary key set: {e}"),
-        };
+        let fail = |e| key_set_err(path, e);
         let conn = Connection::open(path).map_err(fail)?;
         conn.execute_batch(
             "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
@@ -263,20 +259,10 @@ impl Referenced {
         })
     }
 
-    fn err(&self, e: rusqlite::Error) -> Error {
-        Error::Index {
-            path: self.path.clone(),
-            message: format!("gc's temporary key set: {e}"),
-        }
-    }
-
     /// Adds an object list's keys; returns the bounds it records.
     fn add(&mut self, list: impl std::io::BufRead, what: &str) -> Result<Bounds> {
-        let path = self.path.clone();
-        let fail = |e: rusqlite::Error| Error::Index {
-            path: path.clone(),
-            message: format!("gc's temporary key set: {e}"),
-        };
+        let path = &self.path;
+        let fail = |e| key_set_err(path, e);
         let tx = self.conn.transaction().map_err(fail)?;
         let bounds = {
             let mut stmt = tx
@@ -291,10 +277,11 @@ impl Referenced {
     }
 
     fn contains(&self, key: &ObjectKey) -> Result<bool> {
+        let fail = |e| key_set_err(&self.path, e);
         let mut stmt = self
             .conn
             .prepare_cached("SELECT 1 FROM keys WHERE key = ?1")
-            .map_err(|e| self.err(e))?;
-        stmt.exists(params![&key.0[..]]).map_err(|e| self.err(e))
+            .map_err(fail)?;
+        stmt.exists(params![&key.0[..]]).map_err(fail)
     }
 }

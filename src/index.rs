@@ -260,20 +260,12 @@ impl Index {
         chunks: &[ChunkRef],
         stored_at: i64,
     ) -> Result<()> {
-        let path = self.path.clone();
-        let fail = |e| index_err(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO chunks
-                     (target, hash, object, offset, length, size, encoding, stored_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(fail)?;
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO chunks
+                 (target, hash, object, offset, length, size, encoding, stored_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
             for c in chunks {
                 stmt.execute(params![
                     target,
@@ -284,11 +276,10 @@ impl Index {
                     c.size as i64,
                     c.encoding.code(),
                     stored_at
-                ])
-                .map_err(fail)?;
+                ])?;
             }
-        }
-        tx.commit().map_err(fail)
+            Ok(())
+        })
     }
 
     /// The id of the last run of `source` to `target` this index saw committed.
@@ -326,34 +317,23 @@ impl Index {
         run: &str,
         objects: impl IntoIterator<Item = ObjectKey>,
     ) -> Result<()> {
-        let path = self.path.clone();
-        let fail = |e| index_err(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail)?;
-        tx.execute(
-            "DELETE FROM protected WHERE target = ?1 AND source = ?2",
-            params![target, source],
-        )
-        .map_err(fail)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO protected (target, object, source) VALUES (?1, ?2, ?3)",
-                )
-                .map_err(fail)?;
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM protected WHERE target = ?1 AND source = ?2",
+                params![target, source],
+            )?;
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO protected (target, object, source) VALUES (?1, ?2, ?3)",
+            )?;
             for o in objects {
-                stmt.execute(params![target, &o.0[..], source])
-                    .map_err(fail)?;
+                stmt.execute(params![target, &o.0[..], source])?;
             }
-        }
-        tx.execute(
-            "INSERT OR REPLACE INTO last_runs (target, source, run) VALUES (?1, ?2, ?3)",
-            params![target, source, run],
-        )
-        .map_err(fail)?;
-        tx.commit().map_err(fail)
+            tx.execute(
+                "INSERT OR REPLACE INTO last_runs (target, source, run) VALUES (?1, ?2, ?3)",
+                params![target, source, run],
+            )?;
+            Ok(())
+        })
     }
 
     /// The digest-cache row for a path.
@@ -413,20 +393,12 @@ impl Index {
         source: &str,
         files: &[(Vec<u8>, CachedFile)],
     ) -> Result<()> {
-        let path = self.path.clone();
-        let fail = |e| index_err(&path, e);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO files
-                     (target, source, path, size, mtime_ns, ctime_ns, inode, hash, chunks, trusted)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .map_err(fail)?;
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO files
+                 (target, source, path, size, mtime_ns, ctime_ns, inode, hash, chunks, trusted)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
             for (p, f) in files {
                 let chunks: Vec<u8> = f.chunks.iter().flat_map(|c| c.0).collect();
                 stmt.execute(params![
@@ -440,11 +412,27 @@ impl Index {
                     &f.hash.0[..],
                     chunks,
                     f.trusted
-                ])
-                .map_err(fail)?;
+                ])?;
             }
-        }
-        tx.commit().map_err(fail)
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in one write transaction, taken at its start (so concurrent writers wait
+    /// on SQLite's lock instead of failing half way), and commits it.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let run = || {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        run().map_err(|e| index_err(&self.path, e))
     }
 }
 

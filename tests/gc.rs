@@ -39,11 +39,7 @@ fn refs_of(target: &Path, host: &str, run: &str) -> BTreeSet<String> {
         .join(host)
         .join(SOURCE)
         .join(format!("{run}.refs"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    text.lines()
-        .filter(|l| l.len() == 64)
-        .map(str::to_string)
-        .collect()
+    refs_keys(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
 }
 
 fn object_names(fx: &Fixture) -> BTreeSet<String> {
@@ -64,11 +60,7 @@ fn run_ids(fx: &Fixture) -> Vec<String> {
 fn restore_run_matches(fx: &Fixture, run: &str, expected: &[(&str, &[u8])], dest: &str) {
     let to = fx.path(dest);
     let out = fx.restore(&to, &[OsStr::new("--run"), OsStr::new(run)]);
-    let out = out.ok();
-    for (name, bytes) in expected {
-        let got = std::fs::read(to.join(name)).unwrap_or_else(|e| panic!("{name}: {e}\n{out}"));
-        assert!(got == *bytes, "{name} differs after restoring run {run}");
-    }
+    assert_restored(&out.ok(), &to, expected, &format!("run {run}"));
 }
 
 #[test]
@@ -333,16 +325,13 @@ fn another_hosts_stale_index_never_references_collected_objects() {
         .arg(&fx.secret_key)
         .args(["--source", SOURCE, "--host", "hostb", "--to"])
         .arg(&to);
-    run_ok_and_compare(cmd, &to, &[("dropped", &dropped), ("kept", &kept)]);
-}
-
-#[track_caller]
-fn run_ok_and_compare(cmd: assert_cmd::Command, to: &Path, files: &[(&str, &[u8])]) {
-    let out = run(cmd).ok();
-    for (name, bytes) in files {
-        let got = std::fs::read(to.join(name)).unwrap_or_else(|e| panic!("{name}: {e}\n{out}"));
-        assert!(got == *bytes, "{name} differs");
-    }
+    let out = util::run(cmd).ok();
+    assert_restored(
+        &out,
+        &to,
+        &[("dropped", &dropped), ("kept", &kept)],
+        "hostb's run",
+    );
 }
 
 /// A backup killed after uploading packs but before its metafile; gc removes what it

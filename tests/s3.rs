@@ -211,16 +211,8 @@ impl S3Fixture {
 
     /// Request lines of the server log mentioning this test's prefix, logged while `f` ran.
     fn requests_during<T>(&self, f: impl FnOnce() -> T) -> (T, Vec<String>) {
-        let before = std::fs::metadata(&self.s3.log)
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let out = f();
-        let log = std::fs::read(&self.s3.log).unwrap();
-        let lines = String::from_utf8_lossy(&log[before as usize..])
-            .lines()
-            .filter(|l| l.contains(&self.prefix))
-            .map(str::to_string)
-            .collect();
+        let (out, mut lines) = self.log_during(f);
+        lines.retain(|l| l.contains(&self.prefix));
         (out, lines)
     }
 }
@@ -649,10 +641,7 @@ impl S3Fixture {
             .arg("--to")
             .arg(&to);
         let out = util::run(cmd).ok();
-        for (name, bytes) in files {
-            let got = std::fs::read(to.join(name)).unwrap_or_else(|e| panic!("{name}: {e}\n{out}"));
-            assert!(got == *bytes, "{name} differs after restoring run {run}");
-        }
+        assert_restored(&out, &to, files, &format!("run {run}"));
         let mut restored: Vec<String> = std::fs::read_dir(&to)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -662,16 +651,6 @@ impl S3Fixture {
         expected.sort();
         assert_eq!(restored, expected, "run {run} holds exactly these files");
     }
-}
-
-/// The keys an object list names: its lines of 64 hex digits.
-fn refs_keys(bytes: &[u8]) -> BTreeSet<String> {
-    String::from_utf8(bytes.to_vec())
-        .expect("object lists are text")
-        .lines()
-        .filter(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
@@ -707,5 +707,25 @@ impl Drop for Gpg {
             .env("GNUPGHOME", self.home.path())
             .args(["--kill", "gpg-agent"])
             .output();
+    }
+}
+
+/// The keys an object list (`<run>.refs`) names: its lines of 64 hex digits.
+pub fn refs_keys(bytes: &[u8]) -> BTreeSet<String> {
+    String::from_utf8(bytes.to_vec())
+        .expect("object lists are text")
+        .lines()
+        .filter(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asserts that each named file under `to` holds exactly the given bytes; `out` (the
+/// restore that wrote them) and `what` go into the failure message.
+#[track_caller]
+pub fn assert_restored(out: &Out, to: &Path, files: &[(&str, &[u8])], what: &str) {
+    for (name, bytes) in files {
+        let got = std::fs::read(to.join(name)).unwrap_or_else(|e| panic!("{name}: {e}\n{out}"));
+        assert!(got == *bytes, "{name} differs after restoring {what}");
     }
 }

@@ -843,8 +843,13 @@ fn backups_started_in_the_same_second_get_distinct_run_ids() {
     .unwrap();
     let mut all = Vec::new();
     let mut same_second = None;
-    // Almost always the first pair; a pair can straddle a second boundary.
+    // Almost always the first pair; a pair can straddle a second boundary. Each pair
+    // starts from empty state directories: an index never lets a source's next run id
+    // go back to or before its last one, which would push later pairs apart.
     for _ in 0..10 {
+        for state in [fx.state.clone(), fx.path("host/state2")] {
+            let _ = std::fs::remove_dir_all(state);
+        }
         let [x, y] = concurrent_backups(&fx, [&fx.config, &other_config]);
         let x = as_str(&x.ok().json()["runs"][0], "run").to_string();
         let y = as_str(&y.ok().json()["runs"][0], "run").to_string();

@@ -710,6 +710,44 @@ fn restore_does_not_overwrite_without_the_flag() {
     assert_same_tree(&fx.src, &dest);
 }
 
+/// Packs fill while earlier ones are still being sealed: chunks of one file land in
+/// several packs, later files repeat chunks of packs not sealed yet, and every pointer
+/// must still name the right pack, offset and length.
+#[test]
+fn a_run_over_many_packs_restores_exactly() {
+    let fx = Fixture::with(Settings {
+        pack_size: Some("1MiB".into()),
+        ..Settings::default()
+    });
+    for i in 0..40u64 {
+        let data = pseudo_random(i, 300 << 10);
+        write(&fx.src.join(format!("d{:02}/f.bin", i)), &data);
+        write(
+            &fx.src.join(format!("d{:02}/note.txt", i)),
+            format!("file {i}\n").as_bytes(),
+        );
+        if i % 5 == 4 {
+            // The same content as a file a few steps back, and half of the one before.
+            let again = pseudo_random(i - 2, 300 << 10);
+            write(&fx.src.join(format!("d{:02}/again.bin", i)), &again);
+            let prev = pseudo_random(i - 1, 300 << 10);
+            write(
+                &fx.src.join(format!("d{:02}/half.bin", i)),
+                &prev[..150 << 10],
+            );
+        }
+    }
+    set_past_mtimes(&fx.src, 1_600_000_000);
+    let stats = fx.backup_ok();
+    let (chunks, new) = (as_u64(&stats, "chunks"), as_u64(&stats, "chunks_new"));
+    assert!(new < chunks, "repeated content is stored once: {stats:#}");
+    let packs = fx.objects().len();
+    assert!(packs >= 10, "12 MiB in packs of 1 MiB: {packs} objects");
+    let dest = fx.path("restored");
+    fx.restore(&dest, &[]).ok();
+    assert_same_tree(&fx.src, &dest);
+}
+
 #[test]
 fn restore_of_a_path_restores_only_that_subtree() {
     let fx = Fixture::new();

@@ -16,9 +16,14 @@ use crate::ids::{ChunkHash, ObjectKey};
 use crate::index::{CachedFile, FileStamp, Index};
 use crate::store::{self, Store};
 
-/// Marks a chunk in the pack still being filled (its `offset` then holds its slot in the
-/// pack); replaced by the pack's key, offset and length when the pack is sealed.
+/// Marks a chunk in a pack not sealed yet (its `offset` then holds its slot in the pack
+/// and its `length` the pack's sequence number); replaced by the pack's key, offset and
+/// length when the pack is sealed.
 const OPEN_PACK: ObjectKey = ObjectKey([0; 32]);
+
+/// Full packs whose last messages are still in the thread pool, at most; the open pack
+/// keeps filling meanwhile, so that the pool never runs dry at a pack's end.
+const MAX_CLOSING: usize = 2;
 
 /// Chunks up to this size are compressed whole to see whether it pays; larger ones are
 /// first tried on a sample of this size.
@@ -133,6 +138,36 @@ struct SealedPack {
     sealed_at: i64,
 }
 
+/// A chunk message back from the thread pool: its pack's sequence number and its slot.
+type Returned = (u64, usize, Result<(Vec<u8>, Encoding)>);
+
+/// A pack being built: each new chunk goes to the thread pool when it comes, to be
+/// compressed and encrypted with the pack's session key into the pack's next slot.
+struct Building {
+    seq: u64,
+    session: Arc<PackSession>,
+    /// Each slot's message, once the pool has returned it.
+    messages: Vec<Option<(Vec<u8>, Encoding)>>,
+    /// Slots whose message has not come back yet.
+    outstanding: usize,
+    plain_bytes: u64,
+    /// Its chunks, pointing at [`OPEN_PACK`] until it is sealed.
+    chunks: Vec<ChunkRef>,
+}
+
+impl Building {
+    fn new(seq: u64, encryptor: &Encryptor) -> Result<Building> {
+        Ok(Building {
+            seq,
+            session: Arc::new(encryptor.session()?),
+            messages: Vec::new(),
+            outstanding: 0,
+            plain_bytes: 0,
+            chunks: Vec::new(),
+        })
+    }
+}
+
 /// An acknowledged pack: its chunks and when it was sealed.
 type Ack = (Vec<ChunkRef>, i64);
 
@@ -151,15 +186,18 @@ pub(super) struct Packer {
     racy_after_ns: i64,
     writer: MetaWriter,
     metafile: std::fs::File,
-    session: PackSession,
-    /// Plaintext of the open pack's chunks, in slot order; encrypted when sealed.
-    pack_plain: Vec<Vec<u8>>,
-    pack_plain_bytes: u64,
-    pack_chunks: Vec<ChunkRef>,
-    /// Chunks not yet acknowledged: in the open pack (object = OPEN_PACK) or in flight.
+    /// The pack new chunks go to.
+    open: Building,
+    /// Full packs waiting for their last messages, oldest first (sequence numbers
+    /// ascending without gaps, below the open pack's).
+    closing: std::collections::VecDeque<Building>,
+    returned_tx: std::sync::mpsc::Sender<Returned>,
+    returned_rx: Receiver<Returned>,
+    /// Chunks not yet acknowledged: in a pack not sealed (object = OPEN_PACK) or in
+    /// flight.
     pending: HashMap<ChunkHash, ChunkRef>,
-    /// Entries waiting for the open pack to be sealed, in order.
-    queued: Vec<Entry>,
+    /// Entries waiting for packs to be sealed, in order.
+    queued: std::collections::VecDeque<Entry>,
     cache_rows: Vec<(Vec<u8>, CachedFile)>,
     file_chunks: Vec<ChunkRef>,
     referenced: BTreeSet<ObjectKey>,
@@ -184,8 +222,9 @@ impl Packer {
         let enc = s.encryptor.message_writer(sink)?;
         let writer = metafile::Writer::new(BufWriter::with_capacity(1 << 16, enc), &s.header)
             .map_err(|e| Error::io("metafile (temporary)", e))?;
+        let (returned_tx, returned_rx) = std::sync::mpsc::channel();
         Ok(Packer {
-            session: s.encryptor.session()?,
+            open: Building::new(0, &s.encryptor)?,
             setup_encryptor: s.encryptor,
             store: s.store,
             index: s.index,
@@ -198,11 +237,11 @@ impl Packer {
             racy_after_ns: s.racy_after_ns,
             writer,
             metafile,
-            pack_plain: Vec::new(),
-            pack_plain_bytes: 0,
-            pack_chunks: Vec::new(),
+            closing: std::collections::VecDeque::new(),
+            returned_tx,
+            returned_rx,
             pending: HashMap::new(),
-            queued: Vec::new(),
+            queued: std::collections::VecDeque::new(),
             cache_rows: Vec::new(),
             file_chunks: Vec::new(),
             referenced: BTreeSet::new(),
@@ -267,11 +306,12 @@ impl Packer {
             while let Ok(chunks) = ack_rx.try_recv() {
                 self.acknowledged(chunks)?;
             }
+            while let Ok(returned) = self.returned_rx.try_recv() {
+                self.returned(returned)?;
+            }
+            self.seal_finished(pack_tx)?;
             match msg {
-                Msg::Chunk { hash, data } => {
-                    self.budget.release(data.len() as u64);
-                    self.chunk(hash, data)?
-                }
+                Msg::Chunk { hash, data } => self.chunk(hash, data)?,
                 Msg::FileAbort => self.file_chunks.clear(),
                 Msg::FileEnd { mut entry, stamp } => {
                     let chunks = std::mem::take(&mut self.file_chunks);
@@ -296,15 +336,25 @@ impl Packer {
                     self.emit(entry)?
                 }
             }
-            if self.pack_plain_bytes >= self.pack_size {
-                self.seal(pack_tx)?;
+            if self.open.plain_bytes >= self.pack_size {
+                self.close()?;
+                while self.closing.len() > MAX_CLOSING {
+                    self.wait_returned()?;
+                    self.seal_finished(pack_tx)?;
+                }
             }
             if self.cache_rows.len() >= 4096 {
                 self.flush_cache()?;
             }
         }
-        if !self.pack_plain.is_empty() {
-            self.seal(pack_tx)?;
+        if !self.open.messages.is_empty() {
+            self.close()?;
+        }
+        while !self.closing.is_empty() {
+            self.seal_finished(pack_tx)?;
+            if !self.closing.is_empty() {
+                self.wait_returned()?;
+            }
         }
         Ok(())
     }
@@ -316,22 +366,26 @@ impl Packer {
             None => self.index.lookup_chunk(self.target_id, &hash)?,
         };
         let location = match known {
-            Some(c) => c,
+            Some(c) => {
+                // Not new: the walker may read ahead by its size again.
+                self.budget.release(data.len() as u64);
+                c
+            }
             None => {
                 let c = ChunkRef {
                     object: OPEN_PACK,
-                    offset: self.pack_plain.len() as u64,
-                    length: 0,
+                    offset: self.open.messages.len() as u64,
+                    length: self.open.seq,
                     size: data.len() as u64,
                     hash,
                     encoding: Encoding::Raw,
                 };
                 self.out.chunks_new += 1;
                 self.out.bytes_new += data.len() as u64;
-                self.pack_plain_bytes += data.len() as u64;
-                self.pack_plain.push(data);
+                self.open.plain_bytes += data.len() as u64;
+                self.open.chunks.push(c.clone());
+                self.start_sealing(data);
                 self.pending.insert(hash, c.clone());
-                self.pack_chunks.push(c.clone());
                 c
             }
         };
@@ -339,15 +393,76 @@ impl Packer {
         Ok(())
     }
 
+    /// Compresses and encrypts a new chunk on the thread pool, into the open pack's next
+    /// slot. Its bytes count against the read-ahead budget until then, so plaintext in
+    /// memory stays bounded however far the pool falls behind.
+    fn start_sealing(&mut self, data: Vec<u8>) {
+        let (seq, slot) = (self.open.seq, self.open.messages.len());
+        self.open.messages.push(None);
+        self.open.outstanding += 1;
+        let session = self.open.session.clone();
+        let budget = self.budget.clone();
+        let returned = self.returned_tx.clone();
+        rayon::spawn(move || {
+            let message = {
+                let (payload, encoding) = encode(&data);
+                session.encrypt(&payload).map(|m| (m, encoding))
+            };
+            budget.release(data.len() as u64);
+            drop(data);
+            // The packer stopped if it hung up; its error is reported instead.
+            let _ = returned.send((seq, slot, message));
+        });
+    }
+
+    /// Puts a message the pool returned in its pack's slot.
+    fn returned(&mut self, (seq, slot, message): Returned) -> Result<()> {
+        let message = message?;
+        let pack = if seq == self.open.seq {
+            &mut self.open
+        } else {
+            let first = self.closing.front().map_or(seq, |b| b.seq);
+            self.closing
+                .get_mut((seq - first) as usize)
+                .ok_or_else(|| Error::Usage(format!("internal error: no pack {seq}")))?
+        };
+        pack.messages[slot] = Some(message);
+        pack.outstanding -= 1;
+        Ok(())
+    }
+
+    /// Waits for the pool to return one message.
+    fn wait_returned(&mut self) -> Result<()> {
+        let returned = self
+            .returned_rx
+            .recv()
+            .map_err(|_| Error::Usage("internal error: the encryption pool stopped".into()))?;
+        self.returned(returned)
+    }
+
+    /// The open pack is full: it waits for its last messages while a new one fills.
+    fn close(&mut self) -> Result<()> {
+        let next = Building::new(self.open.seq + 1, &self.setup_encryptor)?;
+        let full = std::mem::replace(&mut self.open, next);
+        self.closing.push_back(full);
+        Ok(())
+    }
+
+    /// Seals the closed packs, oldest first, whose messages have all come back.
+    fn seal_finished(&mut self, pack_tx: &tokio::sync::mpsc::Sender<SealedPack>) -> Result<()> {
+        while self.closing.front().is_some_and(|b| b.outstanding == 0) {
+            if let Some(pack) = self.closing.pop_front() {
+                self.seal(pack, pack_tx)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `entry` to the metafile, or queues it behind entries that wait for the
     /// open pack (the metafile keeps walk order).
     fn emit(&mut self, entry: Entry) -> Result<()> {
-        let waits = match &entry.kind {
-            Kind::File { chunks, .. } => chunks.iter().any(|c| c.object == OPEN_PACK),
-            _ => false,
-        };
-        if waits || !self.queued.is_empty() {
-            self.queued.push(entry);
+        if waits(&entry) || !self.queued.is_empty() {
+            self.queued.push_back(entry);
             Ok(())
         } else {
             self.write(&entry)
@@ -363,35 +478,28 @@ impl Packer {
             .map_err(|e| Error::io("metafile (temporary)", e))
     }
 
-    /// Closes the open pack: compresses and encrypts its chunks on all cores, names it,
-    /// resolves everything that pointed into it, writes the queued entries and hands the
+    /// Seals a pack whose messages have all come back: names it, resolves everything
+    /// that pointed into it, writes the queued entries that no longer wait and hands the
     /// pack to the uploader.
-    fn seal(&mut self, pack_tx: &tokio::sync::mpsc::Sender<SealedPack>) -> Result<()> {
-        use rayon::prelude::*;
-        let plain = std::mem::take(&mut self.pack_plain);
-        self.pack_plain_bytes = 0;
-        let session = &self.session;
-        let messages: Vec<(Vec<u8>, Encoding)> = plain
-            .par_iter()
-            .map(|data| {
-                let (payload, encoding) = encode(data);
-                session.encrypt(&payload).map(|m| (m, encoding))
-            })
-            .collect::<Result<_>>()?;
-        drop(plain);
+    fn seal(
+        &mut self,
+        pack: Building,
+        pack_tx: &tokio::sync::mpsc::Sender<SealedPack>,
+    ) -> Result<()> {
         let mut hasher = blake3::Hasher::new();
-        let mut places = Vec::with_capacity(messages.len());
-        let mut parts = Vec::with_capacity(messages.len());
+        let mut places = Vec::with_capacity(pack.messages.len());
+        let mut parts = Vec::with_capacity(pack.messages.len());
         let mut offset = 0u64;
-        for (message, encoding) in messages {
+        for (message, encoding) in pack.messages.into_iter().flatten() {
             places.push((offset, message.len() as u64, encoding));
             offset += message.len() as u64;
             hasher.update(&message);
             parts.push(Bytes::from(message));
         }
         let key = ObjectKey::from(hasher.finalize());
+        let seq = pack.seq;
         let fix = |c: &mut ChunkRef| {
-            if c.object == OPEN_PACK {
+            if c.object == OPEN_PACK && c.length == seq {
                 let (offset, length, encoding) = places[c.offset as usize];
                 c.object = key;
                 c.offset = offset;
@@ -399,7 +507,7 @@ impl Packer {
                 c.encoding = encoding;
             }
         };
-        let mut chunks = std::mem::take(&mut self.pack_chunks);
+        let mut chunks = pack.chunks;
         chunks.iter_mut().for_each(fix);
         for c in &chunks {
             if let Some(p) = self.pending.get_mut(&c.hash) {
@@ -407,14 +515,16 @@ impl Packer {
             }
         }
         self.file_chunks.iter_mut().for_each(fix);
-        let mut queued = std::mem::take(&mut self.queued);
-        for entry in &mut queued {
+        for entry in &mut self.queued {
             if let Kind::File { chunks, .. } = &mut entry.kind {
                 chunks.iter_mut().for_each(fix);
             }
-            self.write(entry)?;
         }
-        self.session = self.setup_encryptor.session()?;
+        while self.queued.front().is_some_and(|e| !waits(e)) {
+            if let Some(entry) = self.queued.pop_front() {
+                self.write(&entry)?;
+            }
+        }
         pack_tx
             .blocking_send(SealedPack {
                 key,
@@ -450,6 +560,14 @@ impl Packer {
                 .record_files(self.target_id, &self.source, &rows)?;
         }
         Ok(())
+    }
+}
+
+/// Whether `entry` points into a pack not sealed yet.
+fn waits(entry: &Entry) -> bool {
+    match &entry.kind {
+        Kind::File { chunks, .. } => chunks.iter().any(|c| c.object == OPEN_PACK),
+        _ => false,
     }
 }
 
@@ -518,41 +636,69 @@ fn upload(
 }
 
 /// The chunk as it is encrypted: compressed with zstd when that saves at least a tenth,
-/// else as it is. Incompressible data is detected on a sample, so it costs little.
+/// else as it is.
 pub(crate) fn encode(data: &[u8]) -> (std::borrow::Cow<'_, [u8]>, Encoding) {
     use std::borrow::Cow;
-    let pays = |compressed: usize, original: usize| compressed * 10 <= original * 9;
     if data.len() < 256 {
         return (Cow::Borrowed(data), Encoding::Raw);
     }
-    if data.len() > COMPRESSION_SAMPLE {
-        let sample = &data[..COMPRESSION_SAMPLE];
-        match compress(sample, 1) {
-            Some(c) if pays(c.len(), sample.len()) => {}
-            _ => return (Cow::Borrowed(data), Encoding::Raw),
-        }
-    }
-    match compress(data, 1) {
-        Some(c) if pays(c.len(), data.len()) => (Cow::Owned(c), Encoding::Zstd),
-        _ => (Cow::Borrowed(data), Encoding::Raw),
+    match compress_if_it_pays(data) {
+        Some(c) => (Cow::Owned(c), Encoding::Zstd),
+        None => (Cow::Borrowed(data), Encoding::Raw),
     }
 }
 
-/// zstd at `level` with this thread's compressor: a new context per chunk costs more
-/// than compressing a small chunk (its tables are allocated and zeroed each time).
-fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+/// zstd level 1 in one pass, given up as soon as it cannot save a tenth: the first
+/// [`COMPRESSION_SAMPLE`] bytes are compressed and flushed first, and if they did not
+/// shrink by a tenth the rest is not tried (so incompressible data costs little); then
+/// the output may not grow past nine tenths of the input. Uses this thread's context: a
+/// new one per chunk costs more than compressing a small chunk.
+fn compress_if_it_pays(data: &[u8]) -> Option<Vec<u8>> {
     use std::cell::RefCell;
+    use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::{ZSTD_e_end, ZSTD_e_flush};
+    use zstd::zstd_safe::{CCtx, CParameter, InBuffer, OutBuffer, ResetDirective};
     thread_local! {
-        static FAST: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
-        static DEFAULT: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+        static CONTEXT: RefCell<Option<CCtx<'static>>> = const { RefCell::new(None) };
     }
-    let slot = if level <= 1 { &FAST } else { &DEFAULT };
-    slot.with(|cell| {
+    let pays = |compressed: usize, original: usize| compressed * 10 <= original * 9;
+    CONTEXT.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
-            *cell = zstd::bulk::Compressor::new(level).ok();
+            let mut cctx = CCtx::try_create()?;
+            cctx.set_parameter(CParameter::CompressionLevel(1)).ok()?;
+            *cell = Some(cctx);
         }
-        cell.as_mut()?.compress(data).ok()
+        let cctx = cell.as_mut()?;
+        // A previous chunk may have been given up half way.
+        cctx.reset(ResetDirective::SessionOnly).ok()?;
+        cctx.set_pledged_src_size(Some(data.len() as u64)).ok()?;
+        let mut out = Vec::with_capacity(data.len() * 9 / 10);
+        let mut output = OutBuffer::around(&mut out);
+        let sample = data.len().min(COMPRESSION_SAMPLE);
+        // Compresses `input` and flushes or ends the frame; `None` once `output` is full.
+        let step = |cctx: &mut CCtx, output: &mut OutBuffer<'_, Vec<u8>>, input, end| {
+            let mut input = InBuffer::around(input);
+            loop {
+                let left = cctx.compress_stream2(output, &mut input, end).ok()?;
+                if left == 0 && input.pos() == input.src.len() {
+                    return Some(());
+                }
+                if output.pos() == output.capacity() {
+                    return None; // it would not pay
+                }
+            }
+        };
+        if sample < data.len() {
+            step(cctx, &mut output, &data[..sample], ZSTD_e_flush)?;
+            if !pays(output.pos(), sample) {
+                return None;
+            }
+            step(cctx, &mut output, &data[sample..], ZSTD_e_end)?;
+        } else {
+            step(cctx, &mut output, data, ZSTD_e_end)?;
+        }
+        let written = output.pos();
+        pays(written, data.len()).then_some(out)
     })
 }
 
@@ -560,23 +706,58 @@ fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn compresses_only_when_it_pays() {
-        let text = b"backup server config value ".repeat(10_000);
-        let (out, enc) = encode(&text);
-        assert_eq!(enc, Encoding::Zstd);
-        assert!(out.len() < text.len() / 10);
-        assert_eq!(zstd::bulk::decompress(&out, text.len()).unwrap(), text);
-        let mut x = 1u64;
-        let random: Vec<u8> = (0..200_000)
+    fn random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 x as u8
             })
-            .collect();
-        assert_eq!(encode(&random).1, Encoding::Raw);
-        assert_eq!(encode(b"tiny").1, Encoding::Raw);
+            .collect()
+    }
+
+    fn round_trips(data: &[u8]) -> Encoding {
+        let (out, enc) = encode(data);
+        match enc {
+            Encoding::Zstd => {
+                assert!(out.len() * 10 <= data.len() * 9, "saves a tenth");
+                assert_eq!(zstd::bulk::decompress(&out, data.len()).unwrap(), data);
+            }
+            Encoding::Raw => assert_eq!(&out[..], data),
+        }
+        enc
+    }
+
+    #[test]
+    fn compresses_only_when_it_pays() {
+        let text = b"backup server config value ".repeat(10_000);
+        assert!(text.len() > COMPRESSION_SAMPLE);
+        assert_eq!(round_trips(&text), Encoding::Zstd);
+        assert!(encode(&text).0.len() < text.len() / 10);
+        assert_eq!(
+            round_trips(&text[..1000]),
+            Encoding::Zstd,
+            "below the sample"
+        );
+        assert_eq!(round_trips(&random(200_000, 1)), Encoding::Raw);
+        assert_eq!(round_trips(&random(1000, 2)), Encoding::Raw);
+        assert_eq!(round_trips(b"tiny"), Encoding::Raw);
+
+        // Incompressible at first: given up after the sample, whatever follows.
+        let mut mixed = random(COMPRESSION_SAMPLE, 3);
+        mixed.extend_from_slice(&text);
+        assert_eq!(round_trips(&mixed), Encoding::Raw);
+        // Compressible at first but not overall: given up when the output is too long.
+        let mut mixed = text[..COMPRESSION_SAMPLE].to_vec();
+        mixed.extend(random(COMPRESSION_SAMPLE * 20, 4));
+        assert_eq!(round_trips(&mixed), Encoding::Raw);
+        // Compressible overall although the end is not.
+        let mut mixed = text.clone();
+        mixed.extend(random(COMPRESSION_SAMPLE, 5));
+        assert_eq!(round_trips(&mixed), Encoding::Zstd);
+        // The thread's context works again after a chunk was given up half way.
+        assert_eq!(round_trips(&text), Encoding::Zstd);
     }
 }

@@ -113,6 +113,15 @@ fn generated_input_every_section() {
         "backup cuts the chunks bench measured: {p:#}"
     );
     assert_eq!(p["chunks_new"].as_u64(), Some(default_chunks), "{p:#}");
+
+    // As much pseudo-random data to a folder target: nothing compresses or repeats.
+    let f = &r["incompressible_to_folder"];
+    positive_rate(&f["throughput"], "incompressible to a folder");
+    assert!(num(f, "of_encryption_all_cores") > 0.0, "{f:#}");
+    assert_eq!(f["bytes_read"].as_u64(), Some(SIZE), "{f:#}");
+    assert_eq!(f["chunks_new"], f["chunks"], "{f:#}");
+    assert!(num(f, "bytes_stored") > SIZE as f64, "stored whole: {f:#}");
+    assert!(num(f, "objects_stored") >= 2.0, "a pack and the run: {f:#}");
 }
 
 #[test]

@@ -67,8 +67,9 @@ pub enum Command {
     ///
     /// The input (PATH, or generated data) is read into memory first, at most 1 GiB, so
     /// the stage figures measure the processor, not the disk. Every figure is the median
-    /// of 5 runs, in MB/s: 10^6 bytes of input per second. Nothing is stored: the whole
-    /// backups use a throwaway key, a temporary index and a target in memory.
+    /// of 5 runs, in MB/s: 10^6 bytes of input per second. Nothing is kept: the whole
+    /// backups use a throwaway key, a temporary index and a target in memory or in the
+    /// temporary directory (TMPDIR), deleted when the bench ends.
     ///
     /// The sections:
     ///   chunking     FastCDC, the 2016 and the 2020 variant, with three chunk size bounds
@@ -79,18 +80,21 @@ pub enum Command {
     ///   hashing      BLAKE3 of the default chunks, one core.
     ///   compression  zstd where it saves at least a tenth, as backup does, one core.
     ///   encryption   OpenPGP (AES-256) with one pack's session key, on one core and on
-    ///                all cores; then compression and encryption pack by pack, on all
-    ///                cores, as backup seals packs.
-    ///   pipeline     whole backups of the input into memory (walk, read, chunk, hash,
-    ///                dedup, compress, encrypt, pack, metafile), each with a fresh index.
+    ///                all cores; then compression and encryption on all cores with a
+    ///                session per pack, as backup does.
+    ///   pipeline     whole backups (walk, read, chunk, hash, dedup, compress, encrypt,
+    ///                pack, store, metafile), each with a fresh index: of the input into
+    ///                memory, then of as much pseudo-random data to a folder target in
+    ///                the temporary directory (written and synced as file:// targets are).
     ///
-    /// Encryption on all cores is the ceiling for a whole backup: the pipeline's share of
-    /// it tells how much the other stages and the plumbing cost.
+    /// Encryption on all cores is the ceiling for a whole backup of incompressible data:
+    /// the pipeline's share of it tells how much the other stages, the disk and the
+    /// plumbing cost.
     ///
     /// Without PATH the input is generated: half pseudo-random (incompressible), half
     /// log-like text (compressible), the same bytes on every machine, in files of up to
     /// 16 MiB written to a temporary directory for the whole backups. With the default
-    /// 256 MiB a run takes about half a minute on two cores. Other work on the machine
+    /// 256 MiB a run takes about 20 seconds on two cores. Other work on the machine
     /// skews the figures: compare runs made under the same conditions.
     #[command(verbatim_doc_comment)]
     Bench(BenchArgs),

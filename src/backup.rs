@@ -1,8 +1,10 @@
 //! `backup`: one source to one target, as one run.
 //!
 //! ```text
-//! walk ─► read, chunk, hash ─(bounded)─► packer: dedup, encrypt, pack, metafile
-//!   (main thread)                          │ sealed packs (bounded)
+//! walk ─► read, chunk, hash ─(bounded)─► packer: dedup, pack, metafile
+//!   (main thread)                          │  new chunks ⇄ thread pool: compress and
+//!                                          │               encrypt, on all cores
+//!                                          │ sealed packs (bounded)
 //!                                          ▼
 //!                      uploader: create-only puts, bounded concurrency
 //!                                          │ acknowledgements
@@ -12,7 +14,8 @@
 //! Invariant 1: the metafile is stored last, after every pack it references was
 //! acknowledged. Invariant 2: the index records a chunk only after its pack was
 //! acknowledged; chunks waiting for acknowledgement are deduplicated through an in-memory
-//! map whose size is bounded by the packs in flight.
+//! map whose size is bounded by the packs in flight. The read-ahead budget counts a new
+//! chunk's plaintext until the pool has encrypted it, so it bounds plaintext in memory.
 
 mod packer;
 

@@ -19,14 +19,15 @@
 
 mod packer;
 
+use bytes::Bytes;
 use std::collections::HashMap;
-use std::io::{Read, Seek};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::chunker::Chunker;
 use crate::config::{Config, SourceConfig, TargetConfig};
 use crate::crypto::load_recipients;
 use crate::error::{Error, Result};
@@ -97,9 +98,6 @@ const READ_AHEAD_MESSAGES: usize = 4096;
 
 /// Entries whose digest-cache lookups share one read transaction.
 const READ_BATCH: usize = 1000;
-
-/// Files up to this size are read whole and cut in memory.
-const WHOLE_READ_LIMIT: u64 = 8 << 20;
 
 impl BackupStats {
     fn problem(&mut self, progress: &dyn Progress, message: String) {
@@ -557,76 +555,31 @@ impl Walk<'_> {
             Ok(f) => f,
             Err(e) => return Ok(Err(e)),
         };
-        let c = self.source.chunking;
-        let mut whole = blake3::Hasher::new();
         let mut size = 0u64;
-        if item.metadata.len() <= WHOLE_READ_LIMIT {
-            // Read at once and cut in memory: StreamCDC zeroes a buffer of the largest
-            // chunk size for every file, which dominated trees of small files.
-            let mut data = Vec::with_capacity(item.metadata.len() as usize);
-            if let Err(e) = (&file).take(WHOLE_READ_LIMIT + 1).read_to_end(&mut data) {
-                return Ok(Err(e));
-            }
-            if data.len() as u64 <= WHOLE_READ_LIMIT {
-                let (min, avg, max) = (c.min as usize, c.avg as usize, c.max as usize);
-                if data.len() <= min {
-                    // One chunk (most files of a source tree): its hash is the file's,
-                    // so hash once.
-                    let hash = ChunkHash::of(&data);
-                    let size = data.len() as u64;
-                    if size > 0 {
-                        self.send_chunk(hash, data)?;
-                    }
-                    return Ok(self.stamp_after(&file).map(|after| (size, hash, after)));
-                }
-                let cuts = fastcdc::v2020::FastCDC::new(&data, min, avg, max);
-                for cut in cuts {
-                    let piece = data[cut.offset..cut.offset + cut.length].to_vec();
-                    self.chunk(&mut whole, &mut size, piece)?;
-                }
-                return Ok(self
-                    .stamp_after(&file)
-                    .map(|after| (size, whole.finalize().into(), after)));
-            }
-            // It grew past the limit while we read: start again, streaming.
-            if let Err(e) = (&file).seek(std::io::SeekFrom::Start(0)) {
-                return Ok(Err(e));
-            }
-        }
-        let reader = std::io::BufReader::with_capacity(1 << 20, &file);
-        for chunk in
-            fastcdc::v2020::StreamCDC::new(reader, c.min as usize, c.avg as usize, c.max as usize)
-        {
-            let chunk = match chunk {
-                Ok(ch) => ch,
-                Err(fastcdc::v2020::Error::IoError(e)) => return Ok(Err(e)),
-                Err(e) => return Ok(Err(std::io::Error::other(e.to_string()))),
+        let mut whole = blake3::Hasher::new();
+        let mut hash = None;
+        let mut chunker = Chunker::new(&file, self.source.chunking, item.metadata.len());
+        while let Some(data) = chunker.next() {
+            let data = match data {
+                Ok(d) => d,
+                Err(e) => return Ok(Err(e)),
             };
-            self.chunk(&mut whole, &mut size, chunk.data)?;
+            let chunk_hash = ChunkHash::of(&data);
+            if size == 0 && chunker.finished() {
+                // One chunk (most files of a source tree): its hash is the file's, so
+                // the file is hashed once.
+                hash = Some(chunk_hash);
+            } else {
+                whole.update(&data);
+            }
+            size += data.len() as u64;
+            self.send_chunk(chunk_hash, data)?;
         }
-        Ok(self
-            .stamp_after(&file)
-            .map(|after| (size, whole.finalize().into(), after)))
+        let hash = hash.unwrap_or_else(|| whole.finalize().into());
+        Ok(self.stamp_after(&file).map(|after| (size, hash, after)))
     }
 
-    /// Hashes one chunk of the file being read and hands it to the packer.
-    fn chunk(
-        &mut self,
-        whole: &mut blake3::Hasher,
-        size: &mut u64,
-        data: Vec<u8>,
-    ) -> std::result::Result<(), PackerGone> {
-        whole.update(&data);
-        *size += data.len() as u64;
-        let hash = ChunkHash::of(&data);
-        self.send_chunk(hash, data)
-    }
-
-    fn send_chunk(
-        &mut self,
-        hash: ChunkHash,
-        data: Vec<u8>,
-    ) -> std::result::Result<(), PackerGone> {
+    fn send_chunk(&mut self, hash: ChunkHash, data: Bytes) -> std::result::Result<(), PackerGone> {
         self.stats.bytes_read += data.len() as u64;
         self.progress.bytes(data.len() as u64);
         self.send(Msg::Chunk { hash, data })

@@ -7,6 +7,7 @@
 
 mod backup;
 pub mod bench;
+mod chunker;
 mod config;
 mod crypto;
 mod error;

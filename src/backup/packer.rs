@@ -25,6 +25,14 @@ const OPEN_PACK: ObjectKey = ObjectKey([0; 32]);
 /// keeps filling meanwhile, so that the pool never runs dry at a pack's end.
 const MAX_CLOSING: usize = 2;
 
+/// New chunks go to the thread pool in batches of consecutive slots, closed once they
+/// hold this many plaintext bytes or [`BATCH_CHUNKS`] chunks (or when the walker has
+/// nothing more queued): a task per small chunk cost more in wake-ups and context
+/// switches than compressing and encrypting it (a tenth of the CPU on a source tree).
+const BATCH_BYTES: usize = 256 << 10;
+/// See [`BATCH_BYTES`].
+const BATCH_CHUNKS: usize = 64;
+
 /// Chunks up to this size are compressed whole to see whether it pays; larger ones are
 /// first tried on a sample of this size.
 const COMPRESSION_SAMPLE: usize = 64 << 10;
@@ -32,7 +40,7 @@ const COMPRESSION_SAMPLE: usize = 64 << 10;
 /// From the walking thread to the packer, in walk order.
 pub(super) enum Msg {
     /// A chunk of the file being read.
-    Chunk { hash: ChunkHash, data: Vec<u8> },
+    Chunk { hash: ChunkHash, data: Bytes },
     /// The file being read is complete; its chunks are the `Chunk`s since the last end.
     FileEnd {
         entry: Entry,
@@ -138,17 +146,27 @@ struct SealedPack {
     sealed_at: i64,
 }
 
-/// A chunk message back from the thread pool: its pack's sequence number and its slot.
-type Returned = (u64, usize, Result<(Vec<u8>, Encoding)>);
+/// A batch of chunk messages, compressed and encrypted by the pool: consecutive slots of
+/// one pack, laid end to end.
+struct SealedBatch {
+    bytes: Vec<u8>,
+    /// Each message's length and encoding, in slot order.
+    messages: Vec<(u64, Encoding)>,
+}
 
-/// A pack being built: each new chunk goes to the thread pool when it comes, to be
-/// compressed and encrypted with the pack's session key into the pack's next slot.
+/// A batch back from the thread pool: its pack's sequence number and its batch number.
+type Returned = (u64, usize, Result<SealedBatch>);
+
+/// A pack being built: its new chunks go to the thread pool in batches, to be compressed
+/// and encrypted with the pack's session key into the pack's next slots.
 struct Building {
     seq: u64,
     session: Arc<PackSession>,
-    /// Each slot's message, once the pool has returned it.
-    messages: Vec<Option<(Vec<u8>, Encoding)>>,
-    /// Slots whose message has not come back yet.
+    /// Slots (new chunks) so far.
+    slots: usize,
+    /// Each batch sent to the pool, once the pool has returned it.
+    batches: Vec<Option<SealedBatch>>,
+    /// Batches that have not come back yet.
     outstanding: usize,
     plain_bytes: u64,
     /// Its chunks, pointing at [`OPEN_PACK`] until it is sealed.
@@ -160,7 +178,8 @@ impl Building {
         Ok(Building {
             seq,
             session: Arc::new(encryptor.session()?),
-            messages: Vec::new(),
+            slots: 0,
+            batches: Vec::new(),
             outstanding: 0,
             plain_bytes: 0,
             chunks: Vec::new(),
@@ -188,6 +207,9 @@ pub(super) struct Packer {
     metafile: std::fs::File,
     /// The pack new chunks go to.
     open: Building,
+    /// The open pack's new chunks not yet handed to the pool, and their bytes.
+    batch: Vec<Bytes>,
+    batch_bytes: usize,
     /// Full packs waiting for their last messages, oldest first (sequence numbers
     /// ascending without gaps, below the open pack's).
     closing: std::collections::VecDeque<Building>,
@@ -225,6 +247,8 @@ impl Packer {
         let (returned_tx, returned_rx) = std::sync::mpsc::channel();
         Ok(Packer {
             open: Building::new(0, &s.encryptor)?,
+            batch: Vec::new(),
+            batch_bytes: 0,
             setup_encryptor: s.encryptor,
             store: s.store,
             index: s.index,
@@ -302,7 +326,20 @@ impl Packer {
         pack_tx: &tokio::sync::mpsc::Sender<SealedPack>,
         ack_rx: &Receiver<Ack>,
     ) -> Result<()> {
-        for msg in rx.iter() {
+        loop {
+            let msg = match rx.try_recv() {
+                Ok(msg) => msg,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    // Nothing queued: the walker may be waiting for the budget, which only
+                    // the pool frees, so hand it what is held back before waiting.
+                    self.dispatch();
+                    match rx.recv() {
+                        Ok(msg) => msg,
+                        Err(_) => break,
+                    }
+                }
+            };
             while let Ok(chunks) = ack_rx.try_recv() {
                 self.acknowledged(chunks)?;
             }
@@ -347,7 +384,7 @@ impl Packer {
                 self.flush_cache()?;
             }
         }
-        if !self.open.messages.is_empty() {
+        if self.open.slots > 0 {
             self.close()?;
         }
         while !self.closing.is_empty() {
@@ -359,7 +396,7 @@ impl Packer {
         Ok(())
     }
 
-    fn chunk(&mut self, hash: ChunkHash, data: Vec<u8>) -> Result<()> {
+    fn chunk(&mut self, hash: ChunkHash, data: Bytes) -> Result<()> {
         self.out.chunks += 1;
         let known = match self.pending.get(&hash) {
             Some(c) => Some(c.clone()),
@@ -374,7 +411,7 @@ impl Packer {
             None => {
                 let c = ChunkRef {
                     object: OPEN_PACK,
-                    offset: self.open.messages.len() as u64,
+                    offset: self.open.slots as u64,
                     length: self.open.seq,
                     size: data.len() as u64,
                     hash,
@@ -384,7 +421,12 @@ impl Packer {
                 self.out.bytes_new += data.len() as u64;
                 self.open.plain_bytes += data.len() as u64;
                 self.open.chunks.push(c.clone());
-                self.start_sealing(data);
+                self.open.slots += 1;
+                self.batch_bytes += data.len();
+                self.batch.push(data);
+                if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_CHUNKS {
+                    self.dispatch();
+                }
                 self.pending.insert(hash, c.clone());
                 c
             }
@@ -393,31 +435,31 @@ impl Packer {
         Ok(())
     }
 
-    /// Compresses and encrypts a new chunk on the thread pool, into the open pack's next
-    /// slot. Its bytes count against the read-ahead budget until then, so plaintext in
-    /// memory stays bounded however far the pool falls behind.
-    fn start_sealing(&mut self, data: Vec<u8>) {
-        let (seq, slot) = (self.open.seq, self.open.messages.len());
-        self.open.messages.push(None);
+    /// Hands the batch of new chunks to the thread pool, to be compressed and encrypted
+    /// into the open pack's next slots. Their bytes count against the read-ahead budget
+    /// until then, so plaintext in memory stays bounded however far the pool falls behind.
+    fn dispatch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let bytes = std::mem::take(&mut self.batch_bytes);
+        let (seq, number) = (self.open.seq, self.open.batches.len());
+        self.open.batches.push(None);
         self.open.outstanding += 1;
         let session = self.open.session.clone();
         let budget = self.budget.clone();
         let returned = self.returned_tx.clone();
         rayon::spawn(move || {
-            let message = {
-                let (payload, encoding) = encode(&data);
-                session.encrypt(&payload).map(|m| (m, encoding))
-            };
-            budget.release(data.len() as u64);
-            drop(data);
+            let sealed = seal_batch(&session, batch, bytes, &budget);
             // The packer stopped if it hung up; its error is reported instead.
-            let _ = returned.send((seq, slot, message));
+            let _ = returned.send((seq, number, sealed));
         });
     }
 
-    /// Puts a message the pool returned in its pack's slot.
-    fn returned(&mut self, (seq, slot, message): Returned) -> Result<()> {
-        let message = message?;
+    /// Puts a batch the pool returned in its pack.
+    fn returned(&mut self, (seq, number, sealed): Returned) -> Result<()> {
+        let sealed = sealed?;
         let pack = if seq == self.open.seq {
             &mut self.open
         } else {
@@ -426,7 +468,7 @@ impl Packer {
                 .get_mut((seq - first) as usize)
                 .ok_or_else(|| Error::Usage(format!("internal error: no pack {seq}")))?
         };
-        pack.messages[slot] = Some(message);
+        pack.batches[number] = Some(sealed);
         pack.outstanding -= 1;
         Ok(())
     }
@@ -442,6 +484,7 @@ impl Packer {
 
     /// The open pack is full: it waits for its last messages while a new one fills.
     fn close(&mut self) -> Result<()> {
+        self.dispatch();
         let next = Building::new(self.open.seq + 1, &self.setup_encryptor)?;
         let full = std::mem::replace(&mut self.open, next);
         self.closing.push_back(full);
@@ -487,14 +530,16 @@ impl Packer {
         pack_tx: &tokio::sync::mpsc::Sender<SealedPack>,
     ) -> Result<()> {
         let mut hasher = blake3::Hasher::new();
-        let mut places = Vec::with_capacity(pack.messages.len());
-        let mut parts = Vec::with_capacity(pack.messages.len());
+        let mut places = Vec::with_capacity(pack.slots);
+        let mut parts = Vec::with_capacity(pack.batches.len());
         let mut offset = 0u64;
-        for (message, encoding) in pack.messages.into_iter().flatten() {
-            places.push((offset, message.len() as u64, encoding));
-            offset += message.len() as u64;
-            hasher.update(&message);
-            parts.push(Bytes::from(message));
+        for batch in pack.batches.into_iter().flatten() {
+            for (length, encoding) in batch.messages {
+                places.push((offset, length, encoding));
+                offset += length;
+            }
+            hasher.update(&batch.bytes);
+            parts.push(Bytes::from(batch.bytes));
         }
         let key = ObjectKey::from(hasher.finalize());
         let seq = pack.seq;
@@ -561,6 +606,39 @@ impl Packer {
         }
         Ok(())
     }
+}
+
+/// Compresses and encrypts a batch of chunks, one message each, end to end into one
+/// buffer of exactly their size; then releases their bytes from the read-ahead budget.
+fn seal_batch(
+    session: &PackSession,
+    batch: Vec<Bytes>,
+    bytes: usize,
+    budget: &Budget,
+) -> Result<SealedBatch> {
+    let encoded: Vec<_> = batch.iter().map(|data| encode(data)).collect();
+    let size = encoded
+        .iter()
+        .map(|(p, _)| session.message_len(p.len()))
+        .sum();
+    let mut out = Vec::with_capacity(size);
+    let mut messages = Vec::with_capacity(batch.len());
+    let mut sealed = Ok(());
+    for (payload, encoding) in &encoded {
+        let start = out.len();
+        sealed = session.encrypt_into(payload, &mut out);
+        if sealed.is_err() {
+            break;
+        }
+        messages.push(((out.len() - start) as u64, *encoding));
+    }
+    drop(encoded);
+    drop(batch);
+    budget.release(bytes as u64);
+    sealed.map(|()| SealedBatch {
+        bytes: out,
+        messages,
+    })
 }
 
 /// Whether `entry` points into a pack not sealed yet.
@@ -669,12 +747,18 @@ fn compress_if_it_pays(data: &[u8]) -> Option<Vec<u8>> {
             *cell = Some(cctx);
         }
         let cctx = cell.as_mut()?;
+        let mut out = Vec::with_capacity(data.len() * 9 / 10);
+        if data.len() <= COMPRESSION_SAMPLE {
+            // In one call: no staging through the stream's buffers. It fails when the
+            // output does not fit in nine tenths of the input, i.e. when it does not pay.
+            let written = cctx.compress2(&mut out, data).ok()?;
+            return pays(written, data.len()).then_some(out);
+        }
         // A previous chunk may have been given up half way.
         cctx.reset(ResetDirective::SessionOnly).ok()?;
         cctx.set_pledged_src_size(Some(data.len() as u64)).ok()?;
-        let mut out = Vec::with_capacity(data.len() * 9 / 10);
         let mut output = OutBuffer::around(&mut out);
-        let sample = data.len().min(COMPRESSION_SAMPLE);
+        let sample = COMPRESSION_SAMPLE;
         // Compresses `input` and flushes or ends the frame; `None` once `output` is full.
         let step = |cctx: &mut CCtx, output: &mut OutBuffer<'_, Vec<u8>>, input, end| {
             let mut input = InBuffer::around(input);
@@ -688,15 +772,11 @@ fn compress_if_it_pays(data: &[u8]) -> Option<Vec<u8>> {
                 }
             }
         };
-        if sample < data.len() {
-            step(cctx, &mut output, &data[..sample], ZSTD_e_flush)?;
-            if !pays(output.pos(), sample) {
-                return None;
-            }
-            step(cctx, &mut output, &data[sample..], ZSTD_e_end)?;
-        } else {
-            step(cctx, &mut output, data, ZSTD_e_end)?;
+        step(cctx, &mut output, &data[..sample], ZSTD_e_flush)?;
+        if !pays(output.pos(), sample) {
+            return None;
         }
+        step(cctx, &mut output, &data[sample..], ZSTD_e_end)?;
         let written = output.pos();
         pays(written, data.len()).then_some(out)
     })
@@ -757,7 +837,14 @@ mod tests {
         let mut mixed = text.clone();
         mixed.extend(random(COMPRESSION_SAMPLE, 5));
         assert_eq!(round_trips(&mixed), Encoding::Zstd);
-        // The thread's context works again after a chunk was given up half way.
+        // The thread's context works again after a chunk was given up half way, in one
+        // call and streamed.
+        let mut mixed = text[..COMPRESSION_SAMPLE].to_vec();
+        mixed.extend(random(COMPRESSION_SAMPLE * 20, 6));
+        assert_eq!(round_trips(&mixed), Encoding::Raw);
+        assert_eq!(round_trips(&text[..5000]), Encoding::Zstd);
+        assert_eq!(round_trips(&mixed), Encoding::Raw);
         assert_eq!(round_trips(&text), Encoding::Zstd);
+        assert_eq!(round_trips(&random(COMPRESSION_SAMPLE, 7)), Encoding::Raw);
     }
 }

@@ -158,6 +158,14 @@ pub struct PackSession {
 }
 
 impl PackSession {
+    /// The exact length of the message [`PackSession::encrypt_into`] makes of `len`
+    /// bytes of plaintext.
+    pub fn message_len(&self, len: usize) -> usize {
+        let literal = 1 + length_len(6 + len) + 6;
+        let body = 1 + 18 + literal + len + 22;
+        self.header.len() + 1 + length_len(body) + body
+    }
+
     /// Encrypts `plaintext` as one complete OpenPGP message appended to `out`.
     ///
     /// The SEIPD v1 packet is assembled here, with definite lengths, rather than through
@@ -219,6 +227,15 @@ impl PackSession {
         let mut out = Vec::new();
         self.encrypt_into(plaintext, &mut out)?;
         Ok(out)
+    }
+}
+
+/// How many octets [`push_length`] writes for `len`.
+fn length_len(len: usize) -> usize {
+    match len {
+        0..=191 => 1,
+        192..=8383 => 2,
+        _ => 5,
     }
 }
 
@@ -469,10 +486,26 @@ mod tests {
         let session = enc.session().unwrap();
         // Literal bodies of 191/192 and 8383/8384 bytes, and the SEIPD lengths around
         // them, switch between 1-, 2- and 5-octet lengths.
-        for len in [0, 1, 185, 186, 200, 8000, 8377, 8378, 8400, 70_000, 1 << 20] {
+        for len in [
+            0,
+            1,
+            185,
+            186,
+            200,
+            8000,
+            8347,
+            8348,
+            8349,
+            8377,
+            8378,
+            8400,
+            70_000,
+            1 << 20,
+        ] {
             let plain = vec![len as u8; len];
             let msg = session.encrypt(&plain).unwrap();
             assert_eq!(dec.decrypt("m", &msg).unwrap(), plain, "length {len}");
+            assert_eq!(session.message_len(len), msg.len(), "length {len}");
         }
         let msg = session.encrypt(&[9u8; 300]).unwrap();
         for i in (session.header.len()..msg.len()).step_by(7) {

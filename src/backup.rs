@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! walk ─► read, chunk, hash ─(bounded)─► packer: dedup, pack, metafile
-//!   (main thread)                          │  new chunks ⇄ thread pool: compress and
-//!                                          │               encrypt, on all cores
+//!   (main thread)                          │  batches of new chunks ⇄ thread pool:
+//!                                          │     compress and encrypt, on all cores
 //!                                          │ sealed packs (bounded)
 //!                                          ▼
 //!                      uploader: create-only puts, bounded concurrency

@@ -47,7 +47,9 @@ pub enum PutOutcome {
 /// below it a file is read into memory for one create-only put, so this bounds the memory
 /// a large metafile costs (a million entries make tens of MiB).
 pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
-const PART_SIZE: usize = 8 << 20;
+/// Parts of a multipart upload: S3's smallest, so that a large metafile costs little
+/// memory (a part being filled and one being sent).
+const PART_SIZE: usize = 5 << 20;
 
 /// One target.
 #[derive(Clone, Debug)]
@@ -156,7 +158,7 @@ impl Store {
         let result: std::result::Result<(), object_store::Error> = runtime().block_on(async {
             let upload = store.put_multipart(path).await?;
             let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-            let mut buf = vec![0u8; PART_SIZE];
+            let mut buf = vec![0u8; 1 << 20];
             loop {
                 let n = file
                     .read(&mut buf)
@@ -167,7 +169,7 @@ impl Store {
                 if n == 0 {
                     break;
                 }
-                writer.wait_for_capacity(2).await?;
+                writer.wait_for_capacity(1).await?;
                 writer.write(&buf[..n]);
             }
             writer.finish().await.map(|_| ())

@@ -335,6 +335,33 @@ fn chunk_lines_of(metafile: &str, path: &str) -> Vec<Vec<String>> {
     panic!("no file line for {path} in\n{metafile}");
 }
 
+/// A metafile larger than one 64 KiB part of its three streamed packets (literal,
+/// compressed, SEIPD) decrypts with gpg, and coffer restores from it.
+#[test]
+fn a_metafile_of_many_parts_decrypts_with_gpg_and_restores() {
+    let fx = Fixture::new();
+    // Random names and contents: every entry adds ~70 bytes the compression cannot save.
+    for i in 0..3000u64 {
+        let name = hex::encode(pseudo_random(i + 10, 12));
+        write(&fx.src.join(&name[..2]).join(&name), &pseudo_random(i, 40));
+    }
+    fx.backup_ok();
+    let metas = fx.metafiles();
+    let stored = read(&metas[0]);
+    assert!(stored.len() > 3 * 65536, "{} bytes", stored.len());
+
+    let gpg = Gpg::new();
+    gpg.run(&[OsStr::new("--import"), fx.secret_key.as_os_str()], None);
+    let text = String::from_utf8(gpg.decrypt(&stored)).expect("metafile is text");
+    assert!(text.starts_with("coffer-metafile 1\n"), "{}", &text[..100]);
+    assert!(text.ends_with('\n') && text.lines().last().unwrap().starts_with("end "));
+    assert_eq!(text.matches("\nfile ").count(), 3000);
+
+    let dest = fx.path("restored");
+    fx.restore(&dest, &[]).ok();
+    assert_same_tree(&fx.src, &dest);
+}
+
 #[test]
 fn gpg_decrypts_the_metafile_and_each_chunk() {
     let fx = Fixture::new();

@@ -190,7 +190,7 @@ impl Building {
 /// An acknowledged pack: its chunks and when it was sealed.
 type Ack = (Vec<ChunkRef>, i64);
 
-type MetaWriter = metafile::Writer<BufWriter<MessageWriter<'static>>>;
+type MetaWriter = metafile::Writer<BufWriter<MessageWriter<std::fs::File>>>;
 
 pub(super) struct Packer {
     setup_encryptor: Encryptor,

@@ -12,8 +12,10 @@
 //! work is paid per pack, not per chunk, and `gpg -d` still decrypts each chunk alone.
 
 mod keys;
+mod stream;
 
 pub use keys::{generate_key, load_recipients, load_secret_keys, GeneratedKey, KeyAlgorithm};
+pub use stream::MessageWriter;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -29,9 +31,8 @@ use openpgp::parse::stream::{
 };
 use openpgp::parse::Parse;
 use openpgp::policy::StandardPolicy;
-use openpgp::serialize::stream::{Compressor, Encryptor as SqEncryptor, LiteralWriter, Message};
 use openpgp::serialize::Serialize;
-use openpgp::types::{CompressionAlgorithm, CompressionLevel, SymmetricAlgorithm};
+use openpgp::types::SymmetricAlgorithm;
 use openpgp::{Cert, KeyHandle};
 
 use crate::error::{Error, Result};
@@ -123,31 +124,9 @@ impl Encryptor {
 
     /// A writer that encrypts everything written to it into `sink` as one OpenPGP message
     /// (compressed with DEFLATE, OpenPGP algorithm 1, inside the encryption; `gpg -d`
-    /// undoes it by itself).
-    /// Call [`MessageWriter::finish`] to flush the last packets.
-    pub fn message_writer<'a, W: Write + Send + Sync + 'a>(
-        &self,
-        sink: W,
-    ) -> Result<MessageWriter<'a>> {
-        let session = self.session()?;
-        let mut sink = sink;
-        sink.write_all(&session.header)
-            .map_err(|e| crypto_err("writing message header", e))?;
-        let message = Message::new(sink);
-        let message = SqEncryptor::with_session_key(message, SYMMETRIC, session.sk.clone())
-            .and_then(|e| e.build())
-            .map_err(|e| crypto_err("starting encryption", e))?;
-        // DEFLATE's fastest level: the metafile is written on the packer thread, and at
-        // the default level compressing it took a fifth of a no-change run's time.
-        let message = Compressor::new(message)
-            .algo(CompressionAlgorithm::Zip)
-            .level(CompressionLevel::fastest())
-            .build()
-            .map_err(|e| crypto_err("starting compression", e))?;
-        let message = LiteralWriter::new(message)
-            .build()
-            .map_err(|e| crypto_err("starting literal packet", e))?;
-        Ok(MessageWriter { inner: message })
+    /// undoes it by itself). Call [`MessageWriter::finish`] to write the last packets.
+    pub fn message_writer<W: Write + Send + Sync>(&self, sink: W) -> Result<MessageWriter<W>> {
+        MessageWriter::new(sink, &self.session()?)
     }
 }
 
@@ -255,29 +234,6 @@ fn push_length(out: &mut Vec<u8>, len: usize) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A streaming encrypting writer (see [`Encryptor::message_writer`]).
-pub struct MessageWriter<'a> {
-    inner: Message<'a>,
-}
-
-impl Write for MessageWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl MessageWriter<'_> {
-    /// Writes the trailing packets (MDC) and flushes. Without it the message is truncated.
-    pub fn finish(self) -> Result<()> {
-        self.inner
-            .finalize()
-            .map_err(|e| crypto_err("finishing encryption", e))
-    }
 }
 
 type SessionCache = HashMap<Vec<u8>, (Option<SymmetricAlgorithm>, SessionKey)>;
@@ -522,14 +478,46 @@ mod tests {
     #[test]
     fn stream_roundtrip() {
         let (enc, dec) = pair();
-        let mut out = Vec::new();
-        let mut w = enc.message_writer(&mut out).unwrap();
-        w.write_all(&vec![7u8; 100_000]).unwrap();
-        w.finish().unwrap();
-        let mut r = dec.reader("m", io::Cursor::new(out)).unwrap();
-        let mut plain = Vec::new();
-        r.read_to_end(&mut plain).unwrap();
-        assert_eq!(plain, vec![7u8; 100_000]);
+        let mut x = 1u64;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        // Around the 64 KiB parts of the literal packet (6 header bytes, then the data),
+        // and long enough that the compressed and SEIPD packets have several parts too.
+        let texts: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"x".to_vec(),
+            vec![7u8; 100_000],
+            noise[..65530].to_vec(),
+            noise[..65536].to_vec(),
+            noise[..65537].to_vec(),
+            noise.clone(),
+        ];
+        for text in texts {
+            let mut w = enc.message_writer(Vec::new()).unwrap();
+            // In uneven writes, as a BufWriter hands them on.
+            for piece in text.chunks(10_000) {
+                w.write_all(piece).unwrap();
+            }
+            let out = w.finish().unwrap();
+            let mut r = dec.reader("m", io::Cursor::new(&out)).unwrap();
+            let mut plain = Vec::new();
+            r.read_to_end(&mut plain).unwrap();
+            assert!(plain == text, "{} bytes", text.len());
+            let mut bad = out.clone();
+            let n = bad.len() / 2;
+            bad[n] ^= 1;
+            let mut plain = Vec::new();
+            let read = dec
+                .reader("bad", io::Cursor::new(bad))
+                .and_then(|mut r| r.read_to_end(&mut plain).map_err(|e| Error::io("m", e)));
+            assert!(read.is_err(), "a flipped byte in {} bytes", text.len());
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ mod restore;
 pub mod retention;
 mod source;
 mod store;
+#[cfg(test)]
+mod test_data;
 
 pub use backup::{backup, backup_all, BackupStats};
 pub use bench::{bench, BenchInput, BenchReport};

@@ -786,17 +786,7 @@ fn compress_if_it_pays(data: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    fn random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::test_data::noise as random;
 
     fn round_trips(data: &[u8]) -> Encoding {
         let (out, enc) = encode(data);

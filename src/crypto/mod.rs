@@ -478,15 +478,7 @@ mod tests {
     #[test]
     fn stream_roundtrip() {
         let (enc, dec) = pair();
-        let mut x = 1u64;
-        let noise: Vec<u8> = (0..300_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = crate::test_data::noise(300_000, 1);
         // Around the 64 KiB parts of the literal packet (6 header bytes, then the data),
         // and long enough that the compressed and SEIPD packets have several parts too.
         let texts: Vec<Vec<u8>> = vec![

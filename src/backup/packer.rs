@@ -308,7 +308,8 @@ impl Packer {
         let enc = buffered
             .into_inner()
             .map_err(|e| Error::io("metafile (temporary)", e.into_error()))?;
-        enc.finish()?;
+        enc.finish()
+            .map_err(|e| Error::io("metafile (temporary)", e))?;
         Ok(PackerOutput {
             metafile: self.metafile,
             referenced: self.referenced,

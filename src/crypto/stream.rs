@@ -133,23 +133,22 @@ impl<W: Write + Send + Sync> MessageWriter<W> {
         Ok(MessageWriter { literal })
     }
 
-    /// Writes the last parts and the MDC packet, and flushes; returns the sink.
-    pub fn finish(self) -> Result<W> {
-        let io = |e| crypto_err("finishing the message", e);
-        let compressed = self.literal.finish().map_err(io)?.finish().map_err(io)?;
-        let mut plain = compressed.finish().map_err(io)?;
+    /// Writes the last parts and the MDC packet, and flushes; returns the sink. Its
+    /// errors are the sink's (a full disk, say): the caller names the file.
+    pub fn finish(self) -> io::Result<W> {
+        let compressed = self.literal.finish()?.finish()?;
+        let mut plain = compressed.finish()?;
         const MDC_HEADER: [u8; 2] = [0xC0 | 19, 20];
-        plain.write_all(&MDC_HEADER).map_err(io)?;
+        plain.write_all(&MDC_HEADER)?;
         let Mdc {
             inner: mut cfb,
             sha,
         } = plain;
-        cfb.write_all(&sha.finalize()).map_err(io)?;
-        let seipd = cfb
-            .finalize()
-            .map_err(|e| crypto_err("finishing encryption", e))?;
-        let mut sink = seipd.finish().map_err(io)?;
-        sink.flush().map_err(io)?;
+        cfb.write_all(&sha.finalize())?;
+        // Writes the last partial block to the sink: its errors are the sink's.
+        let seipd = cfb.finalize().map_err(io::Error::other)?;
+        let mut sink = seipd.finish()?;
+        sink.flush()?;
         Ok(sink)
     }
 }

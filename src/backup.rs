@@ -15,7 +15,9 @@
 //! acknowledged. Invariant 2: the index records a chunk only after its pack was
 //! acknowledged; chunks waiting for acknowledgement are deduplicated through an in-memory
 //! map whose size is bounded by the packs in flight. The read-ahead budget counts a new
-//! chunk's plaintext until the pool has encrypted it, so it bounds plaintext in memory.
+//! chunk's plaintext until the pool has encrypted it, so it bounds plaintext in memory
+//! (chunks are slices of the 4 MiB pieces files are read in, src/chunker.rs, so a few
+//! pieces more at most).
 
 mod packer;
 

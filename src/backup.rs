@@ -21,12 +21,12 @@
 
 mod packer;
 
-use bytes::Bytes;
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::Instant;
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use crate::chunker::Chunker;

@@ -140,7 +140,7 @@ impl PackSession {
     /// The exact length of the message [`PackSession::encrypt_into`] makes of `len`
     /// bytes of plaintext.
     pub fn message_len(&self, len: usize) -> usize {
-        let literal = 1 + length_len(6 + len) + 6;
+        let literal = 1 + length_len(LITERAL_FIELDS.len() + len) + LITERAL_FIELDS.len();
         let body = 1 + 18 + literal + len + 22;
         self.header.len() + 1 + length_len(body) + body
     }
@@ -154,19 +154,13 @@ impl PackSession {
     /// cipher is sequoia's (OpenPGP CFB: zero IV, no resynchronisation); the layout is
     /// RFC 4880 section 5.13, as docs/FORMAT.md section 3 describes.
     pub fn encrypt_into(&self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        use openpgp::crypto::symmetric::{BlockCipherMode, Encryptor as Cfb, PaddingMode};
         use sha1::Digest;
         // Literal data packet header: tag 11, length, format 'b', empty name, date 0.
         let mut literal = Vec::with_capacity(12);
         literal.push(0xC0 | 11);
-        push_length(&mut literal, 6 + plaintext.len())?;
-        literal.extend_from_slice(&[b'b', 0, 0, 0, 0, 0]);
-        // The prefix: 16 random bytes, then a repetition of the last two.
-        let mut prefix = [0u8; 18];
-        getrandom::fill(&mut prefix[..16]).map_err(|e| crypto_err("random prefix", e))?;
-        prefix[16] = prefix[14];
-        prefix[17] = prefix[15];
-        const MDC_HEADER: [u8; 2] = [0xC0 | 19, 20];
+        push_length(&mut literal, LITERAL_FIELDS.len() + plaintext.len())?;
+        literal.extend_from_slice(&LITERAL_FIELDS);
+        let prefix = random_prefix()?;
         let mut sha = sha1::Sha1::new();
         sha.update(prefix);
         sha.update(&literal);
@@ -175,21 +169,12 @@ impl PackSession {
         let mdc = sha.finalize();
 
         let body = 1 + prefix.len() + literal.len() + plaintext.len() + MDC_HEADER.len() + 20;
-        out.reserve(self.header.len() + 6 + body);
+        out.reserve(self.message_len(plaintext.len()));
         out.extend_from_slice(&self.header);
         out.push(0xC0 | 18);
         push_length(out, body)?;
         out.push(1); // SEIPD version 1
-        let fail = |e| crypto_err("encrypting", e);
-        let mut cfb = Cfb::new(
-            SYMMETRIC,
-            BlockCipherMode::CFB,
-            PaddingMode::None,
-            &self.sk,
-            None,
-            &mut *out,
-        )
-        .map_err(fail)?;
+        let mut cfb = cfb_writer(&self.sk, &mut *out)?;
         for part in [&prefix[..], &literal, plaintext, &MDC_HEADER, &mdc[..]] {
             cfb.write_all(part)
                 .map_err(|e| crypto_err("encrypting", e))?;
@@ -207,6 +192,40 @@ impl PackSession {
         self.encrypt_into(plaintext, &mut out)?;
         Ok(out)
     }
+}
+
+/// A literal data packet's fields before its data: format 'b' (binary), an empty file
+/// name, date 0.
+const LITERAL_FIELDS: [u8; 6] = [b'b', 0, 0, 0, 0, 0];
+
+/// The MDC packet's header (tag 19, length 20); the SHA-1 covers it.
+const MDC_HEADER: [u8; 2] = [0xC0 | 19, 20];
+
+/// The start of a SEIPD v1 packet's plaintext: 16 random bytes, then a repetition of the
+/// last two (the CFB IV itself is all zeros).
+fn random_prefix() -> Result<[u8; 18]> {
+    let mut prefix = [0u8; 18];
+    getrandom::fill(&mut prefix[..16]).map_err(|e| crypto_err("random prefix", e))?;
+    prefix[16] = prefix[14];
+    prefix[17] = prefix[15];
+    Ok(prefix)
+}
+
+/// OpenPGP CFB (zero IV, no resynchronisation) with the session key, into `sink`.
+fn cfb_writer<W: Write>(
+    sk: &SessionKey,
+    sink: W,
+) -> Result<openpgp::crypto::symmetric::Encryptor<W>> {
+    use openpgp::crypto::symmetric::{BlockCipherMode, Encryptor as Cfb, PaddingMode};
+    Cfb::new(
+        SYMMETRIC,
+        BlockCipherMode::CFB,
+        PaddingMode::None,
+        sk,
+        None,
+        sink,
+    )
+    .map_err(|e| crypto_err("starting encryption", e))
 }
 
 /// How many octets [`push_length`] writes for `len`.

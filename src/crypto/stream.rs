@@ -13,10 +13,12 @@ use std::io::{self, Write};
 
 use sequoia_openpgp as openpgp;
 
-use openpgp::crypto::symmetric::{BlockCipherMode, Encryptor as Cfb, PaddingMode};
+use openpgp::crypto::symmetric::Encryptor as Cfb;
 use sha1::Digest;
 
-use super::{crypto_err, push_length, PackSession, SYMMETRIC};
+use super::{
+    cfb_writer, crypto_err, push_length, random_prefix, PackSession, LITERAL_FIELDS, MDC_HEADER,
+};
 use crate::error::Result;
 
 /// Partial body lengths are 2^PART_LOG2 bytes (RFC 4880 section 4.2.2.4 wants the first
@@ -102,25 +104,12 @@ impl<W: Write + Send + Sync> MessageWriter<W> {
         sink.write_all(&session.header).map_err(io)?;
         let mut seipd = Partial::new(sink, 18).map_err(io)?;
         seipd.write_all(&[1]).map_err(io)?; // SEIPD version 1
-        let cfb = Cfb::new(
-            SYMMETRIC,
-            BlockCipherMode::CFB,
-            PaddingMode::None,
-            &session.sk,
-            None,
-            seipd,
-        )
-        .map_err(|e| crypto_err("starting encryption", e))?;
+        let cfb = cfb_writer(&session.sk, seipd)?;
         let mut plain = Mdc {
             inner: cfb,
             sha: sha1::Sha1::new(),
         };
-        // The prefix: 16 random bytes, then a repetition of the last two.
-        let mut prefix = [0u8; 18];
-        getrandom::fill(&mut prefix[..16]).map_err(|e| crypto_err("random prefix", e))?;
-        prefix[16] = prefix[14];
-        prefix[17] = prefix[15];
-        plain.write_all(&prefix).map_err(io)?;
+        plain.write_all(&random_prefix()?).map_err(io)?;
         // A compressed data packet, algorithm 1 (DEFLATE), at DEFLATE's fastest level:
         // the metafile is written on the packer thread, and at the default level
         // compressing it took a fifth of a no-change run's time.
@@ -129,7 +118,7 @@ impl<W: Write + Send + Sync> MessageWriter<W> {
         let deflate = flate2::write::DeflateEncoder::new(compressed, flate2::Compression::fast());
         // A literal data packet: format 'b', no file name, date 0.
         let mut literal = Partial::new(deflate, 11).map_err(io)?;
-        literal.write_all(&[b'b', 0, 0, 0, 0, 0]).map_err(io)?;
+        literal.write_all(&LITERAL_FIELDS).map_err(io)?;
         Ok(MessageWriter { literal })
     }
 
@@ -138,7 +127,6 @@ impl<W: Write + Send + Sync> MessageWriter<W> {
     pub fn finish(self) -> io::Result<W> {
         let compressed = self.literal.finish()?.finish()?;
         let mut plain = compressed.finish()?;
-        const MDC_HEADER: [u8; 2] = [0xC0 | 19, 20];
         plain.write_all(&MDC_HEADER)?;
         let Mdc {
             inner: mut cfb,

@@ -383,12 +383,26 @@ impl Walk<'_> {
         let m = &item.metadata;
         let ft = m.file_type();
         let meta = self.names.meta(m);
+        if !crate::format::metafile::record_fits(&item.rel, b"", &meta) {
+            self.skip(&item.abs, "its path is too long to record");
+            return Ok(());
+        }
         let kind = if ft.is_file() {
             return self.file(item, meta);
         } else if ft.is_dir() {
             Kind::Dir
         } else if ft.is_symlink() {
             match std::fs::read_link(&item.abs) {
+                Ok(t)
+                    if !crate::format::metafile::record_fits(
+                        &item.rel,
+                        std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()),
+                        &meta,
+                    ) =>
+                {
+                    self.skip(&item.abs, "its path and target are too long to record");
+                    return Ok(());
+                }
                 Ok(t) => Kind::Symlink {
                     target: std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()).to_vec(),
                 },

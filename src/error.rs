@@ -80,6 +80,10 @@ pub enum Error {
         message: String,
     },
 
+    /// A bug in coffer, not a problem with the input: report it.
+    #[error("internal error: {0} (this is a bug in coffer; please report it)")]
+    Internal(String),
+
     /// Anything else that is the caller's mistake.
     #[error("{0}")]
     Usage(String),

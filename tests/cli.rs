@@ -198,7 +198,7 @@ fn round_trip_preserves_every_file_type_and_its_metadata() {
     );
 
     let dest = fx.path("restored");
-    fx.restore(&dest, &[]).ok();
+    fx.restore(&dest, &osargs(&["--setid", "--devices"])).ok();
     assert_same_tree(&fx.src, &dest);
 
     // Spot checks that the comparison itself would catch.

@@ -59,9 +59,18 @@ pub enum Command {
     Runs(RunsArgs),
     /// Restore a run (the newest of a source, a given run, or a metafile on disk).
     ///
-    /// Every chunk and file is checked against its BLAKE3. Files that cannot be restored
-    /// are named and the exit status is 3; everything else is restored. Existing files are
-    /// not overwritten unless --overwrite is given.
+    /// The whole metafile is checked before anything is written; then every chunk and
+    /// file is checked against its BLAKE3. Files that cannot be restored are named and
+    /// the exit status is 3; everything else is restored. Existing files are not
+    /// overwritten unless --overwrite is given, and nothing below the destination is
+    /// reached through a symbolic link already there.
+    ///
+    /// A run could have been forged by anyone holding the public key (a broken-into
+    /// host, say), so what could hand out privileges is restored only when asked for:
+    /// setuid and setgid bits of files need --setid, device nodes need --devices. Owners
+    /// are set when restoring as root (--no-owner: never). Each left out is named, and
+    /// the exit status is 3.
+    #[command(verbatim_doc_comment)]
     Restore(RestoreArgs),
     /// Measure how fast each stage of a backup, and a whole backup, runs on this machine.
     ///
@@ -289,9 +298,19 @@ pub struct RestoreArgs {
     /// Destination directory
     #[arg(long, value_name = "DIR")]
     pub to: PathBuf,
-    /// Replace files that already exist in the destination
+    /// Replace files that already exist in the destination (and give existing
+    /// directories their recorded owner, mode and mtime)
     #[arg(long)]
     pub overwrite: bool,
+    /// Keep the setuid and setgid bits of files [default: dropped, counted, exit status 3]
+    #[arg(long)]
+    pub setid: bool,
+    /// Create device nodes [default: not created, named, exit status 3]
+    #[arg(long)]
+    pub devices: bool,
+    /// Do not set recorded owners, even as root [default: set them when run as root]
+    #[arg(long)]
+    pub no_owner: bool,
     /// Print the statistics as JSON
     #[arg(long)]
     pub json: bool,

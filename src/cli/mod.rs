@@ -285,6 +285,11 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
     })?;
     let mut opts = RestoreOptions::new(&a.to);
     opts.overwrite = a.overwrite;
+    opts.setid = a.setid;
+    opts.devices = a.devices;
+    if a.no_owner {
+        opts.owners = Some(false);
+    }
     opts.paths = a
         .paths
         .iter()
@@ -301,11 +306,13 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
     } else {
         print!("{}", output::restore_summary(&stats));
     }
-    Ok(if stats.failed > 0 {
-        EXIT_PARTIAL
-    } else {
-        EXIT_OK
-    })
+    Ok(
+        if stats.failed > 0 || stats.skipped > 0 || stats.setid_stripped > 0 {
+            EXIT_PARTIAL
+        } else {
+            EXIT_OK
+        },
+    )
 }
 
 fn bench(a: BenchArgs) -> Result<u8> {

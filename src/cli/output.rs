@@ -62,8 +62,18 @@ pub fn backup_summary(s: &BackupStats) -> String {
 }
 
 pub fn restore_summary(s: &RestoreStats) -> String {
+    let mut left_out = String::new();
+    if s.skipped > 0 {
+        left_out += &format!(", {} device nodes not created (--devices)", s.skipped);
+    }
+    if s.setid_stripped > 0 {
+        left_out += &format!(
+            ", {} without setuid/setgid bits (--setid)",
+            s.setid_stripped
+        );
+    }
     format!(
-        "restored run {}: {} files ({}), {} other entries, {} failed, {:.2}s\n",
+        "restored run {}: {} files ({}), {} other entries, {} failed{left_out}, {:.2}s\n",
         s.run,
         s.files,
         bytes(s.bytes),

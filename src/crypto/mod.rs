@@ -12,28 +12,24 @@
 //! work is paid per pack, not per chunk, and `gpg -d` still decrypts each chunk alone.
 
 mod keys;
+mod read;
 mod stream;
 
 pub use keys::{generate_key, load_recipients, load_secret_keys, GeneratedKey, KeyAlgorithm};
 pub use stream::MessageWriter;
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use sequoia_openpgp as openpgp;
 
 use openpgp::crypto::{KeyPair, SessionKey};
 use openpgp::packet::prelude::*;
-use openpgp::packet::{PKESK, SKESK};
-use openpgp::parse::stream::{
-    DecryptionHelper, DecryptorBuilder, MessageStructure, VerificationHelper,
-};
-use openpgp::parse::Parse;
 use openpgp::policy::StandardPolicy;
 use openpgp::serialize::Serialize;
 use openpgp::types::SymmetricAlgorithm;
-use openpgp::{Cert, KeyHandle};
+use openpgp::Cert;
 
 use crate::error::{Error, Result};
 
@@ -255,7 +251,8 @@ fn push_length(out: &mut Vec<u8>, len: usize) -> Result<()> {
     Ok(())
 }
 
-type SessionCache = HashMap<Vec<u8>, (Option<SymmetricAlgorithm>, SessionKey)>;
+/// Session keys recovered so far, by the PKESK packets they were recovered from.
+type SessionCache = HashMap<Vec<u8>, SessionKey>;
 
 /// Secret keys that can decrypt, plus a cache of session keys already recovered, so a
 /// pack's chunks cost one public-key operation between them.
@@ -284,153 +281,12 @@ impl Decryptor {
             cache: Arc::new(Mutex::new(HashMap::new())),
         }
     }
-
-    /// Decrypts one complete message held in memory; `what` names it in errors.
-    pub fn decrypt(&self, what: &str, message: &[u8]) -> Result<Vec<u8>> {
-        // The plaintext is never longer than the message: hold back no more than that
-        // (sequoia's default reserves 25 MiB per message) while the MDC is checked.
-        let mut reader = self.reader_with(what, io::Cursor::new(message), message.len())?;
-        let mut out = Vec::with_capacity(message.len());
-        reader.read_to_end(&mut out).map_err(|e| Error::Corrupt {
-            what: what.to_string(),
-            reason: format!("decryption failed: {e}"),
-        })?;
-        Ok(out)
-    }
-
-    /// A reader that decrypts a streamed message.
-    pub fn reader<'a, R: Read + Send + Sync + 'a>(
-        &self,
-        what: &str,
-        source: R,
-    ) -> Result<Box<dyn Read + Send + Sync + 'a>> {
-        self.reader_with(what, source, openpgp::parse::stream::DEFAULT_BUFFER_SIZE)
-    }
-
-    fn reader_with<'a, R: Read + Send + Sync + 'a>(
-        &self,
-        what: &str,
-        source: R,
-        buffer: usize,
-    ) -> Result<Box<dyn Read + Send + Sync + 'a>> {
-        let helper = Helper {
-            keys: self.keys.clone(),
-            key_ids: self.key_ids.clone(),
-            cache: self.cache.clone(),
-            failure: None,
-        };
-        let builder = DecryptorBuilder::from_reader(source).map_err(|e| Error::Corrupt {
-            what: what.to_string(),
-            reason: format!("not an OpenPGP message: {e}"),
-        })?;
-        match builder
-            .buffer_size(buffer)
-            .with_policy(&*POLICY, None, helper)
-        {
-            Ok(d) => Ok(Box::new(d)),
-            Err(e) => {
-                let text = e.to_string();
-                if let Some(WrongKeyMarker(reason)) = e.downcast_ref::<WrongKeyMarker>() {
-                    Err(Error::WrongKey {
-                        what: what.to_string(),
-                        reason: reason.clone(),
-                    })
-                } else {
-                    Err(Error::Corrupt {
-                        what: what.to_string(),
-                        reason: format!("cannot decrypt: {text}"),
-                    })
-                }
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct WrongKeyMarker(String);
-impl std::fmt::Display for WrongKeyMarker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for WrongKeyMarker {}
-
-struct Helper {
-    keys: Arc<Vec<KeyPair>>,
-    key_ids: Arc<Vec<String>>,
-    cache: Arc<Mutex<SessionCache>>,
-    failure: Option<String>,
-}
-
-impl VerificationHelper for Helper {
-    fn get_certs(&mut self, _ids: &[KeyHandle]) -> openpgp::Result<Vec<Cert>> {
-        Ok(Vec::new())
-    }
-    fn check(&mut self, _structure: MessageStructure) -> openpgp::Result<()> {
-        Ok(())
-    }
-}
-
-impl DecryptionHelper for Helper {
-    fn decrypt(
-        &mut self,
-        pkesks: &[PKESK],
-        _skesks: &[SKESK],
-        sym_algo: Option<SymmetricAlgorithm>,
-        decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
-    ) -> openpgp::Result<Option<Cert>> {
-        let mut cache_key = Vec::new();
-        for p in pkesks {
-            Packet::PKESK(p.clone()).serialize(&mut cache_key)?;
-        }
-        if let Some((algo, sk)) = self.cache.lock().expect("cache lock").get(&cache_key) {
-            if decrypt(*algo, sk) {
-                return Ok(None);
-            }
-        }
-        for pkesk in pkesks {
-            for pair in self.keys.iter() {
-                let matches = match pkesk.recipient() {
-                    Some(handle) => handle.aliases(KeyHandle::from(pair.public().keyid())),
-                    None => true, // anonymous recipient: try every key
-                };
-                if !matches {
-                    continue;
-                }
-                let mut pair = pair.clone();
-                if let Some((algo, sk)) = pkesk.decrypt(&mut pair, sym_algo) {
-                    if decrypt(algo, &sk) {
-                        let mut cache = self.cache.lock().expect("cache lock");
-                        if cache.len() > 4096 {
-                            cache.clear();
-                        }
-                        cache.insert(cache_key, (algo, sk));
-                        return Ok(None);
-                    }
-                }
-            }
-        }
-        let wanted: Vec<String> = pkesks
-            .iter()
-            .filter_map(|p| p.recipient().map(|r| r.to_hex()))
-            .collect();
-        let reason = format!(
-            "none of the given secret keys ({}) can decrypt it; it is encrypted to key(s) {}",
-            self.key_ids.join(", "),
-            if wanted.is_empty() {
-                "(anonymous)".to_string()
-            } else {
-                wanted.join(", ")
-            }
-        );
-        self.failure = Some(reason.clone());
-        Err(WrongKeyMarker(reason).into())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{self, Read};
 
     fn pair() -> (Encryptor, Decryptor) {
         let key = generate_key("test", KeyAlgorithm::Cv25519, None).unwrap();
@@ -446,13 +302,13 @@ mod tests {
         let session = enc.session().unwrap();
         let a = session.encrypt(b"hello").unwrap();
         let b = session.encrypt(b"").unwrap();
-        assert_eq!(dec.decrypt("a", &a).unwrap(), b"hello");
-        assert_eq!(dec.decrypt("b", &b).unwrap(), b"");
+        assert_eq!(dec.open_chunk("a", &a).unwrap(), b"hello");
+        assert_eq!(dec.open_chunk("b", &b).unwrap(), b"");
         // tampering is detected
         let mut bad = a.clone();
         let n = bad.len() - 30;
         bad[n] ^= 1;
-        assert!(dec.decrypt("bad", &bad).is_err());
+        assert!(dec.open_chunk("bad", &bad).is_err());
     }
 
     #[test]
@@ -479,7 +335,7 @@ mod tests {
         ] {
             let plain = vec![len as u8; len];
             let msg = session.encrypt(&plain).unwrap();
-            assert_eq!(dec.decrypt("m", &msg).unwrap(), plain, "length {len}");
+            assert_eq!(dec.open_chunk("m", &msg).unwrap(), plain, "length {len}");
             assert_eq!(session.message_len(len), msg.len(), "length {len}");
         }
         let msg = session.encrypt(&[9u8; 300]).unwrap();
@@ -487,11 +343,11 @@ mod tests {
             let mut bad = msg.clone();
             bad[i] ^= 0x20;
             assert!(
-                dec.decrypt("bad", &bad).is_err(),
+                dec.open_chunk("bad", &bad).is_err(),
                 "flipped byte {i} went unnoticed"
             );
         }
-        assert!(dec.decrypt("cut", &msg[..msg.len() - 1]).is_err());
+        assert!(dec.open_chunk("cut", &msg[..msg.len() - 1]).is_err());
     }
 
     #[test]
@@ -516,7 +372,7 @@ mod tests {
                 w.write_all(piece).unwrap();
             }
             let out = w.finish().unwrap();
-            let mut r = dec.reader("m", io::Cursor::new(&out)).unwrap();
+            let mut r = dec.metafile_reader("m", io::Cursor::new(&out)).unwrap();
             let mut plain = Vec::new();
             r.read_to_end(&mut plain).unwrap();
             assert!(plain == text, "{} bytes", text.len());
@@ -525,7 +381,7 @@ mod tests {
             bad[n] ^= 1;
             let mut plain = Vec::new();
             let read = dec
-                .reader("bad", io::Cursor::new(bad))
+                .metafile_reader("bad", io::Cursor::new(bad))
                 .and_then(|mut r| r.read_to_end(&mut plain).map_err(|e| Error::io("m", e)));
             assert!(read.is_err(), "a flipped byte in {} bytes", text.len());
         }
@@ -536,7 +392,7 @@ mod tests {
         let (enc, _) = pair();
         let (_, other) = pair();
         let msg = enc.session().unwrap().encrypt(b"x").unwrap();
-        match other.decrypt("chunk", &msg) {
+        match other.open_chunk("chunk", &msg) {
             Err(Error::WrongKey { what, reason }) => {
                 assert_eq!(what, "chunk");
                 assert!(reason.contains("encrypted to key"), "{reason}");

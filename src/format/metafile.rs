@@ -20,7 +20,7 @@
 //! where `<meta>` is `<mode-octal> <uid> <gid> <user> <group> <mtime>`, `<mtime>` is
 //! `<seconds>.<9-digit nanoseconds>` and `<user>`/`<group>` are `-` when unknown.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 
 use super::{decode_field, encode_field};
 use crate::error::{Error, Result};
@@ -29,6 +29,15 @@ use crate::ids::{ChunkHash, ObjectKey};
 const MAGIC: &str = "coffer-metafile";
 /// The version this code writes and reads.
 pub const VERSION: u32 = 1;
+
+/// The longest line a reader accepts, its LF included (docs/FORMAT.md section 4.2). A
+/// reader holds one line at a time, so this bounds its memory whatever the input; the
+/// writer's caller leaves out entries whose line could be longer ([`record_fits`]).
+pub const MAX_LINE: usize = 64 << 10;
+/// The largest chunk (FastCDC's largest maximum chunk size).
+pub const MAX_CHUNK_SIZE: u64 = 16 << 20;
+/// The longest chunk message: the largest chunk plus room for the packets around it.
+pub const MAX_MESSAGE_LEN: u64 = MAX_CHUNK_SIZE + (1 << 20);
 
 /// How a chunk's plaintext was encoded before encryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +161,16 @@ pub struct Entry {
     pub kind: Kind,
     /// Metadata (ignored for hard links, which share their target's).
     pub meta: Meta,
+}
+
+/// Whether the record of an entry at `path` (with a link `target`, if any) surely fits
+/// in [`MAX_LINE`], counting every byte of its names as percent-encoded (three bytes
+/// each) and its numbers at their longest.
+pub fn record_fits(path: &[u8], target: &[u8], meta: &Meta) -> bool {
+    let names = meta.user.as_ref().map_or(0, Vec::len) + meta.group.as_ref().map_or(0, Vec::len);
+    let encoded = (path.len() + target.len() + names).saturating_mul(3);
+    // Record type, mode, ids, mtime, size, hash, counts, spaces: under 256 bytes.
+    encoded.saturating_add(256) <= MAX_LINE
 }
 
 /// The header: what run this is.
@@ -328,11 +347,14 @@ impl<R: BufRead> Reader<R> {
         }
     }
 
+    /// The next line without its LF; `None` at the end of the input. A line longer than
+    /// [`MAX_LINE`], one without its LF and one that is not ASCII are refused.
     fn next_line(&mut self) -> Result<Option<String>> {
-        self.line.clear();
-        let n = self
-            .input
-            .read_line(&mut self.line)
+        let mut buf = std::mem::take(&mut self.line).into_bytes();
+        buf.clear();
+        let n = (&mut self.input)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)
             .map_err(|e| Error::Corrupt {
                 what: self.what.clone(),
                 reason: format!("read failed after line {}: {e}", self.line_no),
@@ -341,11 +363,19 @@ impl<R: BufRead> Reader<R> {
             return Ok(None);
         }
         self.line_no += 1;
-        if !self.line.ends_with('\n') {
-            return Err(self.corrupt("truncated line"));
+        if buf.last() != Some(&b'\n') {
+            return Err(self.corrupt(if n == MAX_LINE {
+                "line too long"
+            } else {
+                "truncated line"
+            }));
         }
-        self.line.pop();
-        Ok(Some(std::mem::take(&mut self.line)))
+        buf.pop();
+        if !buf.is_ascii() {
+            return Err(self.corrupt("not ASCII"));
+        }
+        let line = String::from_utf8(buf).map_err(|_| self.corrupt("not ASCII"))?;
+        Ok(Some(line))
     }
 
     /// The next entry, or `None` after a valid `end` line. A metafile that ends without
@@ -393,7 +423,11 @@ impl<R: BufRead> Reader<R> {
         };
         self.totals.entries += 1;
         if let Kind::File { size, .. } = entry.kind {
-            self.totals.bytes += size;
+            self.totals.bytes = self
+                .totals
+                .bytes
+                .checked_add(size)
+                .ok_or_else(|| self.corrupt("file sizes add up to more than 2^64"))?;
         }
         Ok(Some(entry))
     }
@@ -431,8 +465,11 @@ impl<R: BufRead> Reader<R> {
                 for _ in 0..n {
                     chunks.push(self.parse_chunk()?);
                 }
-                let sum: u64 = chunks.iter().map(|c| c.size).sum();
-                if sum != size {
+                let sum = chunks
+                    .iter()
+                    .try_fold(0u64, |sum, c| sum.checked_add(c.size));
+                if sum != Some(size) {
+                    let sum = sum.map_or("more than 2^64".to_string(), |s| s.to_string());
                     return Err(self.corrupt(&format!("chunks add up to {sum}, file size {size}")));
                 }
                 Kind::File { size, hash, chunks }
@@ -454,14 +491,25 @@ impl<R: BufRead> Reader<R> {
             "zstd" => Encoding::Zstd,
             e => return Err(self.corrupt(&format!("unknown chunk encoding {e:?}"))),
         };
-        Ok(ChunkRef {
+        let c = ChunkRef {
             object: f[1].parse().map_err(|_| self.corrupt("bad object key"))?,
             offset: self.num(f.get(2))?,
             length: self.num(f.get(3))?,
             size: self.num(f.get(4))?,
             hash: f[5].parse().map_err(|_| self.corrupt("bad chunk hash"))?,
             encoding,
-        })
+        };
+        if c.size > MAX_CHUNK_SIZE || c.length == 0 || c.length > MAX_MESSAGE_LEN {
+            return Err(self.corrupt(&format!(
+                "chunk of {} bytes stored in {} (at most {MAX_CHUNK_SIZE} in \
+                 {MAX_MESSAGE_LEN})",
+                c.size, c.length
+            )));
+        }
+        if c.offset.checked_add(c.length).is_none() {
+            return Err(self.corrupt("chunk offset + length is more than 2^64"));
+        }
+        Ok(c)
     }
 
     fn parse_meta(&self, f: &[&str]) -> Result<Meta> {
@@ -475,13 +523,28 @@ impl<R: BufRead> Reader<R> {
         let (secs, nanos) = f[5]
             .split_once('.')
             .ok_or_else(|| self.corrupt("bad mtime"))?;
+        let secs = match secs.strip_prefix('-') {
+            Some(s) => decimal(s).and_then(|s| 0i64.checked_sub_unsigned(s)),
+            None => decimal(secs).and_then(|s| i64::try_from(s).ok()),
+        };
+        let id = |s: &str, what: &str| {
+            decimal(s)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| self.corrupt(&format!("bad {what}")))
+        };
         Ok(Meta {
-            mode: u32::from_str_radix(f[0], 8).map_err(|_| self.corrupt("bad mode"))?,
-            uid: f[1].parse().map_err(|_| self.corrupt("bad uid"))?,
-            gid: f[2].parse().map_err(|_| self.corrupt("bad gid"))?,
+            mode: Some(f[0])
+                .filter(|m| {
+                    !m.is_empty() && m.len() <= 5 && m.bytes().all(|b| (b'0'..=b'7').contains(&b))
+                })
+                .and_then(|m| u32::from_str_radix(m, 8).ok())
+                .filter(|&m| m <= 0o7777)
+                .ok_or_else(|| self.corrupt("bad mode"))?,
+            uid: id(f[1], "uid")?,
+            gid: id(f[2], "gid")?,
             user: name(f[3])?,
             group: name(f[4])?,
-            mtime: secs.parse().map_err(|_| self.corrupt("bad mtime"))?,
+            mtime: secs.ok_or_else(|| self.corrupt("bad mtime"))?,
             mtime_nsec: Some(nanos)
                 .filter(|n| n.len() == 9 && n.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|n| n.parse().ok())
@@ -498,13 +561,21 @@ impl<R: BufRead> Reader<R> {
     }
 
     fn num(&self, s: Option<&&str>) -> Result<u64> {
-        s.and_then(|s| s.parse().ok())
+        s.and_then(|s| decimal(s))
             .ok_or_else(|| self.corrupt("bad number"))
     }
 
     fn bytes(&self, s: &str) -> Result<Vec<u8>> {
         decode_field(s).ok_or_else(|| self.corrupt("bad percent-encoding"))
     }
+}
+
+/// An unsigned decimal as the format writes it: digits only, no leading zeros, at most
+/// `u64::MAX`.
+pub(crate) fn decimal(s: &str) -> Option<u64> {
+    let ok =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    ok.then(|| s.parse().ok()).flatten()
 }
 
 #[cfg(test)]
@@ -535,9 +606,9 @@ mod tests {
     fn chunk() -> impl Strategy<Value = ChunkRef> {
         (
             any::<[u8; 32]>(),
-            any::<u64>(),
-            any::<u64>(),
-            0u64..1 << 30,
+            0u64..u64::MAX - MAX_MESSAGE_LEN,
+            1..=MAX_MESSAGE_LEN,
+            0..=MAX_CHUNK_SIZE,
             any::<bool>(),
         )
             .prop_map(|(h, offset, length, size, z)| ChunkRef {

@@ -1,26 +1,34 @@
 //! Writing regular files: decrypting and checking chunks, writing them to a temporary
-//! file, moving it into place and applying metadata. Runs on worker threads for small
-//! files and on the restoring thread, in parallel batches, for large ones.
+//! file in the file's directory (through its handle), applying metadata on the open
+//! descriptor and moving the file into place. Runs on worker threads for small files and
+//! on the restoring thread, in parallel batches, for large ones.
 
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, RenameFlags};
+use nix::sys::stat::Mode;
+use nix::unistd::UnlinkatFlags;
 use rayon::prelude::*;
 
+use super::dest::{apply_meta_fd, DirFd, MetaPolicy};
 use crate::crypto::Decryptor;
 use crate::format::metafile::{ChunkRef, Encoding, Meta};
 use crate::ids::ChunkHash;
 use crate::progress::Progress;
 
-/// No chunk is larger (the chunker's ceiling).
-const MAX_CHUNK: u64 = 1 << 30;
-
 /// How many chunks are decrypted at once on the restoring thread.
 pub(super) const BATCH: usize = 8;
+
+/// The prefix of temporary files.
+pub(super) const TEMP_PREFIX: &str = ".coffer-restore-";
 
 /// Gives a chunk's stored message; its arguments are the chunk and the rest of the file.
 pub(super) type Fetch<'f> = dyn FnMut(&ChunkRef, &[ChunkRef]) -> Result<Bytes, String> + 'f;
@@ -38,28 +46,39 @@ pub(super) struct Settings<'a> {
     pub decryptor: &'a Decryptor,
     pub progress: &'a dyn Progress,
     pub overwrite: bool,
-    pub is_root: bool,
+    pub policy: MetaPolicy,
+}
+
+/// Where a file goes: its directory's handle and its name there.
+pub(super) struct Place {
+    pub parent: DirFd,
+    pub name: Vec<u8>,
+    /// The whole destination path, for messages.
+    pub shown: PathBuf,
 }
 
 /// A small file whose chunks were already fetched, for a worker.
 pub(super) struct FileJob {
     pub path: Vec<u8>,
-    pub dest: PathBuf,
+    pub place: Place,
     pub chunks: Vec<ChunkRef>,
     pub messages: Vec<Bytes>,
     pub expected: Expected,
 }
 
-/// A worker's answer.
+/// A worker's answer. `fatal` means the worker failed in a way that must stop the
+/// restore (a bug, never the input: see [`worker`]).
 pub(super) struct Done {
     pub path: Vec<u8>,
-    pub dest: PathBuf,
+    pub shown: PathBuf,
     pub bytes: u64,
     pub held: u64,
     pub result: Result<(), String>,
+    pub fatal: bool,
 }
 
-/// Runs jobs until the sender hangs up.
+/// Runs jobs until the sender hangs up. A job that panics is answered as fatal, so the
+/// restoring thread stops instead of waiting for an answer that never comes.
 pub(super) fn worker(jobs: Arc<Mutex<Receiver<FileJob>>>, done: Sender<Done>, s: Settings<'_>) {
     loop {
         let job = match jobs.lock() {
@@ -68,31 +87,45 @@ pub(super) fn worker(jobs: Arc<Mutex<Receiver<FileJob>>>, done: Sender<Done>, s:
         };
         let Ok(job) = job else { return };
         let held = job.messages.iter().map(|m| m.len() as u64).sum();
-        let mut messages = job.messages.into_iter();
-        let result = write_file(&s, &job.dest, &job.chunks, &job.expected, &mut |_, _| {
-            messages
-                .next()
-                .ok_or_else(|| "internal error: message missing".to_string())
-        });
-        let _ = done.send(Done {
-            path: job.path,
-            dest: job.dest,
-            bytes: job.expected.size,
+        let (path, shown, size) = (job.path.clone(), job.place.shown.clone(), job.expected.size);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut messages = job.messages.into_iter();
+            write_file(&s, &job.place, &job.chunks, &job.expected, &mut |_, _| {
+                messages
+                    .next()
+                    .ok_or_else(|| "internal error: message missing".to_string())
+            })
+        }));
+        let (result, fatal) = match outcome {
+            Ok(r) => (r, false),
+            Err(_) => (
+                Err("internal error: a restore worker failed".to_string()),
+                true,
+            ),
+        };
+        let answer = Done {
+            path,
+            shown,
+            bytes: size,
             held,
             result,
-        });
+            fatal,
+        };
+        if done.send(answer).is_err() {
+            return;
+        }
     }
 }
 
 /// Decrypts, decompresses and checks one chunk's message.
 pub(super) fn open_chunk(d: &Decryptor, c: &ChunkRef, message: &[u8]) -> Result<Vec<u8>, String> {
     let what = format!("chunk at {}+{} of object {}", c.offset, c.length, c.object);
-    let plain = d.decrypt(&what, message).map_err(|e| e.to_string())?;
+    let plain = d.open_chunk(&what, message).map_err(|e| e.to_string())?;
     let data = match c.encoding {
-        // Never more than the recorded size: a forged chunk cannot inflate without bound.
-        Encoding::Zstd if c.size <= MAX_CHUNK => zstd::bulk::decompress(&plain, c.size as usize)
+        // Never more than the recorded size (itself bounded by the metafile reader): a
+        // forged chunk cannot inflate without bound.
+        Encoding::Zstd => zstd::bulk::decompress(&plain, c.size as usize)
             .map_err(|e| format!("{what}: cannot decompress: {e}"))?,
-        Encoding::Zstd => return Err(format!("{what}: recorded size {} is too large", c.size)),
         _ => plain,
     };
     if data.len() as u64 != c.size || ChunkHash::of(&data) != c.hash {
@@ -103,21 +136,108 @@ pub(super) fn open_chunk(d: &Decryptor, c: &ChunkRef, message: &[u8]) -> Result<
     Ok(data)
 }
 
+/// A temporary file in `parent`, created with `O_EXCL | O_NOFOLLOW`, mode 0600.
+fn temporary(parent: &DirFd) -> Result<(File, Vec<u8>), String> {
+    for _ in 0..100 {
+        let mut r = [0u8; 6];
+        getrandom::fill(&mut r).map_err(|e| format!("random name: {e}"))?;
+        let name = format!("{TEMP_PREFIX}{}", hex::encode(r)).into_bytes();
+        match nix::fcntl::openat(
+            &**parent,
+            OsStr::from_bytes(&name),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        ) {
+            Ok(fd) => return Ok((File::from(fd), name)),
+            Err(Errno::EEXIST) => continue,
+            Err(e) => {
+                return Err(format!(
+                    "cannot create a temporary file: {}",
+                    std::io::Error::from(e)
+                ))
+            }
+        }
+    }
+    Err("cannot create a temporary file: every name tried exists".into())
+}
+
+/// Removes a temporary file (best effort: it is already a failure being reported).
+pub(super) fn remove_temporary(parent: &DirFd, name: &[u8]) {
+    let _ = nix::unistd::unlinkat(
+        &**parent,
+        OsStr::from_bytes(name),
+        UnlinkatFlags::NoRemoveDir,
+    );
+}
+
+/// Moves `tmp` to `name` in `parent`: without `overwrite` only if nothing is there
+/// (`RENAME_NOREPLACE`, or a hard link where the file system lacks it); with it,
+/// replacing anything but a directory.
+fn persist(parent: &DirFd, tmp: &[u8], name: &[u8], overwrite: bool) -> Result<(), String> {
+    let (tmp, name) = (OsStr::from_bytes(tmp), OsStr::from_bytes(name));
+    let fail = |e: Errno| match e {
+        Errno::EEXIST | Errno::ENOTEMPTY => "exists; pass --overwrite to replace it".to_string(),
+        Errno::EISDIR => "exists as a directory".to_string(),
+        e => format!("cannot move into place: {}", std::io::Error::from(e)),
+    };
+    if overwrite {
+        return nix::fcntl::renameat(&**parent, tmp, &**parent, name).map_err(fail);
+    }
+    match nix::fcntl::renameat2(
+        &**parent,
+        tmp,
+        &**parent,
+        name,
+        RenameFlags::RENAME_NOREPLACE,
+    ) {
+        Ok(()) => Ok(()),
+        Err(Errno::EINVAL | Errno::ENOSYS) => {
+            nix::unistd::linkat(
+                &**parent,
+                tmp,
+                &**parent,
+                name,
+                nix::fcntl::AtFlags::empty(),
+            )
+            .map_err(fail)?;
+            nix::unistd::unlinkat(&**parent, tmp, UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| format!("cannot remove the temporary file: {e}"))
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
 /// Writes a file from its chunks: `fetch(chunk, rest of the file)` gives each chunk's
 /// stored message, in order; batches of messages are decrypted in parallel. The file is
-/// written under a temporary name and moved into place only once every check passed.
+/// written under a temporary name and moved into place only once every check passed and
+/// its metadata is set; on failure the temporary file is removed.
 pub(super) fn write_file(
     s: &Settings<'_>,
-    dest: &Path,
+    place: &Place,
     chunks: &[ChunkRef],
     expected: &Expected,
     fetch: &mut Fetch<'_>,
 ) -> Result<(), String> {
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".coffer-restore-")
-        .tempfile_in(parent)
-        .map_err(|e| format!("cannot create a temporary file: {e}"))?;
+    let (mut tmp, tmp_name) = temporary(&place.parent)?;
+    let result = fill(s, &mut tmp, chunks, expected, fetch)
+        .and_then(|()| apply_meta_fd(&tmp, &expected.meta, false, &s.policy))
+        .and_then(|()| {
+            drop(tmp);
+            persist(&place.parent, &tmp_name, &place.name, s.overwrite)
+        });
+    if result.is_err() {
+        remove_temporary(&place.parent, &tmp_name);
+    }
+    result
+}
+
+fn fill(
+    s: &Settings<'_>,
+    tmp: &mut File,
+    chunks: &[ChunkRef],
+    expected: &Expected,
+    fetch: &mut Fetch<'_>,
+) -> Result<(), String> {
     let mut whole = blake3::Hasher::new();
     let mut written = 0u64;
     for (b, batch) in chunks.chunks(BATCH).enumerate() {
@@ -141,48 +261,5 @@ pub(super) fn write_file(
     if written != expected.size || ChunkHash::from(whole.finalize()) != expected.hash {
         return Err("restored content does not match the file's recorded BLAKE3".into());
     }
-    let persisted = if s.overwrite {
-        tmp.persist(dest).map_err(|e| e.error)
-    } else {
-        tmp.persist_noclobber(dest).map_err(|e| e.error)
-    };
-    persisted.map_err(|e| format!("cannot move into place: {e}"))?;
-    apply_meta(dest, &expected.meta, false, s.is_root)
-}
-
-/// Owner (when root), mode (not for symlinks) and mtime.
-pub(super) fn apply_meta(
-    dest: &Path,
-    m: &Meta,
-    symlink: bool,
-    is_root: bool,
-) -> Result<(), String> {
-    if is_root {
-        let uid = m.user.as_deref().and_then(lookup_user).unwrap_or(m.uid);
-        let gid = m.group.as_deref().and_then(lookup_group).unwrap_or(m.gid);
-        std::os::unix::fs::lchown(dest, Some(uid), Some(gid))
-            .map_err(|e| format!("cannot set owner: {e}"))?;
-    }
-    if !symlink {
-        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(m.mode))
-            .map_err(|e| format!("cannot set mode: {e}"))?;
-    }
-    let t = filetime::FileTime::from_unix_time(m.mtime, m.mtime_nsec);
-    filetime::set_symlink_file_times(dest, t, t).map_err(|e| format!("cannot set mtime: {e}"))
-}
-
-fn lookup_user(name: &[u8]) -> Option<u32> {
-    let name = std::str::from_utf8(name).ok()?;
-    nix::unistd::User::from_name(name)
-        .ok()
-        .flatten()
-        .map(|u| u.uid.as_raw())
-}
-
-fn lookup_group(name: &[u8]) -> Option<u32> {
-    let name = std::str::from_utf8(name).ok()?;
-    nix::unistd::Group::from_name(name)
-        .ok()
-        .flatten()
-        .map(|g| g.gid.as_raw())
+    Ok(())
 }

@@ -6,16 +6,24 @@
 //! written to a temporary name and renamed into place), and the rest is restored.
 //!
 //! The metafile is encrypted to public keys, so anyone who holds a recipient's public key
-//! (for instance a compromised backup host) could forge one. Restore therefore refuses
-//! absolute paths and `..` components, and creates symbolic links only after every file is
-//! written, so that nothing is ever written through a link the restore itself made.
+//! (for instance a compromised backup host) could forge one, and the destination may hold
+//! links placed by someone else. Restore therefore checks the whole listing before
+//! writing anything, refuses absolute paths and `..` components, creates everything
+//! beneath `--to` through directory handles without following a symbolic link
+//! ([`dest`]), and restores device nodes and setuid/setgid bits only when asked.
+//!
+//! Layout: [`files`] writes regular files (temporary file, checks, metadata, rename),
+//! [`packs`] fetches chunk messages, [`job`] is the pass over the listing, [`dest`] the
+//! destination's handles.
 
+mod dest;
 mod files;
+mod job;
+mod packs;
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufReader;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -23,11 +31,13 @@ use serde::Serialize;
 
 use crate::crypto::Decryptor;
 use crate::error::{Error, Result};
-use crate::format::metafile::{self, ChunkRef, Entry, Kind, Meta};
-use crate::ids::{ObjectKey, RunId};
+use crate::format::metafile::{self, Kind};
+use crate::ids::RunId;
 use crate::progress::Progress;
 use crate::source::os;
 use crate::store::{self, Store};
+use dest::{Dest, MetaPolicy};
+use job::Job;
 
 /// Which metafile to restore from.
 #[derive(Debug, Clone)]
@@ -53,8 +63,15 @@ pub struct RestoreOptions {
     pub to: PathBuf,
     /// Restore only these paths (relative to the source root) and what is below them.
     pub paths: Vec<Vec<u8>>,
-    /// Replace existing files instead of reporting them.
+    /// Replace existing files instead of reporting them, and give existing directories
+    /// their recorded metadata.
     pub overwrite: bool,
+    /// Set recorded owners: `None` does so when running as root (only root can).
+    pub owners: Option<bool>,
+    /// Keep setuid and setgid bits of files (directories always keep theirs).
+    pub setid: bool,
+    /// Create device nodes (character and block devices).
+    pub devices: bool,
 }
 
 impl RestoreOptions {
@@ -81,6 +98,10 @@ pub struct RestoreStats {
     pub other_entries: u64,
     /// Entries that could not be restored (see `problems`).
     pub failed: u64,
+    /// Entries not restored on purpose: device nodes without `devices`.
+    pub skipped: u64,
+    /// Files restored without their setuid or setgid bits (without `setid`).
+    pub setid_stripped: u64,
     /// Seconds.
     pub elapsed_secs: f64,
     /// Path and reason of each failure (first 1000).
@@ -88,6 +109,11 @@ pub struct RestoreStats {
 }
 
 /// Restores a run into `opts.to`.
+///
+/// The metafile is read twice: once to check all of it (its structure, its MDC, its
+/// totals, and that every path asked for is in it) before anything is written, then to
+/// restore. A run chosen by default (no id given) whose metafile fails that check is
+/// skipped for the next newest, with a warning.
 pub fn restore(
     store: &Store,
     source: &MetafileSource,
@@ -96,73 +122,36 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreStats> {
     let started = Instant::now();
-    let Fetched {
-        what,
-        bytes,
-        plaintext_ok,
-        expect,
-    } = fetch_metafile(store, source)?;
     for p in &opts.paths {
         check_path(p).map_err(|r| Error::Usage(format!("path {:?}: {r}", os(p))))?;
     }
-    std::fs::create_dir_all(&opts.to).map_err(|e| Error::io(&opts.to, e))?;
-    let open = || -> Result<metafile::Reader<Box<dyn std::io::BufRead + Send + Sync>>> {
-        let reader: Box<dyn std::io::BufRead + Send + Sync> =
-            if plaintext_ok && bytes.starts_with(b"coffer-metafile ") {
-                Box::new(std::io::Cursor::new(bytes.clone()))
-            } else {
-                let r = decryptor.reader(&what, std::io::Cursor::new(bytes.clone()))?;
-                Box::new(BufReader::with_capacity(1 << 16, r))
-            };
-        let reader = metafile::Reader::new(reader, &what)?;
-        if let Some(expect) = &expect {
-            check_header(&what, reader.header(), expect)?;
-        }
-        Ok(reader)
-    };
-    // With a path filter, a selected hard link may name a file outside the selection:
-    // find those first, so their data can be restored under the link's name.
-    let mut borrowed = HashMap::new();
-    if !opts.paths.is_empty() {
-        let mut r = open()?;
-        while let Some(e) = r.next_entry()? {
-            if let Kind::Hardlink { target } = &e.kind {
-                if selected(&opts.paths, &e.path) && !selected(&opts.paths, target) {
-                    borrowed.entry(target.clone()).or_insert(e.path.clone());
-                }
-            }
-        }
-    }
-    let mut reader = open()?;
-    let run = reader.header().get("run").unwrap_or("?").to_string();
-    progress.phase(&format!("restore {run}"), None);
+    let (metafile, checked) = fetch_and_check(store, source, decryptor, opts)?;
+    let dest = Dest::open(&opts.to).map_err(|reason| {
+        Error::Usage(format!(
+            "restore destination {}: {reason}",
+            opts.to.display()
+        ))
+    })?;
+    let mut reader = metafile.open(decryptor)?;
+    progress.phase(&format!("restore {}", checked.run), None);
     let settings = files::Settings {
         decryptor,
         progress,
         overwrite: opts.overwrite,
-        is_root: nix::unistd::geteuid().is_root(),
-    };
-    let mut job = Job {
-        store,
-        opts,
-        progress,
-        stats: RestoreStats {
-            run,
-            ..Default::default()
+        policy: MetaPolicy {
+            owners: opts
+                .owners
+                .unwrap_or_else(|| nix::unistd::geteuid().is_root()),
+            setid: opts.setid,
         },
-        bad_objects: HashMap::new(),
-        packs: PackCache::new(!opts.paths.is_empty()),
-        dirs: Vec::new(),
-        links: Vec::new(),
-        borrowed,
-        relocated: HashMap::new(),
-        settings,
-        pool: None,
     };
+    let root = dest.root().clone();
     // Small files are decrypted and written by one worker per core while this thread
-    // reads the listing and fetches packs; the scope ends when every worker is done.
-    let listed = std::thread::scope(|scope| {
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<files::FileJob>(QUEUED_FILES);
+    // reads the listing and fetches packs. The queue's sender lives in the job, inside
+    // the scope: however the loop ends (an error, a panic), it is dropped, the workers
+    // see the queue close and stop, and the scope ends.
+    let stats = std::thread::scope(|scope| {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<files::FileJob>(job::QUEUED_FILES);
         let (done_tx, done) = std::sync::mpsc::channel::<files::Done>();
         let queue = Arc::new(Mutex::new(queue));
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -171,40 +160,153 @@ pub fn restore(
             scope.spawn(move || files::worker(queue, done_tx, settings));
         }
         drop(done_tx);
-        job.pool = Some(Pool {
+        let pool = job::Pool {
             jobs,
             done,
             in_flight: 0,
             held: 0,
-        });
+        };
+        let mut job = Job::new(store, opts, progress, dest, settings, pool, checked);
         let listed = (|| {
             while let Some(entry) = reader.next_entry()? {
-                job.entry(entry);
+                job.entry(entry)?;
             }
             Ok::<(), Error>(())
         })();
-        job.drain();
-        listed
+        let drained = job.drain();
+        listed.and(drained)?;
+        job.finish();
+        Ok::<RestoreStats, Error>(job.stats)
     });
-    listed?;
-    job.finish();
+    let mut stats = stats?;
     // One flush of the whole destination file system instead of an fsync per file; the
     // restore does not report success before the data is on disk.
-    let dir = std::fs::File::open(&opts.to).map_err(|e| Error::io(&opts.to, e))?;
-    nix::unistd::syncfs(&dir).map_err(|e| Error::io(&opts.to, e.into()))?;
+    nix::unistd::syncfs(&*root).map_err(|e| Error::io(&opts.to, e.into()))?;
+    if stats.setid_stripped > 0 {
+        let msg = format!(
+            "{} files were restored without their setuid or setgid bits (pass --setid to \
+             keep them)",
+            stats.setid_stripped
+        );
+        progress.warn(&msg);
+        stats.problems.push(msg);
+    }
     progress.done();
-    job.stats.elapsed_secs = started.elapsed().as_secs_f64();
-    Ok(job.stats)
+    stats.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(stats)
 }
 
-/// A metafile's bytes, a name for messages, whether a plaintext (already decrypted)
-/// metafile is acceptable, and the run it must describe when it came from the target.
+/// Fetches the metafile and checks it whole; for a default choice of run, falls back
+/// to older runs while the newest fail.
+fn fetch_and_check(
+    store: &Store,
+    source: &MetafileSource,
+    decryptor: &Decryptor,
+    opts: &RestoreOptions,
+) -> Result<(Fetched, Checked)> {
+    let metafile = fetch_metafile(store, source)?;
+    let checked = metafile.check(decryptor, &opts.paths)?;
+    Ok((metafile, checked))
+}
+
+/// A metafile's stored bytes, in memory when small and in an unlinked temporary file
+/// (the stored ciphertext, nothing decrypted) when large, so memory stays bounded.
+enum Bytes {
+    Memory(bytes::Bytes),
+    File(std::fs::File),
+}
+
+/// Metafiles up to this size are held in memory; larger ones go to a temporary file.
+const IN_MEMORY_METAFILE: u64 = 16 << 20;
+
+/// A fetched metafile: its bytes, a name for messages, whether it may be plaintext (a
+/// local file the user named, perhaps decrypted with `gpg -d`), and the run it must
+/// describe when it came from the target.
 struct Fetched {
     what: String,
-    /// Shared, so each pass over the listing reads it without copying it.
-    bytes: bytes::Bytes,
+    bytes: Bytes,
     plaintext_ok: bool,
     expect: Option<store::RunInfo>,
+}
+
+/// What the check pass learned.
+pub(super) struct Checked {
+    pub run: String,
+    /// Unselected hard-link targets whose data goes to a selected link's path.
+    pub borrowed: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+type Listing = metafile::Reader<Box<dyn BufRead + Send + Sync>>;
+
+impl Fetched {
+    fn raw(&self) -> Result<Box<dyn Read + Send + Sync>> {
+        Ok(match &self.bytes {
+            Bytes::Memory(b) => Box::new(std::io::Cursor::new(b.clone())),
+            Bytes::File(f) => {
+                let mut f = f.try_clone().map_err(|e| Error::io(&self.what, e))?;
+                f.seek(SeekFrom::Start(0))
+                    .map_err(|e| Error::io(&self.what, e))?;
+                Box::new(f)
+            }
+        })
+    }
+
+    /// A reader of the listing, from the start.
+    fn open(&self, decryptor: &Decryptor) -> Result<Listing> {
+        let mut raw = BufReader::with_capacity(1 << 16, self.raw()?);
+        let plaintext = self.plaintext_ok
+            && raw
+                .fill_buf()
+                .map_err(|e| Error::io(&self.what, e))?
+                .starts_with(b"coffer-metafile ");
+        let text: Box<dyn BufRead + Send + Sync> = if plaintext {
+            Box::new(raw)
+        } else {
+            let r = decryptor.metafile_reader(&self.what, raw)?;
+            Box::new(BufReader::with_capacity(1 << 16, r))
+        };
+        let reader = metafile::Reader::new(text, &self.what)?;
+        if let Some(expect) = &self.expect {
+            check_header(&self.what, reader.header(), expect)?;
+        }
+        Ok(reader)
+    }
+
+    /// Reads the whole listing once, so nothing is restored from a metafile that turns
+    /// out damaged or forged at its end, and every path asked for is known to be there.
+    fn check(&self, decryptor: &Decryptor, paths: &[Vec<u8>]) -> Result<Checked> {
+        let mut r = self.open(decryptor)?;
+        let run = r.header().get("run").unwrap_or("?").to_string();
+        let mut borrowed = HashMap::new();
+        let mut found = vec![paths.is_empty(); paths.len()];
+        while let Some(e) = r.next_entry()? {
+            for (p, f) in paths.iter().zip(found.iter_mut()) {
+                *f |= selected(std::slice::from_ref(p), &e.path);
+            }
+            // With a path filter, a selected hard link may name a file outside the
+            // selection: its data is restored under the link's name.
+            if let Kind::Hardlink { target } = &e.kind {
+                if selected(paths, &e.path) && !selected(paths, target) {
+                    borrowed.entry(target.clone()).or_insert(e.path.clone());
+                }
+            }
+        }
+        let missing: Vec<String> = paths
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| !**f)
+            .map(|(p, _)| format!("{:?}", os(p)))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::NotFound(format!(
+                "run {run} holds no {}; nothing was restored (list its paths with \
+                 `coffer restore --index` into an empty directory, or check the spelling: \
+                 paths are relative to the source's root)",
+                missing.join(", ")
+            )));
+        }
+        Ok(Checked { run, borrowed })
+    }
 }
 
 fn fetch_metafile(store: &Store, source: &MetafileSource) -> Result<Fetched> {
@@ -212,7 +314,7 @@ fn fetch_metafile(store: &Store, source: &MetafileSource) -> Result<Fetched> {
         // A file the user names is trusted as given: it may be one decrypted with gpg -d.
         MetafileSource::File(path) => Ok(Fetched {
             what: format!("metafile {}", path.display()),
-            bytes: std::fs::read(path).map_err(|e| Error::io(path, e))?.into(),
+            bytes: Bytes::File(std::fs::File::open(path).map_err(|e| Error::io(path, e))?),
             plaintext_ok: true,
             expect: None,
         }),
@@ -222,9 +324,19 @@ fn fetch_metafile(store: &Store, source: &MetafileSource) -> Result<Fetched> {
             let run = select_run(store, host.as_deref(), source, id.as_ref())?;
             let id: RunId = run.id.parse()?;
             let path = store::run_path(&run.host, &run.source, &id, "meta");
+            let what = format!("metafile {path}");
+            let bytes = match store.get_small(&path, IN_MEMORY_METAFILE)? {
+                Some(b) => Bytes::Memory(b),
+                None => {
+                    let mut file = tempfile::tempfile().map_err(|e| Error::io(&what, e))?;
+                    std::io::copy(&mut store.reader(&path)?, &mut file)
+                        .map_err(|e| Error::io(&what, e))?;
+                    Bytes::File(file)
+                }
+            };
             Ok(Fetched {
-                what: format!("metafile {path}"),
-                bytes: store.get(&path)?,
+                what,
+                bytes,
                 plaintext_ok: false,
                 expect: Some(run),
             })
@@ -323,408 +435,12 @@ fn check_path(p: &[u8]) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
-enum Deferred {
-    Hardlink {
-        path: PathBuf,
-        target: PathBuf,
-    },
-    Symlink {
-        path: PathBuf,
-        target: Vec<u8>,
-        meta: Meta,
-    },
-}
-
-struct Job<'a> {
-    store: &'a Store,
-    opts: &'a RestoreOptions,
-    progress: &'a dyn Progress,
-    stats: RestoreStats,
-    bad_objects: HashMap<ObjectKey, String>,
-    packs: PackCache,
-    dirs: Vec<(PathBuf, Meta)>,
-    links: Vec<(Vec<u8>, Deferred)>,
-    /// Unselected hard-link targets whose data goes to a selected link's path.
-    borrowed: HashMap<Vec<u8>, Vec<u8>>,
-    /// Borrowed targets already restored: target path -> the link path holding the data.
-    relocated: HashMap<Vec<u8>, Vec<u8>>,
-    settings: files::Settings<'a>,
-    pool: Option<Pool>,
-}
-
-/// Files waiting for a worker, at most.
-const QUEUED_FILES: usize = 8;
-/// Files whose stored chunks total at most this go to the workers whole; larger ones
-/// are written by the restoring thread, their chunks decrypted in parallel batches.
-const WORKER_FILE_BYTES: u64 = 8 << 20;
-/// Bytes of fetched chunks handed to workers and not yet written, at most.
-const WORKER_BYTES: u64 = 32 << 20;
-
-struct Pool {
-    jobs: SyncSender<files::FileJob>,
-    done: Receiver<files::Done>,
-    in_flight: usize,
-    held: u64,
-}
-
-impl Job<'_> {
-    fn fail(&mut self, path: &[u8], reason: impl std::fmt::Display) {
-        self.stats.failed += 1;
-        let msg = format!("{}: {reason}", self.opts.to.join(os(path)).display());
-        self.progress.warn(&msg);
-        if self.stats.problems.len() < 1000 {
-            self.stats.problems.push(msg);
-        }
-    }
-
-    fn entry(&mut self, mut entry: Entry) {
-        if let Err(reason) = check_path(&entry.path) {
-            return self.fail(&entry.path.clone(), format!("refused: {reason}"));
-        }
-        if !selected(&self.opts.paths, &entry.path) {
-            match self.borrowed.remove(&entry.path) {
-                Some(link) if matches!(entry.kind, Kind::File { .. }) => {
-                    self.relocated.insert(entry.path.clone(), link.clone());
-                    entry.path = link;
-                }
-                _ => return,
-            }
-        }
-        if let Kind::Hardlink { target } = &mut entry.kind {
-            if let Some(holder) = self.relocated.get(target.as_slice()) {
-                if *holder == entry.path {
-                    return; // this link's name already holds the data
-                }
-                *target = holder.clone();
-            }
-        }
-        let dest = self.opts.to.join(os(&entry.path));
-        if let Some(parent) = dest.parent() {
-            if let Err(e) = std::fs::create_dir_all(parent) {
-                return self.fail(&entry.path, format!("cannot create parent: {e}"));
-            }
-        }
-        let result = match &entry.kind {
-            Kind::File { .. } => self.file(&entry, &dest),
-            Kind::Dir => {
-                let r = match std::fs::symlink_metadata(&dest) {
-                    Ok(m) if m.is_dir() => Ok(()),
-                    Ok(_) => Err("exists and is not a directory".to_string()),
-                    Err(_) => std::fs::create_dir(&dest).map_err(|e| e.to_string()),
-                };
-                if r.is_ok() {
-                    self.dirs.push((dest.clone(), entry.meta.clone()));
-                    self.stats.other_entries += 1;
-                }
-                r
-            }
-            Kind::Symlink { target } => {
-                self.links.push((
-                    entry.path.clone(),
-                    Deferred::Symlink {
-                        path: dest.clone(),
-                        target: target.clone(),
-                        meta: entry.meta.clone(),
-                    },
-                ));
-                Ok(())
-            }
-            Kind::Hardlink { target } => match check_path(target) {
-                Err(r) => Err(format!("refused hard link target: {r}")),
-                Ok(()) => {
-                    self.links.push((
-                        entry.path.clone(),
-                        Deferred::Hardlink {
-                            path: dest.clone(),
-                            target: self.opts.to.join(os(target)),
-                        },
-                    ));
-                    Ok(())
-                }
-            },
-            Kind::Fifo | Kind::CharDev { .. } | Kind::BlockDev { .. } => {
-                self.special(&entry, &dest)
-            }
-        };
-        if let Err(reason) = result {
-            self.fail(&entry.path, reason);
-        }
-    }
-
-    fn prepare(&self, dest: &Path) -> std::result::Result<(), String> {
-        match std::fs::symlink_metadata(dest) {
-            Err(_) => Ok(()),
-            Ok(m) if m.is_dir() => Err("exists as a directory".into()),
-            Ok(_) if self.opts.overwrite => std::fs::remove_file(dest).map_err(|e| e.to_string()),
-            Ok(_) => Err("exists; pass --overwrite to replace it".into()),
-        }
-    }
-
-    fn special(&mut self, entry: &Entry, dest: &Path) -> std::result::Result<(), String> {
-        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-        self.prepare(dest)?;
-        let mode = Mode::from_bits_truncate(entry.meta.mode & 0o777);
-        let r = match entry.kind {
-            Kind::Fifo => nix::unistd::mkfifo(dest, mode),
-            Kind::CharDev { major, minor } => {
-                mknod(dest, SFlag::S_IFCHR, mode, makedev(major, minor))
-            }
-            Kind::BlockDev { major, minor } => {
-                mknod(dest, SFlag::S_IFBLK, mode, makedev(major, minor))
-            }
-            _ => unreachable!("special() is only called for fifos and devices"),
-        };
-        r.map_err(|e| format!("cannot create: {e}"))?;
-        self.stats.other_entries += 1;
-        files::apply_meta(dest, &entry.meta, false, self.settings.is_root)
-    }
-
-    fn file(&mut self, entry: &Entry, dest: &Path) -> std::result::Result<(), String> {
-        let Kind::File { size, hash, chunks } = &entry.kind else {
-            unreachable!("file() is only called for files")
-        };
-        if !self.settings.overwrite && std::fs::symlink_metadata(dest).is_ok() {
-            return Err("exists; pass --overwrite to replace it".into());
-        }
-        let expected = files::Expected {
-            size: *size,
-            hash: *hash,
-            meta: entry.meta.clone(),
-        };
-        let stored: u64 = chunks.iter().map(|c| c.length).sum();
-        if stored <= WORKER_FILE_BYTES && self.pool.is_some() {
-            let mut messages = Vec::with_capacity(chunks.len());
-            for (i, c) in chunks.iter().enumerate() {
-                // A copy, so a queued file does not keep a whole cached pack alive.
-                messages.push(bytes::Bytes::copy_from_slice(&self.fetch(c, &chunks[i..])?));
-            }
-            self.submit(files::FileJob {
-                path: entry.path.clone(),
-                dest: dest.to_path_buf(),
-                chunks: chunks.clone(),
-                messages,
-                expected,
-            });
-            return Ok(());
-        }
-        let settings = self.settings;
-        files::write_file(&settings, dest, chunks, &expected, &mut |c, ahead| {
-            self.fetch(c, ahead)
-        })?;
-        self.stats.files += 1;
-        self.stats.bytes += size;
-        self.progress.item(&dest.to_string_lossy());
-        Ok(())
-    }
-
-    /// Hands a file to the workers, first waiting for room.
-    fn submit(&mut self, job: files::FileJob) {
-        let held: u64 = job.messages.iter().map(|m| m.len() as u64).sum();
-        self.collect(false);
-        while self
-            .pool
-            .as_ref()
-            .is_some_and(|p| p.in_flight > 0 && p.held + held > WORKER_BYTES)
-        {
-            self.collect(true);
-        }
-        let pool = self
-            .pool
-            .as_mut()
-            .expect("submit() is only called with a pool");
-        pool.in_flight += 1;
-        pool.held += held;
-        if let Err(e) = pool.jobs.send(job) {
-            // Every worker is gone (they only stop when the queue closes): fail the file.
-            pool.in_flight -= 1;
-            pool.held -= held;
-            let job = e.0;
-            self.fail(&job.path, "internal error: no restore worker left");
-        }
-    }
-
-    /// Takes in the workers' results: those ready, or (with `block`) at least one.
-    fn collect(&mut self, block: bool) {
-        let mut block = block;
-        loop {
-            let Some(pool) = self.pool.as_mut() else {
-                return;
-            };
-            if pool.in_flight == 0 {
-                return;
-            }
-            let done = if block {
-                pool.done.recv().ok()
-            } else {
-                pool.done.try_recv().ok()
-            };
-            let Some(done) = done else { return };
-            pool.in_flight -= 1;
-            pool.held -= done.held;
-            block = false;
-            match done.result {
-                Ok(()) => {
-                    self.stats.files += 1;
-                    self.stats.bytes += done.bytes;
-                    self.progress.item(&done.dest.to_string_lossy());
-                }
-                Err(reason) => self.fail(&done.path, reason),
-            }
-        }
-    }
-
-    /// Closes the queue and waits for every queued file.
-    fn drain(&mut self) {
-        while self.pool.as_ref().is_some_and(|p| p.in_flight > 0) {
-            self.collect(true);
-        }
-        self.pool = None;
-    }
-
-    /// The stored message of one chunk. `ahead` is this chunk and the rest of the file,
-    /// so a ranged read can cover the following chunks in the same pack too.
-    fn fetch(
-        &mut self,
-        c: &ChunkRef,
-        ahead: &[ChunkRef],
-    ) -> std::result::Result<bytes::Bytes, String> {
-        if let Some(reason) = self.bad_objects.get(&c.object) {
-            return Err(reason.clone());
-        }
-        match self.packs.message(self.store, c, ahead) {
-            Ok(b) => Ok(b),
-            Err(e) => {
-                let permanent = matches!(e, Error::NotFound(_) | Error::Corrupt { .. });
-                let reason = match e {
-                    Error::NotFound(_) => format!("object {} is missing from the target", c.object),
-                    e => e.to_string(),
-                };
-                if permanent {
-                    self.bad_objects.insert(c.object, reason.clone());
-                }
-                Err(reason)
-            }
-        }
-    }
-
-    /// Hard links, then symbolic links, then directory metadata (deepest first).
-    fn finish(&mut self) {
-        let links = std::mem::take(&mut self.links);
-        let (hard, soft): (Vec<_>, Vec<_>) = links
-            .into_iter()
-            .partition(|(_, d)| matches!(d, Deferred::Hardlink { .. }));
-        for (rel, d) in hard.into_iter().chain(soft) {
-            let r = match &d {
-                Deferred::Hardlink { path, target } => self.prepare(path).and_then(|_| {
-                    std::fs::hard_link(target, path)
-                        .map_err(|e| format!("cannot link to {}: {e}", target.display()))
-                }),
-                Deferred::Symlink { path, target, meta } => self.prepare(path).and_then(|_| {
-                    std::os::unix::fs::symlink(os(target), path)
-                        .map_err(|e| format!("cannot create symlink: {e}"))
-                        .and_then(|_| files::apply_meta(path, meta, true, self.settings.is_root))
-                }),
-            };
-            match r {
-                Ok(()) => self.stats.other_entries += 1,
-                Err(reason) => self.fail(&rel, reason),
-            }
-        }
-        let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by(|a, b| b.0.cmp(&a.0));
-        for (dir, meta) in dirs {
-            if let Err(reason) = files::apply_meta(&dir, &meta, false, self.settings.is_root) {
-                let rel = dir
-                    .strip_prefix(&self.opts.to)
-                    .unwrap_or(&dir)
-                    .to_path_buf();
-                self.fail(
-                    std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()),
-                    reason,
-                );
-            }
-        }
-    }
-}
-
-/// Packs held in memory for a full restore, which reads chunks in about the order they
-/// were packed: each pack is then fetched once. A filtered restore, which may need a few
-/// chunks of many packs, reads ranges instead: the run of following chunks of the same
-/// file that lie next to each other in the pack, in one request.
-struct PackCache {
-    ranged: bool,
-    packs: std::collections::VecDeque<(ObjectKey, bytes::Bytes)>,
-    held: u64,
-    /// A ranged read's bytes: (object, start offset, bytes).
-    window: Option<(ObjectKey, u64, bytes::Bytes)>,
-}
-
-/// Packs larger than this are read in ranges.
-const WHOLE_PACK_LIMIT: u64 = 64 << 20;
-/// Memory for whole packs.
-const PACK_CACHE_BYTES: u64 = 64 << 20;
-
-impl PackCache {
-    fn new(ranged: bool) -> Self {
-        PackCache {
-            ranged,
-            packs: std::collections::VecDeque::new(),
-            held: 0,
-            window: None,
-        }
-    }
-
-    /// The stored bytes of chunk `c` (its OpenPGP message).
-    fn message(&mut self, store: &Store, c: &ChunkRef, ahead: &[ChunkRef]) -> Result<bytes::Bytes> {
-        let end = c.offset + c.length;
-        let truncated = || Error::Corrupt {
-            what: format!("object {}", c.object),
-            reason: "truncated: a chunk lies beyond its end".into(),
-        };
-        if let Some((_, pack)) = self.packs.iter().find(|(k, _)| *k == c.object) {
-            return pack
-                .get(c.offset as usize..end as usize)
-                .map(|b| pack.slice_ref(b))
-                .ok_or_else(truncated);
-        }
-        if let Some((k, start, bytes)) = &self.window {
-            if *k == c.object && c.offset >= *start && end <= start + bytes.len() as u64 {
-                return Ok(bytes.slice((c.offset - start) as usize..(end - start) as usize));
-            }
-        }
-        let path = store::data_path(&c.object);
-        if !self.ranged {
-            if let Some(pack) = store.get_small(&path, WHOLE_PACK_LIMIT)? {
-                let b = pack
-                    .get(c.offset as usize..end as usize)
-                    .map(|b| pack.slice_ref(b))
-                    .ok_or_else(truncated)?;
-                self.held += pack.len() as u64;
-                self.packs.push_back((c.object, pack));
-                while self.held > PACK_CACHE_BYTES && self.packs.len() > 1 {
-                    let (_, old) = self.packs.pop_front().expect("not empty");
-                    self.held -= old.len() as u64;
-                }
-                return Ok(b);
-            }
-        }
-        // The following chunks of this file that continue this one in the same pack.
-        let mut span_end = end;
-        for next in ahead.iter().skip(1) {
-            if next.object != c.object || next.offset != span_end || span_end - c.offset > 64 << 20
-            {
-                break;
-            }
-            span_end = next.offset + next.length;
-        }
-        let bytes = store.get_range(&path, c.offset..span_end)?;
-        if (bytes.len() as u64) < span_end - c.offset {
-            return Err(truncated());
-        }
-        let b = bytes.slice(..c.length as usize);
-        self.window = Some((c.object, c.offset, bytes));
-        Ok(b)
-    }
+/// Whether `path` is a proper ancestor of a selected path (its directory is then
+/// restored with its recorded metadata, as the selection's parent).
+fn is_ancestor_of(paths: &[Vec<u8>], path: &[u8]) -> bool {
+    paths
+        .iter()
+        .any(|p| p.starts_with(path) && p.get(path.len()) == Some(&b'/'))
 }
 
 #[cfg(test)]

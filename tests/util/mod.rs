@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod forge;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fmt;

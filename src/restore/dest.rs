@@ -1,0 +1,327 @@
+//! The destination tree, reached only through directory handles restore opened itself.
+//!
+//! A listing names paths; the destination may hold symbolic links (placed there before
+//! the restore, or swapped in while it runs by someone who can write there). So no path
+//! below `--to` is ever resolved by the kernel as a whole: each component is opened with
+//! `openat(parent, name, O_DIRECTORY | O_NOFOLLOW)` from the handle of the one before,
+//! starting at the handle of `--to`, and every entry is created with an `*at` call on
+//! its parent's handle. Metadata goes on through the file's own descriptor (`fchown`,
+//! `fchmod`, `futimens`) or with `AT_SYMLINK_NOFOLLOW`. A symbolic link where a
+//! directory is expected is never followed: it is replaced only with `--overwrite`, and
+//! otherwise that part of the tree fails, named. Directories are created 0700 and files
+//! 0600; both get their recorded metadata once complete (directories at the very end),
+//! so nothing is readable by others before it is whole.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FchmodatFlags, Mode, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, UnlinkatFlags};
+
+use crate::format::metafile::Meta;
+
+/// A directory handle, shared by the files being written into it.
+pub(super) type DirFd = Arc<OwnedFd>;
+
+/// Which recorded metadata restore applies; the rest is left as the restoring user's
+/// defaults would make it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MetaPolicy {
+    /// Set owners (as root only: others cannot give files away).
+    pub owners: bool,
+    /// Keep setuid and setgid bits on files (never by default: a forged or compromised
+    /// run must not hand out setuid-root programs). Directories keep theirs.
+    pub setid: bool,
+}
+
+/// Setuid and setgid.
+const SETID: u32 = 0o6000;
+
+impl MetaPolicy {
+    /// The mode to give an entry recorded with `mode`; directories keep setgid.
+    pub fn mode(&self, mode: u32, dir: bool) -> u32 {
+        if self.setid || dir {
+            mode & 0o7777
+        } else {
+            mode & 0o7777 & !SETID
+        }
+    }
+
+    /// Whether restoring `mode` on a non-directory drops bits under this policy.
+    pub fn strips(&self, mode: u32) -> bool {
+        !self.setid && mode & SETID != 0
+    }
+}
+
+/// The destination: the handle of `--to` and a cache of the directories on the path of
+/// the entry restored last (the listing is depth first, so most lookups hit it).
+pub(super) struct Dest {
+    root: DirFd,
+    /// (path relative to the root, handle) of the directories on the current path.
+    stack: Vec<(Vec<u8>, DirFd)>,
+    /// Whether `--to` was created by this restore (then its own metadata is restored).
+    pub created_root: bool,
+}
+
+fn errno_text(e: Errno) -> String {
+    std::io::Error::from(e).to_string()
+}
+
+fn name_of(rel: &[u8]) -> &[u8] {
+    rel.rsplit(|&b| b == b'/').next().unwrap_or(rel)
+}
+
+/// Opens the directory `name` in `parent`, refusing to follow a symbolic link.
+fn open_dir(parent: &impl AsFd, name: &[u8]) -> nix::Result<OwnedFd> {
+    nix::fcntl::openat(
+        parent,
+        OsStr::from_bytes(name),
+        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+impl Dest {
+    /// Opens (creating if needed) the destination directory `to`. `to` itself is the
+    /// user's choice and may be a symbolic link; nothing below it is followed.
+    pub fn open(to: &Path) -> std::result::Result<Dest, String> {
+        let created_root = match std::fs::symlink_metadata(to) {
+            Ok(m) if m.is_dir() || std::fs::metadata(to).is_ok_and(|m| m.is_dir()) => false,
+            Ok(_) => return Err("exists and is not a directory; --to must be a directory".into()),
+            Err(_) => {
+                std::fs::create_dir_all(to).map_err(|e| format!("cannot create it: {e}"))?;
+                true
+            }
+        };
+        let root = nix::fcntl::open(
+            to,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("cannot open it: {}", errno_text(e)))?;
+        Ok(Dest {
+            root: Arc::new(root),
+            stack: Vec::new(),
+            created_root,
+        })
+    }
+
+    /// The handle of `--to`.
+    pub fn root(&self) -> &DirFd {
+        &self.root
+    }
+
+    /// The handle of directory `rel` (`.` for the root). With `create`, missing
+    /// components are created (0700); a component that is not a directory fails.
+    pub fn dir(&mut self, rel: &[u8], create: bool) -> std::result::Result<DirFd, String> {
+        if rel == b"." || rel.is_empty() {
+            return Ok(self.root.clone());
+        }
+        // Keep the cached directories that are ancestors of (or are) `rel`.
+        while let Some((p, _)) = self.stack.last() {
+            if rel == p.as_slice() || (rel.starts_with(p) && rel.get(p.len()) == Some(&b'/')) {
+                break;
+            }
+            self.stack.pop();
+        }
+        let done = self.stack.last().map_or(0, |(p, _)| p.len() + 1);
+        if done > rel.len() {
+            return Ok(self.stack.last().expect("matched above").1.clone());
+        }
+        for component in rel[done..].split(|&b| b == b'/') {
+            let parent = self.stack.last().map_or(&self.root, |(_, fd)| fd).clone();
+            let path = match self.stack.last() {
+                Some((p, _)) => [p.as_slice(), b"/", component].concat(),
+                None => component.to_vec(),
+            };
+            let fd = match open_dir(&*parent, component) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) if create => {
+                    match nix::sys::stat::mkdirat(
+                        &*parent,
+                        OsStr::from_bytes(component),
+                        Mode::from_bits_truncate(0o700),
+                    ) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => {
+                            return Err(format!("cannot create {}: {}", show(&path), errno_text(e)))
+                        }
+                    }
+                    open_dir(&*parent, component).map_err(|e| not_a_dir(&path, e))?
+                }
+                Err(e) => return Err(not_a_dir(&path, e)),
+            };
+            self.stack.push((path, Arc::new(fd)));
+        }
+        Ok(self.stack.last().expect("pushed above").1.clone())
+    }
+
+    /// The handle of the directory holding `rel` and `rel`'s last component.
+    pub fn parent<'r>(
+        &mut self,
+        rel: &'r [u8],
+        create: bool,
+    ) -> std::result::Result<(DirFd, &'r [u8]), String> {
+        let parent = match rel.iter().rposition(|&b| b == b'/') {
+            Some(i) => &rel[..i],
+            None => b".",
+        };
+        Ok((self.dir(parent, create)?, name_of(rel)))
+    }
+
+    /// Creates directory `rel` (0700) unless it exists. Returns whether it was created.
+    /// Something else in its place is replaced only with `overwrite`.
+    pub fn make_dir(&mut self, rel: &[u8], overwrite: bool) -> std::result::Result<bool, String> {
+        let (parent, name) = self.parent(rel, true)?;
+        let name_os = OsStr::from_bytes(name);
+        let mode = Mode::from_bits_truncate(0o700);
+        match nix::sys::stat::mkdirat(&*parent, name_os, mode) {
+            Ok(()) => return Ok(true),
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(format!("cannot create: {}", errno_text(e))),
+        }
+        match open_dir(&*parent, name) {
+            Ok(_) => Ok(false),
+            Err(Errno::ENOTDIR | Errno::ELOOP) if overwrite => {
+                nix::unistd::unlinkat(&*parent, name_os, UnlinkatFlags::NoRemoveDir)
+                    .map_err(|e| format!("cannot replace what is there: {}", errno_text(e)))?;
+                nix::sys::stat::mkdirat(&*parent, name_os, mode)
+                    .map_err(|e| format!("cannot create: {}", errno_text(e)))?;
+                Ok(true)
+            }
+            Err(e) => Err(not_a_dir(rel, e)),
+        }
+    }
+
+    /// Makes room for a non-directory at `name` in `parent`: nothing may be there, or,
+    /// with `overwrite`, anything but a directory, which is then removed.
+    pub fn clear(parent: &DirFd, name: &[u8], overwrite: bool) -> std::result::Result<(), String> {
+        let name_os = OsStr::from_bytes(name);
+        match nix::sys::stat::fstatat(&**parent, name_os, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(errno_text(e)),
+            Ok(st) if st.st_mode & libc_s_ifmt() == libc_s_ifdir() => {
+                Err("exists as a directory".into())
+            }
+            Ok(_) if overwrite => {
+                nix::unistd::unlinkat(&**parent, name_os, UnlinkatFlags::NoRemoveDir)
+                    .map_err(|e| format!("cannot replace it: {}", errno_text(e)))
+            }
+            Ok(_) => Err("exists; pass --overwrite to replace it".into()),
+        }
+    }
+}
+
+fn libc_s_ifmt() -> u32 {
+    nix::sys::stat::SFlag::S_IFMT.bits()
+}
+
+fn libc_s_ifdir() -> u32 {
+    nix::sys::stat::SFlag::S_IFDIR.bits()
+}
+
+fn show(rel: &[u8]) -> String {
+    String::from_utf8_lossy(rel).into_owned()
+}
+
+fn not_a_dir(rel: &[u8], e: Errno) -> String {
+    match e {
+        Errno::ENOTDIR | Errno::ELOOP => format!(
+            "{} exists in the destination and is not a directory (a symbolic link is \
+             never followed); pass --overwrite to replace it",
+            show(rel)
+        ),
+        e => format!("cannot open {}: {}", show(rel), errno_text(e)),
+    }
+}
+
+/// The owner to set: by name where the name exists here, else by number.
+fn owner_ids(m: &Meta) -> (Uid, Gid) {
+    let uid = m.user.as_deref().and_then(lookup_user).unwrap_or(m.uid);
+    let gid = m.group.as_deref().and_then(lookup_group).unwrap_or(m.gid);
+    (Uid::from_raw(uid), Gid::from_raw(gid))
+}
+
+fn times(m: &Meta) -> (TimeSpec, TimeSpec) {
+    let t = TimeSpec::new(m.mtime, m.mtime_nsec as _);
+    (t, t)
+}
+
+/// Applies owner, mode and mtime through an open descriptor (files and directories).
+pub(super) fn apply_meta_fd(
+    fd: &impl AsFd,
+    m: &Meta,
+    dir: bool,
+    policy: &MetaPolicy,
+) -> std::result::Result<(), String> {
+    // The owner first: chown clears setuid and setgid bits.
+    if policy.owners {
+        let (uid, gid) = owner_ids(m);
+        nix::unistd::fchown(fd, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot set owner: {}", errno_text(e)))?;
+    }
+    let mode = Mode::from_bits_truncate(policy.mode(m.mode, dir) as _);
+    nix::sys::stat::fchmod(fd, mode).map_err(|e| format!("cannot set mode: {}", errno_text(e)))?;
+    let (atime, mtime) = times(m);
+    nix::sys::stat::futimens(fd, &atime, &mtime)
+        .map_err(|e| format!("cannot set mtime: {}", errno_text(e)))
+}
+
+/// Applies owner, mode (not for symlinks) and mtime to `name` in `parent`, never
+/// following a symbolic link (fifos, devices, symlinks: entries not opened).
+pub(super) fn apply_meta_at(
+    parent: &DirFd,
+    name: &[u8],
+    m: &Meta,
+    symlink: bool,
+    policy: &MetaPolicy,
+) -> std::result::Result<(), String> {
+    let name = OsStr::from_bytes(name);
+    if policy.owners {
+        let (uid, gid) = owner_ids(m);
+        nix::unistd::fchownat(
+            &**parent,
+            name,
+            Some(uid),
+            Some(gid),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| format!("cannot set owner: {}", errno_text(e)))?;
+    }
+    if !symlink {
+        let mode = Mode::from_bits_truncate(policy.mode(m.mode, false) as _);
+        nix::sys::stat::fchmodat(&**parent, name, mode, FchmodatFlags::NoFollowSymlink)
+            .map_err(|e| format!("cannot set mode: {}", errno_text(e)))?;
+    }
+    let (atime, mtime) = times(m);
+    nix::sys::stat::utimensat(
+        &**parent,
+        name,
+        &atime,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| format!("cannot set mtime: {}", errno_text(e)))
+}
+
+fn lookup_user(name: &[u8]) -> Option<u32> {
+    let name = std::str::from_utf8(name).ok()?;
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+}
+
+fn lookup_group(name: &[u8]) -> Option<u32> {
+    let name = std::str::from_utf8(name).ok()?;
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}

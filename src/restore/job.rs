@@ -1,0 +1,490 @@
+//! One restore pass over a checked listing: each entry created beneath the destination
+//! handle, small files handed to the workers, links and directory metadata at the end.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use nix::sys::stat::{makedev, Mode, SFlag};
+
+use super::dest::{apply_meta_at, apply_meta_fd, Dest, DirFd};
+use super::files::{self, Place};
+use super::packs::PackCache;
+use super::{check_path, is_ancestor_of, selected, Checked, RestoreOptions, RestoreStats};
+use crate::error::Error;
+use crate::format::metafile::{ChunkRef, Entry, Kind, Meta};
+use crate::ids::ObjectKey;
+use crate::progress::Progress;
+use crate::source::os;
+use crate::store::Store;
+
+/// Files waiting for a worker, at most.
+pub(super) const QUEUED_FILES: usize = 8;
+/// Files whose stored chunks total at most this go to the workers whole; larger ones
+/// are written by the restoring thread, their chunks decrypted in parallel batches.
+const WORKER_FILE_BYTES: u64 = 8 << 20;
+/// Bytes of fetched chunks handed to workers and not yet written, at most.
+const WORKER_BYTES: u64 = 32 << 20;
+/// Problems kept for the report.
+const MAX_PROBLEMS: usize = 1000;
+
+/// The workers' queue and answers.
+pub(super) struct Pool {
+    pub jobs: SyncSender<files::FileJob>,
+    pub done: Receiver<files::Done>,
+    pub in_flight: usize,
+    pub held: u64,
+}
+
+enum Deferred {
+    Hardlink { target: Vec<u8> },
+    Symlink { target: Vec<u8>, meta: Meta },
+}
+
+pub(super) struct Job<'a> {
+    pub store: &'a Store,
+    pub opts: &'a RestoreOptions,
+    pub progress: &'a dyn Progress,
+    pub stats: RestoreStats,
+    pub dest: Dest,
+    pub settings: files::Settings<'a>,
+    pub pool: Pool,
+    /// Unselected hard-link targets whose data goes to a selected link's path.
+    pub borrowed: HashMap<Vec<u8>, Vec<u8>>,
+    /// Borrowed targets already restored: target path -> the link path holding the data.
+    relocated: HashMap<Vec<u8>, Vec<u8>>,
+    bad_objects: HashMap<ObjectKey, String>,
+    packs: PackCache,
+    /// Directories whose recorded metadata is applied at the end.
+    dirs: Vec<(Vec<u8>, Meta)>,
+    links: Vec<(Vec<u8>, Deferred)>,
+    /// A directory that could not be restored: everything below it fails with it.
+    failed_dir: Option<(Vec<u8>, u64)>,
+    /// A worker failed in a way that must stop the restore.
+    fatal: Option<String>,
+}
+
+impl<'a> Job<'a> {
+    pub(super) fn new(
+        store: &'a Store,
+        opts: &'a RestoreOptions,
+        progress: &'a dyn Progress,
+        dest: Dest,
+        settings: files::Settings<'a>,
+        pool: Pool,
+        checked: Checked,
+    ) -> Self {
+        Job {
+            store,
+            opts,
+            progress,
+            stats: RestoreStats {
+                run: checked.run,
+                ..Default::default()
+            },
+            dest,
+            settings,
+            pool,
+            borrowed: checked.borrowed,
+            relocated: HashMap::new(),
+            bad_objects: HashMap::new(),
+            packs: PackCache::new(!opts.paths.is_empty()),
+            dirs: Vec::new(),
+            links: Vec::new(),
+            failed_dir: None,
+            fatal: None,
+        }
+    }
+
+    fn shown(&self, path: &[u8]) -> PathBuf {
+        self.opts.to.join(os(path))
+    }
+
+    fn problem(&mut self, msg: String) {
+        self.progress.warn(&msg);
+        if self.stats.problems.len() < MAX_PROBLEMS {
+            self.stats.problems.push(msg);
+        }
+    }
+
+    fn fail(&mut self, path: &[u8], reason: impl std::fmt::Display) {
+        self.stats.failed += 1;
+        let msg = format!("{}: {reason}", self.shown(path).display());
+        self.problem(msg);
+    }
+
+    /// An entry below a directory that failed: counted, reported once with the count.
+    fn inside_failed_dir(&mut self, path: &[u8]) -> bool {
+        let Some((dir, n)) = &mut self.failed_dir else {
+            return false;
+        };
+        if path.starts_with(dir) && path.get(dir.len()) == Some(&b'/') {
+            *n += 1;
+            self.stats.failed += 1;
+            return true;
+        }
+        self.close_failed_dir();
+        false
+    }
+
+    fn close_failed_dir(&mut self) {
+        if let Some((dir, n)) = self.failed_dir.take() {
+            if n > 0 {
+                let msg = format!(
+                    "{}: {n} entries below it were not restored with it",
+                    self.shown(&dir).display()
+                );
+                self.problem(msg);
+            }
+        }
+    }
+
+    /// Restores one entry of the listing (or leaves it, if not selected).
+    pub(super) fn entry(&mut self, mut entry: Entry) -> crate::error::Result<()> {
+        if let Some(reason) = self.fatal.take() {
+            return Err(Error::Internal(reason));
+        }
+        if let Err(reason) = check_path(&entry.path) {
+            self.fail(&entry.path.clone(), format!("refused: {reason}"));
+            return Ok(());
+        }
+        if self.inside_failed_dir(&entry.path) {
+            return Ok(());
+        }
+        if !selected(&self.opts.paths, &entry.path) {
+            let ancestor = matches!(entry.kind, Kind::Dir)
+                && entry.path != b"."
+                && is_ancestor_of(&self.opts.paths, &entry.path);
+            match self.borrowed.remove(&entry.path) {
+                _ if ancestor => {}
+                Some(link) if matches!(entry.kind, Kind::File { .. }) => {
+                    self.relocated.insert(entry.path.clone(), link.clone());
+                    entry.path = link;
+                }
+                _ => return Ok(()),
+            }
+        }
+        if let Kind::Hardlink { target } = &mut entry.kind {
+            if let Some(holder) = self.relocated.get(target.as_slice()) {
+                if *holder == entry.path {
+                    return Ok(()); // this link's name already holds the data
+                }
+                *target = holder.clone();
+            }
+        }
+        let result = match &entry.kind {
+            Kind::File { .. } => self.file(&entry),
+            Kind::Dir => self.dir(&entry),
+            Kind::Symlink { target } => {
+                let d = Deferred::Symlink {
+                    target: target.clone(),
+                    meta: entry.meta.clone(),
+                };
+                self.links.push((entry.path.clone(), d));
+                Ok(())
+            }
+            Kind::Hardlink { target } => match check_path(target) {
+                Err(r) => Err(format!("refused hard link target: {r}")),
+                Ok(()) => {
+                    let d = Deferred::Hardlink {
+                        target: target.clone(),
+                    };
+                    self.links.push((entry.path.clone(), d));
+                    Ok(())
+                }
+            },
+            Kind::CharDev { .. } | Kind::BlockDev { .. } if !self.opts.devices => {
+                self.stats.skipped += 1;
+                let msg = format!(
+                    "{}: device node not created (pass --devices to create device nodes)",
+                    self.shown(&entry.path).display()
+                );
+                self.problem(msg);
+                Ok(())
+            }
+            Kind::Fifo | Kind::CharDev { .. } | Kind::BlockDev { .. } => self.special(&entry),
+        };
+        if let Err(reason) = result {
+            self.fail(&entry.path, reason);
+        }
+        Ok(())
+    }
+
+    fn dir(&mut self, entry: &Entry) -> std::result::Result<(), String> {
+        let apply = if entry.path == b"." {
+            self.dest.created_root || self.opts.overwrite
+        } else {
+            match self.dest.make_dir(&entry.path, self.opts.overwrite) {
+                Ok(created) => created || self.opts.overwrite,
+                Err(reason) => {
+                    self.close_failed_dir();
+                    self.fail(&entry.path, reason);
+                    self.failed_dir = Some((entry.path.clone(), 0));
+                    return Ok(());
+                }
+            }
+        };
+        // An existing directory keeps its own metadata unless --overwrite is given.
+        if apply {
+            self.dirs.push((entry.path.clone(), entry.meta.clone()));
+        }
+        self.stats.other_entries += 1;
+        Ok(())
+    }
+
+    fn place(&mut self, path: &[u8]) -> std::result::Result<Place, String> {
+        let (parent, name) = self.dest.parent(path, true)?;
+        Ok(Place {
+            parent,
+            name: name.to_vec(),
+            shown: self.shown(path),
+        })
+    }
+
+    fn special(&mut self, entry: &Entry) -> std::result::Result<(), String> {
+        let place = self.place(&entry.path)?;
+        Dest::clear(&place.parent, &place.name, self.opts.overwrite)?;
+        let name = OsStr::from_bytes(&place.name);
+        let mode = Mode::from_bits_truncate(0o600);
+        let r = match entry.kind {
+            Kind::Fifo => nix::unistd::mkfifoat(&*place.parent, name, mode),
+            Kind::CharDev { major, minor } => nix::sys::stat::mknodat(
+                &*place.parent,
+                name,
+                SFlag::S_IFCHR,
+                mode,
+                makedev(major, minor),
+            ),
+            Kind::BlockDev { major, minor } => nix::sys::stat::mknodat(
+                &*place.parent,
+                name,
+                SFlag::S_IFBLK,
+                mode,
+                makedev(major, minor),
+            ),
+            _ => return Err("internal error: not a special file".into()),
+        };
+        r.map_err(|e| format!("cannot create: {}", std::io::Error::from(e)))?;
+        self.stats.other_entries += 1;
+        self.note_setid(&entry.meta);
+        apply_meta_at(
+            &place.parent,
+            &place.name,
+            &entry.meta,
+            false,
+            &self.settings.policy,
+        )
+    }
+
+    fn note_setid(&mut self, meta: &Meta) {
+        if self.settings.policy.strips(meta.mode) {
+            self.stats.setid_stripped += 1;
+        }
+    }
+
+    fn file(&mut self, entry: &Entry) -> std::result::Result<(), String> {
+        let Kind::File { size, hash, chunks } = &entry.kind else {
+            return Err("internal error: not a file".into());
+        };
+        let place = self.place(&entry.path)?;
+        // Checked again when the file is moved into place; this saves the work.
+        Dest::clear(&place.parent, &place.name, false).or_else(|e| {
+            if self.opts.overwrite && !e.contains("directory") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        self.note_setid(&entry.meta);
+        let expected = files::Expected {
+            size: *size,
+            hash: *hash,
+            meta: entry.meta.clone(),
+        };
+        let stored = chunks
+            .iter()
+            .fold(0u64, |sum, c| sum.saturating_add(c.length));
+        if stored <= WORKER_FILE_BYTES {
+            let mut messages = Vec::with_capacity(chunks.len());
+            for (i, c) in chunks.iter().enumerate() {
+                // A copy, so a queued file does not keep a whole cached pack alive.
+                messages.push(bytes::Bytes::copy_from_slice(&self.fetch(c, &chunks[i..])?));
+            }
+            self.submit(files::FileJob {
+                path: entry.path.clone(),
+                place,
+                chunks: chunks.clone(),
+                messages,
+                expected,
+            });
+            return Ok(());
+        }
+        let settings = self.settings;
+        files::write_file(&settings, &place, chunks, &expected, &mut |c, ahead| {
+            self.fetch(c, ahead)
+        })?;
+        self.stats.files += 1;
+        self.stats.bytes += size;
+        self.progress.item(&place.shown.to_string_lossy());
+        Ok(())
+    }
+
+    /// Hands a file to the workers, first waiting for room.
+    fn submit(&mut self, job: files::FileJob) {
+        let held: u64 = job.messages.iter().map(|m| m.len() as u64).sum();
+        self.collect(false);
+        while self.pool.in_flight > 0 && self.pool.held + held > WORKER_BYTES {
+            if !self.collect(true) {
+                break;
+            }
+        }
+        self.pool.in_flight += 1;
+        self.pool.held += held;
+        if let Err(e) = self.pool.jobs.send(job) {
+            // Every worker is gone (they only stop when the queue closes): fail the file.
+            self.pool.in_flight -= 1;
+            self.pool.held -= held;
+            let job = e.0;
+            self.fatal = Some("no restore worker is left".into());
+            self.fail(&job.path, "internal error: no restore worker left");
+        }
+    }
+
+    /// Takes in the workers' results: those ready, or (with `block`) at least one.
+    /// Returns false if the workers are gone.
+    fn collect(&mut self, block: bool) -> bool {
+        let mut block = block;
+        while self.pool.in_flight > 0 {
+            let done = if block {
+                match self.pool.done.recv() {
+                    Ok(d) => d,
+                    Err(_) => {
+                        self.fatal = Some("the restore workers stopped".into());
+                        return false;
+                    }
+                }
+            } else {
+                match self.pool.done.try_recv() {
+                    Ok(d) => d,
+                    Err(_) => return true,
+                }
+            };
+            self.pool.in_flight -= 1;
+            self.pool.held = self.pool.held.saturating_sub(done.held);
+            block = false;
+            if done.fatal {
+                self.fatal = Some(format!(
+                    "a restore worker failed on {}",
+                    done.shown.display()
+                ));
+            }
+            match done.result {
+                Ok(()) => {
+                    self.stats.files += 1;
+                    self.stats.bytes += done.bytes;
+                    self.progress.item(&done.shown.to_string_lossy());
+                }
+                Err(reason) => self.fail(&done.path, reason),
+            }
+        }
+        true
+    }
+
+    /// Waits for every queued file.
+    pub(super) fn drain(&mut self) -> crate::error::Result<()> {
+        while self.pool.in_flight > 0 {
+            if !self.collect(true) {
+                break;
+            }
+        }
+        match self.fatal.take() {
+            Some(reason) => Err(Error::Internal(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// The stored message of one chunk. `ahead` is this chunk and the rest of the file,
+    /// so a ranged read can cover the following chunks in the same pack too.
+    fn fetch(
+        &mut self,
+        c: &ChunkRef,
+        ahead: &[ChunkRef],
+    ) -> std::result::Result<bytes::Bytes, String> {
+        if let Some(reason) = self.bad_objects.get(&c.object) {
+            return Err(reason.clone());
+        }
+        match self.packs.message(self.store, c, ahead) {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                let permanent = matches!(e, Error::NotFound(_) | Error::Corrupt { .. });
+                let reason = match e {
+                    Error::NotFound(_) => format!("object {} is missing from the target", c.object),
+                    e => e.to_string(),
+                };
+                if permanent {
+                    self.bad_objects.insert(c.object, reason.clone());
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// Hard links, then symbolic links, then directory metadata (deepest first), each
+    /// resolved again from the destination's handle.
+    pub(super) fn finish(&mut self) {
+        self.close_failed_dir();
+        let links = std::mem::take(&mut self.links);
+        let (hard, soft): (Vec<_>, Vec<_>) = links
+            .into_iter()
+            .partition(|(_, d)| matches!(d, Deferred::Hardlink { .. }));
+        for (rel, d) in hard.into_iter().chain(soft) {
+            match self.link(&rel, &d) {
+                Ok(()) => self.stats.other_entries += 1,
+                Err(reason) => self.fail(&rel, reason),
+            }
+        }
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        for (rel, meta) in dirs {
+            let r = self
+                .dest
+                .dir(&rel, false)
+                .and_then(|fd| apply_meta_fd(&*fd, &meta, true, &self.settings.policy));
+            if let Err(reason) = r {
+                self.fail(&rel, reason);
+            }
+        }
+    }
+
+    fn link(&mut self, rel: &[u8], d: &Deferred) -> std::result::Result<(), String> {
+        let (parent, name) = self.dest.parent(rel, true)?;
+        Dest::clear(&parent, name, self.opts.overwrite)?;
+        let name_os = OsStr::from_bytes(name);
+        match d {
+            Deferred::Hardlink { target } => {
+                let (tparent, tname): (DirFd, &[u8]) = self.dest.parent(target, false)?;
+                nix::unistd::linkat(
+                    &*tparent,
+                    OsStr::from_bytes(tname),
+                    &*parent,
+                    name_os,
+                    nix::fcntl::AtFlags::empty(),
+                )
+                .map_err(|e| {
+                    format!(
+                        "cannot link to {}: {}",
+                        self.shown(target).display(),
+                        std::io::Error::from(e)
+                    )
+                })
+            }
+            Deferred::Symlink { target, meta } => {
+                nix::unistd::symlinkat(os(target), &*parent, name_os)
+                    .map_err(|e| format!("cannot create symlink: {}", std::io::Error::from(e)))?;
+                apply_meta_at(&parent, name, meta, true, &self.settings.policy)
+            }
+        }
+    }
+}

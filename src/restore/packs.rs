@@ -1,0 +1,103 @@
+//! Fetching chunk messages from packs: whole packs cached for a full restore, ranged
+//! reads for a filtered one.
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::format::metafile::ChunkRef;
+use crate::ids::ObjectKey;
+use crate::store::{self, Store};
+
+/// Packs held in memory for a full restore, which reads chunks in about the order they
+/// were packed: each pack is then fetched once. A filtered restore, which may need a few
+/// chunks of many packs, reads ranges instead: the run of following chunks of the same
+/// file that lie next to each other in the pack, in one request.
+pub(super) struct PackCache {
+    ranged: bool,
+    packs: std::collections::VecDeque<(ObjectKey, Bytes)>,
+    held: u64,
+    /// A ranged read's bytes: (object, start offset, bytes).
+    window: Option<(ObjectKey, u64, Bytes)>,
+}
+
+/// Packs larger than this are read in ranges.
+const WHOLE_PACK_LIMIT: u64 = 64 << 20;
+/// Memory for whole packs.
+const PACK_CACHE_BYTES: u64 = 64 << 20;
+/// A ranged read covers at most this many bytes of following chunks.
+const SPAN_LIMIT: u64 = 64 << 20;
+
+/// `bytes[offset, offset + length)`, if it lies within them. The metafile reader has
+/// checked that `offset + length` does not overflow; this checks it again.
+fn slice(bytes: &Bytes, offset: u64, length: u64) -> Option<Bytes> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(length).ok()?)?;
+    bytes.get(start..end).map(|b| bytes.slice_ref(b))
+}
+
+impl PackCache {
+    pub(super) fn new(ranged: bool) -> Self {
+        PackCache {
+            ranged,
+            packs: std::collections::VecDeque::new(),
+            held: 0,
+            window: None,
+        }
+    }
+
+    /// The stored bytes of chunk `c` (its OpenPGP message); `ahead` is `c` and the rest
+    /// of its file.
+    pub(super) fn message(
+        &mut self,
+        store: &Store,
+        c: &ChunkRef,
+        ahead: &[ChunkRef],
+    ) -> Result<Bytes> {
+        let truncated = || Error::Corrupt {
+            what: format!("object {}", c.object),
+            reason: "truncated: a chunk lies beyond its end".into(),
+        };
+        let end = c.offset.checked_add(c.length).ok_or_else(truncated)?;
+        if let Some((_, pack)) = self.packs.iter().find(|(k, _)| *k == c.object) {
+            return slice(pack, c.offset, c.length).ok_or_else(truncated);
+        }
+        if let Some((k, start, bytes)) = &self.window {
+            if *k == c.object && c.offset >= *start {
+                if let Some(b) = slice(bytes, c.offset - start, c.length) {
+                    return Ok(b);
+                }
+            }
+        }
+        let path = store::data_path(&c.object);
+        if !self.ranged {
+            if let Some(pack) = store.get_small(&path, WHOLE_PACK_LIMIT)? {
+                let b = slice(&pack, c.offset, c.length).ok_or_else(truncated)?;
+                self.held += pack.len() as u64;
+                self.packs.push_back((c.object, pack));
+                while self.held > PACK_CACHE_BYTES && self.packs.len() > 1 {
+                    let (_, old) = self.packs.pop_front().expect("not empty");
+                    self.held -= old.len() as u64;
+                }
+                return Ok(b);
+            }
+        }
+        // The following chunks of this file that continue this one in the same pack.
+        let mut span_end = end;
+        for next in ahead.iter().skip(1) {
+            let Some(next_end) = next.offset.checked_add(next.length) else {
+                break;
+            };
+            if next.object != c.object
+                || next.offset != span_end
+                || next_end - c.offset > SPAN_LIMIT
+            {
+                break;
+            }
+            span_end = next_end;
+        }
+        let bytes = store.get_range(&path, c.offset..span_end)?;
+        let b = slice(&bytes, 0, c.length).ok_or_else(truncated)?;
+        self.window = Some((c.object, c.offset, bytes));
+        Ok(b)
+    }
+}

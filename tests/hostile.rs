@@ -1,0 +1,411 @@
+//! The threat model, played by an attacker (docs/FORMAT.md section 9): a hostile store or
+//! anyone who can write to the target, a broken-into host holding the public key, and a
+//! hostile local user in the restore destination or the source tree. Each test builds its
+//! attack itself, with the real `gpg` and the public key only: crafted objects, planted
+//! runs, racing processes.
+
+mod util;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::time::Duration;
+
+use util::forge::*;
+use util::*;
+
+/// A genuine run of a small tree; returns its id.
+fn genuine_run(fx: &Fixture) -> String {
+    write(&fx.src.join("a.txt"), b"genuine\n");
+    write(&fx.src.join("docs/guide.txt"), b"read me\n");
+    let stats = fx.backup_ok();
+    stats["run"].as_str().unwrap().to_string()
+}
+
+fn restore_run(fx: &Fixture, id: &str, to: &Path, extra: &[&str]) -> Out {
+    let mut args: Vec<&OsStr> = vec!["--run".as_ref(), id.as_ref()];
+    args.extend(extra.iter().map(OsStr::new));
+    fx.restore(to, &args)
+}
+
+/// A run forged with the public key: one file holding `data`, stored as a chunk message
+/// made by `chunk`, in a metafile made by `metafile`. Returns the run id.
+fn forge_one_file(
+    forger: &Forger<'_>,
+    id: &str,
+    data: &[u8],
+    chunk: Vec<u8>,
+    metafile: impl Fn(&[u8]) -> Vec<u8>,
+) {
+    let (pack, at) = forger.plant_pack(&[chunk]);
+    let mut listing = Listing::new(id);
+    listing.file(
+        b"a.txt",
+        &meta(0o644, 0),
+        data,
+        (&pack, at[0].0, at[0].1),
+        "raw",
+    );
+    forger.plant_run(id, &metafile(&listing.finish()), &refs(&[&pack]));
+}
+
+#[test]
+fn a_plaintext_metafile_or_chunk_planted_on_the_target_is_refused() {
+    let fx = Fixture::new();
+    genuine_run(&fx);
+    let forger = Forger::new(&fx);
+    // No key at all: `gpg --store` makes bare literal packets, for the listing and the
+    // chunk alike.
+    let plain_id = run_id(4_000_000_000, "0000aaaa");
+    forge_one_file(
+        &forger,
+        &plain_id,
+        b"forged\n",
+        forger.plaintext(b"forged\n"),
+        |t| forger.plaintext(t),
+    );
+    let to = fx.path("out-plain");
+    restore_run(&fx, &plain_id, &to, &[])
+        .expect(EXIT_ERROR)
+        .stderr_has("not encrypted");
+    assert!(!to.join("a.txt").exists(), "nothing restored");
+    // A listing encrypted to the public key, around plaintext chunks.
+    let mixed_id = run_id(4_000_000_100, "0000bbbb");
+    forge_one_file(
+        &forger,
+        &mixed_id,
+        b"forged\n",
+        forger.plaintext(b"forged\n"),
+        |t| forger.metafile(t),
+    );
+    let to = fx.path("out-mixed");
+    restore_run(&fx, &mixed_id, &to, &[])
+        .expect(EXIT_PARTIAL)
+        .stderr_has("not encrypted");
+    assert!(
+        !to.join("a.txt").exists(),
+        "the forged file is not restored"
+    );
+    // The same run with a chunk encrypted to the public key restores: the checks above
+    // are about the structure, not about who made it (signing is for that).
+    let good_id = run_id(4_000_000_200, "0000cccc");
+    forge_one_file(
+        &forger,
+        &good_id,
+        b"forged\n",
+        forger.chunk(b"forged\n"),
+        |t| forger.metafile(t),
+    );
+    let to = fx.path("out-good");
+    restore_run(&fx, &good_id, &to, &[]).ok();
+    assert_eq!(std::fs::read(to.join("a.txt")).unwrap(), b"forged\n");
+}
+
+#[test]
+fn a_chunk_holding_compression_is_refused() {
+    let fx = Fixture::new();
+    genuine_run(&fx);
+    let forger = Forger::new(&fx);
+    let id = run_id(4_000_000_000, "0000dddd");
+    forge_one_file(&forger, &id, b"x\n", forger.compressed(b"x\n"), |t| {
+        forger.metafile(t)
+    });
+    restore_run(&fx, &id, &fx.path("out"), &[])
+        .expect(EXIT_PARTIAL)
+        .stderr_has("compressed data packet");
+}
+
+#[test]
+fn a_forged_run_cannot_hand_out_setuid_files_or_device_nodes_unless_asked() {
+    let fx = Fixture::new();
+    genuine_run(&fx);
+    let forger = Forger::new(&fx);
+    let id = run_id(4_000_000_000, "0000eeee");
+    let prog = b"#!/bin/sh\nid\n";
+    let (pack, at) = forger.plant_pack(&[forger.chunk(prog)]);
+    let mut listing = Listing::new(&id);
+    listing
+        .record(&format!("chardev mem {} 1 1", meta(0o666, 0)))
+        .record(&format!("blockdev disk {} 8 0", meta(0o666, 0)))
+        .record(&format!("fifo pipe {}", meta(0o600, 0)))
+        .file(
+            b"prog",
+            &meta(0o6755, 0),
+            prog,
+            (&pack, at[0].0, at[0].1),
+            "raw",
+        )
+        .record(&format!("symlink etc {} /etc", meta(0o777, 0)));
+    forger.plant_run(&id, &forger.metafile(&listing.finish()), &refs(&[&pack]));
+
+    let to = fx.path("out");
+    let out = restore_run(&fx, &id, &to, &[])
+        .expect(EXIT_PARTIAL)
+        .stderr_has("--devices")
+        .stderr_has("--setid");
+    for dev in ["mem", "disk"] {
+        assert!(
+            std::fs::symlink_metadata(to.join(dev)).is_err(),
+            "{dev} was created\n{out}"
+        );
+    }
+    let m = std::fs::metadata(to.join("prog")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755, "setuid and setgid dropped\n{out}");
+    assert!(std::fs::symlink_metadata(to.join("pipe"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    // A symlink is data: restored as a link, never followed.
+    assert_eq!(
+        std::fs::read_link(to.join("etc")).unwrap(),
+        Path::new("/etc")
+    );
+
+    if is_root() {
+        let to = fx.path("out-asked");
+        restore_run(&fx, &id, &to, &["--setid", "--devices"]).ok();
+        let m = std::fs::metadata(to.join("prog")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o6755);
+        let d = std::fs::symlink_metadata(to.join("mem")).unwrap();
+        assert!(d.file_type().is_char_device());
+        assert_eq!(
+            (
+                nix::sys::stat::major(d.rdev()),
+                nix::sys::stat::minor(d.rdev())
+            ),
+            (1, 1)
+        );
+    }
+}
+
+/// `coffer restore` under `prlimit --data=LIMIT` (heap and every private writable
+/// mapping): a reader that inflated without bound would fail to allocate and abort.
+fn restore_in_bounded_memory(fx: &Fixture, id: &str, to: &Path) -> Out {
+    let mut cmd = clean_command("prlimit", &fx.home);
+    cmd.arg(format!("--data={}", MEMORY_LIMIT))
+        .arg(coffer_bin())
+        .arg("-c")
+        .arg(&fx.config)
+        .arg("restore")
+        .arg("--key")
+        .arg(&fx.secret_key)
+        .args(["--source", SOURCE, "--run", id, "--to"])
+        .arg(to)
+        .timeout(Duration::from_secs(120));
+    run(cmd)
+}
+
+/// What a restore of a small run may use (it needs well under half of it).
+const MEMORY_LIMIT: u64 = 192 << 20;
+/// What each bomb inflates to: more than the limit.
+const BOMB: usize = 320 << 20;
+
+#[test]
+fn decompression_bombs_are_refused_in_bounded_memory() {
+    let fx = Fixture::new();
+    let genuine = genuine_run(&fx);
+    // The limit leaves a genuine restore room enough.
+    restore_in_bounded_memory(&fx, &genuine, &fx.path("out-genuine")).ok();
+    let forger = Forger::new(&fx);
+
+    // A metafile whose one line inflates past the limit.
+    let id = run_id(4_000_000_000, "00000001");
+    let mut text = Listing::new(&id).finish();
+    text.truncate(text.len() - "end 1 0\n".len());
+    text.extend_from_slice(b"dir ");
+    text.resize(text.len() + BOMB, b'a');
+    forger.plant_run(&id, &forger.metafile(&text), &refs(&[]));
+    restore_in_bounded_memory(&fx, &id, &fx.path("out-1"))
+        .expect(EXIT_ERROR)
+        .stderr_has("line too long");
+
+    // A chunk holding a compressed packet that inflates past the limit.
+    let zeros = vec![0u8; BOMB];
+    let id = run_id(4_000_000_100, "00000002");
+    forge_one_file(&forger, &id, b"small", forger.compressed(&zeros), |t| {
+        forger.metafile(t)
+    });
+    restore_in_bounded_memory(&fx, &id, &fx.path("out-2"))
+        .expect(EXIT_PARTIAL)
+        .stderr_has("compressed data packet");
+
+    // A zstd frame that inflates past the limit, listed as a small chunk.
+    let mut zstd = clean_command("zstd", &fx.home);
+    zstd.args(["-q", "-19", "-c"]).write_stdin(zeros);
+    let frame = zstd.output().unwrap().stdout;
+    assert!(frame.len() < 1 << 20);
+    let id = run_id(4_000_000_200, "00000003");
+    let (pack, at) = forger.plant_pack(&[forger.chunk(&frame)]);
+    let mut listing = Listing::new(&id);
+    listing.file(
+        b"a.txt",
+        &meta(0o644, 0),
+        b"small",
+        (&pack, at[0].0, at[0].1),
+        "zstd",
+    );
+    forger.plant_run(&id, &forger.metafile(&listing.finish()), &refs(&[&pack]));
+    restore_in_bounded_memory(&fx, &id, &fx.path("out-3"))
+        .expect(EXIT_PARTIAL)
+        .stderr_has("cannot decompress");
+}
+
+#[test]
+fn chunk_offsets_that_overflow_or_overrun_fail_without_a_panic_or_a_hang() {
+    let fx = Fixture::new();
+    genuine_run(&fx);
+    let forger = Forger::new(&fx);
+    let (pack, at) = forger.plant_pack(&[forger.chunk(b"data")]);
+    // offset + length past 2^64: the listing is refused before anything is written.
+    let id = run_id(4_000_000_000, "0000f001");
+    let mut listing = Listing::new(&id);
+    listing.file(
+        b"a.txt",
+        &meta(0o644, 0),
+        b"data",
+        (&pack, u64::MAX - 10, 100),
+        "raw",
+    );
+    forger.plant_run(&id, &forger.metafile(&listing.finish()), &refs(&[&pack]));
+    let mut cmd = fx.cmd();
+    cmd.arg("restore")
+        .arg("--key")
+        .arg(&fx.secret_key)
+        .args(["--source", SOURCE, "--run", &id, "--to"])
+        .arg(fx.path("out-1"))
+        .timeout(Duration::from_secs(120));
+    run(cmd).expect(EXIT_ERROR).stderr_has("offset + length");
+    // A chunk beyond the pack's end, and one longer than any message may be: each file
+    // fails, named, and the restore ends.
+    let id = run_id(4_000_000_100, "0000f002");
+    let mut listing = Listing::new(&id);
+    listing
+        .file(
+            b"a.txt",
+            &meta(0o644, 0),
+            b"data",
+            (&pack, at[0].1, 100),
+            "raw",
+        )
+        .file(
+            b"b.txt",
+            &meta(0o644, 0),
+            b"data",
+            (&pack, 0, at[0].1 + 1),
+            "raw",
+        );
+    forger.plant_run(&id, &forger.metafile(&listing.finish()), &refs(&[&pack]));
+    let out = restore_run(&fx, &id, &fx.path("out-2"), &[])
+        .expect(EXIT_PARTIAL)
+        .stderr_has("a.txt");
+    assert!(out.stderr.contains("b.txt"), "{out}");
+}
+
+/// A directory outside the destination that nothing may touch.
+fn precious_dir(fx: &Fixture) -> std::path::PathBuf {
+    let outside = fx.path("outside");
+    write(&outside.join("target.txt"), b"precious\n");
+    chmod(&outside, 0o700);
+    outside
+}
+
+#[track_caller]
+fn assert_untouched(outside: &Path) {
+    let names: Vec<_> = std::fs::read_dir(outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["target.txt"], "something was written outside --to");
+    assert_eq!(
+        std::fs::read(outside.join("target.txt")).unwrap(),
+        b"precious\n"
+    );
+    let mode = std::fs::metadata(outside).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "the mode of a directory outside --to changed");
+}
+
+#[test]
+fn restore_never_follows_a_symlink_already_in_the_destination() {
+    let fx = Fixture::new();
+    write(&fx.src.join("docs/a.txt"), b"doc a\n");
+    write(&fx.src.join("docs/sub/b.txt"), b"doc b\n");
+    write(&fx.src.join("top.txt"), b"top\n");
+    chmod(&fx.src.join("docs"), 0o777);
+    fx.backup_ok();
+    let outside = precious_dir(&fx);
+    let to = fx.path("out");
+    std::fs::create_dir(&to).unwrap();
+    symlink(&outside, to.join("docs")).unwrap();
+    symlink(outside.join("target.txt"), to.join("top.txt")).unwrap();
+
+    let out = fx
+        .restore(&to, &[])
+        .expect(EXIT_PARTIAL)
+        .stderr_has("not a directory");
+    assert_untouched(&outside);
+    assert!(out.stderr.contains("top.txt"), "{out}");
+
+    fx.restore(&to, &[OsStr::new("--overwrite")]).ok();
+    assert_untouched(&outside);
+    assert!(std::fs::symlink_metadata(to.join("docs")).unwrap().is_dir());
+    assert_eq!(
+        std::fs::read(to.join("docs/sub/b.txt")).unwrap(),
+        b"doc b\n"
+    );
+    let top = std::fs::symlink_metadata(to.join("top.txt")).unwrap();
+    assert!(top.is_file(), "the link was replaced, not written through");
+    assert_eq!(std::fs::read(to.join("top.txt")).unwrap(), b"top\n");
+}
+
+#[test]
+fn a_symlink_swapped_in_while_restore_runs_redirects_nothing() {
+    let fx = Fixture::new();
+    let dirs = 60;
+    for d in 0..dirs {
+        for f in 0..15 {
+            write(
+                &fx.src.join(format!("d{d:03}/f{f:02}")),
+                format!("{d} {f}\n").as_bytes(),
+            );
+        }
+        // World-writable directories: a restore that chmods through a swapped link
+        // makes the directory outside 0777.
+        chmod(&fx.src.join(format!("d{d:03}")), 0o777);
+    }
+    fx.backup_ok();
+    let outside = precious_dir(&fx);
+    for round in 0..3 {
+        let to = fx.path(&format!("out{round}"));
+        std::fs::create_dir(&to).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let racer = {
+            let (to, outside, stop) = (to.clone(), outside.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut swaps = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for d in 0..dirs {
+                        let p = to.join(format!("d{d:03}"));
+                        let is_dir = std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir());
+                        if is_dir
+                            && std::fs::rename(&p, to.join(format!("moved-{round}-{d}-{swaps}")))
+                                .is_ok()
+                        {
+                            let _ = symlink(&outside, &p);
+                            swaps += 1;
+                        }
+                    }
+                }
+                swaps
+            })
+        };
+        let out = fx.restore(&to, &[]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let swaps = racer.join().unwrap();
+        assert!(
+            out.code == Some(EXIT_OK) || out.code == Some(EXIT_PARTIAL),
+            "{out}"
+        );
+        eprintln!("round {round}: {swaps} swaps");
+        assert_untouched(&outside);
+    }
+}

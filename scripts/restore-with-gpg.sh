@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# restore-with-gpg.sh TARGET_DIR METAFILE DEST
+# restore-with-gpg.sh [--setid] [--devices] TARGET_DIR METAFILE DEST
 #
 # Restores one coffer run without coffer: with GnuPG, b3sum and coreutils only. It is
 # the procedure of docs/FORMAT.md ("Restoring without coffer") written out, and
@@ -7,14 +7,21 @@
 #
 #   TARGET_DIR  the target folder (the one holding data/ and runs/)
 #   METAFILE    the run's metafile as stored: TARGET_DIR/runs/<host>/<source>/<run>.meta
-#   DEST        where to restore (created if missing; existing files are never replaced)
+#   DEST        where to restore: a new or empty directory (created mode 0700; this
+#               script resolves paths, so nobody else may write below it meanwhile)
+#   --setid     keep the setuid and setgid bits of files (default: dropped, and named)
+#   --devices   create device nodes (default: not created, and named)
 #
 # gpg decrypts with the secret keys of the current keyring ($GNUPGHOME, else ~/.gnupg):
 # import the key first, e.g. `gpg --import admin.key.asc` (a passphrase is asked by
 # gpg-agent and cached; without a terminal unlock the key first, see docs/FORMAT.md).
 #
-# Every chunk is checked against its recorded BLAKE3 and size, and every file against
-# its whole-file BLAKE3 and size. A file that fails a check is named on standard error
+# Every message is decrypted by gpg and accepted only if gpg's status output reports a
+# successful decryption with an intact MDC (DECRYPTION_OKAY and GOODMDC): `gpg -d`
+# alone exits 0 on a plaintext message, which anyone could plant. Decryption output is
+# bounded (--max-output), so no message can inflate without limit. Every chunk is checked
+# against its recorded BLAKE3 and size, and every file against its whole-file BLAKE3 and
+# size. A file that fails a check is named on standard error
 # and left out (never half-written); the rest is restored and the exit status is 1.
 # Paths that are absolute or have empty, `.` or `..` components are refused. Symbolic
 # links are created last, so nothing is ever written through a link this script made.
@@ -23,8 +30,17 @@ set -euo pipefail
 export LC_ALL=C # bytes are bytes: no locale may reinterpret file names
 
 me=restore-with-gpg
+setid='' devices=''
+while [[ ${1:-} == --* ]]; do
+    case $1 in
+    --setid) setid=yes ;;
+    --devices) devices=yes ;;
+    *) echo "$me: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
 if [[ $# -ne 3 ]]; then
-    echo "usage: $0 TARGET_DIR METAFILE DEST" >&2
+    echo "usage: $0 [--setid] [--devices] TARGET_DIR METAFILE DEST" >&2
     exit 2
 fi
 target=$1 metafile=$2 dest=$3
@@ -34,7 +50,7 @@ die() { # die MESSAGE: the metafile or the setup is unusable; stop at once
     exit 1
 }
 
-failures=0
+failures=0 stripped=0
 fail() { # fail PATH REASON: this entry is not restored; go on with the others
     printf '%s: %s: %s\n' "$me" "$(printf '%q' "$1")" "$2" >&2
     failures=$((failures + 1))
@@ -43,12 +59,36 @@ fail() { # fail PATH REASON: this entry is not restored; go on with the others
 [[ -d $target/data ]] || die "$target is not a coffer target (no data/ folder)"
 [[ -f $metafile ]] || die "$metafile: no such file"
 
+if [[ -e $dest || -L $dest ]]; then
+    [[ -d $dest && ! -L $dest && -z $(ls -A -- "$dest") ]] ||
+        die "$dest exists and is not an empty directory"
+fi
+
 work=$(mktemp -d) # private (mode 700): holds decrypted data
 trap 'rm -rf -- "$work"' EXIT
 
+# decrypt IN OUT MAX: gpg -d of the message IN into OUT, at most MAX bytes of output.
+# Accepted only if gpg reports a decryption (DECRYPTION_OKAY) with an intact integrity
+# check (GOODMDC): a plaintext message decrypts to nothing of the sort. Sets `why`.
+decrypt() {
+    local status=$work/gpg.status
+    if ! gpg --batch -q --status-fd 4 --max-output "$3" -d <"$1" >"$2" 2>"$work/gpg.err" 4>"$status"; then
+        why="gpg cannot decrypt it: $(head -n 1 -- "$work/gpg.err")"
+        return 1
+    fi
+    if ! grep -q '^\[GNUPG:\] DECRYPTION_OKAY' -- "$status" ||
+        ! grep -q '^\[GNUPG:\] GOODMDC' -- "$status" ||
+        grep -q '^\[GNUPG:\] \(BADMDC\|DECRYPTION_FAILED\|NODATA\)' -- "$status"; then
+        why="not an encrypted message with an intact integrity check (it may have been planted)"
+        return 1
+    fi
+}
+
 # --- 1. Decrypt the metafile and check its first and last lines -------------------------
-gpg --batch -q -d -- "$metafile" >"$work/metafile" ||
-    die "gpg cannot decrypt $metafile (is the secret key in the keyring?)"
+# DEFLATE inflates at most about 1032-fold; nothing coffer writes needs more output.
+metafile_max=$(($(stat -c %s -- "$metafile") * 1100 + (1 << 20)))
+decrypt "$metafile" "$work/metafile" "$metafile_max" ||
+    die "$metafile: $why (is the secret key in the keyring?)"
 exec 3<"$work/metafile" # the listing is read line by line from fd 3
 
 lineno=0
@@ -130,8 +170,13 @@ set_meta() {
             chgrp -h -- "$gid" "$p" || return 1
     fi
     if [[ -z $link ]]; then
+        mode=$((8#$mode))
+        if [[ -z $setid && ! -d $p ]] && ((mode & 8#6000)); then
+            mode=$((mode & ~8#6000))
+            stripped=$((stripped + 1))
+        fi
         # five octal digits: GNU chmod keeps a directory's setgid bit unless told exactly
-        chmod -- "$(printf '%05o' $((8#$mode)))" "$p" || return 1
+        chmod -- "$(printf '%05o' "$mode")" "$p" || return 1
     fi
     touch_date "$mtime" when
     touch -h -d "$when" -- "$p"
@@ -154,7 +199,7 @@ done
 printf '%s: run %s of source %s from host %s -> %s\n' "$me" "$header_run" \
     "$header_source" "$header_host" "$dest" >&2
 
-mkdir -p -- "$dest"
+mkdir -p -m 0700 -- "$dest"
 
 # --- 3. Regular files --------------------------------------------------------------------
 
@@ -175,14 +220,18 @@ fetch_chunk() {
         why="$what: the object is truncated"
         return 1
     fi
-    if ! gpg --batch -q -d <"$work/message" >"$out" 2>"$work/gpg.err"; then
-        why="$what: gpg cannot decrypt it: $(head -n 1 -- "$work/gpg.err")"
+    # A raw chunk decrypts to SIZE bytes, a zstd one to at most its message's length.
+    local max=$size
+    [[ $encoding == raw ]] || max=$length
+    if ! decrypt "$work/message" "$out" "$((max + 1))"; then
+        why="$what: $why"
         return 1
     fi
     case $encoding in
     raw) ;;
     zstd)
-        if ! zstd -d -q -c <"$out" >"$work/plain"; then
+        # Never more than SIZE bytes: a forged frame cannot fill the disk.
+        if ! zstd -d -q -c <"$out" | head -c "$((size + 1))" >"$work/plain"; then
             why="$what: cannot decompress it"
             return 1
         fi
@@ -307,13 +356,22 @@ while next_line line; do
             fail "$path" "cannot set owner, mode or mtime"
         fi
         ;;
-    fifo | chardev | blockdev)
+    chardev | blockdev)
+        if [[ -z $devices ]]; then
+            fail "$path" "device node not created (pass --devices to create device nodes)"
+        elif ! free "$p"; then
+            fail "$path" "exists; not replaced"
+        elif ! mknod -- "$p" "${kind:0:1}" "$((10#${f[8]}))" "$((10#${f[9]}))"; then
+            fail "$path" "cannot create the device"
+        elif ! set_meta "$p" "$meta"; then
+            fail "$path" "cannot set owner, mode or mtime"
+        fi
+        ;;
+    fifo)
         if ! free "$p"; then
             fail "$path" "exists; not replaced"
-        elif [[ $kind == fifo ]] && ! mkfifo -- "$p"; then
+        elif ! mkfifo -- "$p"; then
             fail "$path" "cannot create the fifo"
-        elif [[ $kind != fifo ]] && ! mknod -- "$p" "${kind:0:1}" "$((10#${f[8]}))" "$((10#${f[9]}))"; then
-            fail "$path" "cannot create the device"
         elif ! set_meta "$p" "$meta"; then
             fail "$path" "cannot set owner, mode or mtime"
         fi
@@ -365,7 +423,11 @@ for ((i = ${#dirs[@]} - 1; i >= 0; i--)); do
     fi
 done
 
-if ((failures > 0)); then
+if ((stripped > 0)); then
+    printf '%s: %d files restored without their setuid or setgid bits (pass --setid to keep them)\n' \
+        "$me" "$stripped" >&2
+fi
+if ((failures > 0 || stripped > 0)); then
     printf '%s: %d of %d entries could not be restored (named above)\n' "$me" "$failures" "$entries" >&2
     exit 1
 fi

@@ -400,7 +400,79 @@ fn backup_restores_with_gpg_and_coreutils_alone() {
         "wrote outside the destination"
     );
 
-    for dir in [&src, &dest, &dest2, &dest3] {
+    // 4. `gpg -d` exits 0 on a plaintext message, which anyone can plant (`gpg --store`):
+    //    the script reads gpg's status and refuses it, as a metafile and as a chunk.
+    let store = |data: &[u8], out: &Path| {
+        let mut c = gnupg.gpg();
+        c.args(["--store", "-z", "0", "--output"])
+            .arg(out)
+            .stdin(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), data).unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    let plain_meta = root.join("plain.meta");
+    store(listing.as_bytes(), &plain_meta);
+    let dest4 = root.join("restored-from-plaintext");
+    let out = gnupg.restore(&tgt, &plain_meta, &dest4);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "a plaintext metafile was accepted:\n{err}"
+    );
+    assert!(err.contains("not an encrypted message"), "{err}");
+    assert!(!dest4.join("with space").exists());
+
+    let plain_chunk = root.join("plain.chunk");
+    store(b"planted\n", &plain_chunk);
+    let planted = std::fs::read(&plain_chunk).unwrap();
+    let name = blake3::hash(&planted).to_hex().to_string();
+    std::fs::create_dir_all(tgt.join("data").join(&name[..2])).unwrap();
+    std::fs::write(tgt.join("data").join(&name[..2]).join(&name), &planted).unwrap();
+    let hash = blake3::hash(b"planted\n").to_hex().to_string();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("file with%20space "))
+        .unwrap();
+    let mut forged_lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let f: Vec<&str> = lines[at].split(' ').collect();
+    forged_lines[at] = format!("{} 8 {hash} 1", f[..8].join(" "));
+    forged_lines[at + 1] = format!("chunk {name} 0 {} 8 {hash} raw", planted.len());
+    let text = forged_lines.join("\n") + "\n";
+    let (bytes_line, total) = {
+        let end = text.lines().last().unwrap();
+        let n: Vec<&str> = end.split(' ').collect();
+        let old: u64 = f[8].parse().unwrap();
+        (end.to_string(), n[2].parse::<u64>().unwrap() - old + 8)
+    };
+    let entries = bytes_line.split(' ').nth(1).unwrap();
+    let text = text.replace(&bytes_line, &format!("end {entries} {total}"));
+    let mut encrypt = gnupg.gpg();
+    let forged2 = root.join("forged2.meta");
+    encrypt
+        .args(["--encrypt", "--recipient-file"])
+        .arg(keys.join("admin.pub.asc"))
+        .arg("--output")
+        .arg(&forged2)
+        .stdin(std::process::Stdio::piped());
+    let mut child = encrypt.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let dest5 = root.join("restored-with-plaintext-chunk");
+    let out = gnupg.restore(&tgt, &forged2, &dest5);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "a plaintext chunk was accepted:\n{err}"
+    );
+    assert!(
+        err.contains("with\\ space") && err.contains("not an encrypted message"),
+        "{err}"
+    );
+    assert!(!dest5.join("with space").exists());
+    assert_eq!(std::fs::read(dest5.join("empty")).unwrap(), b"");
+
+    for dir in [&src, &dest, &dest2, &dest3, &dest4, &dest5] {
         make_writable(dir);
     }
 }

@@ -22,7 +22,6 @@
 mod packer;
 
 use std::collections::HashMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::Instant;
 
@@ -37,7 +36,7 @@ use crate::format::metafile::{Entry, Header, Kind};
 use crate::ids::{ChunkHash, RunId};
 use crate::index::{CachedFile, Index};
 use crate::progress::Progress;
-use crate::source::{self, IgnoreRules, Item, Names};
+use crate::source::{self, IgnoreRules, Item, Names, Stat};
 use crate::store::{PutOutcome, Store};
 
 pub(crate) use packer::encode;
@@ -380,19 +379,21 @@ impl Walk<'_> {
     }
 
     fn entry(&mut self, item: Item) -> std::result::Result<(), PackerGone> {
-        let m = &item.metadata;
-        let ft = m.file_type();
+        let m = &item.stat;
         let meta = self.names.meta(m);
         if !crate::format::metafile::record_fits(&item.rel, b"", &meta) {
             self.skip(&item.abs, "its path is too long to record");
             return Ok(());
         }
-        let kind = if ft.is_file() {
+        let kind = if m.is_file() {
             return self.file(item, meta);
-        } else if ft.is_dir() {
+        } else if m.is_dir() {
             Kind::Dir
-        } else if ft.is_symlink() {
-            match std::fs::read_link(&item.abs) {
+        } else if m.is_symlink() {
+            match nix::fcntl::readlinkat(&*item.parent, item.name.as_os_str())
+                .map(std::path::PathBuf::from)
+                .map_err(std::io::Error::from)
+            {
                 Ok(t)
                     if !crate::format::metafile::record_fits(
                         &item.rel,
@@ -411,12 +412,12 @@ impl Walk<'_> {
                     return Ok(());
                 }
             }
-        } else if ft.is_fifo() {
+        } else if m.is_fifo() {
             Kind::Fifo
-        } else if ft.is_char_device() || ft.is_block_device() {
-            let rdev = m.rdev();
+        } else if m.is_char_device() || m.is_block_device() {
+            let rdev = m.rdev;
             let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-            if ft.is_char_device() {
+            if m.is_char_device() {
                 Kind::CharDev { major, minor }
             } else {
                 Kind::BlockDev { major, minor }
@@ -451,9 +452,9 @@ impl Walk<'_> {
         item: Item,
         meta: crate::format::metafile::Meta,
     ) -> std::result::Result<(), PackerGone> {
-        let m = &item.metadata;
-        let link_key = (m.dev(), m.ino());
-        if m.nlink() > 1 {
+        let m = &item.stat;
+        let link_key = (m.dev, m.ino);
+        if m.nlink > 1 {
             if let Some(first) = self.hardlinks.get(&link_key) {
                 self.stats.other_entries += 1;
                 return self.send(Msg::Entry(Entry {
@@ -482,7 +483,7 @@ impl Walk<'_> {
             if let Some(chunks) = self.resolve(c) {
                 self.stats.files_unchanged += 1;
                 self.stats.bytes_total += stamp.size;
-                if m.nlink() > 1 {
+                if m.nlink > 1 {
                     self.hardlinks.insert(link_key, item.rel.clone());
                 }
                 return self.send(Msg::Entry(Entry {
@@ -497,7 +498,9 @@ impl Walk<'_> {
             }
         }
         match self.read(&item)? {
-            Ok((size, hash, after)) => {
+            Ok((size, hash, opened, after)) => {
+                // What the open file says, not what the walk saw a moment before.
+                let meta = self.names.meta(&opened);
                 match &cached {
                     None => self.stats.files_new += 1,
                     Some(c) if c.hash == hash => self.stats.files_unchanged += 1,
@@ -513,7 +516,7 @@ impl Walk<'_> {
                     );
                 }
                 self.stats.bytes_total += size;
-                if m.nlink() > 1 {
+                if m.nlink > 1 {
                     self.hardlinks.insert(link_key, item.rel.clone());
                 }
                 let cache = (after == stamp).then_some(stamp);
@@ -547,34 +550,35 @@ impl Walk<'_> {
     }
 
     /// Reads, chunks and hashes a file, sending its chunks to the packer. The outer
-    /// result is the packer hanging up; the inner one is this file's I/O.
+    /// result is the packer hanging up; the inner one is this file's I/O. The file is
+    /// opened beneath its directory's handle without following a symbolic link, and it
+    /// must be the inode the walk looked at: a file swapped in meanwhile (a link to
+    /// something its owner may not read, say) is not stored under this name.
     #[allow(clippy::type_complexity)]
     fn read(
         &mut self,
         item: &Item,
     ) -> std::result::Result<
-        std::result::Result<(u64, ChunkHash, crate::index::FileStamp), std::io::Error>,
+        std::result::Result<(u64, ChunkHash, Stat, crate::index::FileStamp), std::io::Error>,
         PackerGone,
     > {
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(
-                nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NOATIME.bits(),
-            )
-            .open(&item.abs)
-            .or_else(|_| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-                    .open(&item.abs)
-            }) {
+        let file = match open_beneath(item) {
             Ok(f) => f,
+            Err(e) => return Ok(Err(e)),
+        };
+        let opened = match Stat::of(&file) {
+            Ok(st) if st.is_file() && st.same_file(&item.stat) => st,
+            Ok(_) => {
+                return Ok(Err(std::io::Error::other(
+                    "was replaced by another file while it was backed up; skipped",
+                )))
+            }
             Err(e) => return Ok(Err(e)),
         };
         let mut size = 0u64;
         let mut whole = blake3::Hasher::new();
         let mut hash = None;
-        let mut chunker = Chunker::new(&file, self.source.chunking, item.metadata.len());
+        let mut chunker = Chunker::new(&file, self.source.chunking, opened.size);
         while let Some(data) = chunker.next() {
             let data = match data {
                 Ok(d) => d,
@@ -592,7 +596,9 @@ impl Walk<'_> {
             self.send_chunk(chunk_hash, data)?;
         }
         let hash = hash.unwrap_or_else(|| whole.finalize().into());
-        Ok(self.stamp_after(&file).map(|after| (size, hash, after)))
+        Ok(self
+            .stamp_after(&file)
+            .map(|after| (size, hash, opened, after)))
     }
 
     fn send_chunk(&mut self, hash: ChunkHash, data: Bytes) -> std::result::Result<(), PackerGone> {
@@ -606,8 +612,31 @@ impl Walk<'_> {
         &self,
         file: &std::fs::File,
     ) -> std::result::Result<crate::index::FileStamp, std::io::Error> {
-        file.metadata().map(|m| source::stamp(&m))
+        Stat::of(file).map(|m| source::stamp(&m))
     }
+}
+
+/// Opens a walked regular file for reading beneath its directory's handle: never
+/// through a symbolic link, never blocking on a fifo swapped in, without updating its
+/// access time where the owner allows it.
+fn open_beneath(item: &Item) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let open = |flags| {
+        nix::fcntl::openat(
+            &*item.parent,
+            item.name.as_os_str(),
+            flags,
+            nix::sys::stat::Mode::empty(),
+        )
+    };
+    open(flags | OFlag::O_NOATIME)
+        .or_else(|e| match e {
+            nix::errno::Errno::EPERM => open(flags),
+            e => Err(e),
+        })
+        .map(std::fs::File::from)
+        .map_err(std::io::Error::from)
 }
 
 /// Backs up every selected source to each of its targets. One target failing does not

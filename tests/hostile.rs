@@ -409,3 +409,75 @@ fn a_symlink_swapped_in_while_restore_runs_redirects_nothing() {
         assert_untouched(&outside);
     }
 }
+
+#[test]
+fn a_directory_swapped_for_a_symlink_during_backup_stores_nothing_from_elsewhere() {
+    let fx = Fixture::new();
+    let n = 500;
+    let eve = fx.src.join("home/eve");
+    for i in 0..n {
+        write(
+            &eve.join(format!("f{i:03}")),
+            format!("eve's file {i}\n").as_bytes(),
+        );
+    }
+    // Files of the same names that the backup must never store under eve's path.
+    let secret = fx.path("secret");
+    for i in 0..n {
+        write(
+            &secret.join(format!("f{i:03}")),
+            format!("SECRET {i}\n").as_bytes(),
+        );
+    }
+    chmod(&secret, 0o700);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let racer = {
+        let (eve, secret, stop) = (eve.clone(), secret.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let real = eve.with_file_name("eve.real");
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if std::fs::rename(&eve, &real).is_ok() {
+                    let _ = symlink(&secret, &eve);
+                    std::thread::sleep(Duration::from_micros(300));
+                    let _ = std::fs::remove_file(&eve);
+                    let _ = std::fs::rename(&real, &eve);
+                    swaps += 1;
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+            }
+            swaps
+        })
+    };
+    let mut outs = Vec::new();
+    for _ in 0..6 {
+        // Without its digest cache each backup reads every file again.
+        let _ = std::fs::remove_dir_all(&fx.state);
+        outs.push(fx.backup());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = racer.join().unwrap();
+    eprintln!("{swaps} swaps during 6 backups");
+    for (i, out) in outs.iter().enumerate() {
+        assert!(
+            out.code == Some(EXIT_OK) || out.code == Some(EXIT_PARTIAL),
+            "backup {i}\n{out}"
+        );
+    }
+    for run in fx.runs() {
+        let id = run["run"].as_str().unwrap().to_string();
+        let to = fx.path(&format!("restored-{id}"));
+        let out = restore_run(&fx, &id, &to, &[]);
+        assert_eq!(out.code, Some(EXIT_OK), "{out}");
+        for (rel, node) in snapshot(&to) {
+            if let NodeKind::File(..) = node.kind {
+                let data = std::fs::read(to.join(os(&rel))).unwrap();
+                assert!(
+                    !data.starts_with(b"SECRET"),
+                    "run {id} stored a file from outside the tree as {}",
+                    show(&rel)
+                );
+            }
+        }
+    }
+}

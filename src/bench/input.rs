@@ -241,9 +241,9 @@ pub(super) fn load(path: &Path) -> Result<Loaded> {
         let rules = crate::source::IgnoreRules::new(&[])?;
         for item in crate::source::walk(&path, false, rules)? {
             let item = item?;
-            if item.metadata.is_file() {
+            if item.stat.is_file() {
                 let rel = String::from_utf8_lossy(&item.rel).into_owned();
-                read(&item.abs, rel, item.metadata.len(), &mut data)?;
+                read(&item.abs, rel, item.stat.size, &mut data)?;
             }
         }
         Some(path.clone())

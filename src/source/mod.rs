@@ -1,5 +1,10 @@
 //! Stage 1: walking a source tree. Yields every entry below the root with its `lstat`
-//! metadata, in a stable (name-sorted) order, applying the ignore rules.
+//! metadata, in a stable (name-sorted) order, applying the ignore rules ([`walk`]).
+//!
+//! The walk holds a handle on every directory it is in and reaches each entry relative
+//! to its directory's handle, never by a path: a user who swaps a directory of the tree
+//! for a symbolic link while a root backup runs cannot redirect it to files she may not
+//! read ([`walk`] says how).
 //!
 //! Ignore patterns are globs. A pattern with no `/` matches an entry's name at any depth
 //! (`*.tmp`, `node_modules`); a pattern with a `/` matches the path relative to the source
@@ -9,7 +14,6 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -18,15 +22,23 @@ use crate::error::{Error, Result};
 use crate::format::metafile::Meta;
 use crate::index::FileStamp;
 
+mod walk;
+
+pub use walk::{walk, Stat};
+
 /// One walked entry.
 #[derive(Debug)]
 pub struct Item {
-    /// Absolute path on this machine.
+    /// Absolute path on this machine, for messages only: nothing is opened by it.
     pub abs: PathBuf,
     /// Path relative to the source root, `/`-separated bytes; `.` for the root.
     pub rel: Vec<u8>,
-    /// `lstat` metadata taken during the walk.
-    pub metadata: std::fs::Metadata,
+    /// The handle of the directory holding it (the root's own handle for the root).
+    pub parent: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// Its name in `parent` (`.` for the root).
+    pub name: std::ffi::OsString,
+    /// `lstat` metadata taken during the walk (`fstatat` on `parent`).
+    pub stat: Stat,
 }
 
 /// Ignore rules compiled into glob sets.
@@ -69,68 +81,19 @@ impl IgnoreRules {
     }
 }
 
-/// Walks `root`. Errors on individual entries come back as `Err` items (path + reason)
-/// and the walk goes on; an error on the root itself is returned at once.
-pub fn walk(
-    root: &Path,
-    one_file_system: bool,
-    rules: IgnoreRules,
-) -> Result<impl Iterator<Item = Result<Item>>> {
-    let root_meta = std::fs::symlink_metadata(root).map_err(|e| Error::io(root, e))?;
-    if !root_meta.is_dir() {
-        return Err(Error::Config(format!(
-            "source path {} is not a directory",
-            root.display()
-        )));
-    }
-    let root = root.to_path_buf();
-    let walker = walkdir::WalkDir::new(&root)
-        .follow_links(false)
-        .same_file_system(one_file_system)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry({
-            let root = root.clone();
-            move |e| {
-                e.depth() == 0
-                    || !rules.is_ignored(e.path().strip_prefix(&root).unwrap_or(e.path()))
-            }
-        });
-    Ok(walker.map(move |res| {
-        let entry = res.map_err(|e| {
-            let path = e
-                .path()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| root.clone());
-            let io = e
-                .into_io_error()
-                .unwrap_or_else(|| std::io::Error::other("file system loop"));
-            Error::io(path, io)
-        })?;
-        let metadata = entry
-            .metadata()
-            .map_err(|e| Error::io(entry.path(), std::io::Error::other(e.to_string())))?;
-        let rel_path = entry.path().strip_prefix(&root).unwrap_or(entry.path());
-        let rel = if rel_path.as_os_str().is_empty() {
-            b".".to_vec()
-        } else {
-            rel_path.as_os_str().as_bytes().to_vec()
-        };
-        Ok(Item {
-            abs: entry.into_path(),
-            rel,
-            metadata,
-        })
-    }))
-}
-
 /// The digest-cache stamp of a file.
-pub fn stamp(m: &std::fs::Metadata) -> FileStamp {
+pub fn stamp(m: &Stat) -> FileStamp {
     FileStamp {
-        size: m.size(),
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-        inode: m.ino(),
+        size: m.size,
+        mtime_ns: m
+            .mtime
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.mtime_nsec),
+        ctime_ns: m
+            .ctime
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.ctime_nsec),
+        inode: m.ino,
     }
 }
 
@@ -143,8 +106,8 @@ pub struct Names {
 
 impl Names {
     /// The metafile metadata of an entry.
-    pub fn meta(&mut self, m: &std::fs::Metadata) -> Meta {
-        let (uid, gid) = (m.uid(), m.gid());
+    pub fn meta(&mut self, m: &Stat) -> Meta {
+        let (uid, gid) = (m.uid, m.gid);
         let user = self
             .users
             .entry(uid)
@@ -166,13 +129,13 @@ impl Names {
             })
             .clone();
         Meta {
-            mode: m.mode() & 0o7777,
+            mode: m.mode & 0o7777,
             uid,
             gid,
             user,
             group,
-            mtime: m.mtime(),
-            mtime_nsec: m.mtime_nsec() as u32,
+            mtime: m.mtime,
+            mtime_nsec: m.mtime_nsec.clamp(0, 999_999_999) as u32,
         }
     }
 }

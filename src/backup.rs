@@ -37,7 +37,7 @@ use crate::ids::{ChunkHash, RunId};
 use crate::index::{CachedFile, Index};
 use crate::progress::Progress;
 use crate::source::{self, IgnoreRules, Item, Names, Stat};
-use crate::store::{PutOutcome, Store};
+use crate::store::Store;
 
 pub(crate) use packer::encode;
 use packer::{Msg, Packer, PackerOutput};
@@ -273,20 +273,32 @@ impl Commit<'_> {
         stats.bytes_stored = output.bytes_stored;
         stats.objects_stored = output.packs;
         let mut metafile = output.metafile;
-        stats.bytes_stored += metafile
-            .metadata()
-            .map_err(|e| Error::io("metafile (temporary)", e))?
-            .len();
-        stats.objects_stored += 2;
+        let pieces = self.store.pieces_for(output.metafile_bytes);
+        stats.bytes_stored += output.metafile_bytes;
+        stats.objects_stored += 1 + u64::from(pieces);
         let bounds = crate::format::refs::Bounds {
             dedup_max_age: self.target.dedup_max_age,
             max_run_time: self.target.max_run_time,
         };
+        let name = crate::format::refs::RunName {
+            run: self.run.to_string(),
+            host: self.host.to_string(),
+            source: self.source.to_string(),
+        };
+        let digest = crate::format::refs::MetafileDigest {
+            hash: output.metafile_hash,
+            bytes: output.metafile_bytes,
+            pieces,
+        };
         let mut refs = Vec::new();
-        crate::format::refs::write(&mut refs, &bounds, output.referenced.iter().copied())
-            .map_err(|e| Error::io("object list", e))?;
-        let refs_path = crate::store::run_path(self.host, self.source, self.run, "refs");
-        let meta_path = crate::store::run_path(self.host, self.source, self.run, "meta");
+        crate::format::refs::write(
+            &mut refs,
+            &name,
+            &bounds,
+            &digest,
+            output.referenced.iter().copied(),
+        )
+        .map_err(|e| Error::io("object list", e))?;
         stats.bytes_stored += refs.len() as u64;
         // Wall-clock time: a suspended machine's monotonic clock stands still, gc's does not.
         let took = (chrono::Utc::now() - self.start_time)
@@ -306,18 +318,15 @@ impl Commit<'_> {
                 ),
             });
         }
-        let exists = |path: &object_store::path::Path| Error::Store {
-            target: self.store.name().to_string(),
-            message: format!("{path} already exists; run ids must be unique"),
-        };
         self.index.begin_commit(self.target_id, self.source)?;
-        if self.store.put_create(&refs_path, refs.into())? == PutOutcome::AlreadyExists {
-            return Err(exists(&refs_path));
-        }
-        // The commit point: the run exists once its metafile is stored.
-        if self.store.put_file(&meta_path, &mut metafile)? == PutOutcome::AlreadyExists {
-            return Err(exists(&meta_path));
-        }
+        self.store.put_run(
+            self.host,
+            self.source,
+            self.run,
+            refs.into(),
+            &mut metafile,
+            output.metafile_bytes,
+        )?;
         self.index.committed(
             self.target_id,
             self.source,

@@ -154,7 +154,7 @@ struct RawTarget {
     credentials_file: Option<Spanned<String>>,
     retries: Option<Spanned<usize>>,
     retry_timeout: Option<Dur>,
-    dedup_max_age: Option<Dur>,
+    dedup_max_age: Option<Spanned<Dur>>,
     max_run_time: Option<Spanned<Dur>>,
     #[serde(default)]
     options: BTreeMap<String, String>,
@@ -467,7 +467,16 @@ impl Config {
                 Some(d) if d.get_ref().0.is_zero() => {
                     return ctx.err(d.span(), "max_run_time must be more than 0s")
                 }
+                Some(d) if d.get_ref().0 > crate::format::refs::MAX_MAX_RUN_TIME => {
+                    return ctx.err(d.span(), "max_run_time must be at most \"92d\"")
+                }
                 d => d.as_ref().map_or(DEFAULT_MAX_RUN_TIME, |d| d.get_ref().0),
+            };
+            let dedup_max_age = match &t.dedup_max_age {
+                Some(d) if d.get_ref().0 > crate::format::refs::MAX_DEDUP_MAX_AGE => {
+                    return ctx.err(d.span(), "dedup_max_age must be at most \"366d\"")
+                }
+                d => d.as_ref().map_or(DEFAULT_DEDUP_MAX_AGE, |d| d.get_ref().0),
             };
             let credentials_file = t
                 .credentials_file
@@ -490,7 +499,7 @@ impl Config {
                     credentials_file,
                     retries,
                     retry_timeout: t.retry_timeout.map_or(DEFAULT_RETRY_TIMEOUT, |d| d.0),
-                    dedup_max_age: t.dedup_max_age.map_or(DEFAULT_DEDUP_MAX_AGE, |d| d.0),
+                    dedup_max_age,
                     max_run_time,
                     options: t.options,
                 },

@@ -86,6 +86,9 @@ pub struct GcStats {
     pub lists_deleted: u64,
     /// Objects under `data/` whose names are not coffer's: never deleted.
     pub objects_foreign: u64,
+    /// Runs whose object lists could not be used whole, and why (gc went on without
+    /// them: what it could read of their lists was kept).
+    pub problems: Vec<String>,
     /// Wall-clock seconds.
     pub elapsed_secs: f64,
 }
@@ -101,18 +104,6 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     };
     progress.phase("reading the runs' object lists", None);
     let runs = group_runs(store.list_run_objects()?);
-    // A metafile without an object list: what that run needs is unknown. Stop.
-    if let Some((key, _)) = runs
-        .iter()
-        .find(|(_, r)| r.meta.is_some() && r.refs.is_none())
-    {
-        return Err(Error::Usage(format!(
-            "run {}/{}/{} has a metafile but no object list ({}.refs), so gc cannot tell \
-             which objects it needs; nothing was deleted. Delete the run with `coffer prune` \
-             (or put its object list back) and run gc again",
-            key.0, key.1, key.2, key.2
-        )));
-    }
     std::fs::create_dir_all(&opts.tmp_dir).map_err(|e| Error::io(&opts.tmp_dir, e))?;
     let tmp = tempfile::Builder::new()
         .prefix("gc-")
@@ -123,18 +114,42 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
 
     // Every object list: those of committed runs, and of runs that may be committing
     // now (a list without a metafile, younger than the grace period: the metafile comes
-    // next). Older lists without a metafile belong to runs that never finished.
+    // next). Older lists without a metafile belong to runs that never finished. What the
+    // lists say is untrusted (a put-only host can write them): a list that cannot be read
+    // whole, or records settings no valid config allows, is reported and gc goes on.
     let mut required = opts.bounds.min_grace();
-    let mut stale_lists = Vec::new();
+    let mut stale = Vec::new();
     for ((host, source, id), r) in &runs {
-        let Some(refs) = &r.refs else { continue };
-        let what = format!("object list of run {host}/{source}/{id}");
-        let bounds = referenced.add(store.reader(&refs.path)?, &what)?;
-        required = required.max(bounds.min_grace());
-        if r.meta.is_some() {
+        let name = format!("{host}/{source}/{id}");
+        let Some(refs) = &r.refs else {
+            if r.committed() {
+                stats.problems.push(format!(
+                    "run {name} has a metafile but no object list ({id}.refs): the objects \
+                     it needs are unknown and not kept; if it is a genuine run, put its \
+                     object list back (a versioned bucket keeps deleted versions)"
+                ));
+            } else {
+                stale.push(r); // pieces of a run that never got as far as its list
+            }
+            continue;
+        };
+        let what = format!("object list of run {name}");
+        match referenced.add(store.reader(&refs.path)?, &what)? {
+            Err(e) => stats.problems.push(format!(
+                "{e}; the objects listed before the damage are kept, any after it are not"
+            )),
+            Ok(header) if !header.bounds.plausible() => stats.problems.push(format!(
+                "{what} records dedup_max_age {} and max_run_time {}, more than any valid \
+                 config allows: ignored for the grace period (its objects are kept)",
+                humantime(header.bounds.dedup_max_age),
+                humantime(header.bounds.max_run_time)
+            )),
+            Ok(header) => required = required.max(header.bounds.min_grace()),
+        }
+        if r.committed() {
             stats.runs += 1;
         } else {
-            stale_lists.push(refs.clone());
+            stale.push(r);
         }
     }
     let grace = match opts.grace {
@@ -192,14 +207,15 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
         Ok(doomed)
     })?;
 
-    let old_lists: Vec<_> = stale_lists
-        .into_iter()
-        .filter(|r| r.last_modified < cutoff)
-        .map(|r| r.path)
-        .collect();
-    stats.lists_deleted = old_lists.len() as u64;
-    if !opts.dry_run && !old_lists.is_empty() {
-        store.delete(old_lists)?;
+    // Runs that never committed: their object lists and metafile pieces go once all of
+    // them are older than the grace period.
+    let mut old = Vec::new();
+    for r in stale.into_iter().filter(|r| r.all_before(cutoff)) {
+        stats.lists_deleted += u64::from(r.refs.is_some());
+        old.extend(r.refs.iter().chain(&r.pieces).map(|o| o.path.clone()));
+    }
+    if !opts.dry_run && !old.is_empty() {
+        store.delete(old)?;
     }
     progress.done();
     stats.elapsed_secs = started.elapsed().as_secs_f64();
@@ -209,8 +225,22 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
 /// A run's objects under `runs/`.
 #[derive(Default)]
 struct RunFiles {
-    meta: Option<RunObject>,
+    /// Its metafile's pieces (the first, `<id>.meta`, commits the run).
+    pieces: Vec<RunObject>,
     refs: Option<RunObject>,
+}
+
+impl RunFiles {
+    fn committed(&self) -> bool {
+        self.pieces.iter().any(|p| p.piece == 1)
+    }
+
+    fn all_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> bool {
+        self.refs
+            .iter()
+            .chain(&self.pieces)
+            .all(|o| o.last_modified < cutoff)
+    }
 }
 
 type RunKey = (String, String, String);
@@ -222,7 +252,7 @@ fn group_runs(objects: Vec<RunObject>) -> BTreeMap<RunKey, RunFiles> {
             .entry((o.host.clone(), o.source.clone(), o.id.to_string()))
             .or_default();
         if o.ext == "meta" {
-            entry.meta = Some(o);
+            entry.pieces.push(o);
         } else {
             entry.refs = Some(o);
         }
@@ -259,21 +289,38 @@ impl Referenced {
         })
     }
 
-    /// Adds an object list's keys; returns the bounds it records.
-    fn add(&mut self, list: impl std::io::BufRead, what: &str) -> Result<Bounds> {
+    /// Adds an object list's keys. The outer result is the key set's own failure; the
+    /// inner one the list's: on a malformed list, the keys read before the damage are
+    /// still added (keeping too much is safe, too little is not).
+    fn add(
+        &mut self,
+        list: impl std::io::BufRead,
+        what: &str,
+    ) -> Result<std::result::Result<refs::Header, Error>> {
         let path = &self.path;
         let fail = |e| key_set_err(path, e);
         let tx = self.conn.transaction().map_err(fail)?;
-        let bounds = {
+        let mut failed = None;
+        let read = {
             let mut stmt = tx
                 .prepare_cached("INSERT OR IGNORE INTO keys (key) VALUES (?1)")
                 .map_err(fail)?;
             refs::read_each(list, what, |k| {
-                stmt.execute(params![&k.0[..]]).map(drop).map_err(fail)
-            })?
+                stmt.execute(params![&k.0[..]]).map(drop).map_err(|e| {
+                    let e = fail(e);
+                    failed = Some(e.to_string());
+                    e
+                })
+            })
         };
+        if let Some(e) = failed {
+            return Err(Error::Index {
+                path: path.clone(),
+                message: e,
+            });
+        }
         tx.commit().map_err(fail)?;
-        Ok(bounds)
+        Ok(read)
     }
 
     fn contains(&self, key: &ObjectKey) -> Result<bool> {

@@ -19,6 +19,7 @@ mod progress;
 pub mod prune;
 mod restore;
 pub mod retention;
+pub mod runs;
 mod source;
 mod store;
 #[cfg(test)]

@@ -1,10 +1,14 @@
 //! `prune`: deletes the runs a retention policy does not keep. Needs no key.
 //!
 //! Runs are grouped by host and source (two hosts with a source of the same name are
-//! counted apart) and each group gets its policy ([`crate::retention`]). A run is deleted
-//! by deleting its metafile first, then its object list: a run without a metafile is not
-//! a run any more, and gc refuses to work while a metafile has no object list. The objects
-//! the deleted runs referenced are left for `gc`.
+//! counted apart) and each group gets its policy ([`crate::retention`]). Runs are dated
+//! by when the target stored them, not by the time their ids claim, and only runs that
+//! pass the keyless checks of [`crate::runs`] count: a suspicious or damaged run (one a
+//! broken-into host planted, say) is never "the newest", never fills a keep rule, and is
+//! never deleted by prune either: it is kept and named, for a person to look at. A run is
+//! deleted by deleting its metafile's first piece (the run stops existing), then its
+//! other pieces, then its object list. The objects the deleted runs referenced are left
+//! for `gc`.
 
 use serde::Serialize;
 
@@ -12,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::ids::RunId;
 use crate::progress::Progress;
 use crate::retention::{self, Retention};
-use crate::store::{run_path, RunInfo, Store};
+use crate::store::{piece_path, run_path, RunInfo, Store};
 
 /// One run and what prune does with it.
 #[derive(Debug, Clone, Serialize)]
@@ -24,10 +28,15 @@ pub struct PruneItem {
     pub source: String,
     /// Run id.
     pub run: String,
-    /// Start time (RFC 3339).
+    /// The start time its id claims (RFC 3339).
     pub time: String,
+    /// When the target stored it (RFC 3339): what retention dates it by.
+    pub stored: String,
     /// Whether it is kept.
     pub keep: bool,
+    /// How many pieces its metafile has (all are deleted with it).
+    #[serde(skip)]
+    pub pieces: u32,
     /// The rules that keep it; empty when it is deleted.
     pub reasons: Vec<String>,
 }
@@ -82,27 +91,36 @@ pub fn plan(
     for ((host, source), runs) in groups {
         let policy = policy_for(host, source).filter(|p| !p.is_empty());
         any_policy |= policy.is_some();
-        let times: Vec<_> = runs
+        // Only runs that pass the checks count; the rules see them alone.
+        let counted: Vec<usize> = (0..runs.len())
+            .filter(|&i| runs[i].status.is_ok())
+            .collect();
+        let times: Vec<_> = counted.iter().map(|&i| runs[i].stored_at()).collect();
+        let mut decisions: Vec<retention::Decision> = runs
             .iter()
-            .map(|r| {
-                r.id.parse::<RunId>()
-                    .ok()
-                    .and_then(|id| id.time())
-                    .ok_or_else(|| Error::Usage(format!("bad run id {}", r.id)))
+            .map(|r| retention::Decision {
+                keep: true,
+                reasons: vec![format!(
+                    "not counted, kept: {} ({})",
+                    r.status.word(),
+                    r.status.reason().unwrap_or("")
+                )],
             })
-            .collect::<Result<_>>()?;
-        let decisions = match &policy {
-            Some(p) => retention::apply(p, &times),
-            None => times
-                .iter()
-                .map(|_| retention::Decision {
-                    keep: true,
-                    reasons: vec!["no rules for this source".into()],
-                })
-                .collect(),
-        };
+            .collect();
+        match &policy {
+            Some(p) => {
+                for (d, &i) in retention::apply(p, &times).into_iter().zip(&counted) {
+                    decisions[i] = d;
+                }
+            }
+            None => {
+                for &i in &counted {
+                    decisions[i].reasons = vec!["no rules for this source".into()];
+                }
+            }
+        }
         // Defence in depth: the newest run is always kept, so this cannot happen.
-        if !decisions.iter().any(|d| d.keep) {
+        if !decisions.is_empty() && !decisions.iter().any(|d| d.keep) {
             return Err(Error::Usage(format!(
                 "refusing to delete every run of {host}/{source}"
             )));
@@ -115,8 +133,10 @@ pub fn plan(
                 source: r.source.clone(),
                 run: r.id.clone(),
                 time: r.time.clone(),
+                stored: r.stored.clone(),
                 keep: d.keep,
                 reasons: d.reasons,
+                pieces: r.pieces.len() as u32,
             })
             .collect();
         report.kept += items.iter().filter(|i| i.keep).count() as u64;
@@ -138,7 +158,8 @@ pub fn plan(
     Ok(report)
 }
 
-/// Deletes the runs `report` does not keep (metafile first, then object list).
+/// Deletes the runs `report` does not keep: each one's metafile first (the run stops
+/// existing), then the rest of its pieces, then its object list.
 pub fn execute(store: &Store, report: &PruneReport, progress: &dyn Progress) -> Result<()> {
     let doomed: Vec<&PruneItem> = report
         .groups
@@ -149,7 +170,11 @@ pub fn execute(store: &Store, report: &PruneReport, progress: &dyn Progress) -> 
     progress.phase("deleting runs", Some(doomed.len() as u64));
     for r in doomed {
         let id: RunId = r.run.parse()?;
-        store.delete(vec![run_path(&r.host, &r.source, &id, "meta")])?;
+        store.delete(vec![piece_path(&r.host, &r.source, &id, 1)])?;
+        let rest: Vec<_> = (2..=r.pieces.max(1))
+            .map(|n| piece_path(&r.host, &r.source, &id, n))
+            .collect();
+        store.delete(rest)?;
         store.delete(vec![run_path(&r.host, &r.source, &id, "refs")])?;
         progress.bytes(1);
     }
@@ -161,14 +186,63 @@ pub fn execute(store: &Store, report: &PruneReport, progress: &dyn Progress) -> 
 mod tests {
     use super::*;
 
+    /// A run stored when its id says it started, and ok.
     fn run(host: &str, source: &str, id: &str) -> RunInfo {
+        let at = id.parse::<RunId>().unwrap().time().unwrap();
         RunInfo {
             host: host.into(),
             source: source.into(),
             id: id.into(),
             time: String::new(),
-            metafile_bytes: 0,
+            stored: String::new(),
+            metafile_bytes: 1,
+            status: crate::runs::RunStatus::Ok,
+            stored_at: at,
+            claimed_at: at,
+            refs_bytes: Some(1),
+            pieces: vec![(1, 1)],
         }
+    }
+
+    #[test]
+    fn runs_are_dated_by_the_store_and_flagged_runs_neither_count_nor_go() {
+        // A planted run that claims the far future, stored last: it would be "the
+        // newest" by its id. And a genuine one whose id claims an old time but which the
+        // target stored recently (a host whose clock is behind, within tolerance).
+        let mut planted = run("a", "home", "20991231T000000Z-0000000f");
+        planted.stored_at = "2026-01-05T00:00:00Z".parse().unwrap();
+        planted.status = crate::runs::RunStatus::Suspicious("planted".into());
+        let mut late = run("a", "home", "20260101T000000Z-00000001");
+        late.stored_at = "2026-01-04T00:00:00Z".parse().unwrap();
+        let runs = [
+            late,
+            run("a", "home", "20260102T000000Z-00000002"),
+            run("a", "home", "20260103T000000Z-00000003"),
+            planted,
+        ];
+        let last2 = Retention {
+            last: Some(2),
+            ..Default::default()
+        };
+        let r = plan("t", &runs, &|_, _| Some(last2)).unwrap();
+        let g = &r.groups[0];
+        let keep: Vec<(&str, bool)> = g.runs.iter().map(|i| (&i.run[17..], i.keep)).collect();
+        // By store time 00000001 is the newest genuine run; 00000002 is deleted.
+        assert_eq!(
+            keep,
+            [
+                ("00000001", true),
+                ("00000002", false),
+                ("00000003", true),
+                ("0000000f", true)
+            ]
+        );
+        assert_eq!(g.runs[0].reasons[0], "newest");
+        assert!(
+            g.runs[3].reasons[0].contains("not counted"),
+            "{:?}",
+            g.runs[3]
+        );
     }
 
     #[test]

@@ -954,7 +954,8 @@ fn concurrent_first_backups_sharing_a_state_dir_both_succeed() {
 
 /// Whoever can write to the target must not be able to make restore use a metafile it
 /// planted: one in plaintext is refused from the target (only a local --index file may be
-/// plaintext), and an encrypted one stored under another run's name is refused too.
+/// plaintext), and an encrypted one stored under another run's name is refused too. By
+/// default restore passes over such runs to the newest one that checks out, and says so.
 #[test]
 fn planted_or_renamed_metafiles_are_refused() {
     let fx = Fixture::new();
@@ -972,10 +973,13 @@ fn planted_or_renamed_metafiles_are_refused() {
     );
     write(&dir.join(format!("{planted_id}.meta")), plain.as_bytes());
     let dest = fx.path("planted");
-    fx.restore(&dest, &[])
+    fx.restore(&dest, &[OsStr::new("--run"), OsStr::new(planted_id)])
         .expect(EXIT_ERROR)
-        .stderr_has(planted_id);
+        .stderr_has("not encrypted");
     assert!(!dest.join("real.txt").exists());
+    let dest = fx.path("default");
+    fx.restore(&dest, &[]).ok().stderr_has(planted_id);
+    assert_eq!(read(&dest.join("real.txt")), b"the real data\n");
 
     // The same plaintext given explicitly with --index is the user's choice: accepted.
     let explicit = fx.path("explicit.meta");
@@ -994,9 +998,16 @@ fn planted_or_renamed_metafiles_are_refused() {
     std::fs::remove_file(dir.join(format!("{planted_id}.meta"))).unwrap();
     std::fs::copy(&stored, dir.join(format!("{planted_id}.meta"))).unwrap();
     let dest = fx.path("renamed");
-    fx.restore(&dest, &[])
+    fx.restore(&dest, &[OsStr::new("--run"), OsStr::new(planted_id)])
         .expect(EXIT_ERROR)
         .stderr_has("planted or moved");
+    // With a copied object list as well, it gets past the keyless checks; the metafile's
+    // own header still gives it away, and restore falls back to the genuine run.
+    let refs = stored.with_extension("refs");
+    std::fs::copy(&refs, dir.join(format!("{planted_id}.refs"))).unwrap();
+    let dest = fx.path("renamed-default");
+    fx.restore(&dest, &[]).ok().stderr_has(planted_id);
+    assert_eq!(read(&dest.join("real.txt")), b"the real data\n");
 }
 
 /// A source encrypted to two recipients (an admin key and an offline recovery key, one

@@ -307,7 +307,16 @@ fn backup_restores_with_gpg_and_coreutils_alone() {
     let run_dir = tgt.join("runs/test+20host/home");
     let metafile = only_file(&run_dir, ".meta");
     let refs = std::fs::read_to_string(only_file(&run_dir, ".refs")).unwrap();
-    assert!(refs.starts_with("coffer-refs 1\n"), "{refs}");
+    assert!(refs.starts_with("coffer-refs 2\n"), "{refs}");
+    // The object list records the stored metafile's BLAKE3 and size (what b3sum says),
+    // so anyone can check it without a key.
+    let stored = std::fs::read(&metafile).unwrap();
+    let line = format!(
+        "\nmetafile {} {} 1\n",
+        blake3::hash(&stored).to_hex(),
+        stored.len()
+    );
+    assert!(refs.contains(&line), "{refs} lacks {line}");
 
     let gnupg = GnupgHome::new(root.join("gnupg"));
     ok(gnupg.gpg().arg("--import").arg(keys.join("admin.key.asc")));

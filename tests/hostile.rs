@@ -481,3 +481,167 @@ fn a_directory_swapped_for_a_symlink_during_backup_stores_nothing_from_elsewhere
         }
     }
 }
+
+/// Three genuine runs of a changing file; returns their ids, oldest first.
+fn three_genuine_runs(fx: &Fixture) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        write(&fx.src.join("a.txt"), format!("version {i}\n").as_bytes());
+        let stats = fx.backup_ok();
+        ids.push(stats["run"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+fn runs_json(fx: &Fixture) -> (Option<i32>, Vec<serde_json::Value>) {
+    let mut cmd = coffer(&fx.home);
+    cmd.args(["runs", "--json", "--target", &fx.target_url()]);
+    let out = run(cmd);
+    let list = out.json().as_array().cloned().unwrap_or_default();
+    (out.code, list)
+}
+
+fn status_of(list: &[serde_json::Value], id: &str) -> String {
+    let r = list
+        .iter()
+        .find(|r| r["run"] == id)
+        .unwrap_or_else(|| panic!("{id} not listed: {list:#?}"));
+    r["status"]["state"].as_str().unwrap().to_string()
+}
+
+fn prune_keep_last(fx: &Fixture, n: &str) -> serde_json::Value {
+    let mut cmd = fx.cmd();
+    cmd.args(["prune", "--keep-last", n, "--json"]);
+    run(cmd).ok().json()
+}
+
+#[test]
+fn runs_a_put_only_host_plants_never_push_genuine_runs_out() {
+    let fx = Fixture::new();
+    let genuine = three_genuine_runs(&fx);
+    let dir = fx.target.join("runs").join(HOST).join(SOURCE);
+    let forger = Forger::new(&fx);
+    // Junk under future ids (create-only puts of anything suffice), and a well-formed
+    // copy of a genuine run under a back-dated id: both claim times the target's own
+    // clock contradicts.
+    let future: Vec<String> = (0..3)
+        .map(|i| run_id(4_100_000_000 + i, "00000f00"))
+        .collect();
+    for id in &future {
+        forger.plant_run(id, b"junk", b"junk");
+    }
+    let back = run_id(1_700_000_000, "00000b00");
+    std::fs::copy(
+        dir.join(format!("{}.meta", genuine[2])),
+        dir.join(format!("{back}.meta")),
+    )
+    .unwrap();
+    let refs = std::fs::read_to_string(dir.join(format!("{}.refs", genuine[2]))).unwrap();
+    write(
+        &dir.join(format!("{back}.refs")),
+        refs.replace(&genuine[2], &back).as_bytes(),
+    );
+    // And junk under a current id, which no clock contradicts.
+    let now_id = run_id(chrono::Utc::now().timestamp(), "00000c00");
+    forger.plant_run(&now_id, b"junk", b"junk");
+
+    let (code, list) = runs_json(&fx);
+    assert_eq!(code, Some(EXIT_PARTIAL), "{list:#?}");
+    for id in &genuine {
+        assert_eq!(status_of(&list, id), "ok");
+    }
+    for id in future.iter().chain([&back]) {
+        assert_eq!(status_of(&list, id), "suspicious", "{id}");
+    }
+    assert_eq!(status_of(&list, &now_id), "damaged");
+
+    // prune --keep-last 3 keeps the three genuine runs and leaves the others alone.
+    let report = prune_keep_last(&fx, "3");
+    assert_eq!(report[0]["deleted"], 0, "{report:#}");
+    // --keep-last 1: only the oldest genuine run goes.
+    let report = prune_keep_last(&fx, "1");
+    assert_eq!(report[0]["deleted"], 2, "{report:#}");
+    let left: Vec<String> = fx
+        .runs()
+        .iter()
+        .map(|r| r["run"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        left.contains(&genuine[2]),
+        "the newest genuine run is kept: {left:?}"
+    );
+    for id in future.iter().chain([&back, &now_id]) {
+        assert!(left.contains(id), "prune never deletes a flagged run: {id}");
+    }
+    // Restore by default takes the newest genuine run, and says what it skipped.
+    let to = fx.path("out");
+    let out = fx.restore(&to, &[]).ok();
+    assert!(out.stderr.contains(&future[0]), "{out}");
+    assert_eq!(std::fs::read(to.join("a.txt")).unwrap(), b"version 2\n");
+}
+
+#[test]
+fn a_truncated_metafile_is_damaged_and_never_the_newest() {
+    let fx = Fixture::new();
+    let genuine = three_genuine_runs(&fx);
+    let meta = fx
+        .target
+        .join("runs")
+        .join(HOST)
+        .join(SOURCE)
+        .join(format!("{}.meta", genuine[2]));
+    let len = std::fs::metadata(&meta).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&meta).unwrap();
+    f.set_len(len - 100).unwrap();
+    drop(f);
+    let (code, list) = runs_json(&fx);
+    assert_eq!(code, Some(EXIT_PARTIAL));
+    assert_eq!(status_of(&list, &genuine[2]), "damaged");
+    let reason = list
+        .iter()
+        .find(|r| r["run"] == genuine[2].as_str())
+        .unwrap()["status"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("truncated"), "{reason}");
+    // prune --keep-last 1 keeps the newest good run, not the damaged one alone.
+    let report = prune_keep_last(&fx, "1");
+    assert_eq!(report[0]["deleted"], 1, "{report:#}");
+    let left: Vec<String> = fx
+        .runs()
+        .iter()
+        .map(|r| r["run"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        left.contains(&genuine[1]) && left.contains(&genuine[2]),
+        "{left:?}"
+    );
+    let to = fx.path("out");
+    fx.restore(&to, &[]).ok();
+    assert_eq!(std::fs::read(to.join("a.txt")).unwrap(), b"version 1\n");
+}
+
+#[test]
+fn object_lists_cannot_stop_gc_or_stretch_its_grace_period() {
+    let fx = Fixture::new();
+    genuine_run(&fx);
+    let forger = Forger::new(&fx);
+    // A metafile without an object list, and an object list claiming settings no config
+    // allows (they would make the grace period 31 years).
+    let lone = run_id(chrono::Utc::now().timestamp(), "0000aa01");
+    let dir = fx.target.join("runs").join(HOST).join(SOURCE);
+    write(&dir.join(format!("{lone}.meta")), b"junk");
+    let greedy = run_id(chrono::Utc::now().timestamp(), "0000aa02");
+    let mut refs = String::from_utf8(refs(&[])).unwrap();
+    refs = refs.replace("dedup-max-age 604800", "dedup-max-age 999999999");
+    forger.plant_run(&greedy, b"junk", refs.as_bytes());
+    let mut cmd = fx.cmd();
+    cmd.args(["gc", "--dry-run", "--json"]);
+    let out = run(cmd)
+        .expect(EXIT_PARTIAL)
+        .stderr_has(&lone)
+        .stderr_has("more than any valid config allows");
+    let stats = &out.json()[0];
+    assert_eq!(stats["grace_secs"], 14 * 86_400, "{stats:#}");
+}

@@ -425,8 +425,8 @@ fn an_independent_client_verifies_every_object_against_its_name() {
 }
 
 #[test]
-fn large_objects_go_up_in_parts_with_the_put_only_credential() {
-    let t = S3Fixture::new("multipart");
+fn a_large_metafile_goes_up_in_create_only_pieces_with_the_put_only_credential() {
+    let t = S3Fixture::new("pieces");
     let mut target = coffer::TargetConfig::from_url(&t.url()).unwrap();
     target.endpoint = Some(t.s3.endpoint.clone());
     target.allow_http = Some(true);
@@ -439,35 +439,74 @@ fn large_objects_go_up_in_parts_with_the_put_only_credential() {
         .insert("aws_secret_access_key".into(), t.s3.put.1.clone());
     let store = coffer::Store::open(&target, true)
         .unwrap()
-        .with_multipart_threshold(5 << 20);
-    let content = pseudo_random(3, 20 << 20);
+        .with_metafile_piece(5 << 20);
+    let content = pseudo_random(3, 12 << 20);
     let file_path = t.fx.path("large");
     write(&file_path, &content);
-    let mut file = std::fs::File::open(&file_path).unwrap();
-    let path = object_store::path::Path::from("runs/large-object");
-    let (r, requests) = t.requests_during(|| store.put_file(&path, &mut file));
+    let id: coffer::RunId = "20260101T000000Z-0000abcd".parse().unwrap();
+    let put = |data: &[u8], refs: &'static [u8]| {
+        write(&file_path, data);
+        let mut file = std::fs::File::open(&file_path).unwrap();
+        store.put_run(
+            HOST,
+            SOURCE,
+            &id,
+            bytes::Bytes::from_static(refs),
+            &mut file,
+            data.len() as u64,
+        )
+    };
+    let (r, requests) = t.requests_during(|| put(&content, b"refs"));
     r.unwrap();
-    let parts = requests
+    // Three pieces and the object list, each one PUT; no multipart upload.
+    assert_eq!(requests.len(), 4, "{requests:#?}");
+    assert!(requests.iter().all(|r| method(r) == "PUT"), "{requests:#?}");
+    let run_dir = format!("{}/runs/{HOST}/{SOURCE}", t.prefix);
+    let mut names: Vec<String> = t
+        .keys()
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(&format!("{run_dir}/")).map(str::to_string))
+        .collect();
+    names.sort();
+    let base = id.to_string();
+    assert_eq!(
+        names,
+        [
+            format!("{base}.meta"),
+            format!("{base}.meta.0002"),
+            format!("{base}.meta.0003"),
+            format!("{base}.refs")
+        ]
+    );
+    let fetch = |name: &str| {
+        let local = t.fx.path(&format!("back-{name}"));
+        let out = t.aws(
+            Cred::Admin,
+            &[
+                "s3",
+                "cp",
+                &format!("s3://{}/{run_dir}/{name}", t.s3.bucket),
+                local.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        read_bytes(&local)
+    };
+    let whole: Vec<u8> = [&names[0], &names[1], &names[2]]
         .iter()
-        .filter(|l| l.contains("partNumber="))
-        .count();
-    assert!(parts >= 2, "uploaded in parts: {requests:#?}");
-    let local = t.fx.path("back");
-    let out = t.aws(
-        Cred::Admin,
-        &[
-            "s3",
-            "cp",
-            &format!("s3://{}/{}/runs/large-object", t.s3.bucket, t.prefix),
-            local.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(read_bytes(&local) == content);
+        .flat_map(|n| fetch(n))
+        .collect();
+    assert!(whole == content, "the pieces concatenate to the metafile");
+    // Create-only: the same run again fails and changes nothing.
+    let other = pseudo_random(4, 12 << 20);
+    let err = put(&other, b"other").unwrap_err().to_string();
+    assert!(err.contains("already exists"), "{err}");
+    assert!(fetch(&names[1]) == content[5 << 20..10 << 20]);
+    assert_eq!(fetch(&names[3]), b"refs");
 }
 
 fn read_bytes(p: &Path) -> Vec<u8> {

@@ -128,6 +128,9 @@ pub(super) struct PackerSetup {
 
 pub(super) struct PackerOutput {
     pub metafile: std::fs::File,
+    /// BLAKE3 and size of the metafile as stored.
+    pub metafile_hash: ChunkHash,
+    pub metafile_bytes: u64,
     pub referenced: BTreeSet<ObjectKey>,
     pub chunks: u64,
     pub chunks_new: u64,
@@ -190,7 +193,28 @@ impl Building {
 /// An acknowledged pack: its chunks and when it was sealed.
 type Ack = (Vec<ChunkRef>, i64);
 
-type MetaWriter = metafile::Writer<BufWriter<MessageWriter<std::fs::File>>>;
+type MetaWriter = metafile::Writer<BufWriter<MessageWriter<Hashing>>>;
+
+/// The metafile's sink: its temporary file, hashed on the way (the object list records
+/// the stored metafile's BLAKE3 and size, so a keyless reader can check it).
+pub(super) struct Hashing {
+    file: std::fs::File,
+    hasher: blake3::Hasher,
+    bytes: u64,
+}
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = std::io::Write::write(&mut self.file, buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut self.file)
+    }
+}
 
 pub(super) struct Packer {
     setup_encryptor: Encryptor,
@@ -241,7 +265,11 @@ impl Packer {
         let sink = metafile
             .try_clone()
             .map_err(|e| Error::io("metafile (temporary)", e))?;
-        let enc = s.encryptor.message_writer(sink)?;
+        let enc = s.encryptor.message_writer(Hashing {
+            file: sink,
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+        })?;
         let writer = metafile::Writer::new(BufWriter::with_capacity(1 << 16, enc), &s.header)
             .map_err(|e| Error::io("metafile (temporary)", e))?;
         let (returned_tx, returned_rx) = std::sync::mpsc::channel();
@@ -308,10 +336,13 @@ impl Packer {
         let enc = buffered
             .into_inner()
             .map_err(|e| Error::io("metafile (temporary)", e.into_error()))?;
-        enc.finish()
+        let hashed = enc
+            .finish()
             .map_err(|e| Error::io("metafile (temporary)", e))?;
         Ok(PackerOutput {
             metafile: self.metafile,
+            metafile_hash: hashed.hasher.finalize().into(),
+            metafile_bytes: hashed.bytes,
             referenced: self.referenced,
             chunks: self.out.chunks,
             chunks_new: self.out.chunks_new,

@@ -55,7 +55,17 @@ pub enum Command {
     /// Unchanged files (same size, mtime, ctime, inode) are not read again; only new
     /// chunks are encrypted and uploaded. A failing target does not stop the others.
     Backup(BackupArgs),
-    /// List the runs stored on a target. Needs no key.
+    /// List the runs stored on a target, and check them. Needs no key.
+    ///
+    /// Runs are listed oldest first by when the target stored them (the time a run's id
+    /// claims is shown too, but anyone who can write to the target can claim any time).
+    /// Each run is checked without a key: its object list must be well formed and name
+    /// it, its metafile must be complete and start as an encrypted message, and the time
+    /// it claims must fit when it was stored. STATUS is ok, suspicious (it may have been
+    /// planted) or damaged (it cannot be restored whole), with the reason; such a run is
+    /// never restored by default, never counts toward prune's rules and is never deleted
+    /// by prune. The exit status is 3 if any run is not ok.
+    #[command(verbatim_doc_comment)]
     Runs(RunsArgs),
     /// Restore a run (the newest of a source, a given run, or a metafile on disk).
     ///
@@ -201,6 +211,10 @@ pub struct RunsArgs {
     /// Only runs made by this host
     #[arg(long, value_name = "H")]
     pub host: Option<String>,
+    /// List from object names alone: do not read each run's object list and the start
+    /// of its metafile (two small reads per run) to check it
+    #[arg(long)]
+    pub no_check: bool,
     /// Print JSON
     #[arg(long)]
     pub json: bool,

@@ -226,40 +226,35 @@ fn runs(config: Option<&Path>, a: RunsArgs) -> Result<u8> {
     let mut all = Vec::new();
     for t in &targets {
         let store = Store::open(t, false)?;
-        for r in store.list_runs()? {
-            if a.source.as_ref().is_some_and(|s| *s != r.source)
-                || a.host.as_ref().is_some_and(|h| *h != r.host)
-            {
-                continue;
-            }
-            all.push((t.name.clone(), r));
+        let mut runs: Vec<coffer::RunInfo> = store
+            .list_runs()?
+            .into_iter()
+            .filter(|r| {
+                a.source.as_ref().is_none_or(|s| *s == r.source)
+                    && a.host.as_ref().is_none_or(|h| *h == r.host)
+            })
+            .collect();
+        if !a.no_check {
+            coffer::runs::check(&store, &mut runs)?;
         }
+        all.extend(runs.into_iter().map(|r| (t.name.clone(), r)));
     }
+    let flagged = all.iter().filter(|(_, r)| !r.status.is_ok()).count();
     let mut out = std::io::stdout().lock();
     if a.json {
         let list: Vec<_> = all
             .iter()
             .map(|(t, r)| {
                 serde_json::json!({"target": t, "host": r.host, "source": r.source,
-                "run": r.id, "time": r.time, "metafile_bytes": r.metafile_bytes})
+                "run": r.id, "time": r.time, "stored": r.stored,
+                "metafile_bytes": r.metafile_bytes, "status": r.status})
             })
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
     } else {
-        writeln!(
-            out,
-            "{:<12} {:<16} {:<12} {:<26} TIME",
-            "TARGET", "HOST", "SOURCE", "RUN"
-        )?;
-        for (t, r) in &all {
-            writeln!(
-                out,
-                "{:<12} {:<16} {:<12} {:<26} {}",
-                t, r.host, r.source, r.id, r.time
-            )?;
-        }
+        write!(out, "{}", output::runs_table(&all))?;
     }
-    Ok(EXIT_OK)
+    Ok(if flagged > 0 { EXIT_PARTIAL } else { EXIT_OK })
 }
 
 fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
@@ -354,11 +349,13 @@ fn prune(config: Option<&Path>, a: PruneArgs) -> Result<u8> {
     let mut reports = Vec::new();
     for t in &targets {
         let store = Store::open(t, false)?;
-        let runs: Vec<coffer::RunInfo> = store
+        let mut runs: Vec<coffer::RunInfo> = store
             .list_runs()?
             .into_iter()
             .filter(|r| a.source.is_empty() || a.source.contains(&r.source))
             .collect();
+        // Only runs that check out count toward the rules (two small reads per run).
+        coffer::runs::check(&store, &mut runs)?;
         let mut report = coffer::prune::plan(&t.name, &runs, &policy_for)?;
         report.dry_run = a.dry_run;
         if !a.json {
@@ -397,12 +394,16 @@ fn gc(config: Option<&Path>, a: GcArgs) -> Result<u8> {
         if !a.json {
             print!("{}", output::gc_summary(&stats));
         }
+        for p in &stats.problems {
+            eprintln!("coffer gc: {}: {}", t.name, output::escape_line(p));
+        }
         all.push(stats);
     }
+    let problems = all.iter().any(|s| !s.problems.is_empty());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
     }
-    Ok(EXIT_OK)
+    Ok(if problems { EXIT_PARTIAL } else { EXIT_OK })
 }
 
 fn restore_target(config: Option<&Path>, a: &RestoreArgs) -> Result<TargetConfig> {

@@ -127,6 +127,7 @@ pub fn gc_summary(s: &coffer::gc::GcStats) -> String {
          \x20 too young      {} objects ({}), kept for the grace period\n\
          \x20 unreferenced   {} objects ({}), {}\n\
          \x20 unfinished     {} object lists of runs that never committed, {}\n\
+         \x20 problems       {} (named on standard error)\n\
          {}\
          \x20 elapsed        {:.2}s\n",
         s.target,
@@ -149,6 +150,7 @@ pub fn gc_summary(s: &coffer::gc::GcStats) -> String {
         } else {
             "deleted"
         },
+        s.problems.len(),
         if s.objects_foreign > 0 {
             format!(
                 "  not coffer's   {} objects under data/, left alone\n",
@@ -351,4 +353,65 @@ impl Progress for Bar {
             b.finish_and_clear();
         }
     }
+}
+
+/// The `coffer runs` table: columns as wide as their widest value.
+pub fn runs_table(runs: &[(String, coffer::RunInfo)]) -> String {
+    let head = ["TARGET", "HOST", "SOURCE", "RUN", "STORED", "STATUS"];
+    let rows: Vec<[String; 6]> = runs
+        .iter()
+        .map(|(t, r)| {
+            [
+                t.clone(),
+                r.host.clone(),
+                r.source.clone(),
+                r.id.clone(),
+                r.stored.clone(),
+                match r.status.reason() {
+                    Some(why) => format!("{}: {}", r.status.word(), why),
+                    None => r.status.word().to_string(),
+                },
+            ]
+        })
+        .map(|row| row.map(|c| escape_line(&c)))
+        .collect();
+    let mut widths = head.map(str::len);
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut o = String::new();
+    for row in std::iter::once(head.map(str::to_string)).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i + 1 == row.len() {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        let _ = writeln!(o, "{}", cells.join("  "));
+    }
+    o
+}
+
+/// A text for one line of output: control characters (a newline in a name, say) and
+/// backslashes escaped, so nothing can forge a second line.
+pub fn escape_line(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\t' => o.push_str("\\t"),
+            c if c.is_control() => o.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o
 }

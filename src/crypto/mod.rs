@@ -16,6 +16,7 @@ mod read;
 mod stream;
 
 pub use keys::{generate_key, load_recipients, load_secret_keys, GeneratedKey, KeyAlgorithm};
+pub use read::check_framing;
 pub use stream::MessageWriter;
 
 use std::collections::HashMap;

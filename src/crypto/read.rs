@@ -96,7 +96,8 @@ fn read_header(
     let octet = next()?;
     if octet & 0x80 == 0 {
         return Err(refused(format!(
-            "octet {octet:#04x} is not a packet header"
+            "octet {octet:#04x} is not a packet header: not an OpenPGP message (plain text \
+             is not encrypted)"
         )));
     }
     if octet & 0x40 != 0 {
@@ -343,6 +344,41 @@ fn quick_check(sk: &SessionKey, ciphertext: &[u8]) -> bool {
     };
     let mut prefix = [0u8; PREFIX];
     cfb_decrypt(sk, first, &mut prefix).is_ok() && prefix[14..16] == prefix[16..18]
+}
+
+/// Checks, without a key, that `start` (the first bytes of a stored message, or all of
+/// it) begins as coffer's messages do: PKESK v3 packets, then an SEIPD v1 packet. Bytes
+/// that end among the PKESK packets pass (there is nothing wrong yet).
+pub fn check_framing(start: &[u8]) -> std::result::Result<(), String> {
+    let mut s = Slice { buf: start, pos: 0 };
+    let mut pkesks = 0;
+    loop {
+        if s.at_end() && pkesks > 0 {
+            return Ok(());
+        }
+        let (tag, len) = match s.header() {
+            Ok(h) => h,
+            Err(_) if pkesks > 0 => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if tag == 18 && pkesks > 0 {
+            return match s.byte() {
+                Ok(1) | Err(_) => Ok(()),
+                Ok(v) => Err(format!("an SEIPD packet of version {v}")),
+            };
+        }
+        expect_tag(tag, 1, "the message").map_err(|e| e.to_string())?;
+        let Len::Definite(n) = len else {
+            return Err("a PKESK packet with a partial length".into());
+        };
+        match s.take(n) {
+            Ok(body) if body.first() != Some(&3) => {
+                return Err("a PKESK packet of a version other than 3".into())
+            }
+            Ok(_) => pkesks += 1,
+            Err(_) => return Ok(()),
+        }
+    }
 }
 
 impl Decryptor {

@@ -1,26 +1,44 @@
-//! The run's object list (`<run>.refs`): every object key a run references, in plain text.
+//! The run's object list (`<run>.refs`): every object key a run references, in plain text,
+//! and what a keyless reader needs to check the run (docs/FORMAT.md section 6).
 //!
-//! It reveals nothing about the data (object keys are hashes of ciphertext) and lets `gc`
-//! and monitoring work without a secret key.
+//! It reveals nothing about the data (object keys are hashes of ciphertext) and lets `gc`,
+//! `prune`, `runs` and monitoring work without a secret key.
 //!
 //! ```text
-//! coffer-refs 1
-//! dedup-max-age <seconds>   the backup's `dedup_max_age` setting
-//! max-run-time <seconds>    the backup's `max_run_time` setting
-//! <64 hex digits>           one line per object, sorted, unique
+//! coffer-refs 2
+//! run <id>                        header: "KEY SP VALUE" lines (values percent-encoded)
+//! host <host>
+//! source <source>
+//! dedup-max-age <seconds>         the backup's `dedup_max_age` setting
+//! max-run-time <seconds>          the backup's `max_run_time` setting
+//! metafile <blake3> <bytes> <pieces>
+//!                                 an empty line ends the header
+//! <64 hex digits>                 one line per object, sorted, unique
 //! end <count>
 //! ```
 //!
-//! The two settings let `gc` check that its grace period covers every backup's bounds
-//! (docs/FORMAT.md, "Garbage collection").
+//! Version 1 (still read) had the two settings as its only header lines and no empty
+//! line. Everything here comes from the target, so nothing is trusted: lines are bounded,
+//! numbers checked, and [`Limits`] says which settings a valid config could have made.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::time::Duration;
 
+use super::{decode_field, encode_field};
 use crate::error::{Error, Result};
-use crate::ids::ObjectKey;
+use crate::format::metafile::decimal;
+use crate::ids::{ChunkHash, ObjectKey};
 
-const MAGIC: &str = "coffer-refs 1";
+/// The version this code writes.
+pub const VERSION: u32 = 2;
+/// No line of an object list is longer (header values included).
+const MAX_LINE: usize = 4096;
+
+/// The largest `dedup_max_age` a config may set: values read from a target beyond it are
+/// suspicious, never trusted (they would stretch gc's grace period).
+pub const MAX_DEDUP_MAX_AGE: Duration = Duration::from_secs(366 * 86_400);
+/// The largest `max_run_time` a config may set.
+pub const MAX_MAX_RUN_TIME: Duration = Duration::from_secs(92 * 86_400);
 
 /// The backup settings an object list records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,19 +52,71 @@ pub struct Bounds {
 impl Bounds {
     /// The shortest grace period gc may use for runs made with these bounds.
     pub fn min_grace(&self) -> Duration {
-        self.dedup_max_age + self.max_run_time
+        self.dedup_max_age.saturating_add(self.max_run_time)
+    }
+
+    /// Whether a valid config could have made these bounds.
+    pub fn plausible(&self) -> bool {
+        self.dedup_max_age <= MAX_DEDUP_MAX_AGE && self.max_run_time <= MAX_MAX_RUN_TIME
     }
 }
 
-/// Writes the object list; `keys` must be sorted and unique.
+/// The stored metafile as the object list describes it: what a keyless reader checks the
+/// `.meta` objects against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetafileDigest {
+    /// BLAKE3 of the whole stored metafile (all its pieces, in order).
+    pub hash: ChunkHash,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// How many objects it is stored in (docs/FORMAT.md section 1).
+    pub pieces: u32,
+}
+
+/// What names the run an object list belongs to (version 2 on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunName {
+    /// Run id.
+    pub run: String,
+    /// Host name (unescaped).
+    pub host: String,
+    /// Source name.
+    pub source: String,
+}
+
+/// An object list's header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The format version read.
+    pub version: u32,
+    /// The backup's settings.
+    pub bounds: Bounds,
+    /// The run it belongs to (`None` in version 1).
+    pub name: Option<RunName>,
+    /// The stored metafile (`None` in version 1).
+    pub metafile: Option<MetafileDigest>,
+}
+
+/// Writes an object list; `keys` must be sorted and unique.
 pub fn write(
     out: &mut impl Write,
+    name: &RunName,
     bounds: &Bounds,
+    metafile: &MetafileDigest,
     keys: impl IntoIterator<Item = ObjectKey>,
 ) -> std::io::Result<()> {
-    writeln!(out, "{MAGIC}")?;
+    writeln!(out, "coffer-refs {VERSION}")?;
+    writeln!(out, "run {}", encode_field(name.run.as_bytes()))?;
+    writeln!(out, "host {}", encode_field(name.host.as_bytes()))?;
+    writeln!(out, "source {}", encode_field(name.source.as_bytes()))?;
     writeln!(out, "dedup-max-age {}", bounds.dedup_max_age.as_secs())?;
     writeln!(out, "max-run-time {}", bounds.max_run_time.as_secs())?;
+    writeln!(
+        out,
+        "metafile {} {} {}",
+        metafile.hash, metafile.bytes, metafile.pieces
+    )?;
+    writeln!(out)?;
     let mut n = 0u64;
     for k in keys {
         writeln!(out, "{k}")?;
@@ -57,73 +127,48 @@ pub fn write(
 
 /// Reads an object list, checking its header and trailer, into memory; `what` names it
 /// in errors.
-pub fn read(input: impl BufRead, what: &str) -> Result<(Bounds, Vec<ObjectKey>)> {
+pub fn read(input: impl BufRead, what: &str) -> Result<(Header, Vec<ObjectKey>)> {
     let mut keys = Vec::new();
-    let bounds = read_each(input, what, |k| {
+    let header = read_each(input, what, |k| {
         keys.push(k);
         Ok(())
     })?;
-    Ok((bounds, keys))
+    Ok((header, keys))
+}
+
+/// Reads only an object list's header (the keys are not read).
+pub fn read_header(input: impl BufRead, what: &str) -> Result<Header> {
+    Lines::new(input, what).header()
 }
 
 /// Reads an object list, handing each key to `each` as it is read (memory stays bounded
-/// however long the list). Returns the bounds once the trailer checked out; on error,
-/// `each` may have seen some keys.
+/// however long the list). Returns the header once the trailer checked out; on error,
+/// `each` may have seen some keys (all of them genuine keys of the list, if it is one).
 pub fn read_each(
     input: impl BufRead,
     what: &str,
     mut each: impl FnMut(ObjectKey) -> Result<()>,
-) -> Result<Bounds> {
-    let corrupt = |reason: String| Error::Corrupt {
-        what: what.to_string(),
-        reason,
-    };
-    let mut lines = input.lines();
-    let mut next = || -> Result<String> {
-        match lines.next() {
-            Some(Ok(l)) => Ok(l),
-            Some(Err(e)) => Err(corrupt(e.to_string())),
-            None => Err(corrupt("truncated (no end line)".into())),
-        }
-    };
-    match next()? {
-        l if l == MAGIC => {}
-        l if l
-            .strip_prefix("coffer-refs ")
-            .and_then(|v| v.parse::<u32>().ok())
-            .is_some_and(|v| v > 1) =>
-        {
-            return Err(corrupt(format!(
-                "format {l:?} is newer than this coffer understands; upgrade coffer"
-            )))
-        }
-        _ => return Err(corrupt("not a coffer object list".into())),
-    }
-    let mut setting = |name: &str| -> Result<Duration> {
-        let line = next()?;
-        line.strip_prefix(name)
-            .and_then(|v| v.strip_prefix(' '))
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs)
-            .ok_or_else(|| corrupt(format!("expected \"{name} <seconds>\", found {line:?}")))
-    };
-    let bounds = Bounds {
-        dedup_max_age: setting("dedup-max-age")?,
-        max_run_time: setting("max-run-time")?,
-    };
-    let mut count = 0usize;
+) -> Result<Header> {
+    let mut lines = Lines::new(input, what);
+    let header = lines.header()?;
+    let mut count = 0u64;
     let mut last: Option<ObjectKey> = None;
     loop {
-        let line = next()?;
+        let line = lines.next()?;
         if let Some(n) = line.strip_prefix("end ") {
-            if n.parse::<usize>().ok() != Some(count) {
-                return Err(corrupt(format!("trailer says {n} objects, found {count}")));
+            if decimal(n) != Some(count) {
+                return Err(lines.corrupt(format!("trailer says {n} objects, found {count}")));
             }
-            return Ok(bounds);
+            if lines.next_opt()?.is_some() {
+                return Err(lines.corrupt("data after the end line".into()));
+            }
+            return Ok(header);
         }
-        let key: ObjectKey = line.parse()?;
+        let key: ObjectKey = line
+            .parse()
+            .map_err(|_| lines.corrupt(format!("bad object key {line:?}")))?;
         if last.is_some_and(|l| l >= key) {
-            return Err(corrupt("object keys are not sorted and unique".into()));
+            return Err(lines.corrupt("object keys are not sorted and unique".into()));
         }
         last = Some(key);
         count += 1;
@@ -131,26 +176,255 @@ pub fn read_each(
     }
 }
 
+/// Bounded lines of an object list.
+struct Lines<R> {
+    input: R,
+    what: String,
+    line_no: u64,
+}
+
+impl<R: BufRead> Lines<R> {
+    fn new(input: R, what: &str) -> Self {
+        Lines {
+            input,
+            what: what.to_string(),
+            line_no: 0,
+        }
+    }
+
+    fn corrupt(&self, reason: String) -> Error {
+        Error::Corrupt {
+            what: self.what.clone(),
+            reason: if self.line_no > 0 {
+                format!("line {}: {reason}", self.line_no)
+            } else {
+                reason
+            },
+        }
+    }
+
+    fn next_opt(&mut self) -> Result<Option<String>> {
+        let mut buf = Vec::new();
+        let n = (&mut self.input)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| self.corrupt(format!("read failed: {e}")))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line_no += 1;
+        if buf.pop() != Some(b'\n') {
+            return Err(self.corrupt(
+                if n == MAX_LINE {
+                    "line too long"
+                } else {
+                    "truncated (no end line)"
+                }
+                .into(),
+            ));
+        }
+        String::from_utf8(buf)
+            .ok()
+            .filter(|l| l.is_ascii())
+            .map(Some)
+            .ok_or_else(|| self.corrupt("not ASCII".into()))
+    }
+
+    fn next(&mut self) -> Result<String> {
+        self.next_opt()?
+            .ok_or_else(|| self.corrupt("truncated (no end line)".into()))
+    }
+
+    fn header(&mut self) -> Result<Header> {
+        let first = self
+            .next_opt()?
+            .ok_or_else(|| self.corrupt("empty".into()))?;
+        let version = match first.strip_prefix("coffer-refs ").map(decimal) {
+            Some(Some(v @ (1 | 2))) => v as u32,
+            Some(Some(v)) if v > u64::from(VERSION) => {
+                return Err(self.corrupt(format!(
+                    "format {first:?} is newer than this coffer understands; upgrade coffer"
+                )))
+            }
+            _ => return Err(self.corrupt("not a coffer object list".into())),
+        };
+        if version == 1 {
+            let dedup_max_age = self.setting("dedup-max-age")?;
+            let max_run_time = self.setting("max-run-time")?;
+            return Ok(Header {
+                version,
+                bounds: Bounds {
+                    dedup_max_age,
+                    max_run_time,
+                },
+                name: None,
+                metafile: None,
+            });
+        }
+        let mut fields: Vec<(String, String)> = Vec::new();
+        loop {
+            let line = self.next()?;
+            if line.is_empty() {
+                break;
+            }
+            let (k, v) = line
+                .split_once(' ')
+                .ok_or_else(|| self.corrupt(format!("bad header line {line:?}")))?;
+            if fields.iter().any(|(key, _)| key == k) {
+                return Err(self.corrupt(format!("header key {k:?} given twice")));
+            }
+            fields.push((k.to_string(), v.to_string()));
+        }
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+                .ok_or_else(|| self.corrupt(format!("no {k} line in the header")))
+        };
+        let text = |k: &str| {
+            get(k).and_then(|v| {
+                decode_field(v)
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| self.corrupt(format!("bad {k} value")))
+            })
+        };
+        let secs = |k: &str| {
+            get(k).and_then(|v| {
+                decimal(v)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| self.corrupt(format!("bad {k} value {v:?}")))
+            })
+        };
+        let metafile = get("metafile")?;
+        let m: Vec<&str> = metafile.split(' ').collect();
+        let digest = match m[..] {
+            [hash, bytes, pieces] => Some(MetafileDigest {
+                hash: hash
+                    .parse()
+                    .map_err(|_| self.corrupt("bad metafile hash".into()))?,
+                bytes: decimal(bytes).ok_or_else(|| self.corrupt("bad metafile size".into()))?,
+                pieces: decimal(pieces)
+                    .and_then(|p| u32::try_from(p).ok())
+                    .filter(|&p| p >= 1)
+                    .ok_or_else(|| self.corrupt("bad metafile piece count".into()))?,
+            }),
+            _ => return Err(self.corrupt(format!("bad metafile line {metafile:?}"))),
+        };
+        Ok(Header {
+            version,
+            bounds: Bounds {
+                dedup_max_age: secs("dedup-max-age")?,
+                max_run_time: secs("max-run-time")?,
+            },
+            name: Some(RunName {
+                run: text("run")?,
+                host: text("host")?,
+                source: text("source")?,
+            }),
+            metafile: digest,
+        })
+    }
+
+    fn setting(&mut self, name: &str) -> Result<Duration> {
+        let line = self.next()?;
+        line.strip_prefix(name)
+            .and_then(|v| v.strip_prefix(' '))
+            .and_then(decimal)
+            .map(Duration::from_secs)
+            .ok_or_else(|| self.corrupt(format!("expected \"{name} <seconds>\", found {line:?}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn name() -> RunName {
+        RunName {
+            run: "20260101T000000Z-00000001".into(),
+            host: "web 1".into(),
+            source: "home".into(),
+        }
+    }
+
+    const BOUNDS: Bounds = Bounds {
+        dedup_max_age: Duration::from_secs(60),
+        max_run_time: Duration::from_secs(7),
+    };
+
+    fn digest() -> MetafileDigest {
+        MetafileDigest {
+            hash: ChunkHash::of(b"m"),
+            bytes: 1234,
+            pieces: 1,
+        }
+    }
 
     #[test]
     fn roundtrip_and_truncation() {
         let mut keys = vec![ObjectKey::of(b"a"), ObjectKey::of(b"b")];
         keys.sort();
-        let bounds = Bounds {
-            dedup_max_age: Duration::from_secs(60),
-            max_run_time: Duration::from_secs(7),
-        };
         let mut buf = Vec::new();
-        write(&mut buf, &bounds, keys.clone()).unwrap();
-        assert_eq!(read(&buf[..], "r").unwrap(), (bounds, keys.clone()));
-        assert_eq!(bounds.min_grace(), Duration::from_secs(67));
+        write(&mut buf, &name(), &BOUNDS, &digest(), keys.clone()).unwrap();
+        let (header, back) = read(&buf[..], "r").unwrap();
+        assert_eq!(back, keys);
+        assert_eq!(header.bounds, BOUNDS);
+        assert_eq!(header.name, Some(name()));
+        assert_eq!(header.metafile, Some(digest()));
+        assert_eq!(BOUNDS.min_grace(), Duration::from_secs(67));
         let mut unsorted = Vec::new();
-        write(&mut unsorted, &bounds, keys.iter().rev().copied()).unwrap();
+        write(
+            &mut unsorted,
+            &name(),
+            &BOUNDS,
+            &digest(),
+            keys.iter().rev().copied(),
+        )
+        .unwrap();
         assert!(read(&unsorted[..], "r").is_err());
-        let cut = &buf[..buf.len() - 8];
-        assert!(read(cut, "r").is_err());
+        for cut in 0..buf.len() {
+            assert!(read(&buf[..cut], "r").is_err(), "cut at {cut}");
+        }
+        let mut extra = buf.clone();
+        extra.extend_from_slice(b"x\n");
+        assert!(read(&extra[..], "r").is_err());
+    }
+
+    #[test]
+    fn version_1_is_still_read() {
+        let key = ObjectKey::of(b"a");
+        let v1 = format!("coffer-refs 1\ndedup-max-age 60\nmax-run-time 7\n{key}\nend 1\n");
+        let (header, keys) = read(v1.as_bytes(), "r").unwrap();
+        assert_eq!((header.version, header.bounds), (1, BOUNDS));
+        assert_eq!(header.metafile, None);
+        assert_eq!(keys, [key]);
+        let newer = v1.replace("coffer-refs 1", "coffer-refs 3");
+        let err = read(newer.as_bytes(), "r").unwrap_err().to_string();
+        assert!(err.contains("upgrade coffer"), "{err}");
+    }
+
+    #[test]
+    fn hostile_values_are_bounded_and_never_panic() {
+        let huge = Bounds {
+            dedup_max_age: Duration::from_secs(u64::MAX),
+            max_run_time: Duration::from_secs(u64::MAX),
+        };
+        assert_eq!(huge.min_grace(), Duration::MAX);
+        assert!(!huge.plausible());
+        assert!(BOUNDS.plausible());
+        let long = format!("coffer-refs 2\nrun {}\n", "a".repeat(10_000));
+        assert!(read(long.as_bytes(), "r")
+            .unwrap_err()
+            .to_string()
+            .contains("too long"));
+        for bad in [
+            "coffer-refs 2\nrun x\n\nend 0\n",
+            "coffer-refs 1\ndedup-max-age -1\nmax-run-time 7\nend 0\n",
+            "coffer-refs 1\ndedup-max-age 99999999999999999999\nmax-run-time 7\nend 0\n",
+            "coffer-refs 1\ndedup-max-age 1\nmax-run-time 7\nend +0\n",
+        ] {
+            assert!(read(bad.as_bytes(), "r").is_err(), "{bad}");
+        }
     }
 }

@@ -125,7 +125,7 @@ pub fn restore(
     for p in &opts.paths {
         check_path(p).map_err(|r| Error::Usage(format!("path {:?}: {r}", os(p))))?;
     }
-    let (metafile, checked) = fetch_and_check(store, source, decryptor, opts)?;
+    let (metafile, checked) = fetch_and_check(store, source, decryptor, opts, progress)?;
     let dest = Dest::open(&opts.to).map_err(|reason| {
         Error::Usage(format!(
             "restore destination {}: {reason}",
@@ -196,17 +196,82 @@ pub fn restore(
     Ok(stats)
 }
 
-/// Fetches the metafile and checks it whole; for a default choice of run, falls back
-/// to older runs while the newest fail.
+/// Fetches the metafile and checks it whole. A run named by id is restored whatever the
+/// keyless checks said of it (with a warning if they found something). Without an id,
+/// the newest run that passes them is taken, and if its metafile then turns out damaged
+/// or forged, the next newest, each skipped run named in a warning.
 fn fetch_and_check(
     store: &Store,
     source: &MetafileSource,
     decryptor: &Decryptor,
     opts: &RestoreOptions,
+    progress: &dyn Progress,
 ) -> Result<(Fetched, Checked)> {
-    let metafile = fetch_metafile(store, source)?;
-    let checked = metafile.check(decryptor, &opts.paths)?;
-    Ok((metafile, checked))
+    let (host, source, id) = match source {
+        MetafileSource::File(path) => {
+            let metafile = fetch_file(path)?;
+            let checked = metafile.check(decryptor, &opts.paths)?;
+            return Ok((metafile, checked));
+        }
+        MetafileSource::Run { host, source, id } => (host.as_deref(), source, id.as_ref()),
+    };
+    let mut runs = runs_of(store, host, source)?;
+    if let Some(id) = id {
+        let run = select_id(store, runs, source, id)?;
+        if let Some(reason) = run.status.reason() {
+            progress.warn(&format!(
+                "run {} is {}: {reason}; restoring it because it was asked for",
+                run.id,
+                run.status.word()
+            ));
+        }
+        let metafile = fetch_run(store, run)?;
+        let checked = metafile.check(decryptor, &opts.paths)?;
+        return Ok((metafile, checked));
+    }
+    crate::runs::check(store, &mut runs)?;
+    let mut skipped = Vec::new();
+    for run in runs.into_iter().rev() {
+        if !run.status.is_ok() {
+            skipped.push(format!("{} ({})", run.id, run.status.word()));
+            continue;
+        }
+        let id = run.id.clone();
+        let attempt = fetch_run(store, run).and_then(|m| {
+            let c = m.check(decryptor, &opts.paths)?;
+            Ok((m, c))
+        });
+        match attempt {
+            Ok(found) => {
+                if !skipped.is_empty() {
+                    progress.warn(&format!(
+                        "restoring run {id}, the newest that checks out; skipped newer runs: \
+                         {} (see `coffer runs`)",
+                        skipped.join(", ")
+                    ));
+                }
+                return Ok(found);
+            }
+            // A metafile that is forged or damaged must not hide the runs before it.
+            Err(e @ Error::Corrupt { .. }) => {
+                progress.warn(&format!("skipping run {id}: {e}"));
+                skipped.push(format!("{id} (its metafile is damaged)"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::NotFound(format!(
+        "no run of source {source:?}{} on target {} checks out{}; `coffer runs` lists them \
+         with what is wrong, and --run ID restores one anyway",
+        host.map(|h| format!(" from host {h:?}"))
+            .unwrap_or_default(),
+        store.name(),
+        if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" (skipped: {})", skipped.join(", "))
+        }
+    )))
 }
 
 /// A metafile's stored bytes, in memory when small and in an unlinked temporary file
@@ -309,39 +374,44 @@ impl Fetched {
     }
 }
 
-fn fetch_metafile(store: &Store, source: &MetafileSource) -> Result<Fetched> {
-    match source {
-        // A file the user names is trusted as given: it may be one decrypted with gpg -d.
-        MetafileSource::File(path) => Ok(Fetched {
-            what: format!("metafile {}", path.display()),
-            bytes: Bytes::File(std::fs::File::open(path).map_err(|e| Error::io(path, e))?),
-            plaintext_ok: true,
-            expect: None,
-        }),
-        // From the target it must be encrypted to us, and describe the run it is named
-        // after: anyone who can write to the target could plant a plaintext one.
-        MetafileSource::Run { host, source, id } => {
-            let run = select_run(store, host.as_deref(), source, id.as_ref())?;
-            let id: RunId = run.id.parse()?;
-            let path = store::run_path(&run.host, &run.source, &id, "meta");
-            let what = format!("metafile {path}");
-            let bytes = match store.get_small(&path, IN_MEMORY_METAFILE)? {
-                Some(b) => Bytes::Memory(b),
-                None => {
-                    let mut file = tempfile::tempfile().map_err(|e| Error::io(&what, e))?;
-                    std::io::copy(&mut store.reader(&path)?, &mut file)
-                        .map_err(|e| Error::io(&what, e))?;
-                    Bytes::File(file)
-                }
-            };
-            Ok(Fetched {
-                what,
-                bytes,
-                plaintext_ok: false,
-                expect: Some(run),
-            })
+/// A metafile on disk the user names: trusted as given (it may be one decrypted with
+/// `gpg -d`).
+fn fetch_file(path: &std::path::Path) -> Result<Fetched> {
+    Ok(Fetched {
+        what: format!("metafile {}", path.display()),
+        bytes: Bytes::File(std::fs::File::open(path).map_err(|e| Error::io(path, e))?),
+        plaintext_ok: true,
+        expect: None,
+    })
+}
+
+/// A run's metafile from the target: it must be encrypted to us and describe the run it
+/// is stored as, since anyone who can write to the target could plant one.
+fn fetch_run(store: &Store, run: store::RunInfo) -> Result<Fetched> {
+    let id: RunId = run.id.parse()?;
+    let path = store::run_path(&run.host, &run.source, &id, "meta");
+    let what = format!("metafile {path}");
+    let bytes = if run.pieces.len() <= 1 && run.metafile_bytes <= IN_MEMORY_METAFILE {
+        match store.get_small(&path, IN_MEMORY_METAFILE)? {
+            Some(b) => Bytes::Memory(b),
+            None => spool(&what, store.reader(&path)?)?,
         }
-    }
+    } else {
+        spool(&what, store.metafile_reader(&run)?)?
+    };
+    Ok(Fetched {
+        what,
+        bytes,
+        plaintext_ok: false,
+        expect: Some(run),
+    })
+}
+
+/// Copies a stored metafile into an unlinked temporary file (ciphertext only).
+fn spool(what: &str, mut reader: impl Read) -> Result<Bytes> {
+    let mut file = tempfile::tempfile().map_err(|e| Error::io(what, e))?;
+    std::io::copy(&mut reader, &mut file).map_err(|e| Error::io(what, e))?;
+    Ok(Bytes::File(file))
 }
 
 /// Refuses a metafile whose header disagrees with the name it was stored under.
@@ -365,31 +435,14 @@ fn check_header(what: &str, header: &metafile::Header, expect: &store::RunInfo) 
     Ok(())
 }
 
-/// The run to restore: `id` if given, else the newest of `source` (from `host`).
-pub fn select_run(
-    store: &Store,
-    host: Option<&str>,
-    source: &str,
-    id: Option<&RunId>,
-) -> Result<store::RunInfo> {
+/// The runs of `source` (from `host`, if given), oldest first; several hosts without
+/// `host` is an error.
+fn runs_of(store: &Store, host: Option<&str>, source: &str) -> Result<Vec<store::RunInfo>> {
     let runs: Vec<store::RunInfo> = store
         .list_runs()?
         .into_iter()
         .filter(|r| r.source == source && host.is_none_or(|h| r.host == h))
         .collect();
-    if let Some(id) = id {
-        let mut found = runs.into_iter().filter(|r| r.id == id.as_str());
-        return match (found.next(), found.next()) {
-            (Some(r), None) => Ok(r),
-            (Some(_), Some(_)) => Err(Error::Usage(format!(
-                "run {id} of source {source:?} exists for several hosts; name one with --host"
-            ))),
-            _ => Err(Error::NotFound(format!(
-                "no run {id} of source {source:?} on target {} (`coffer runs` lists them)",
-                store.name()
-            ))),
-        };
-    }
     let hosts: HashSet<&str> = runs.iter().map(|r| r.host.as_str()).collect();
     if hosts.len() > 1 {
         let mut hosts: Vec<&str> = hosts.into_iter().collect();
@@ -399,14 +452,35 @@ pub fn select_run(
             hosts.join(", ")
         )));
     }
-    runs.into_iter().next_back().ok_or_else(|| {
-        Error::NotFound(format!(
+    if runs.is_empty() {
+        return Err(Error::NotFound(format!(
             "no run of source {source:?}{} on target {}",
             host.map(|h| format!(" from host {h:?}"))
                 .unwrap_or_default(),
             store.name()
-        ))
-    })
+        )));
+    }
+    Ok(runs)
+}
+
+/// The run `id` among `runs`.
+fn select_id(
+    store: &Store,
+    runs: Vec<store::RunInfo>,
+    source: &str,
+    id: &RunId,
+) -> Result<store::RunInfo> {
+    let mut found = runs.into_iter().filter(|r| r.id == id.as_str());
+    match (found.next(), found.next()) {
+        (Some(r), None) => Ok(r),
+        (Some(_), Some(_)) => Err(Error::Usage(format!(
+            "run {id} of source {source:?} exists for several hosts; name one with --host"
+        ))),
+        _ => Err(Error::NotFound(format!(
+            "no run {id} of source {source:?} on target {} (`coffer runs` lists them)",
+            store.name()
+        ))),
+    }
 }
 
 fn selected(paths: &[Vec<u8>], path: &[u8]) -> bool {

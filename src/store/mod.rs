@@ -43,23 +43,26 @@ pub enum PutOutcome {
     AlreadyExists,
 }
 
-/// Files larger than this are uploaded in parts (multipart upload), streamed from disk:
-/// below it a file is read into memory for one create-only put, so this bounds the memory
-/// a large metafile costs (a million entries make tens of MiB).
-pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
-/// Parts of a multipart upload: S3's smallest, so that a large metafile costs little
-/// memory (a part being filled and one being sent).
-const PART_SIZE: usize = 5 << 20;
+/// A stored metafile is cut into pieces of this size (docs/FORMAT.md section 1), each
+/// uploaded with one create-only put: S3 cannot make a multipart upload create-only
+/// through object_store, and a piece is what one put holds in memory.
+pub const METAFILE_PIECE: u64 = 8 << 20;
+
+/// How many pieces a stored metafile of `bytes` bytes is cut into (at least one).
+pub fn metafile_pieces(bytes: u64, piece: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(piece.max(1)).max(1)).unwrap_or(u32::MAX)
+}
 
 /// One target.
 #[derive(Clone, Debug)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     name: String,
-    multipart_threshold: u64,
+    metafile_piece: u64,
 }
 
-/// A run as listed on a target (from object names alone: no key needed).
+/// A run as listed on a target: no key needed. Its `status` says whether it may count as
+/// a backup ([`crate::runs`] explains the checks).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RunInfo {
     /// Host that made it.
@@ -68,10 +71,36 @@ pub struct RunInfo {
     pub source: String,
     /// Run id.
     pub id: String,
-    /// Start time (UTC, RFC 3339).
+    /// The start time the run claims (its id; UTC, RFC 3339).
     pub time: String,
-    /// Size of the encrypted metafile in bytes.
+    /// When the target stored its metafile (UTC, RFC 3339): what orders and dates runs.
+    pub stored: String,
+    /// Size of the stored metafile in bytes (all its pieces).
     pub metafile_bytes: u64,
+    /// What a keyless reader can tell of it.
+    pub status: crate::runs::RunStatus,
+    #[serde(skip)]
+    pub(crate) stored_at: chrono::DateTime<chrono::Utc>,
+    #[serde(skip)]
+    pub(crate) claimed_at: chrono::DateTime<chrono::Utc>,
+    /// Its object list's size, if it has one.
+    #[serde(skip)]
+    pub(crate) refs_bytes: Option<u64>,
+    /// Piece numbers listed and their sizes, in order.
+    #[serde(skip)]
+    pub(crate) pieces: Vec<(u32, u64)>,
+}
+
+impl RunInfo {
+    /// The run's id, parsed.
+    pub fn run_id(&self) -> Result<RunId> {
+        self.id.parse()
+    }
+
+    /// When the target stored the run's metafile.
+    pub fn stored_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.stored_at
+    }
 }
 
 /// Key of a data object.
@@ -112,6 +141,15 @@ fn decode_segment(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Key of piece `n` (from 1) of a run's metafile: `<id>.meta`, then `<id>.meta.0002` ...
+pub fn piece_path(host: &str, source: &str, id: &RunId, n: u32) -> StorePath {
+    if n <= 1 {
+        run_path(host, source, id, "meta")
+    } else {
+        run_path(host, source, id, &format!("meta.{n:04}"))
+    }
+}
+
 /// Key of a run's metafile (`ext` = "meta") or object list (`ext` = "refs").
 pub fn run_path(host: &str, source: &str, id: &RunId, ext: &str) -> StorePath {
     StorePath::from(format!(
@@ -129,53 +167,83 @@ impl Store {
         Ok(Store {
             inner: open::open(target, create)?,
             name: target.name.clone(),
-            multipart_threshold: MULTIPART_THRESHOLD,
+            metafile_piece: METAFILE_PIECE,
         })
     }
 
-    /// Uploads files larger than `bytes` in parts (default [`MULTIPART_THRESHOLD`]; at
-    /// least 5 MiB, S3's smallest part).
-    pub fn with_multipart_threshold(mut self, bytes: u64) -> Self {
-        self.multipart_threshold = bytes.max(5 << 20);
+    /// Cuts metafiles into pieces of `bytes` (default [`METAFILE_PIECE`]; at least
+    /// 64 KiB).
+    pub fn with_metafile_piece(mut self, bytes: u64) -> Self {
+        self.metafile_piece = bytes.max(64 << 10);
         self
     }
 
-    /// Stores the contents of `file` at `path`: one create-only put when small, a
-    /// multipart upload streamed from the file when large (bounded memory). Multipart
-    /// uploads cannot be create-only in object_store; they are used only for names that
-    /// are unique by construction (metafiles).
-    pub fn put_file(&self, path: &StorePath, file: &mut std::fs::File) -> Result<PutOutcome> {
-        use std::io::{Read, Seek};
-        let io = |e| Error::io(format!("temporary file for {path}"), e);
-        let len = file.metadata().map_err(io)?.len();
-        file.rewind().map_err(io)?;
-        if len <= self.multipart_threshold {
-            let mut bytes = Vec::with_capacity(len as usize);
-            file.read_to_end(&mut bytes).map_err(io)?;
-            return self.put_create(path, bytes.into());
-        }
-        let store = self.inner.clone();
-        let result: std::result::Result<(), object_store::Error> = runtime().block_on(async {
-            let upload = store.put_multipart(path).await?;
-            let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = file
-                    .read(&mut buf)
-                    .map_err(|e| object_store::Error::Generic {
-                        store: "coffer",
-                        source: Box::new(e),
-                    })?;
-                if n == 0 {
-                    break;
-                }
-                writer.wait_for_capacity(1).await?;
-                writer.write(&buf[..n]);
+    /// How many pieces a metafile of `bytes` bytes is stored in on this target.
+    pub fn pieces_for(&self, bytes: u64) -> u32 {
+        metafile_pieces(bytes, self.metafile_piece)
+    }
+
+    /// Commits a run: stores the metafile's pieces after the first, then the object list
+    /// `refs`, then the metafile's first piece, the run's commit point (docs/FORMAT.md
+    /// section 8). Every put is create-only and holds at most one piece in memory; a name
+    /// that exists already is an error (run ids are unique).
+    pub fn put_run(
+        &self,
+        host: &str,
+        source: &str,
+        id: &RunId,
+        refs: Bytes,
+        metafile: &mut std::fs::File,
+        bytes: u64,
+    ) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let pieces = self.pieces_for(bytes);
+        let mut piece = |n: u32| -> Result<()> {
+            let path = piece_path(host, source, id, n);
+            let io = |e| Error::io(format!("temporary file for {path}"), e);
+            let start = u64::from(n - 1) * self.metafile_piece;
+            let len = self.metafile_piece.min(bytes - start);
+            metafile.seek(SeekFrom::Start(start)).map_err(io)?;
+            let mut buf = Vec::with_capacity(len as usize);
+            (&mut *metafile)
+                .take(len)
+                .read_to_end(&mut buf)
+                .map_err(io)?;
+            if buf.len() as u64 != len {
+                return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
             }
-            writer.finish().await.map(|_| ())
-        });
-        result.map_err(|e| self.map_err(path, "create", e))?;
-        Ok(PutOutcome::Created)
+            self.put_new(&path, buf.into())
+        };
+        for n in 2..=pieces {
+            piece(n)?;
+        }
+        self.put_new(&run_path(host, source, id, "refs"), refs)?;
+        // The commit point: the run exists once its metafile's first piece is stored.
+        piece(1)
+    }
+
+    /// A create-only put of a name that must not exist yet.
+    fn put_new(&self, path: &StorePath, bytes: Bytes) -> Result<()> {
+        match self.put_create(path, bytes)? {
+            PutOutcome::Created => Ok(()),
+            PutOutcome::AlreadyExists => Err(Error::Store {
+                target: self.name.clone(),
+                message: format!("{path} already exists; run ids must be unique"),
+            }),
+        }
+    }
+
+    /// A reader of a run's whole stored metafile: its pieces, in order, streamed.
+    pub fn metafile_reader(&self, run: &RunInfo) -> Result<impl std::io::Read + Send + Sync> {
+        let id = run.run_id()?;
+        let mut readers = Vec::new();
+        for &(n, _) in &run.pieces {
+            readers.push(self.reader(&piece_path(&run.host, &run.source, &id, n))?);
+        }
+        Ok(Chained {
+            readers: readers.into_iter(),
+            current: None,
+        })
     }
 
     /// The target's name (for messages).
@@ -210,7 +278,7 @@ impl Store {
 
     /// Opens an object for reading as a stream: memory stays bounded by the reader's
     /// buffer whatever the object's size. Errors while reading name the object.
-    pub fn reader(&self, path: &StorePath) -> Result<impl std::io::BufRead> {
+    pub fn reader(&self, path: &StorePath) -> Result<impl std::io::BufRead + Send + Sync> {
         let store = self.inner.clone();
         let p = path.clone();
         let stream = runtime()
@@ -219,7 +287,7 @@ impl Store {
         Ok(std::io::BufReader::with_capacity(
             1 << 16,
             StreamReader {
-                stream,
+                stream: std::sync::Mutex::new(stream),
                 current: Bytes::new(),
             },
         ))
@@ -250,63 +318,44 @@ impl Store {
             .map_err(|e| self.map_err(path, "read", e))
     }
 
-    /// Lists the runs on the target (committed ones: with a metafile), oldest first.
+    /// Lists the runs on the target (committed ones: with a metafile), oldest first by
+    /// when the target stored them, each with the status its listing alone shows
+    /// ([`crate::runs::check`] reads more). One LIST of `runs/`.
     pub fn list_runs(&self) -> Result<Vec<RunInfo>> {
-        let mut runs: Vec<(RunInfo, chrono::DateTime<chrono::Utc>)> = self
-            .list_run_objects()?
-            .into_iter()
-            .filter(|o| o.ext == "meta")
-            .filter_map(|o| {
-                let time = o.id.time()?;
-                let info = RunInfo {
-                    host: o.host,
-                    source: o.source,
-                    time: time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    id: o.id.to_string(),
-                    metafile_bytes: o.size,
-                };
-                Some((info, o.last_modified))
-            })
+        let mut groups: std::collections::BTreeMap<(String, String, String), Vec<RunObject>> =
+            Default::default();
+        for o in self.list_run_objects()? {
+            groups
+                .entry((o.host.clone(), o.source.clone(), o.id.to_string()))
+                .or_default()
+                .push(o);
+        }
+        let mut runs: Vec<RunInfo> = groups
+            .into_values()
+            .filter_map(crate::runs::from_listing)
             .collect();
-        // Ids order runs by their start second; runs started in the same second are
-        // ordered by when their metafiles were stored.
-        runs.sort_by(|(a, at), (b, bt)| {
-            (&a.id[..16], at, &a.host, &a.source).cmp(&(&b.id[..16], bt, &b.host, &b.source))
+        runs.sort_by(|a, b| {
+            (a.stored_at, a.claimed_at, &a.host, &a.source, &a.id).cmp(&(
+                b.stored_at,
+                b.claimed_at,
+                &b.host,
+                &b.source,
+                &b.id,
+            ))
         });
-        Ok(runs.into_iter().map(|(r, _)| r).collect())
+        Ok(runs)
     }
 
-    /// Every metafile and object list under `runs/` (other objects there are ignored).
-    /// One entry per run and file: a run has far fewer of these than data objects.
+    /// Every metafile piece and object list under `runs/` (other objects there are
+    /// ignored). One entry per run and file: a run has far fewer of these than data
+    /// objects.
     pub fn list_run_objects(&self) -> Result<Vec<RunObject>> {
         let store = self.inner.clone();
         let prefix = StorePath::from("runs");
         let metas: Vec<object_store::ObjectMeta> = runtime()
             .block_on(async move { store.list(Some(&prefix)).try_collect().await })
             .map_err(|e| self.map_err(&StorePath::from("runs/"), "list", e))?;
-        Ok(metas
-            .into_iter()
-            .filter_map(|m| {
-                let parts: Vec<String> =
-                    m.location.parts().map(|p| p.as_ref().to_string()).collect();
-                if parts.len() != 4 {
-                    return None;
-                }
-                let (id, ext) = parts[3].rsplit_once('.')?;
-                if ext != "meta" && ext != "refs" {
-                    return None;
-                }
-                Some(RunObject {
-                    host: decode_segment(&parts[1])?,
-                    source: parts[2].clone(),
-                    id: id.parse().ok()?,
-                    ext: ext.to_string(),
-                    path: m.location,
-                    size: m.size,
-                    last_modified: m.last_modified,
-                })
-            })
-            .collect())
+        Ok(metas.into_iter().filter_map(RunObject::from_meta).collect())
     }
 
     /// Lists the data objects (`data/`) in batches of up to `batch`, streaming, and
@@ -357,9 +406,10 @@ impl Store {
     }
 }
 
-/// Blocking `Read` over an object's body stream.
+/// Blocking `Read` over an object's body stream (behind a lock only to be `Sync`: one
+/// reader uses it).
 struct StreamReader {
-    stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    stream: std::sync::Mutex<futures::stream::BoxStream<'static, object_store::Result<Bytes>>>,
     current: Bytes,
 }
 
@@ -367,7 +417,11 @@ impl std::io::Read for StreamReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         use futures::StreamExt;
         while self.current.is_empty() {
-            match runtime().block_on(self.stream.next()) {
+            let stream = self
+                .stream
+                .get_mut()
+                .map_err(|_| std::io::Error::other("poisoned"))?;
+            match runtime().block_on(stream.next()) {
                 None => return Ok(0),
                 Some(Ok(b)) => self.current = b,
                 Some(Err(e)) => return Err(std::io::Error::other(e)),
@@ -379,7 +433,7 @@ impl std::io::Read for StreamReader {
     }
 }
 
-/// A metafile or object list as listed on a target.
+/// A metafile piece or object list as listed on a target.
 #[derive(Debug, Clone)]
 pub struct RunObject {
     /// Host that made the run.
@@ -388,14 +442,70 @@ pub struct RunObject {
     pub source: String,
     /// Run id.
     pub id: RunId,
-    /// "meta" or "refs".
+    /// "meta" (a metafile piece) or "refs".
     pub ext: String,
+    /// For a metafile piece, its number (1 for `<id>.meta`).
+    pub piece: u32,
     /// Its key.
     pub path: StorePath,
     /// Size in bytes.
     pub size: u64,
     /// When the target stored it.
     pub last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+impl RunObject {
+    /// Parses a listed key `runs/<host>/<source>/<id>.<ext>`; `None` for other names.
+    fn from_meta(m: object_store::ObjectMeta) -> Option<RunObject> {
+        let parts: Vec<String> = m.location.parts().map(|p| p.as_ref().to_string()).collect();
+        if parts.len() != 4 {
+            return None;
+        }
+        let (id, ext) = parts[3].split_once('.')?;
+        let (ext, piece) = match ext {
+            "meta" => ("meta", 1),
+            "refs" => ("refs", 0),
+            _ => {
+                let n = ext.strip_prefix("meta.")?;
+                let piece: u32 = n.parse().ok().filter(|&p| p >= 2 && n.len() == 4)?;
+                ("meta", piece)
+            }
+        };
+        Some(RunObject {
+            host: decode_segment(&parts[1])?,
+            source: parts[2].clone(),
+            id: id.parse().ok()?,
+            ext: ext.to_string(),
+            piece,
+            path: m.location,
+            size: m.size,
+            last_modified: m.last_modified,
+        })
+    }
+}
+
+/// Readers one after the other.
+struct Chained<R> {
+    readers: std::vec::IntoIter<R>,
+    current: Option<R>,
+}
+
+impl<R: std::io::Read> std::io::Read for Chained<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.current.is_none() {
+                match self.readers.next() {
+                    Some(r) => self.current = Some(r),
+                    None => return Ok(0),
+                }
+            }
+            let n = self.current.as_mut().map_or(Ok(0), |r| r.read(buf))?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            self.current = None;
+        }
+    }
 }
 
 /// Spaces out uploads so that they average at most a given number of bytes per second.

@@ -315,11 +315,13 @@ impl Fixture {
         self.restore_with(&self.secret_key, to, extra)
     }
 
-    /// The runs listed by `coffer runs --target <url> --json` (no config needed).
+    /// The runs listed by `coffer runs --target <url> --json` (no config needed), ok or
+    /// not (exit status 3 says some are not).
     pub fn runs(&self) -> Vec<Value> {
         let mut cmd = coffer(&self.home);
         cmd.args(["runs", "--json", "--target", &self.target_url()]);
-        let out = run(cmd).ok();
+        let out = run(cmd);
+        assert!(matches!(out.code, Some(EXIT_OK | EXIT_PARTIAL)), "{out}");
         out.json().as_array().cloned().unwrap_or_default()
     }
 

@@ -7,6 +7,8 @@
 #
 #   TARGET_DIR  the target folder (the one holding data/ and runs/)
 #   METAFILE    the run's metafile as stored: TARGET_DIR/runs/<host>/<source>/<run>.meta
+#               (a large one's further pieces, <run>.meta.0002 ..., are read after it,
+#               and the whole is checked against the BLAKE3 its <run>.refs records)
 #   DEST        where to restore: a new or empty directory (created mode 0700; this
 #               script resolves paths, so nobody else may write below it meanwhile)
 #   --setid     keep the setuid and setgid bits of files (default: dropped, and named)
@@ -85,9 +87,19 @@ decrypt() {
 }
 
 # --- 1. Decrypt the metafile and check its first and last lines -------------------------
+# A large metafile is stored in pieces: <run>.meta, then <run>.meta.0002, ... in order.
+shopt -s nullglob
+pieces=("$metafile".[0-9][0-9][0-9][0-9])
+shopt -u nullglob
+cat -- "$metafile" "${pieces[@]}" >"$work/stored.meta"
+refs=${metafile%.meta}.refs
+if [[ -f $refs ]] && read -r recorded < <(sed -n 's/^metafile \([0-9a-f]\{64\}\) .*/\1/p' -- "$refs"); then
+    [[ $(b3sum --no-names <"$work/stored.meta") == "$recorded" ]] ||
+        die "$metafile does not match the BLAKE3 its object list $refs records (damaged, truncated or replaced)"
+fi
 # DEFLATE inflates at most about 1032-fold; nothing coffer writes needs more output.
-metafile_max=$(($(stat -c %s -- "$metafile") * 1100 + (1 << 20)))
-decrypt "$metafile" "$work/metafile" "$metafile_max" ||
+metafile_max=$(($(stat -c %s -- "$work/stored.meta") * 1100 + (1 << 20)))
+decrypt "$work/stored.meta" "$work/metafile" "$metafile_max" ||
     die "$metafile: $why (is the secret key in the keyring?)"
 exec 3<"$work/metafile" # the listing is read line by line from fd 3
 

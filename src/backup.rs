@@ -162,7 +162,13 @@ pub fn backup(
         ..Default::default()
     };
     let tmp_dir = config.state_dir.join("tmp");
-    std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&tmp_dir)
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(e),
+        })
+        .map_err(|e| Error::io(&tmp_dir, e))?;
     let metafile_tmp = tempfile::tempfile_in(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
 
     let budget = std::sync::Arc::new(packer::Budget::new(READ_AHEAD_BYTES));

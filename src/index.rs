@@ -115,8 +115,7 @@ pub struct StateLock(#[allow(dead_code)] std::fs::File);
 impl Index {
     /// Opens (creating if needed) `state_dir/index.sqlite`.
     pub fn open(state_dir: &Path) -> Result<Index> {
-        std::fs::create_dir_all(state_dir).map_err(|e| Error::io(state_dir, e))?;
-        set_private(state_dir);
+        prepare_state_dir(state_dir)?;
         let path = state_dir.join("index.sqlite");
         let fail = |e: rusqlite::Error| index_err(&path, e);
         let (conn, version) = retry_busy(|| init(&path)).map_err(fail)?;
@@ -140,7 +139,7 @@ impl Index {
     /// calling `on_wait`). Backups hold it: the set of protected objects must not change
     /// while one runs.
     pub fn lock(state_dir: &Path, on_wait: impl FnOnce(&Path)) -> Result<StateLock> {
-        std::fs::create_dir_all(state_dir).map_err(|e| Error::io(state_dir, e))?;
+        prepare_state_dir(state_dir)?;
         let path = state_dir.join("lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -487,9 +486,71 @@ fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result
     }
 }
 
-fn set_private(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+/// The files of a state directory that must be the running user's alone.
+const STATE_FILES: [&str; 5] = [
+    "index.sqlite",
+    "index.sqlite-wal",
+    "index.sqlite-shm",
+    "lock",
+    "tmp",
+];
+
+/// Creates the state directory (mode 0700) or checks the one there: it and the files in
+/// it must belong to the effective user and be writable by nobody else, since whoever
+/// can write the index can make later backups record wrong chunk pointers for unchanged
+/// files. Then it is made 0700 (the index lists paths and plaintext hashes).
+pub(crate) fn prepare_state_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let refuse = |path: &Path, what: String| {
+        Error::Usage(format!(
+            "state directory {}: {} {what}; another user could have changed the local index. \
+         Check it, then fix it with `chown -R {me} {dir} && chmod -R go-w {dir}`, or move \
+         it away (it is only a cache: the next backup rebuilds it, uploading again what it \
+         cannot prove is stored)",
+            dir.display(),
+            path.display(),
+            dir = dir.display(),
+        ))
+    };
+    let check = |path: &Path, m: &std::fs::Metadata| -> Result<()> {
+        if m.uid() != me {
+            return Err(refuse(
+                path,
+                format!("belongs to uid {}, not to uid {me} running coffer", m.uid()),
+            ));
+        }
+        if m.mode() & 0o022 != 0 {
+            return Err(refuse(
+                path,
+                format!("is writable by others (mode {:o})", m.mode() & 0o7777),
+            ));
+        }
+        Ok(())
+    };
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+    check(dir, &meta)?;
+    for name in STATE_FILES {
+        let path = dir.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(refuse(&path, "is a symbolic link".into()))
+            }
+            Ok(m) => check(&path, &m)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(dir, e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -576,6 +637,35 @@ mod tests {
         idx.committed(t, "home", "run2", [young.object]).unwrap();
         assert!(idx.lookup_chunk(t, &old.hash).unwrap().is_none());
         assert_eq!(idx.last_run(t, "home").unwrap().as_deref(), Some("run2"));
+    }
+
+    #[test]
+    fn a_state_dir_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        Index::open(&state).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&state), 0o700);
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Index::open(&state).err().unwrap().to_string();
+        assert!(
+            err.contains("writable by others") && err.contains("chmod"),
+            "{err}"
+        );
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let index = state.join("index.sqlite");
+        std::fs::set_permissions(&index, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = Index::lock(&state, |_| {}).unwrap_err().to_string();
+        assert!(err.contains("index.sqlite"), "{err}");
+        std::fs::set_permissions(&index, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Index::open(&state).unwrap();
+        assert_eq!(mode(&state), 0o700, "made private again");
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&index, Some(4321), None).unwrap();
+            let err = Index::open(&state).err().unwrap().to_string();
+            assert!(err.contains("belongs to uid 4321"), "{err}");
+        }
     }
 
     #[test]

@@ -645,3 +645,18 @@ fn object_lists_cannot_stop_gc_or_stretch_its_grace_period() {
     let stats = &out.json()[0];
     assert_eq!(stats["grace_secs"], 14 * 86_400, "{stats:#}");
 }
+
+#[test]
+fn a_state_dir_another_user_could_write_is_refused() {
+    let fx = Fixture::new();
+    write(&fx.src.join("a.txt"), b"x\n");
+    std::fs::create_dir_all(&fx.state).unwrap();
+    chmod(&fx.state, 0o777);
+    fx.backup()
+        .expect(EXIT_ERROR)
+        .stderr_has("writable by others")
+        .stderr_has("chmod");
+    assert!(fx.metafiles_or_none().is_empty(), "no run was made");
+    chmod(&fx.state, 0o700);
+    fx.backup_ok();
+}

@@ -11,7 +11,7 @@
 //! random prefix), so public-key
 //! work is paid per pack, not per chunk, and `gpg -d` still decrypts each chunk alone.
 
-mod keys;
+pub(crate) mod keys;
 mod read;
 mod stream;
 

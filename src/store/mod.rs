@@ -651,7 +651,79 @@ mod tests {
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].host, "my host");
         assert_eq!(runs[0].id, id.to_string());
+        assert!(
+            !runs[0].status.is_ok(),
+            "no object list: {:?}",
+            runs[0].status
+        );
         let missing = store.get(&data_path(&ObjectKey::of(b"nope"))).unwrap_err();
         assert!(matches!(missing, Error::NotFound(_)), "{missing}");
+    }
+
+    #[test]
+    fn a_metafile_in_pieces_is_listed_read_and_checked_as_one() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = Store::open(&TargetConfig::from_url(&url).unwrap(), true)
+            .unwrap()
+            .with_metafile_piece(64 << 10);
+        // Something that starts like an encrypted message (a PKESK and an SEIPD header).
+        let key =
+            crate::crypto::generate_key("t", crate::crypto::KeyAlgorithm::Cv25519, None).unwrap();
+        let certs = crate::crypto::keys::parse_certs_for_test(&key.public_armored);
+        let enc = crate::crypto::Encryptor::from_certs(&certs).unwrap();
+        let mut w = enc.message_writer(Vec::new()).unwrap();
+        w.write_all(&crate::test_data::noise(200_000, 9)).unwrap();
+        let message = w.finish().unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&message).unwrap();
+        let id = RunId::new(chrono::Utc::now());
+        let (host, source) = ("h", "s");
+        let pieces = store.pieces_for(message.len() as u64);
+        assert_eq!(pieces, 4);
+        let name = crate::format::refs::RunName {
+            run: id.to_string(),
+            host: host.into(),
+            source: source.into(),
+        };
+        let digest = crate::format::refs::MetafileDigest {
+            hash: crate::ids::ChunkHash::of(&message),
+            bytes: message.len() as u64,
+            pieces,
+        };
+        let bounds = crate::format::refs::Bounds {
+            dedup_max_age: std::time::Duration::from_secs(60),
+            max_run_time: std::time::Duration::from_secs(60),
+        };
+        let mut refs = Vec::new();
+        crate::format::refs::write(&mut refs, &name, &bounds, &digest, []).unwrap();
+        store
+            .put_run(
+                host,
+                source,
+                &id,
+                refs.into(),
+                &mut file,
+                message.len() as u64,
+            )
+            .unwrap();
+        let mut runs = store.list_runs().unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].pieces.len(), 4);
+        assert_eq!(runs[0].metafile_bytes, message.len() as u64);
+        crate::runs::check(&store, &mut runs).unwrap();
+        assert!(runs[0].status.is_ok(), "{:?}", runs[0].status);
+        let mut back = Vec::new();
+        store
+            .metafile_reader(&runs[0])
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back == message);
+        // One piece missing: damaged, from the listing alone.
+        std::fs::remove_file(dir.path().join(piece_path(host, source, &id, 3).as_ref())).unwrap();
+        let runs = store.list_runs().unwrap();
+        assert_eq!(runs[0].status.word(), "damaged");
     }
 }

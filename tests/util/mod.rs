@@ -337,6 +337,16 @@ impl Fixture {
         v
     }
 
+    /// Stored metafiles of the source, if any.
+    pub fn metafiles_or_none(&self) -> Vec<PathBuf> {
+        let dir = self.target.join("runs").join(HOST).join(SOURCE);
+        if dir.is_dir() {
+            self.metafiles()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Every data object (pack) on the target, not counting uploads in progress.
     pub fn objects(&self) -> Vec<PathBuf> {
         let data = self.target.join("data");

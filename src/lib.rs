@@ -12,6 +12,8 @@ mod config;
 mod crypto;
 mod error;
 mod format;
+#[cfg(test)]
+mod fuzz;
 pub mod gc;
 mod ids;
 mod index;

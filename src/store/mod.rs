@@ -125,7 +125,7 @@ pub fn encode_segment(s: &str) -> String {
     out
 }
 
-fn decode_segment(s: &str) -> Option<String> {
+pub(crate) fn decode_segment(s: &str) -> Option<String> {
     let mut out = Vec::new();
     let b = s.as_bytes();
     let mut i = 0;

@@ -9,8 +9,9 @@ Exit status:
   0  everything was done
   1  an error stopped the command (bad config, unreachable target, wrong key, ...)
   2  the command line was wrong
-  3  done, but some files were skipped or could not be backed up or restored
-     (each is named on standard error and in --json output)
+  3  done, but something was left out or found wrong: files skipped (backup), not
+     restored (restore), runs suspicious or damaged (runs), object lists unusable
+     (gc); each is named on standard error and in --json output
 
 Environment:
   COFFER_CONFIG      config file when -c is not given

@@ -18,7 +18,7 @@ fn hash(i: u64) -> ChunkHash {
 fn lookups(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut index = Index::open(dir.path()).unwrap();
-    let target = index.target_id("file:///bench", "BENCH").unwrap();
+    let target = index.target_id("file:///bench", "BENCH", "bench").unwrap();
     let refs: Vec<ChunkRef> = (0..CHUNKS)
         .map(|i| ChunkRef {
             object: ObjectKey::of(&(i / PER_PACK).to_le_bytes()),

@@ -32,6 +32,8 @@ TOML
 
 echo "== coffer keygen"
 "$coffer" keygen --out "$root/keys" --name demo --no-passphrase
+echo "== coffer init (a backup never creates a missing target folder by itself)"
+"$coffer" init -c "$root/coffer.toml" folder
 echo "== coffer backup (first run)"
 "$coffer" backup -c "$root/coffer.toml"
 echo "== coffer backup (no change: nothing new is stored)"

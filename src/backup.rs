@@ -20,6 +20,7 @@
 //! pieces more at most).
 
 mod packer;
+mod reuse;
 
 use std::collections::HashMap;
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -86,6 +87,9 @@ pub struct BackupStats {
     pub elapsed_secs: f64,
     /// `bytes_read / elapsed`, in bytes per second.
     pub read_bytes_per_sec: f64,
+    /// Packs the local index listed that were gone from the target (their chunks were
+    /// stored again).
+    pub packs_missing: u64,
     /// Entries skipped or changed while read: path and reason (first 1000).
     pub problems: Vec<String>,
 }
@@ -109,16 +113,28 @@ impl BackupStats {
     }
 }
 
+/// How to back up.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct BackupOptions {
+    /// Forget what the local index recorded about the target first: everything is
+    /// encrypted and uploaded again (chunks already there are deduplicated by name only
+    /// within the run). The way to repair runs whose packs went missing from a target the
+    /// host cannot read.
+    pub forget_cache: bool,
+}
+
 /// Backs up `source` to `target` as one new run.
 pub fn backup(
     config: &Config,
     source: &SourceConfig,
     target: &TargetConfig,
+    opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupStats> {
     let started = Instant::now();
     let encryptor = load_recipients(&source.recipients)?;
-    let store = Store::open(target, true)?;
+    let store = Store::open(target, target.create)?;
     let keyset = encryptor.fingerprints().join(",");
     let _lock = Index::lock(&config.state_dir, |path| {
         progress.warn(&format!(
@@ -128,7 +144,16 @@ pub fn backup(
     })?;
     let start_time = chrono::Utc::now();
     let mut index = Index::open(&config.state_dir)?;
-    let target_id = index.target_id(&target.url, &keyset)?;
+    let target_id = reuse::domain(
+        &mut index,
+        &store,
+        target,
+        &keyset,
+        &config.host,
+        opts.forget_cache,
+        progress,
+    )?;
+    let presence = std::sync::Arc::new(reuse::Presence::new(&store, target.can_read));
     let run = next_run_id(&index, target_id, &source.name, start_time)?;
     // gc's safety rule: reuse only what gc cannot have deleted (see index.rs).
     let horizon = start_time.timestamp() - target.dedup_max_age.as_secs() as i64;
@@ -185,6 +210,7 @@ pub fn backup(
         upload_rate_limit: target.upload_rate_limit,
         budget: budget.clone(),
         racy_after_ns: start_time.timestamp_nanos_opt().unwrap_or(i64::MAX) - 2_000_000_000,
+        presence: presence.clone(),
     })?;
     let (tx, rx) = sync_channel::<Msg>(READ_AHEAD_MESSAGES);
     let packer_thread = std::thread::Builder::new()
@@ -196,6 +222,7 @@ pub fn backup(
     let mut walk = Walk {
         source,
         index: &index,
+        presence: &presence,
         target_id,
         tx: &tx,
         budget: &budget,
@@ -210,6 +237,23 @@ pub fn backup(
         .join()
         .map_err(|_| Error::Usage("internal error: the packer thread panicked".into()))?;
     progress.done();
+    let gone = presence.missing();
+    if let Some(first) = gone.first() {
+        stats.packs_missing = gone.len() as u64;
+        stats.problem(
+            progress,
+            format!(
+                "warning: {} pack(s) this host's local index lists are missing from target {} \
+                 ({}{}): the chunks this run needs from them were stored again, but earlier \
+                 runs that reference them cannot restore those files (`coffer gc --dry-run` \
+                 names them)",
+                gone.len(),
+                target.name,
+                crate::store::data_path(first),
+                if gone.len() > 1 { ", ..." } else { "" }
+            ),
+        );
+    }
     let output: PackerOutput = match (walked, packed) {
         (_, Err(e)) => return Err(e),
         (Err(e), Ok(_)) => return Err(e),
@@ -345,6 +389,7 @@ impl Commit<'_> {
 struct Walk<'a> {
     source: &'a SourceConfig,
     index: &'a Index,
+    presence: &'a reuse::Presence,
     target_id: i64,
     tx: &'a SyncSender<Msg>,
     budget: &'a packer::Budget,
@@ -556,11 +601,18 @@ impl Walk<'_> {
         }
     }
 
-    /// Every chunk of a cached file, if the index still lists them all.
+    /// Every chunk of a cached file, if the index still lists them all and their packs
+    /// are still on the target (as far as the backup can tell).
     fn resolve(&self, c: &CachedFile) -> Option<Vec<crate::format::metafile::ChunkRef>> {
         c.chunks
             .iter()
-            .map(|h| self.index.lookup_chunk(self.target_id, h).ok().flatten())
+            .map(|h| {
+                self.index
+                    .lookup_chunk(self.target_id, h)
+                    .ok()
+                    .flatten()
+                    .filter(|c| self.presence.exists(&c.object).unwrap_or(false))
+            })
             .collect()
     }
 
@@ -659,6 +711,7 @@ fn open_beneath(item: &Item) -> std::io::Result<std::fs::File> {
 pub fn backup_all(
     config: &Config,
     sources: &[&SourceConfig],
+    opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Vec<(String, String, Result<BackupStats>)> {
     let mut results = Vec::new();
@@ -666,7 +719,7 @@ pub fn backup_all(
         for target_name in &source.targets {
             let result = config
                 .target(target_name)
-                .and_then(|t| backup(config, source, &t, progress));
+                .and_then(|t| backup(config, source, &t, opts, progress));
             results.push((source.name.clone(), target_name.clone(), result));
         }
     }

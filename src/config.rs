@@ -156,6 +156,8 @@ struct RawTarget {
     retry_timeout: Option<Dur>,
     dedup_max_age: Option<Spanned<Dur>>,
     max_run_time: Option<Spanned<Dur>>,
+    create: Option<bool>,
+    can_read: Option<bool>,
     #[serde(default)]
     options: BTreeMap<String, String>,
 }
@@ -229,6 +231,13 @@ pub struct TargetConfig {
     /// A backup that has run longer than this is not committed (it fails). Part of gc's
     /// safety rule: gc's grace period must be at least `dedup_max_age + max_run_time`.
     pub max_run_time: std::time::Duration,
+    /// Create a `file://` target's folder if it is missing (otherwise a missing folder,
+    /// such as an unmounted disk, fails the backup).
+    pub create: bool,
+    /// Whether the backup's credential may read (HEAD, GET, LIST) the target: backups
+    /// then confirm that the packs they reuse still exist. Always so for `file://`
+    /// targets; for others only when the config says so (a put-only credential cannot).
+    pub can_read: bool,
     /// Further object_store options for the scheme (e.g. `aws_virtual_hosted_style_request`).
     /// Never logged.
     pub options: BTreeMap<String, String>,
@@ -276,6 +285,8 @@ impl TargetConfig {
             retry_timeout: DEFAULT_RETRY_TIMEOUT,
             dedup_max_age: DEFAULT_DEDUP_MAX_AGE,
             max_run_time: DEFAULT_MAX_RUN_TIME,
+            create: false,
+            can_read: url.starts_with("file:") || url == MEMORY_URL,
             options: BTreeMap::new(),
         }
     }
@@ -483,6 +494,14 @@ impl Config {
                 .as_ref()
                 .map(|f| ctx.path(f))
                 .transpose()?;
+            let is_file = t.url.get_ref().starts_with("file:");
+            if is_file && t.can_read == Some(false) {
+                return ctx.err(
+                    t.url.span(),
+                    "can_read = false makes no sense for a file:// target (the backup can always \
+                     read a folder)",
+                );
+            }
             let name = name.into_inner();
             targets.insert(
                 name.clone(),
@@ -501,6 +520,8 @@ impl Config {
                     retry_timeout: t.retry_timeout.map_or(DEFAULT_RETRY_TIMEOUT, |d| d.0),
                     dedup_max_age,
                     max_run_time,
+                    create: t.create.unwrap_or(false),
+                    can_read: t.can_read.unwrap_or(false) || is_file,
                     options: t.options,
                 },
             );

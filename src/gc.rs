@@ -86,9 +86,12 @@ pub struct GcStats {
     pub lists_deleted: u64,
     /// Objects under `data/` whose names are not coffer's: never deleted.
     pub objects_foreign: u64,
-    /// Runs whose object lists could not be used whole, and why (gc went on without
-    /// them: what it could read of their lists was kept).
+    /// Runs whose object lists could not be used whole, referenced objects that are
+    /// missing, and why (gc went on: what it could read of the lists was kept).
     pub problems: Vec<String>,
+    /// Objects some run references that the target does not hold (first 1000), with the
+    /// runs they break.
+    pub missing: Vec<MissingObject>,
     /// Wall-clock seconds.
     pub elapsed_secs: f64,
 }
@@ -207,6 +210,29 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
         Ok(doomed)
     })?;
 
+    // Referenced objects that are not there: name them and the runs they break.
+    let (unseen, more) = referenced.unseen(MISSING_NAMED)?;
+    if !unseen.is_empty() {
+        stats.missing = name_missing(store, &runs, &unseen)?;
+        let hosts: std::collections::BTreeSet<&str> = runs
+            .iter()
+            .filter(|(key, _)| {
+                let name = format!("{}/{}/{}", key.0, key.1, key.2);
+                stats.missing.iter().any(|m| m.runs.contains(&name))
+            })
+            .map(|(key, _)| key.0.as_str())
+            .collect();
+        stats.problems.push(format!(
+            "{}{} objects that runs reference are missing from the target: those runs \
+             cannot restore the files in them (--json lists each object and its runs). \
+             Back up again from the hosts that made them ({}) with `coffer backup \
+             --forget-cache`, so that new runs store that data again",
+            unseen.len(),
+            if more { "+" } else { "" },
+            hosts.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+
     // Runs that never committed: their object lists and metafile pieces go once all of
     // them are older than the grace period.
     let mut old = Vec::new();
@@ -220,6 +246,36 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     progress.done();
     stats.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// For each missing object, the committed runs whose object lists name it (a second
+/// read of the lists, made only when objects are missing).
+fn name_missing(
+    store: &Store,
+    runs: &BTreeMap<RunKey, RunFiles>,
+    missing: &[ObjectKey],
+) -> Result<Vec<MissingObject>> {
+    let wanted: std::collections::HashSet<ObjectKey> = missing.iter().copied().collect();
+    let mut by_key: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
+    for ((host, source, id), r) in runs {
+        let Some(refs) = r.refs.as_ref().filter(|_| r.committed()) else {
+            continue;
+        };
+        let name = format!("{host}/{source}/{id}");
+        let _ = refs::read_each(store.reader(&refs.path)?, &name, |k| {
+            if wanted.contains(&k) {
+                by_key.entry(k).or_default().push(name.clone());
+            }
+            Ok(())
+        });
+    }
+    Ok(missing
+        .iter()
+        .map(|k| MissingObject {
+            object: crate::store::data_path(k).to_string(),
+            runs: by_key.remove(k).unwrap_or_default(),
+        })
+        .collect())
 }
 
 /// A run's objects under `runs/`.
@@ -280,7 +336,8 @@ impl Referenced {
         let conn = Connection::open(path).map_err(fail)?;
         conn.execute_batch(
             "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
-             CREATE TABLE keys (key BLOB PRIMARY KEY) WITHOUT ROWID;",
+             CREATE TABLE keys (key BLOB PRIMARY KEY, seen INTEGER NOT NULL DEFAULT 0)
+                 WITHOUT ROWID;",
         )
         .map_err(fail)?;
         Ok(Referenced {
@@ -323,12 +380,51 @@ impl Referenced {
         Ok(read)
     }
 
+    /// Whether `key` is referenced; marks it as found on the target.
     fn contains(&self, key: &ObjectKey) -> Result<bool> {
         let fail = |e| key_set_err(&self.path, e);
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT 1 FROM keys WHERE key = ?1")
+            .prepare_cached("UPDATE keys SET seen = 1 WHERE key = ?1")
             .map_err(fail)?;
-        stmt.exists(params![&key.0[..]]).map_err(fail)
+        stmt.execute(params![&key.0[..]])
+            .map(|n| n > 0)
+            .map_err(fail)
     }
+
+    /// Referenced keys the listing of the target did not show, at most `limit`, and
+    /// whether there were more.
+    fn unseen(&self, limit: usize) -> Result<(Vec<ObjectKey>, bool)> {
+        let fail = |e| key_set_err(&self.path, e);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key FROM keys WHERE seen = 0 ORDER BY key LIMIT ?1")
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map(params![limit as i64 + 1], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(fail)?;
+        let mut keys = Vec::new();
+        for row in rows {
+            let bytes = row.map_err(fail)?;
+            if let Ok(k) = <[u8; 32]>::try_from(bytes.as_slice()) {
+                keys.push(ObjectKey(k));
+            }
+        }
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        Ok((keys, more))
+    }
+}
+
+/// At most this many missing objects are named (each with the runs that need it).
+const MISSING_NAMED: usize = 1000;
+
+/// A referenced object that is not on the target.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct MissingObject {
+    /// Its name.
+    pub object: String,
+    /// The runs whose object lists reference it: `host/source/run`.
+    pub runs: Vec<String>,
 }

@@ -7,7 +7,10 @@
 //! so a file row written before its chunks were acknowledged is harmless.
 //!
 //! Dedup state is per target *and* per recipient set: chunks encrypted to one set of keys
-//! are never reused for a run encrypted to another.
+//! are never reused for a run encrypted to another. A target is known by its URL and by
+//! the marker this index left on it (`markers/<id>`, docs/FORMAT.md section 1): a wiped,
+//! replaced or different target at the same URL lacks the marker, so the state recorded
+//! for it is never used for that target ([`Index::domains`], backup.rs).
 //!
 //! gc on another host may delete objects this index still lists (the stale-index hazard),
 //! so a listed chunk is reused only when gc cannot have deleted its object (docs/FORMAT.md,
@@ -26,14 +29,16 @@ use crate::error::{Error, Result};
 use crate::format::metafile::{ChunkRef, Encoding};
 use crate::ids::{ChunkHash, ObjectKey};
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS targets (
     id INTEGER PRIMARY KEY,
     url TEXT NOT NULL,
     keyset TEXT NOT NULL,
-    UNIQUE (url, keyset)
+    marker TEXT NOT NULL DEFAULT '',
+    last_used INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (url, keyset, marker)
 );
 CREATE TABLE IF NOT EXISTS chunks (
     target INTEGER NOT NULL,
@@ -168,21 +173,89 @@ impl Index {
         index_err(&self.path, e)
     }
 
-    /// The id of the dedup domain for (target URL, recipient set), created on first use.
-    pub fn target_id(&self, url: &str, keyset: &str) -> Result<i64> {
+    /// The id of the dedup domain for (target URL, recipient set, marker), created on
+    /// first use, and marked as used now.
+    pub fn target_id(&self, url: &str, keyset: &str, marker: &str) -> Result<i64> {
         self.conn
             .execute(
-                "INSERT OR IGNORE INTO targets (url, keyset) VALUES (?1, ?2)",
-                params![url, keyset],
+                "INSERT OR IGNORE INTO targets (url, keyset, marker) VALUES (?1, ?2, ?3)",
+                params![url, keyset, marker],
+            )
+            .map_err(|e| self.err(e))?;
+        let id: i64 = self
+            .conn
+            .query_row(
+                "SELECT id FROM targets WHERE url = ?1 AND keyset = ?2 AND marker = ?3",
+                params![url, keyset, marker],
+                |r| r.get(0),
             )
             .map_err(|e| self.err(e))?;
         self.conn
-            .query_row(
-                "SELECT id FROM targets WHERE url = ?1 AND keyset = ?2",
-                params![url, keyset],
-                |r| r.get(0),
+            .execute(
+                "UPDATE targets SET last_used = ?2 WHERE id = ?1",
+                params![id, chrono::Utc::now().timestamp()],
             )
+            .map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    /// The markers of the dedup domains this index holds for (URL, recipient set), most
+    /// recently used first; `""` is a domain recorded before markers existed.
+    pub fn domains(&self, url: &str, keyset: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT marker FROM targets WHERE url = ?1 AND keyset = ?2
+                 ORDER BY last_used DESC, id DESC",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![url, keyset], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<String>>>()
             .map_err(|e| self.err(e))
+    }
+
+    /// Gives the domain `old` (of URL and recipient set) the marker `new`: state recorded
+    /// before markers existed is adopted by the marker first left on the target.
+    pub fn rename_domain(&mut self, url: &str, keyset: &str, old: &str, new: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE targets SET marker = ?4 WHERE url = ?1 AND keyset = ?2 AND marker = ?3",
+                params![url, keyset, old, new],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Forgets everything recorded about a dedup domain (the target it described is gone
+    /// or was replaced): its chunks, digest cache, protected objects and last runs.
+    pub fn forget_domain(&mut self, target: i64) -> Result<()> {
+        self.write(|tx| {
+            for table in ["chunks", "files", "protected", "last_runs"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE target = ?1"),
+                    params![target],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Forgets the chunks stored in `object` (it is gone from the target), so that no
+    /// later run reuses them.
+    pub fn forget_object(&mut self, target: i64, object: &ObjectKey) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM chunks WHERE target = ?1 AND object = ?2",
+                params![target, &object.0[..]],
+            )?;
+            tx.execute(
+                "DELETE FROM protected WHERE target = ?1 AND object = ?2",
+                params![target, &object.0[..]],
+            )?;
+            Ok(())
+        })
     }
 
     /// Starts a read transaction for a batch of lookups, ending the previous batch's: one
@@ -457,6 +530,26 @@ fn init(path: &Path) -> rusqlite::Result<(Connection, i64)> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if (1..3).contains(&version) {
+        // Version 3 keys targets by their marker too; older rows get the empty marker
+        // (adopted by the first marker a backup leaves on the target).
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE targets RENAME TO targets_v2;
+             CREATE TABLE targets (
+                 id INTEGER PRIMARY KEY,
+                 url TEXT NOT NULL,
+                 keyset TEXT NOT NULL,
+                 marker TEXT NOT NULL DEFAULT '',
+                 last_used INTEGER NOT NULL DEFAULT 0,
+                 UNIQUE (url, keyset, marker)
+             );
+             INSERT INTO targets (id, url, keyset) SELECT id, url, keyset FROM targets_v2;
+             DROP TABLE targets_v2;
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )?;
+    }
     if version <= SCHEMA_VERSION {
         conn.execute_batch(SCHEMA)?;
         if version < SCHEMA_VERSION {
@@ -561,9 +654,9 @@ mod tests {
     fn chunks_and_files() {
         let dir = tempfile::tempdir().unwrap();
         let mut idx = Index::open(dir.path()).unwrap();
-        let t = idx.target_id("file:///x", "AAA").unwrap();
-        assert_eq!(idx.target_id("file:///x", "AAA").unwrap(), t);
-        let t2 = idx.target_id("file:///x", "BBB").unwrap();
+        let t = idx.target_id("file:///x", "AAA", "m1").unwrap();
+        assert_eq!(idx.target_id("file:///x", "AAA", "m1").unwrap(), t);
+        let t2 = idx.target_id("file:///x", "BBB", "m1").unwrap();
         assert_ne!(t, t2, "another recipient set is another dedup domain");
         let h = ChunkHash::of(b"c");
         assert!(idx.lookup_chunk(t, &h).unwrap().is_none());
@@ -605,7 +698,7 @@ mod tests {
     fn old_chunks_are_reused_only_from_protected_objects() {
         let dir = tempfile::tempdir().unwrap();
         let mut idx = Index::open(dir.path()).unwrap();
-        let t = idx.target_id("file:///x", "AAA").unwrap();
+        let t = idx.target_id("file:///x", "AAA", "m1").unwrap();
         let chunk = |data: &[u8], pack: &[u8]| ChunkRef {
             object: ObjectKey::of(pack),
             offset: 0,
@@ -637,6 +730,56 @@ mod tests {
         idx.committed(t, "home", "run2", [young.object]).unwrap();
         assert!(idx.lookup_chunk(t, &old.hash).unwrap().is_none());
         assert_eq!(idx.last_run(t, "home").unwrap().as_deref(), Some("run2"));
+    }
+
+    #[test]
+    fn domains_are_keyed_by_marker_and_old_indexes_migrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        {
+            // A version-2 index, as coffer before markers made it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE targets (id INTEGER PRIMARY KEY, url TEXT NOT NULL,
+                 keyset TEXT NOT NULL, UNIQUE (url, keyset));
+                 INSERT INTO targets (id, url, keyset) VALUES (7, 'file:///x', 'AAA');
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut std::fs::metadata(dir.path()).unwrap().permissions(),
+            0o700,
+        );
+        let mut idx = Index::open(dir.path()).unwrap();
+        assert_eq!(idx.domains("file:///x", "AAA").unwrap(), [""]);
+        idx.rename_domain("file:///x", "AAA", "", "m1").unwrap();
+        assert_eq!(
+            idx.target_id("file:///x", "AAA", "m1").unwrap(),
+            7,
+            "state kept"
+        );
+        let other = idx.target_id("file:///x", "AAA", "m2").unwrap();
+        assert_ne!(other, 7);
+        assert_eq!(
+            idx.domains("file:///x", "AAA").unwrap()[0],
+            "m2",
+            "most recent first"
+        );
+        let c = ChunkRef {
+            object: ObjectKey::of(b"p"),
+            offset: 0,
+            length: 1,
+            size: 1,
+            hash: ChunkHash::of(b"c"),
+            encoding: Encoding::Raw,
+        };
+        idx.record_chunks(7, std::slice::from_ref(&c), 1).unwrap();
+        idx.forget_object(7, &c.object).unwrap();
+        assert!(idx.lookup_chunk(7, &c.hash).unwrap().is_none());
+        idx.record_chunks(7, std::slice::from_ref(&c), 1).unwrap();
+        idx.forget_domain(7).unwrap();
+        assert!(idx.lookup_chunk(7, &c.hash).unwrap().is_none());
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod store;
 #[cfg(test)]
 mod test_data;
 
-pub use backup::{backup, backup_all, BackupStats};
+pub use backup::{backup, backup_all, BackupOptions, BackupStats};
 pub use bench::{bench, BenchInput, BenchReport};
 pub use config::{
     config_path, default_state_dir, parse_duration, parse_size, Config, SourceConfig, TargetConfig,

@@ -300,6 +300,9 @@ fn backup_restores_with_gpg_and_coreutils_alone() {
     )
     .unwrap();
     ok(Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["init", "usb", "-c"])
+        .arg(&config));
+    ok(Command::new(env!("CARGO_BIN_EXE_coffer"))
         .args(["backup", "-c"])
         .arg(&config));
 

@@ -251,6 +251,82 @@ fn put_only_backup_then_restore_with_the_read_credential() {
 }
 
 #[test]
+fn a_wiped_prefix_is_recognised_by_a_put_only_backup_with_one_request() {
+    let t = S3Fixture::new("wiped");
+    small_tree(&t.fx.src);
+    t.backup(Cred::PutOnly).ok();
+    // Everything under the prefix deleted (delete markers on a versioned bucket).
+    let out = t.aws(
+        Cred::Admin,
+        &[
+            "s3",
+            "rm",
+            "--recursive",
+            &format!("s3://{}/{}/", t.s3.bucket, t.prefix),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    write(&t.fx.src.join("new file"), b"after the wipe\n");
+    let (out, requests) = t.requests_during(|| t.backup(Cred::PutOnly));
+    let out = out.ok().stderr_has("holds none of the markers");
+    assert!(
+        requests.iter().all(|r| matches!(method(r), "PUT")),
+        "only creates: {requests:#?}"
+    );
+    let markers = requests.iter().filter(|r| r.contains("/markers/")).count();
+    assert_eq!(
+        markers, 1,
+        "one request says whether the target is new: {requests:#?}"
+    );
+    assert!(out.json()["runs"][0]["chunks_new"].as_u64().unwrap() > 1);
+    let dest = t.fx.path("restored");
+    t.restore(Cred::Admin, &dest).ok();
+    assert_same_tree(&t.fx.src, &dest);
+}
+
+#[test]
+fn a_pack_lost_behind_a_put_only_hosts_back_is_named_by_gc_and_stored_again_on_request() {
+    let t = S3Fixture::new("lostpack");
+    write(&t.fx.src.join("big"), &pseudo_random(7, 3 << 20));
+    write(&t.fx.src.join("small"), b"small\n");
+    t.backup(Cred::PutOnly).ok();
+    let pack = t
+        .keys()
+        .into_iter()
+        .find(|k| k.contains("/data/"))
+        .expect("a pack");
+    let out = t.aws(
+        Cred::Admin,
+        &["s3", "rm", &format!("s3://{}/{pack}", t.s3.bucket)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The host cannot see it; gc, with the admin credential, does.
+    let mut cmd = t.with_cred(t.fx.cmd(), Cred::Admin);
+    cmd.args(["gc", "--target", "s3", "--dry-run", "--json"]);
+    let out = run(cmd).expect(EXIT_PARTIAL).stderr_has("--forget-cache");
+    let missing = &out.json()[0]["missing"];
+    assert!(
+        pack.ends_with(missing[0]["object"].as_str().unwrap()),
+        "{out}"
+    );
+    // The remedy it names: the next backup stores everything again.
+    let mut cmd = t.with_cred(t.fx.cmd(), Cred::PutOnly);
+    cmd.args(["backup", "--forget-cache", "--json"]);
+    run(cmd).ok();
+    let dest = t.fx.path("restored");
+    t.restore(Cred::Admin, &dest).ok();
+    assert_same_tree(&t.fx.src, &dest);
+}
+
+#[test]
 fn the_put_only_credential_cannot_read_list_or_delete() {
     let t = S3Fixture::new("refused");
     small_tree(&t.fx.src);

@@ -124,6 +124,8 @@ pub(super) struct PackerSetup {
     /// Files modified after this (ns) are cached as untrusted: they may change again
     /// within the file system's timestamp granularity, so the next run reads them.
     pub racy_after_ns: i64,
+    /// Whether reused packs are still on the target.
+    pub presence: Arc<super::reuse::Presence>,
 }
 
 pub(super) struct PackerOutput {
@@ -227,6 +229,7 @@ pub(super) struct Packer {
     upload_rate_limit: Option<u64>,
     budget: std::sync::Arc<Budget>,
     racy_after_ns: i64,
+    presence: Arc<super::reuse::Presence>,
     writer: MetaWriter,
     metafile: std::fs::File,
     /// The pack new chunks go to.
@@ -287,6 +290,7 @@ impl Packer {
             upload_rate_limit: s.upload_rate_limit,
             budget: s.budget,
             racy_after_ns: s.racy_after_ns,
+            presence: s.presence,
             writer,
             metafile,
             closing: std::collections::VecDeque::new(),
@@ -432,7 +436,15 @@ impl Packer {
         self.out.chunks += 1;
         let known = match self.pending.get(&hash) {
             Some(c) => Some(c.clone()),
-            None => self.index.lookup_chunk(self.target_id, &hash)?,
+            None => match self.index.lookup_chunk(self.target_id, &hash)? {
+                // A pack gone from the target: forget what the index says is in it, and
+                // store the chunk again.
+                Some(c) if !self.presence.exists(&c.object)? => {
+                    self.index.forget_object(self.target_id, &c.object)?;
+                    None
+                }
+                other => other,
+            },
         };
         let location = match known {
             Some(c) => {

@@ -454,7 +454,9 @@ fn whole_backups(
             Destination::Folder => {
                 let dir = tmp.join(format!("{name}-target-{rep}"));
                 let url = format!("file://{}", dir.display());
-                (TargetConfig::from_url(&url)?, Some(dir))
+                let mut target = TargetConfig::from_url(&url)?;
+                target.create = true; // a throwaway folder, made for the bench
+                (target, Some(dir))
             }
         };
         let source = SourceConfig {
@@ -484,7 +486,8 @@ fn whole_backups(
             targets: Default::default(),
         };
         let started = Instant::now();
-        let stats = crate::backup::backup(&config, &source, &target, &NoProgress)?;
+        let stats =
+            crate::backup::backup(&config, &source, &target, &Default::default(), &NoProgress)?;
         times.push(started.elapsed().as_secs_f64());
         progress.bytes(loaded.info.bytes);
         for dir in std::iter::once(&state_dir).chain(&folder) {

@@ -50,6 +50,16 @@ pub enum Command {
     /// The key is an OpenPGP v4 key that GnuPG 2.2 imports (`gpg --import`). Keep the
     /// secret key (NAME.key.asc) away from the hosts that back up.
     Keygen(KeygenArgs),
+    /// Set up a target on purpose: create a file:// target's folder.
+    ///
+    /// A backup never creates a missing target folder by itself (an unmounted disk would
+    /// otherwise be filled on the root file system): run this once, or set create = true
+    /// in the target's config section. TARGET is a target name from the config or a URL.
+    ///
+    ///   coffer init file:///mnt/usb/coffer
+    ///   coffer init -c /etc/coffer/config.toml usb
+    #[command(verbatim_doc_comment)]
+    Init(InitArgs),
     /// Back up the sources named (default: every source in the config) to their targets.
     ///
     /// Needs only the recipients' public certificates and create rights on the targets.
@@ -172,10 +182,21 @@ pub struct KeygenArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Target name from the config, or a target URL
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Sources to back up [default: all]
     #[arg(value_name = "SOURCE")]
     pub sources: Vec<String>,
+    /// Forget what the local index knows of the targets' contents and store everything
+    /// again (what `coffer gc` advises when a target lost packs this host cannot see)
+    #[arg(long)]
+    pub forget_cache: bool,
     /// Print the statistics as one JSON object on standard output
     #[arg(long)]
     pub json: bool,

@@ -14,7 +14,8 @@ use coffer::{Config, MetafileSource, RestoreOptions, Store, TargetConfig};
 use zeroize::Zeroizing;
 
 use args::{
-    BackupArgs, BenchArgs, Cli, Command, GcArgs, KeygenArgs, PruneArgs, RestoreArgs, RunsArgs,
+    BackupArgs, BenchArgs, Cli, Command, GcArgs, InitArgs, KeygenArgs, PruneArgs, RestoreArgs,
+    RunsArgs,
 };
 use output::Bar;
 
@@ -29,6 +30,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let name = match &cli.command {
         Command::Keygen(_) => "keygen",
+        Command::Init(_) => "init",
         Command::Backup(_) => "backup",
         Command::Runs(_) => "runs",
         Command::Restore(_) => "restore",
@@ -38,6 +40,7 @@ pub fn run() -> ExitCode {
     };
     let result = match cli.command {
         Command::Keygen(a) => keygen(a),
+        Command::Init(a) => init(cli.config.as_deref(), a),
         Command::Backup(a) => backup(cli.config.as_deref(), a),
         Command::Runs(a) => runs(cli.config.as_deref(), a),
         Command::Restore(a) => restore(cli.config.as_deref(), a),
@@ -163,11 +166,27 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+fn init(config: Option<&Path>, a: InitArgs) -> Result<u8> {
+    let (_, targets) = read_targets(config, Some(&a.target))?;
+    for t in &targets {
+        let store = Store::open(t, true)?;
+        // Listing proves the target is reachable with this credential (a put-only one
+        // cannot list: then there is nothing more to check from here).
+        match store.list_runs() {
+            Ok(runs) => println!("target {} is ready ({} runs on it)", t.url, runs.len()),
+            Err(e) => println!("target {} set up; listing it failed: {e}", t.url),
+        }
+    }
+    Ok(EXIT_OK)
+}
+
 fn backup(config: Option<&Path>, a: BackupArgs) -> Result<u8> {
     let config = load_config(config)?;
     let sources = config.select_sources(&a.sources)?;
     let bar = Bar::new("backup", a.json);
-    let results = coffer::backup_all(&config, &sources, &bar);
+    let mut opts = coffer::BackupOptions::default();
+    opts.forget_cache = a.forget_cache;
+    let results = coffer::backup_all(&config, &sources, &opts, &bar);
     let mut code = EXIT_OK;
     let mut ok = Vec::new();
     let mut failed = Vec::new();

@@ -127,6 +127,7 @@ pub fn gc_summary(s: &coffer::gc::GcStats) -> String {
          \x20 too young      {} objects ({}), kept for the grace period\n\
          \x20 unreferenced   {} objects ({}), {}\n\
          \x20 unfinished     {} object lists of runs that never committed, {}\n\
+         \x20 missing        {} referenced objects not on the target\n\
          \x20 problems       {} (named on standard error)\n\
          {}\
          \x20 elapsed        {:.2}s\n",
@@ -150,6 +151,7 @@ pub fn gc_summary(s: &coffer::gc::GcStats) -> String {
         } else {
             "deleted"
         },
+        s.missing.len(),
         s.problems.len(),
         if s.objects_foreign > 0 {
             format!(

@@ -141,6 +141,23 @@ pub(crate) fn decode_segment(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Key of a marker a local index left on the target.
+pub fn marker_path(id: &str) -> StorePath {
+    StorePath::from(format!("markers/{id}"))
+}
+
+/// A marker id: 32 lowercase hex digits.
+pub fn valid_marker(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A fresh marker id.
+pub fn new_marker() -> Result<String> {
+    let mut r = [0u8; 16];
+    getrandom::fill(&mut r).map_err(|e| Error::Internal(format!("random marker: {e}")))?;
+    Ok(hex::encode(r))
+}
+
 /// Key of piece `n` (from 1) of a run's metafile: `<id>.meta`, then `<id>.meta.0002` ...
 pub fn piece_path(host: &str, source: &str, id: &RunId, n: u32) -> StorePath {
     if n <= 1 {
@@ -230,6 +247,43 @@ impl Store {
                 target: self.name.clone(),
                 message: format!("{path} already exists; run ids must be unique"),
             }),
+        }
+    }
+
+    /// Leaves this index's marker `markers/<id>` on the target (create-only). `Created`
+    /// means the target did not hold it: it is new, or was wiped or replaced, or is
+    /// another one at the same URL (docs/FORMAT.md section 1).
+    pub fn put_marker(&self, id: &str, host: &str) -> Result<PutOutcome> {
+        let text = format!(
+            "coffer-marker 1\nhost {}\ncreated {}\n",
+            crate::format::encode_field(host.as_bytes()),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        self.put_create(&marker_path(id), Bytes::from(text))
+    }
+
+    /// The markers on the target (needs list rights).
+    pub fn list_markers(&self) -> Result<Vec<String>> {
+        let store = self.inner.clone();
+        let prefix = StorePath::from("markers");
+        let metas: Vec<object_store::ObjectMeta> = runtime()
+            .block_on(async move { store.list(Some(&prefix)).try_collect().await })
+            .map_err(|e| self.map_err(&StorePath::from("markers/"), "list", e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .filter(|n| valid_marker(n))
+            .collect())
+    }
+
+    /// Whether an object exists (one HEAD; needs read rights).
+    pub fn exists(&self, path: &StorePath) -> Result<bool> {
+        let store = self.inner.clone();
+        let p = path.clone();
+        match runtime().block_on(async move { store.head(&p).await }) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.map_err(path, "check", e)),
         }
     }
 

@@ -61,8 +61,10 @@ fn open_local(target: &TargetConfig, url: &url::Url, create: bool) -> Result<Arc
             .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
     } else if !dir.is_dir() {
         return Err(fail(format!(
-            "{} does not exist (is the disk mounted?)",
-            dir.display()
+            "{} does not exist (is the disk mounted?); to set up a new target there, run \
+             `coffer init {}` (or set create = true in its [target] section)",
+            dir.display(),
+            target.url
         )));
     }
     let fs = LocalFileSystem::new_with_prefix(&dir)

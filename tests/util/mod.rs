@@ -226,6 +226,8 @@ impl Fixture {
             dir,
         };
         fx.write_config(&settings);
+        // A target is set up on purpose (`coffer init`); a backup never creates one.
+        std::fs::create_dir_all(&fx.target).unwrap();
         fx
     }
 

@@ -80,6 +80,10 @@ pub enum Error {
         message: String,
     },
 
+    /// The command was interrupted (SIGINT, SIGTERM) and stopped cleanly.
+    #[error("interrupted; everything half written was removed")]
+    Interrupted,
+
     /// A bug in coffer, not a problem with the input: report it.
     #[error("internal error: {0} (this is a bug in coffer; please report it)")]
     Internal(String),

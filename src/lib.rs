@@ -7,6 +7,7 @@
 
 mod backup;
 pub mod bench;
+mod cancel;
 mod chunker;
 mod config;
 mod crypto;
@@ -29,6 +30,7 @@ mod test_data;
 
 pub use backup::{backup, backup_all, BackupOptions, BackupStats};
 pub use bench::{bench, BenchInput, BenchReport};
+pub use cancel::Cancel;
 pub use config::{
     config_path, default_state_dir, parse_duration, parse_size, Config, SourceConfig, TargetConfig,
 };

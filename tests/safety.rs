@@ -119,3 +119,138 @@ fn a_pack_deleted_from_the_target_is_stored_again_and_gc_names_the_runs_it_break
     restore_newest(&fx, &to).ok();
     assert_same_tree(&fx.src, &to);
 }
+
+/// Runs `coffer backup --json` as an unprivileged user: directly when the tests are not
+/// root, else as uid/gid 65534 through setpriv (root reads everything).
+fn backup_unprivileged(fx: &Fixture) -> Out {
+    if !is_root() {
+        return fx.backup();
+    }
+    // Everything the backup needs must be reachable for that user.
+    for p in [fx.dir.path(), fx.config.parent().unwrap()] {
+        chmod(p, 0o755);
+    }
+    chmod(&fx.public_key, 0o644);
+    chmod(&fx.config, 0o644);
+    std::fs::create_dir_all(&fx.state).unwrap();
+    for p in [&fx.state, &fx.target] {
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    let mut cmd = clean_command("setpriv", &fx.home);
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(coffer_bin())
+        .arg("-c")
+        .arg(&fx.config)
+        .args(["backup", "--json"]);
+    run(cmd)
+}
+
+#[test]
+fn an_unreadable_source_root_fails_the_backup_and_commits_no_run() {
+    let fx = Fixture::new();
+    write(&fx.src.join("a"), b"x\n");
+    chmod(&fx.src, 0o000);
+    let out = backup_unprivileged(&fx);
+    chmod(&fx.src, 0o755);
+    out.expect(EXIT_ERROR).stderr_has("Permission denied");
+    assert!(fx.metafiles_or_none().is_empty(), "no run was committed");
+}
+
+#[test]
+fn an_existing_directory_keeps_its_own_mode_owner_and_mtime() {
+    let fx = Fixture::new();
+    write(&fx.src.join("docs/a"), b"a\n");
+    chmod(&fx.src.join("docs"), 0o755);
+    fx.backup_ok();
+    let to = fx.path("out");
+    let docs = to.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    chmod(&docs, 0o700);
+    if is_root() {
+        std::os::unix::fs::chown(&docs, Some(4321), Some(4321)).unwrap();
+    }
+    set_mtime(&docs, 1_000_000_000, 0);
+    let before = snapshot(&docs)[&b"."[..]].clone();
+    fx.restore(&to, &[]).ok();
+    let after = snapshot(&docs)[&b"."[..]].clone();
+    assert_eq!(
+        (after.mode, after.uid, after.gid),
+        (before.mode, before.uid, before.gid),
+        "kept"
+    );
+    assert_eq!(std::fs::read(docs.join("a")).unwrap(), b"a\n");
+    std::fs::remove_file(docs.join("a")).unwrap();
+    fx.restore(&to, &[std::ffi::OsStr::new("--overwrite")]).ok();
+    let m = snapshot(&docs)[&b"."[..]].clone();
+    assert_eq!(m.mode, 0o755, "--overwrite gives it the recorded mode");
+}
+
+#[test]
+fn an_interrupted_restore_leaves_nothing_half_written_and_a_rerun_completes() {
+    let fx = Fixture::new();
+    write(&fx.src.join("big"), &pseudo_random(5, 48 << 20));
+    for i in 0..200 {
+        write(
+            &fx.src.join(format!("small/{i:03}")),
+            &pseudo_random(i, 3000),
+        );
+    }
+    fx.backup_ok();
+    let to = fx.path("out");
+    let mut child = std::process::Command::new(coffer_bin())
+        .env_clear()
+        .env("HOME", &fx.home)
+        .arg("-c")
+        .arg(&fx.config)
+        .arg("restore")
+        .arg("--key")
+        .arg(&fx.secret_key)
+        .args(["--source", SOURCE, "--to"])
+        .arg(&to)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt while a file is being written: a temporary file is there. (A walk that
+    // tolerates entries vanishing under it.)
+    fn temporaries_now(dir: &Path) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".coffer-restore-")
+                || (e.file_type().is_ok_and(|t| t.is_dir()) && temporaries_now(&e.path()))
+        })
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !temporaries_now(&to) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temporary file seen"
+        );
+        if child.try_wait().unwrap().is_some() {
+            panic!("the restore ended before it could be interrupted");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(leftover_temporaries(&to), Vec::<String>::new());
+    // Run again: what is complete stays, the rest is restored.
+    let out = fx.restore(&to, &[std::ffi::OsStr::new("--json")]).ok();
+    assert_same_tree(&fx.src, &to);
+    // Every file is either restored now or was complete and identical already.
+    let stats = out.json();
+    let done = stats["files"].as_u64().unwrap() + stats["identical"].as_u64().unwrap();
+    assert_eq!(done, 201, "{stats:#}");
+    assert_eq!(stats["failed"], 0);
+}

@@ -12,6 +12,8 @@ Exit status:
   3  done, but something was left out or found wrong: files skipped (backup), not
      restored (restore), runs suspicious or damaged (runs), object lists unusable
      (gc); each is named on standard error and in --json output
+  130  interrupted (SIGINT, SIGTERM): what was half written was removed; a second
+     signal ends coffer at once
 
 Environment:
   COFFER_CONFIG      config file when -c is not given

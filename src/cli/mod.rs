@@ -25,6 +25,23 @@ const EXIT_OK: u8 = 0;
 const EXIT_ERROR: u8 = 1;
 /// Done, but some files were skipped or failed.
 const EXIT_PARTIAL: u8 = 3;
+/// Interrupted by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// A cancellation flag set by SIGINT and SIGTERM; a second signal ends the process at
+/// once (exit status 130).
+fn interrupt_flag() -> coffer::Cancel {
+    let cancel = coffer::Cancel::new();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(
+            sig,
+            i32::from(EXIT_INTERRUPTED),
+            cancel.flag(),
+        );
+        let _ = signal_hook::flag::register(sig, cancel.flag());
+    }
+    cancel
+}
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
@@ -55,7 +72,14 @@ pub fn run() -> ExitCode {
                 return ExitCode::from(EXIT_OK);
             }
             eprintln!("coffer {name}: {e:#}");
-            ExitCode::from(EXIT_ERROR)
+            let interrupted = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref(), Some(coffer::Error::Interrupted)));
+            ExitCode::from(if interrupted {
+                EXIT_INTERRUPTED
+            } else {
+                EXIT_ERROR
+            })
         }
     }
 }
@@ -298,6 +322,7 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
         .map_err(|e| coffer::Error::Usage(e.to_string()))
     })?;
     let mut opts = RestoreOptions::new(&a.to);
+    opts.cancel = interrupt_flag();
     opts.overwrite = a.overwrite;
     opts.setid = a.setid;
     opts.devices = a.devices;

@@ -30,6 +30,9 @@ pub(super) const BATCH: usize = 8;
 /// The prefix of temporary files.
 pub(super) const TEMP_PREFIX: &str = ".coffer-restore-";
 
+/// Why a file was not written when the restore was interrupted.
+pub(super) const INTERRUPTED: &str = "interrupted";
+
 /// Gives a chunk's stored message; its arguments are the chunk and the rest of the file.
 pub(super) type Fetch<'f> = dyn FnMut(&ChunkRef, &[ChunkRef]) -> Result<Bytes, String> + 'f;
 
@@ -45,6 +48,7 @@ pub(super) struct Expected {
 pub(super) struct Settings<'a> {
     pub decryptor: &'a Decryptor,
     pub progress: &'a dyn Progress,
+    pub cancel: &'a crate::cancel::Cancel,
     pub overwrite: bool,
     pub policy: MetaPolicy,
 }
@@ -89,6 +93,9 @@ pub(super) fn worker(jobs: Arc<Mutex<Receiver<FileJob>>>, done: Sender<Done>, s:
         let held = job.messages.iter().map(|m| m.len() as u64).sum();
         let (path, shown, size) = (job.path.clone(), job.place.shown.clone(), job.expected.size);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if s.cancel.is_cancelled() {
+                return Err(INTERRUPTED.to_string());
+            }
             let mut messages = job.messages.into_iter();
             write_file(&s, &job.place, &job.chunks, &job.expected, &mut |_, _| {
                 messages
@@ -241,6 +248,9 @@ fn fill(
     let mut whole = blake3::Hasher::new();
     let mut written = 0u64;
     for (b, batch) in chunks.chunks(BATCH).enumerate() {
+        if s.cancel.is_cancelled() {
+            return Err(INTERRUPTED.to_string());
+        }
         let mut messages = Vec::with_capacity(batch.len());
         for (i, c) in batch.iter().enumerate() {
             messages.push(fetch(c, &chunks[b * BATCH + i..])?);
@@ -262,4 +272,35 @@ fn fill(
         return Err("restored content does not match the file's recorded BLAKE3".into());
     }
     Ok(())
+}
+
+/// Whether `name` in `parent` is already a regular file with exactly the expected
+/// content (size and BLAKE3): a file an interrupted restore completed.
+pub(super) fn identical(parent: &DirFd, name: &[u8], expected: &Expected) -> bool {
+    use std::io::Read;
+    let Ok(fd) = nix::fcntl::openat(
+        &**parent,
+        OsStr::from_bytes(name),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let mut file = File::from(fd);
+    match crate::source::Stat::of(&file) {
+        Ok(st) if st.is_file() && st.size == expected.size => {}
+        _ => return false,
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+            }
+            Err(_) => return false,
+        }
+    }
+    ChunkHash::from(hasher.finalize()) == expected.hash
 }

@@ -146,6 +146,7 @@ impl<'a> Job<'a> {
         if let Some(reason) = self.fatal.take() {
             return Err(Error::Internal(reason));
         }
+        self.opts.cancel.check()?;
         if let Err(reason) = check_path(&entry.path) {
             self.fail(&entry.path.clone(), format!("refused: {reason}"));
             return Ok(());
@@ -226,12 +227,28 @@ impl<'a> Job<'a> {
                 }
             }
         };
-        // An existing directory keeps its own metadata unless --overwrite is given.
-        if apply {
+        // An existing directory keeps its own metadata unless --overwrite is given, or it
+        // already has the run's recorded mode and owner: then an earlier restore of this
+        // run made it (and was interrupted), and its mtime is set again once it is full.
+        if apply || self.restored_before(&entry.path, &entry.meta) {
             self.dirs.push((entry.path.clone(), entry.meta.clone()));
         }
         self.stats.other_entries += 1;
         Ok(())
+    }
+
+    /// Whether the existing directory `rel` has exactly the mode (and, when owners are
+    /// restored, the owner) this restore would give it.
+    fn restored_before(&mut self, rel: &[u8], meta: &Meta) -> bool {
+        let Ok(fd) = self.dest.dir(rel, false) else {
+            return false;
+        };
+        let Ok(st) = crate::source::Stat::of(&*fd) else {
+            return false;
+        };
+        let policy = &self.settings.policy;
+        let owner_ok = !policy.owners || (st.uid, st.gid) == (meta.uid, meta.gid);
+        st.mode & 0o7777 == policy.mode(meta.mode, true) && owner_ok
     }
 
     fn place(&mut self, path: &[u8]) -> std::result::Result<Place, String> {
@@ -245,6 +262,10 @@ impl<'a> Job<'a> {
 
     fn special(&mut self, entry: &Entry) -> std::result::Result<(), String> {
         let place = self.place(&entry.path)?;
+        if !self.opts.overwrite && special_is_there(&place, &entry.kind) {
+            self.stats.identical += 1;
+            return Ok(());
+        }
         Dest::clear(&place.parent, &place.name, self.opts.overwrite)?;
         let name = OsStr::from_bytes(&place.name);
         let mode = Mode::from_bits_truncate(0o600);
@@ -289,20 +310,27 @@ impl<'a> Job<'a> {
             return Err("internal error: not a file".into());
         };
         let place = self.place(&entry.path)?;
-        // Checked again when the file is moved into place; this saves the work.
-        Dest::clear(&place.parent, &place.name, false).or_else(|e| {
-            if self.opts.overwrite && !e.contains("directory") {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })?;
-        self.note_setid(&entry.meta);
         let expected = files::Expected {
             size: *size,
             hash: *hash,
             meta: entry.meta.clone(),
         };
+        // Checked again when the file is moved into place; this saves the work. A file
+        // already there with exactly this content (from an interrupted restore) stays.
+        if let Err(e) = Dest::clear(&place.parent, &place.name, false) {
+            if !self.opts.overwrite && files::identical(&place.parent, &place.name, &expected) {
+                self.stats.identical += 1;
+                return Ok(());
+            }
+            if !self.opts.overwrite || e.contains("directory") {
+                return Err(if e.starts_with("exists;") {
+                    "exists and differs from the run; pass --overwrite to replace it".into()
+                } else {
+                    e
+                });
+            }
+        }
+        self.note_setid(&entry.meta);
         let stored = chunks
             .iter()
             .fold(0u64, |sum, c| sum.saturating_add(c.length));
@@ -386,6 +414,7 @@ impl<'a> Job<'a> {
                     self.stats.bytes += done.bytes;
                     self.progress.item(&done.shown.to_string_lossy());
                 }
+                Err(reason) if reason == files::INTERRUPTED => {}
                 Err(reason) => self.fail(&done.path, reason),
             }
         }
@@ -440,11 +469,21 @@ impl<'a> Job<'a> {
             .into_iter()
             .partition(|(_, d)| matches!(d, Deferred::Hardlink { .. }));
         for (rel, d) in hard.into_iter().chain(soft) {
+            if self.opts.cancel.is_cancelled() {
+                return;
+            }
             match self.link(&rel, &d) {
-                Ok(()) => self.stats.other_entries += 1,
+                Ok(true) => self.stats.other_entries += 1,
+                Ok(false) => {}
                 Err(reason) => self.fail(&rel, reason),
             }
         }
+        self.finish_dirs();
+    }
+
+    /// Directory metadata, deepest first, each directory reached again from the
+    /// destination's handle.
+    pub(super) fn finish_dirs(&mut self) {
         let mut dirs = std::mem::take(&mut self.dirs);
         dirs.sort_by(|a, b| b.0.cmp(&a.0));
         for (rel, meta) in dirs {
@@ -458,8 +497,37 @@ impl<'a> Job<'a> {
         }
     }
 
-    fn link(&mut self, rel: &[u8], d: &Deferred) -> std::result::Result<(), String> {
+    /// Whether the link `d` is already at `name` (same target, or same inode).
+    fn link_is_there(&mut self, parent: &DirFd, name: &[u8], d: &Deferred) -> bool {
+        let name = OsStr::from_bytes(name);
+        match d {
+            Deferred::Symlink { target, .. } => {
+                nix::fcntl::readlinkat(&**parent, name).is_ok_and(|t| {
+                    std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()) == &target[..]
+                })
+            }
+            Deferred::Hardlink { target } => {
+                let at = |p: &DirFd, n: &OsStr| {
+                    nix::sys::stat::fstatat(&**p, n, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .ok()
+                        .map(|st| (st.st_dev, st.st_ino))
+                };
+                let here = at(parent, name);
+                let Ok((tparent, tname)) = self.dest.parent(target, false) else {
+                    return false;
+                };
+                here.is_some() && here == at(&tparent, OsStr::from_bytes(tname))
+            }
+        }
+    }
+
+    /// Creates a link; `Ok(false)` if it was there already.
+    fn link(&mut self, rel: &[u8], d: &Deferred) -> std::result::Result<bool, String> {
         let (parent, name) = self.dest.parent(rel, true)?;
+        if !self.opts.overwrite && self.link_is_there(&parent, name, d) {
+            self.stats.identical += 1;
+            return Ok(false);
+        }
         Dest::clear(&parent, name, self.opts.overwrite)?;
         let name_os = OsStr::from_bytes(name);
         match d {
@@ -478,13 +546,36 @@ impl<'a> Job<'a> {
                         self.shown(target).display(),
                         std::io::Error::from(e)
                     )
-                })
+                })?;
             }
             Deferred::Symlink { target, meta } => {
                 nix::unistd::symlinkat(os(target), &*parent, name_os)
                     .map_err(|e| format!("cannot create symlink: {}", std::io::Error::from(e)))?;
-                apply_meta_at(&parent, name, meta, true, &self.settings.policy)
+                apply_meta_at(&parent, name, meta, true, &self.settings.policy)?;
             }
         }
+        Ok(true)
+    }
+}
+
+/// Whether a fifo or device of the same kind (and numbers) is already at `place`.
+fn special_is_there(place: &Place, kind: &Kind) -> bool {
+    let Ok(st) = nix::sys::stat::fstatat(
+        &*place.parent,
+        OsStr::from_bytes(&place.name),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) else {
+        return false;
+    };
+    let ty = st.st_mode & SFlag::S_IFMT.bits();
+    match *kind {
+        Kind::Fifo => ty == SFlag::S_IFIFO.bits(),
+        Kind::CharDev { major, minor } => {
+            ty == SFlag::S_IFCHR.bits() && st.st_rdev == makedev(major, minor)
+        }
+        Kind::BlockDev { major, minor } => {
+            ty == SFlag::S_IFBLK.bits() && st.st_rdev == makedev(major, minor)
+        }
+        _ => false,
     }
 }

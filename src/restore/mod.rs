@@ -72,6 +72,8 @@ pub struct RestoreOptions {
     pub setid: bool,
     /// Create device nodes (character and block devices).
     pub devices: bool,
+    /// Stops the restore when set (SIGINT, say): files being written are removed.
+    pub cancel: crate::cancel::Cancel,
 }
 
 impl RestoreOptions {
@@ -100,6 +102,9 @@ pub struct RestoreStats {
     pub failed: u64,
     /// Entries not restored on purpose: device nodes without `devices`.
     pub skipped: u64,
+    /// Entries already in the destination exactly as the run has them (a re-run of an
+    /// interrupted restore, say), left as they are.
+    pub identical: u64,
     /// Files restored without their setuid or setgid bits (without `setid`).
     pub setid_stripped: u64,
     /// Seconds.
@@ -137,6 +142,7 @@ pub fn restore(
     let settings = files::Settings {
         decryptor,
         progress,
+        cancel: &opts.cancel,
         overwrite: opts.overwrite,
         policy: MetaPolicy {
             owners: opts
@@ -174,8 +180,15 @@ pub fn restore(
             Ok::<(), Error>(())
         })();
         let drained = job.drain();
+        if listed.is_ok() && drained.is_ok() && !opts.cancel.is_cancelled() {
+            job.finish();
+        } else {
+            // Stopped early: the directories made so far still get their recorded
+            // metadata (they were created 0700), and nothing half written remains.
+            job.finish_dirs();
+        }
         listed.and(drained)?;
-        job.finish();
+        opts.cancel.check()?;
         Ok::<RestoreStats, Error>(job.stats)
     });
     let mut stats = stats?;

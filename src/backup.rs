@@ -71,6 +71,8 @@ pub struct BackupStats {
     pub bytes_total: u64,
     /// Bytes read from disk.
     pub bytes_read: u64,
+    /// Bytes of sparse files' holes, taken as zeros without reading them.
+    pub bytes_holes: u64,
     /// Chunks referenced by the run.
     pub chunks: u64,
     /// Chunks not stored before (encrypted and uploaded).
@@ -645,7 +647,8 @@ impl Walk<'_> {
         let mut size = 0u64;
         let mut whole = blake3::Hasher::new();
         let mut hash = None;
-        let mut chunker = Chunker::new(&file, self.source.chunking, opened.size);
+        let reader = source::SparseReader::new(&file, opened.is_sparse());
+        let mut chunker = Chunker::new(reader, self.source.chunking, opened.size);
         while let Some(data) = chunker.next() {
             let data = match data {
                 Ok(d) => d,
@@ -663,6 +666,10 @@ impl Walk<'_> {
             self.send_chunk(chunk_hash, data)?;
         }
         let hash = hash.unwrap_or_else(|| whole.finalize().into());
+        // Holes were not read: they count as holes, not as bytes read.
+        let zeros = chunker.reader().zeros;
+        self.stats.bytes_read = self.stats.bytes_read.saturating_sub(zeros);
+        self.stats.bytes_holes += zeros;
         Ok(self
             .stamp_after(&file)
             .map(|after| (size, hash, opened, after)))

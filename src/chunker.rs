@@ -55,6 +55,11 @@ impl<R: Read> Chunker<R> {
         }
     }
 
+    /// The reader it reads from.
+    pub(crate) fn reader(&self) -> &R {
+        &self.reader
+    }
+
     /// Whether the last chunk returned was the input's last (a file's only chunk, say).
     pub(crate) fn finished(&self) -> bool {
         self.eof && self.pos == self.piece.len()

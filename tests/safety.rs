@@ -254,3 +254,39 @@ fn an_interrupted_restore_leaves_nothing_half_written_and_a_rerun_completes() {
     assert_eq!(done, 201, "{stats:#}");
     assert_eq!(stats["failed"], 0);
 }
+
+#[test]
+fn holes_of_a_sparse_file_are_not_read_and_survive_the_round_trip() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+    let fx = Fixture::new();
+    let path = fx.src.join("disk.img");
+    let size: u64 = 256 << 20;
+    {
+        let mut f = std::fs::File::create(&path).unwrap();
+        for at in [0u64, 100 << 20, size - 4096] {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(&pseudo_random(at, 4096)).unwrap();
+        }
+        f.set_len(size).unwrap();
+    }
+    let allocated = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+    if allocated(&path) > 4 << 20 {
+        eprintln!("note: this file system does not keep holes; nothing to check");
+        return;
+    }
+    let stats = fx.backup_ok();
+    assert!(
+        stats["bytes_read"].as_u64().unwrap() < 1 << 20,
+        "holes are not read: {stats:#}"
+    );
+    assert!(stats["bytes_holes"].as_u64().unwrap() > size - (1 << 20));
+    let to = fx.path("out");
+    fx.restore(&to, &[]).ok();
+    assert_same_tree(&fx.src, &to);
+    let restored = allocated(&to.join("disk.img"));
+    assert!(
+        restored < 4 << 20,
+        "restored with {restored} bytes allocated"
+    );
+}

@@ -5,7 +5,6 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender};
@@ -262,14 +261,48 @@ fn fill(
             .collect::<Result<_, String>>()?;
         for data in plain {
             whole.update(&data);
-            tmp.write_all(&data)
-                .map_err(|e| format!("write failed: {e}"))?;
+            write_sparse(tmp, &data, written).map_err(|e| format!("write failed: {e}"))?;
             written += data.len() as u64;
             s.progress.bytes(data.len() as u64);
         }
     }
     if written != expected.size || ChunkHash::from(whole.finalize()) != expected.hash {
         return Err("restored content does not match the file's recorded BLAKE3".into());
+    }
+    // Zero blocks were skipped, not written: the length makes a hole at the end too.
+    tmp.set_len(written)
+        .map_err(|e| format!("write failed: {e}"))?;
+    Ok(())
+}
+
+/// File system blocks are at most this large where holes are made.
+const HOLE_BLOCK: u64 = 4096;
+
+/// Writes `data` at `offset`, skipping every whole, aligned block of zeros: what is not
+/// written reads back as zeros and takes no space (a hole), so restored VM images and
+/// database files stay as sparse as the run's zeros allow. Runs of non-zero blocks are
+/// written with one call each.
+fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut pos = 0usize;
+    let mut pending: Option<usize> = None; // start of data not yet written
+    while pos < data.len() {
+        let at = offset + pos as u64;
+        let block = (HOLE_BLOCK - at % HOLE_BLOCK).min((data.len() - pos) as u64) as usize;
+        let whole = block as u64 == HOLE_BLOCK;
+        let zero = whole && data[pos..pos + block].iter().all(|&b| b == 0);
+        match (zero, pending) {
+            (true, Some(start)) => {
+                file.write_all_at(&data[start..pos], offset + start as u64)?;
+                pending = None;
+            }
+            (false, None) => pending = Some(pos),
+            _ => {}
+        }
+        pos += block;
+    }
+    if let Some(start) = pending {
+        file.write_all_at(&data[start..], offset + start as u64)?;
     }
     Ok(())
 }

@@ -22,8 +22,10 @@ use crate::error::{Error, Result};
 use crate::format::metafile::Meta;
 use crate::index::FileStamp;
 
+mod sparse;
 mod walk;
 
+pub(crate) use sparse::SparseReader;
 pub use walk::{walk, Stat};
 
 /// One walked entry.

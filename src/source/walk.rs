@@ -51,6 +51,8 @@ pub struct Stat {
     pub nlink: u64,
     /// Device number, for device nodes.
     pub rdev: u64,
+    /// 512-byte blocks allocated (fewer than the size needs: the file has holes).
+    pub blocks: u64,
 }
 
 impl Stat {
@@ -68,6 +70,7 @@ impl Stat {
             dev: st.st_dev,
             nlink: st.st_nlink,
             rdev: st.st_rdev,
+            blocks: u64::try_from(st.st_blocks).unwrap_or(0),
         }
     }
 
@@ -106,6 +109,11 @@ impl Stat {
     pub fn is_block_device(&self) -> bool {
         self.kind() == SFlag::S_IFBLK.bits()
     }
+    /// Whether the file's allocated blocks cover less than its size: it has holes.
+    pub fn is_sparse(&self) -> bool {
+        self.blocks.saturating_mul(512) < self.size
+    }
+
     /// The same inode of the same file system as `other`.
     pub fn same_file(&self, other: &Stat) -> bool {
         (self.dev, self.ino) == (other.dev, other.ino)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing coffer needs on a fresh Debian machine that has only
 # Rust, gcc, python3 and pip: libclang (sequoia's OpenSSL backend runs bindgen), OpenSSL,
-# GnuPG 2.2 (interop tests), zstd and b3sum (the gpg-only restore procedure).
+# GnuPG 2.2 (interop tests), zstd and b3sum (the gpg-only restore procedure), faketime
+# (tests of clocks and key expiry).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 need=()
-for pkg in libclang-dev libssl-dev pkg-config gnupg zstd b3sum; do
+for pkg in libclang-dev libssl-dev pkg-config gnupg zstd b3sum faketime; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -98,6 +98,9 @@ pub struct BackupStats {
 
 const MAX_PROBLEMS: usize = 1000;
 
+/// Backups warn this long before a recipient certificate expires.
+const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
 /// Chunk bytes read ahead of the packer (while it seals a pack, say), at most.
 const READ_AHEAD_BYTES: u64 = 8 << 20;
 /// Messages queued for the packer, at most (entries without data count too).
@@ -136,6 +139,31 @@ pub fn backup(
 ) -> Result<BackupStats> {
     let started = Instant::now();
     let encryptor = load_recipients(&source.recipients)?;
+    let mut stats = BackupStats {
+        source: source.name.clone(),
+        target: target.name.clone(),
+        host: config.host.clone(),
+        ..Default::default()
+    };
+    for e in encryptor.expiring_within(EXPIRY_WARNING) {
+        let days = e
+            .expires
+            .duration_since(std::time::SystemTime::now())
+            .map_or(0, |d| d.as_secs() / 86_400);
+        stats.problem(
+            progress,
+            format!(
+                "warning: recipient certificate {fpr} ({}) expires on {} (in {days} days); \
+                 backups to it fail after that. Extend it where its secret key is: `gpg \
+                 --quick-set-expire {fpr} 2y` and `gpg --quick-set-expire {fpr} 2y '*'`, \
+                 then copy the new public key here (`gpg --export --armor {fpr} > {}`)",
+                e.path.display(),
+                chrono::DateTime::<chrono::Utc>::from(e.expires).format("%Y-%m-%d"),
+                e.path.display(),
+                fpr = e.fingerprint,
+            ),
+        );
+    }
     let store = Store::open(target, target.create)?;
     let keyset = encryptor.fingerprints().join(",");
     let _lock = Index::lock(&config.state_dir, |path| {
@@ -181,12 +209,6 @@ pub fn backup(
             ),
             ("recipients".into(), keyset),
         ],
-    };
-    let mut stats = BackupStats {
-        source: source.name.clone(),
-        target: target.name.clone(),
-        host: config.host.clone(),
-        ..Default::default()
     };
     let tmp_dir = config.state_dir.join("tmp");
     std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)

@@ -38,10 +38,18 @@ fn int_or_text<'de, D: serde::Deserializer<'de>, T>(
     #[serde(untagged)]
     enum Raw {
         Int(u64),
+        Negative(i64),
+        Float(f64),
         Text(String),
     }
-    match Raw::deserialize(d)? {
+    match Raw::deserialize(d).map_err(|_| {
+        serde::de::Error::custom("expected a number or a string such as \"16MiB\" or \"7d\"")
+    })? {
         Raw::Int(n) => Ok(from_int(n)),
+        Raw::Negative(n) => Err(serde::de::Error::custom(format!("{n}: must be positive"))),
+        Raw::Float(x) => Err(serde::de::Error::custom(format!(
+            "{x}: must be a whole number, or a string with a unit (\"1.5MiB\")"
+        ))),
         Raw::Text(s) => parse(&s).map_err(serde::de::Error::custom),
     }
 }
@@ -52,25 +60,55 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-/// Parses a duration: "90s", "15m", "2h", "7d", "1w", or a number of seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+/// Splits "1.5MiB" into the number 1.5 (as thousandths: 1500) and the unit "MiB".
+fn number_and_unit(s: &str, what: &str) -> std::result::Result<(u128, u128, String), String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if t.starts_with('-') {
+        return Err(format!("{s:?}: a {what} must be positive"));
+    }
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("{s:?} is not a duration; write e.g. \"30s\", \"15m\", \"2h\" or \"7d\"")
-    })?;
-    let mult: u64 = match unit.trim() {
-        "" | "s" => 1,
-        "m" | "min" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        "w" => 7 * 86400,
-        _ => return Err(format!("{s:?}: unknown unit; use s, m, h, d or w")),
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    let bad = || format!("{s:?} is not a {what}");
+    if whole.is_empty() || frac.len() > 9 || (num.contains('.') && frac.is_empty()) {
+        return Err(bad());
+    }
+    let whole: u128 = whole.parse().map_err(|_| bad())?;
+    let scale = 10u128.pow(frac.len() as u32);
+    let frac: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| bad())?
     };
-    n.checked_mul(mult)
+    Ok((whole * scale + frac, scale, unit.trim().to_string()))
+}
+
+/// Parses a duration: "90s", "15m", "2h", "7d", "2w", "6M" (months of 30 days), "1y"
+/// (365 days), "1.5h", or a number of seconds. Units are as duplicity writes them too:
+/// "3D", "2W", "1Y"; "m" is minutes and "M" months.
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let hint = "write e.g. \"30s\", \"15m\", \"2h\", \"7d\", \"2w\", \"6M\" or \"1y\"";
+    let (n, scale, unit) = number_and_unit(s, "duration").map_err(|e| format!("{e}; {hint}"))?;
+    let mult: u128 = match unit.as_str() {
+        "" | "s" | "S" | "sec" => 1,
+        "m" | "min" => 60,
+        "h" | "H" => 3600,
+        "d" | "D" => 86_400,
+        "w" | "W" => 7 * 86_400,
+        "M" => 30 * 86_400,
+        "y" | "Y" => 365 * 86_400,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit; use s, m, h, d, w, M (months) or y"
+            ))
+        }
+    };
+    let secs = n * mult / scale;
+    u64::try_from(secs)
         .map(std::time::Duration::from_secs)
-        .ok_or_else(|| format!("{s:?} is too long"))
+        .map_err(|_| format!("{s:?} is too long"))
 }
 
 /// A duration in the config: a string such as "30s" or an integer number of seconds.
@@ -87,23 +125,29 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-/// Parses "123", "64KiB", "4 MiB", "1M", "2G" (binary multiples).
+/// Parses a size: "123", "64KiB", "4 MiB", "1.5MiB", "1M", "2G" (K, M, G, T, KiB, MiB,
+/// GiB, TiB: binary multiples), or with SI units "5MB" (10^6, as SI has it).
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size; write e.g. 1048576, \"1MiB\" or \"256KiB\""))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("{s:?}: unknown unit; use B, KiB, MiB or GiB")),
+    let hint = "write e.g. 1048576, \"1MiB\", \"256KiB\" or \"1.5GiB\"";
+    let (n, scale, unit) = number_and_unit(s, "size").map_err(|e| format!("{e}; {hint}"))?;
+    let mult: u128 = match unit.as_str() {
+        "" | "B" | "b" => 1,
+        "K" | "k" | "KiB" | "kiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit; use B, KiB, MiB, GiB, TiB (binary) or kB, MB, GB, TB \
+                 (decimal)"
+            ))
+        }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    u64::try_from(n * mult / scale).map_err(|_| format!("{s:?} is too large"))
 }
 
 /// The file as written (see `config.example.toml` for every key).
@@ -907,7 +951,17 @@ url = "file:///mnt/usb/coffer"
         assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
         assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
         assert_eq!(parse_duration("7d").unwrap().as_secs(), 7 * 86400);
-        assert!(parse_duration("3y").is_err());
+        // As duplicity users write them: upper case, M for months.
+        assert_eq!(parse_duration("3D").unwrap().as_secs(), 3 * 86400);
+        assert_eq!(parse_duration("2W").unwrap().as_secs(), 14 * 86400);
+        assert_eq!(parse_duration("1M").unwrap().as_secs(), 30 * 86400);
+        assert_eq!(parse_duration("15m").unwrap().as_secs(), 900);
+        assert_eq!(parse_duration("3y").unwrap().as_secs(), 3 * 365 * 86400);
+        assert_eq!(parse_duration("1.5h").unwrap().as_secs(), 5400);
+        let neg = parse_duration("-3d").unwrap_err();
+        assert!(neg.contains("positive"), "{neg}");
+        assert!(parse_duration("3 fortnights").is_err());
+        assert!(parse_duration("1.").is_err());
     }
 
     #[test]
@@ -915,6 +969,34 @@ url = "file:///mnt/usb/coffer"
         assert_eq!(parse_size("256KiB").unwrap(), 262144);
         assert_eq!(parse_size("4 MiB").unwrap(), 4 << 20);
         assert_eq!(parse_size("17").unwrap(), 17);
+        assert_eq!(parse_size("1.5MiB").unwrap(), 3 << 19);
+        assert_eq!(
+            parse_size("1M").unwrap(),
+            1 << 20,
+            "bare letters are binary"
+        );
+        assert_eq!(
+            parse_size("5MB").unwrap(),
+            5_000_000,
+            "SI units are decimal"
+        );
+        assert_eq!(parse_size("2kB").unwrap(), 2000);
         assert!(parse_size("x").is_err());
+        assert!(parse_size("-5").unwrap_err().contains("positive"));
+        assert!(parse_size("5mb").is_err(), "millibytes? refused");
+    }
+
+    #[test]
+    fn negative_and_fractional_numbers_in_the_config_say_what_is_wrong() {
+        let text = "[target.t]\nurl = \"file:///x\"\npack_size = -5\n";
+        let e = Config::parse(text, Path::new("/etc/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be positive") && e.contains(":3:"), "{e}");
+        let text = "[target.t]\nurl = \"file:///x\"\npack_size = 1.5\n";
+        let e = Config::parse(text, Path::new("/etc/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("whole number"), "{e}");
     }
 }

@@ -35,8 +35,8 @@ pub use config::{
     config_path, default_state_dir, parse_duration, parse_size, Config, SourceConfig, TargetConfig,
 };
 pub use crypto::{
-    generate_key, load_recipients, load_secret_keys, Decryptor, Encryptor, GeneratedKey,
-    KeyAlgorithm, PackSession,
+    generate_key, generate_key_with, load_recipients, load_secret_keys, Decryptor, Encryptor,
+    Expiry, GeneratedKey, KeyAlgorithm, PackSession, DEFAULT_KEY_LIFETIME,
 };
 pub use error::{Error, Result};
 pub use format::{metafile, refs};

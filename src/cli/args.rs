@@ -178,6 +178,10 @@ pub struct KeygenArgs {
     /// Leave the secret key unprotected (for tests and throwaway keys only)
     #[arg(long)]
     pub no_passphrase: bool,
+    /// How long the key lasts: a duration (3y, 18M, 90d), a date (2030-12-31), or never.
+    /// Backups warn 30 days before a recipient expires, and fail after
+    #[arg(long, value_name = "WHEN", default_value = "3y")]
+    pub expires: String,
     /// Read the passphrase from the first line of this file
     #[arg(long, value_name = "FILE", conflicts_with = "no_passphrase")]
     pub passphrase_file: Option<PathBuf>,

@@ -161,11 +161,26 @@ fn keygen(a: KeygenArgs) -> Result<u8> {
             true,
         )?)
     };
-    let key = coffer::generate_key(&a.name, algorithm, pass.as_deref().map(|s| s.as_str()))?;
+    let lifetime = key_lifetime(&a.expires)?;
+    let key = coffer::generate_key_with(
+        &a.name,
+        algorithm,
+        pass.as_deref().map(|s| s.as_str()),
+        lifetime,
+    )?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     write_new(&public, &key.public_armored, 0o644)?;
     write_new(&secret, &key.secret_armored, 0o600)?;
     println!("fingerprint {}", key.fingerprint);
+    match key.expires {
+        Some(t) => println!(
+            "expires     {}  (extend it before then: gpg --quick-set-expire {fpr} 2y, and \
+             gpg --quick-set-expire {fpr} 2y '*' for the subkeys)",
+            chrono::DateTime::<chrono::Utc>::from(t).format("%Y-%m-%d"),
+            fpr = key.fingerprint
+        ),
+        None => println!("expires     never"),
+    }
     println!(
         "public key  {}  (copy to the hosts that back up)",
         public.display()
@@ -175,6 +190,28 @@ fn keygen(a: KeygenArgs) -> Result<u8> {
         secret.display()
     );
     Ok(EXIT_OK)
+}
+
+/// `--expires`: a duration, a date (YYYY-MM-DD, UTC midnight) or `never`.
+fn key_lifetime(s: &str) -> Result<Option<std::time::Duration>> {
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        let at = date.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+        return match at
+            .map(|t| t - chrono::Utc::now())
+            .and_then(|d| d.to_std().ok())
+        {
+            Some(d) if !d.is_zero() => Ok(Some(d)),
+            _ => bail!("--expires {s}: that date is not in the future"),
+        };
+    }
+    match coffer::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(Some(d)),
+        Ok(_) => bail!("--expires {s}: a key must last longer than that (or use never)"),
+        Err(e) => bail!("--expires: {e}; or a date such as 2030-12-31, or never"),
+    }
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {

@@ -39,14 +39,38 @@ pub struct GeneratedKey {
     pub secret_armored: Zeroizing<Vec<u8>>,
     /// The primary key's fingerprint.
     pub fingerprint: String,
+    /// When the key expires (`None`: never).
+    pub expires: Option<std::time::SystemTime>,
 }
 
-/// Generates an OpenPGP v4 key pair with a signing and an encryption subkey.
+/// How long a generated key lasts by default: 3 years, as GnuPG's keys do.
+pub const DEFAULT_KEY_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(3 * 365 * 86_400);
+
+/// Generates an OpenPGP v4 key pair with a signing and an encryption subkey, valid for
+/// [`DEFAULT_KEY_LIFETIME`].
 pub fn generate_key(
     user_id: &str,
     algorithm: KeyAlgorithm,
     passphrase: Option<&str>,
 ) -> Result<GeneratedKey> {
+    generate_key_with(user_id, algorithm, passphrase, Some(DEFAULT_KEY_LIFETIME))
+}
+
+/// Like [`generate_key`], valid for `lifetime` (`None`: it never expires).
+pub fn generate_key_with(
+    user_id: &str,
+    algorithm: KeyAlgorithm,
+    passphrase: Option<&str>,
+    lifetime: Option<std::time::Duration>,
+) -> Result<GeneratedKey> {
+    // Whole seconds, as OpenPGP records times: a key made "until" a date ends exactly then.
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| Error::Crypto("the clock is before 1970".into()))?
+        .as_secs();
+    let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
     let suite = match algorithm {
         KeyAlgorithm::Cv25519 => CipherSuite::Cv25519,
         KeyAlgorithm::Rsa3072 => CipherSuite::RSA3k,
@@ -59,15 +83,22 @@ pub fn generate_key(
         .map_err(fail)?
         .set_features(Features::empty().set_seipdv1())
         .map_err(fail)?
+        .set_creation_time(created)
+        .set_validity_period(lifetime.map(|l| l + now.duration_since(created).unwrap_or_default()))
         .set_password(passphrase.map(Password::from))
         .generate()
         .map_err(fail)?;
     let public_armored = cert.armored().to_vec().map_err(fail)?;
     let secret_armored = Zeroizing::new(cert.as_tsk().armored().to_vec().map_err(fail)?);
+    let expires = cert
+        .with_policy(&*POLICY, None)
+        .ok()
+        .and_then(|v| v.primary_key().key_expiration_time());
     Ok(GeneratedKey {
         public_armored,
         secret_armored,
         fingerprint: cert.fingerprint().to_hex(),
+        expires,
     })
 }
 
@@ -100,14 +131,28 @@ fn parse_certs(path: &Path, bytes: &[u8]) -> Result<Vec<Cert>> {
 
 /// Loads the recipients' certificates (several per file allowed) into an [`Encryptor`].
 ///
-/// Secret key material, if a file holds any, is dropped at once: the encryptor keeps
-/// public parts only.
+/// A file that holds secret key material is refused: the host that backs up must not
+/// hold a key that decrypts its backups (the whole point of the design), and its file
+/// names the public part to use instead.
 pub fn load_recipients(paths: &[PathBuf]) -> Result<Encryptor> {
     let mut certs = Vec::new();
     for path in paths {
         let bytes = read_key_file(path)?;
         for cert in parse_certs(path, &bytes)? {
-            certs.push((path.clone(), cert.strip_secret_key_material()));
+            if cert.is_tsk() {
+                return Err(Error::Key {
+                    path: path.clone(),
+                    reason: format!(
+                        "holds the secret key of {fpr}: a host that backs up must hold only \
+                         public keys, or a break-in there could read every backup. Give it \
+                         the public part instead (`gpg --export --armor {fpr}`, or the \
+                         NAME.pub.asc `coffer keygen` wrote), and keep this file off the \
+                         host",
+                        fpr = cert.fingerprint()
+                    ),
+                });
+            }
+            certs.push((path.clone(), cert));
         }
     }
     Encryptor::from_certs(&certs)
@@ -218,5 +263,38 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("public certificate"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_key_given_as_recipient_is_refused() {
+        let key = generate_key("t", KeyAlgorithm::Cv25519, None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("admin.key.asc");
+        std::fs::write(&secret, &*key.secret_armored).unwrap();
+        let err = load_recipients(std::slice::from_ref(&secret))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("secret key") && err.contains("gpg --export --armor"),
+            "{err}"
+        );
+        let public = dir.path().join("admin.pub.asc");
+        std::fs::write(&public, &key.public_armored).unwrap();
+        load_recipients(&[public]).unwrap();
+    }
+
+    #[test]
+    fn lifetimes() {
+        let never = generate_key_with("t", KeyAlgorithm::Cv25519, None, None).unwrap();
+        assert_eq!(never.expires, None);
+        let day = std::time::Duration::from_secs(86_400);
+        let short = generate_key_with("t", KeyAlgorithm::Cv25519, None, Some(day)).unwrap();
+        let left = short
+            .expires
+            .unwrap()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap();
+        assert!(left <= day && left > day / 2, "{left:?}");
     }
 }

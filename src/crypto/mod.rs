@@ -15,7 +15,10 @@ pub(crate) mod keys;
 mod read;
 mod stream;
 
-pub use keys::{generate_key, load_recipients, load_secret_keys, GeneratedKey, KeyAlgorithm};
+pub use keys::{
+    generate_key, generate_key_with, load_recipients, load_secret_keys, GeneratedKey, KeyAlgorithm,
+    DEFAULT_KEY_LIFETIME,
+};
 pub use read::check_framing;
 pub use stream::MessageWriter;
 
@@ -48,19 +51,87 @@ fn crypto_err(context: &str, e: impl std::fmt::Display) -> Error {
 pub struct Encryptor {
     keys: Arc<Vec<Key<key::PublicParts, key::UnspecifiedRole>>>,
     fingerprints: Arc<Vec<String>>,
+    expiries: Arc<Vec<Expiry>>,
+}
+
+/// When a recipient certificate stops being usable for encryption.
+#[derive(Debug, Clone)]
+pub struct Expiry {
+    /// The certificate's primary fingerprint.
+    pub fingerprint: String,
+    /// The file it was read from.
+    pub path: std::path::PathBuf,
+    /// The earliest expiry of the certificate and the encryption keys coffer uses.
+    pub expires: std::time::SystemTime,
+}
+
+/// How far behind the machine that made a key a host's clock may be: a key (or binding
+/// signature) created up to this long "in the future" is still used.
+pub const CLOCK_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+fn date(t: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%Y-%m-%d %H:%M UTC")
+        .to_string()
+}
+
+/// Why `cert` has no encryption key usable now, in words that say what to do.
+fn unusable(cert: &Cert, now: std::time::SystemTime) -> String {
+    let fpr = cert.fingerprint();
+    let created = cert.primary_key().key().creation_time();
+    if created > now + CLOCK_TOLERANCE {
+        return format!(
+            "certificate {fpr} was made at {}, more than a day after this host's clock \
+             ({}): set the clock (with NTP, say); coffer allows a day of difference",
+            date(created),
+            date(now)
+        );
+    }
+    if let Ok(valid) = cert.with_policy(&*POLICY, created.max(std::time::UNIX_EPOCH)) {
+        if let Some(t) = valid.primary_key().key_expiration_time() {
+            if t <= now {
+                return format!(
+                    "certificate {fpr} expired on {}. Extend it where its secret key is: \
+                     `gpg --quick-set-expire {fpr} 2y` and `gpg --quick-set-expire {fpr} 2y \
+                     '*'` (the subkeys; import NAME.key.asc first if coffer made it), then \
+                     copy the new public key here (`gpg --export --armor {fpr}`)",
+                    date(t)
+                );
+            }
+        }
+    }
+    format!(
+        "certificate {fpr} has no usable encryption key (expired, revoked or missing; with \
+         GnuPG add one: gpg --quick-add-key {fpr} cv25519 encr)"
+    )
 }
 
 impl Encryptor {
     /// Builds an encryptor from certificates, using every valid encryption-capable key.
+    /// Validity is judged at the current time, or up to [`CLOCK_TOLERANCE`] later for a
+    /// certificate made after the host's clock says it is now (a clock a little behind).
     pub(crate) fn from_certs(certs: &[(std::path::PathBuf, Cert)]) -> Result<Self> {
         let mut keys = Vec::new();
         let mut fingerprints = Vec::new();
+        let mut expiries = Vec::new();
+        let now = std::time::SystemTime::now();
         for (path, cert) in certs {
-            let valid = cert.with_policy(&*POLICY, None).map_err(|e| Error::Key {
+            let created = cert.primary_key().key().creation_time();
+            let at = if created > now && created <= now + CLOCK_TOLERANCE {
+                created
+            } else {
+                now
+            };
+            let valid = cert.with_policy(&*POLICY, at).map_err(|e| Error::Key {
                 path: path.clone(),
-                reason: format!("certificate {} is not valid: {e}", cert.fingerprint()),
+                reason: if created > now + CLOCK_TOLERANCE {
+                    unusable(cert, now)
+                } else {
+                    format!("certificate {} is not valid: {e}", cert.fingerprint())
+                },
             })?;
             let before = keys.len();
+            let mut earliest = valid.primary_key().key_expiration_time();
             for ka in valid
                 .keys()
                 .supported()
@@ -69,17 +140,22 @@ impl Encryptor {
                 .for_storage_encryption()
                 .for_transport_encryption()
             {
+                if let Some(t) = ka.key_expiration_time() {
+                    earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                }
                 keys.push(ka.key().clone().role_into_unspecified());
             }
             if keys.len() == before {
                 return Err(Error::Key {
                     path: path.clone(),
-                    reason: format!(
-                        "certificate {} has no usable encryption key (expired, revoked or \
-                         missing; with GnuPG add one: gpg --quick-add-key {} cv25519 encr)",
-                        cert.fingerprint(),
-                        cert.fingerprint()
-                    ),
+                    reason: unusable(cert, now),
+                });
+            }
+            if let Some(expires) = earliest {
+                expiries.push(Expiry {
+                    fingerprint: cert.fingerprint().to_hex(),
+                    path: path.clone(),
+                    expires,
                 });
             }
             fingerprints.push(cert.fingerprint().to_hex());
@@ -91,7 +167,18 @@ impl Encryptor {
         Ok(Encryptor {
             keys: Arc::new(keys),
             fingerprints: Arc::new(fingerprints),
+            expiries: Arc::new(expiries),
         })
+    }
+
+    /// The recipients that stop being usable within `within` from now, with when.
+    pub fn expiring_within(&self, within: std::time::Duration) -> Vec<Expiry> {
+        let limit = std::time::SystemTime::now() + within;
+        self.expiries
+            .iter()
+            .filter(|e| e.expires <= limit)
+            .cloned()
+            .collect()
     }
 
     /// The recipients' primary fingerprints, sorted (identifies the key set).

@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::format::metafile::{Entry, Header, Kind};
 use crate::ids::{ChunkHash, RunId};
 use crate::index::{CachedFile, Index};
-use crate::progress::Progress;
+use crate::progress::{Problem, Progress};
 use crate::source::{self, IgnoreRules, Item, Names, Stat};
 use crate::store::Store;
 
@@ -63,8 +63,12 @@ pub struct BackupStats {
     pub files_changed: u64,
     /// Files whose content did not change (most taken from the digest cache unread).
     pub files_unchanged: u64,
-    /// Entries that could not be backed up (see `problems`).
+    /// Files (and other non-directories) that could not be backed up (see `problems`).
     pub files_skipped: u64,
+    /// Directories whose contents could not be read (see `problems`).
+    pub dirs_skipped: u64,
+    /// Files that changed while they were read: stored as read (see `problems`).
+    pub files_changed_while_read: u64,
     /// Directories, symlinks, hard links, fifos and devices recorded.
     pub other_entries: u64,
     /// Sum of the sizes of the files in the run.
@@ -81,10 +85,13 @@ pub struct BackupStats {
     pub bytes_new: u64,
     /// Bytes uploaded (packs, object list and metafile).
     pub bytes_stored: u64,
-    /// Objects uploaded (packs, object list and metafile).
-    pub objects_stored: u64,
-    /// `bytes_total / bytes_new` (how much deduplication saved); 0 when nothing is new.
-    pub dedup_ratio: f64,
+    /// Packs uploaded.
+    pub packs_stored: u64,
+    /// The run's own objects uploaded: its object list and its metafile's pieces.
+    pub run_objects_stored: u64,
+    /// `bytes_total / bytes_new` (how much deduplication saved); `None` when nothing is
+    /// new.
+    pub dedup_ratio: Option<f64>,
     /// Wall-clock seconds.
     pub elapsed_secs: f64,
     /// `bytes_read / elapsed`, in bytes per second.
@@ -92,8 +99,9 @@ pub struct BackupStats {
     /// Packs the local index listed that were gone from the target (their chunks were
     /// stored again).
     pub packs_missing: u64,
-    /// Entries skipped or changed while read: path and reason (first 1000).
-    pub problems: Vec<String>,
+    /// Entries skipped or changed while read, and warnings: path and reason (first
+    /// 1000).
+    pub problems: Vec<Problem>,
 }
 
 const MAX_PROBLEMS: usize = 1000;
@@ -110,11 +118,20 @@ const READ_AHEAD_MESSAGES: usize = 4096;
 const READ_BATCH: usize = 1000;
 
 impl BackupStats {
-    fn problem(&mut self, progress: &dyn Progress, message: String) {
-        progress.warn(&message);
+    fn problem(&mut self, progress: &dyn Progress, problem: Problem) {
+        progress.warn(&problem.message);
         if self.problems.len() < MAX_PROBLEMS {
-            self.problems.push(message);
+            self.problems.push(problem);
         }
+    }
+
+    /// Whether everything was backed up as it is: nothing skipped, nothing changing
+    /// while read, no pack found missing.
+    pub fn complete(&self) -> bool {
+        self.files_skipped == 0
+            && self.dirs_skipped == 0
+            && self.files_changed_while_read == 0
+            && self.packs_missing == 0
     }
 }
 
@@ -152,16 +169,16 @@ pub fn backup(
             .map_or(0, |d| d.as_secs() / 86_400);
         stats.problem(
             progress,
-            format!(
+            Problem::general(format!(
                 "warning: recipient certificate {fpr} ({}) expires on {} (in {days} days); \
                  backups to it fail after that. Extend it where its secret key is: `gpg \
                  --quick-set-expire {fpr} 2y` and `gpg --quick-set-expire {fpr} 2y '*'`, \
                  then copy the new public key here (`gpg --export --armor {fpr} > {}`)",
-                e.path.display(),
+                crate::text::path(&e.path),
                 chrono::DateTime::<chrono::Utc>::from(e.expires).format("%Y-%m-%d"),
-                e.path.display(),
+                crate::text::path(&e.path),
                 fpr = e.fingerprint,
-            ),
+            )),
         );
     }
     let store = Store::open(target, target.create)?;
@@ -266,7 +283,7 @@ pub fn backup(
         stats.packs_missing = gone.len() as u64;
         stats.problem(
             progress,
-            format!(
+            Problem::general(format!(
                 "warning: {} pack(s) this host's local index lists are missing from target {} \
                  ({}{}): the chunks this run needs from them were stored again, but earlier \
                  runs that reference them cannot restore those files (`coffer gc --dry-run` \
@@ -275,7 +292,7 @@ pub fn backup(
                 target.name,
                 crate::store::data_path(first),
                 if gone.len() > 1 { ", ..." } else { "" }
-            ),
+            )),
         );
     }
     let output: PackerOutput = match (walked, packed) {
@@ -297,11 +314,8 @@ pub fn backup(
     stats.run = run.to_string();
     stats.elapsed_secs = started.elapsed().as_secs_f64();
     stats.read_bytes_per_sec = stats.bytes_read as f64 / stats.elapsed_secs.max(1e-9);
-    stats.dedup_ratio = if stats.bytes_new == 0 {
-        0.0
-    } else {
-        stats.bytes_total as f64 / stats.bytes_new as f64
-    };
+    stats.dedup_ratio =
+        (stats.bytes_new > 0).then(|| stats.bytes_total as f64 / stats.bytes_new as f64);
     Ok(stats)
 }
 
@@ -345,11 +359,11 @@ impl Commit<'_> {
         stats.chunks_new = output.chunks_new;
         stats.bytes_new = output.bytes_new;
         stats.bytes_stored = output.bytes_stored;
-        stats.objects_stored = output.packs;
+        stats.packs_stored = output.packs;
         let mut metafile = output.metafile;
         let pieces = self.store.pieces_for(output.metafile_bytes);
         stats.bytes_stored += output.metafile_bytes;
-        stats.objects_stored += 1 + u64::from(pieces);
+        stats.run_objects_stored = 1 + u64::from(pieces);
         let bounds = crate::format::refs::Bounds {
             dedup_max_age: self.target.dedup_max_age,
             max_run_time: self.target.max_run_time,
@@ -436,22 +450,34 @@ impl Walk<'_> {
         self.tx.send(msg).map_err(|_| PackerGone)
     }
 
-    fn run(&mut self, walker: impl Iterator<Item = Result<Item>>) -> Result<()> {
+    fn run(
+        &mut self,
+        walker: impl Iterator<Item = std::result::Result<Item, source::Skipped>>,
+    ) -> Result<()> {
         let result = self.walk_all(walker);
         let ended = self.index.end_read_batch();
         result.and(ended)
     }
 
-    fn walk_all(&mut self, walker: impl Iterator<Item = Result<Item>>) -> Result<()> {
+    fn walk_all(
+        &mut self,
+        walker: impl Iterator<Item = std::result::Result<Item, source::Skipped>>,
+    ) -> Result<()> {
         for (n, item) in walker.enumerate() {
             if n % READ_BATCH == 0 {
                 self.index.renew_read_batch()?;
             }
             let item = match item {
                 Ok(i) => i,
-                Err(e) => {
-                    self.stats.files_skipped += 1;
-                    self.stats.problem(self.progress, format!("skipped {e}"));
+                Err(s) => {
+                    if s.dir {
+                        self.stats.dirs_skipped += 1;
+                    } else {
+                        self.stats.files_skipped += 1;
+                    }
+                    let message = format!("skipped {}", s.error);
+                    self.stats
+                        .problem(self.progress, Problem::at(&s.rel, message));
                     continue;
                 }
             };
@@ -466,7 +492,7 @@ impl Walk<'_> {
         let m = &item.stat;
         let meta = self.names.meta(m);
         if !crate::format::metafile::record_fits(&item.rel, b"", &meta) {
-            self.skip(&item.abs, "its path is too long to record");
+            self.skip(&item, "its path is too long to record");
             return Ok(());
         }
         let kind = if m.is_file() {
@@ -485,14 +511,14 @@ impl Walk<'_> {
                         &meta,
                     ) =>
                 {
-                    self.skip(&item.abs, "its path and target are too long to record");
+                    self.skip(&item, "its path and target are too long to record");
                     return Ok(());
                 }
                 Ok(t) => Kind::Symlink {
                     target: std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()).to_vec(),
                 },
                 Err(e) => {
-                    self.skip(&item.abs, e);
+                    self.skip(&item, e);
                     return Ok(());
                 }
             }
@@ -508,13 +534,12 @@ impl Walk<'_> {
             }
         } else {
             // A socket: it cannot be restored meaningfully (tar skips them too).
-            self.stats.problem(
-                self.progress,
-                format!(
-                    "note: {} is a socket; sockets are not backed up",
-                    item.abs.display()
-                ),
+            let message = format!(
+                "note: {} is a socket; sockets are not backed up",
+                crate::text::path(&item.abs)
             );
+            self.stats
+                .problem(self.progress, Problem::at(&item.rel, message));
             return Ok(());
         };
         self.stats.other_entries += 1;
@@ -525,10 +550,16 @@ impl Walk<'_> {
         }))
     }
 
-    fn skip(&mut self, path: &std::path::Path, e: impl std::fmt::Display) {
-        self.stats.files_skipped += 1;
+    /// A non-directory entry left out.
+    fn skip(&mut self, item: &Item, e: impl std::fmt::Display) {
+        if item.stat.is_dir() {
+            self.stats.dirs_skipped += 1;
+        } else {
+            self.stats.files_skipped += 1;
+        }
+        let message = format!("skipped {}: {e}", crate::text::path(&item.abs));
         self.stats
-            .problem(self.progress, format!("skipped {}: {e}", path.display()));
+            .problem(self.progress, Problem::at(&item.rel, message));
     }
 
     fn file(
@@ -591,13 +622,13 @@ impl Walk<'_> {
                     Some(_) => self.stats.files_changed += 1,
                 }
                 if after != stamp {
-                    self.stats.problem(
-                        self.progress,
-                        format!(
-                            "warning: {} changed while it was read; backed up as read",
-                            item.abs.display()
-                        ),
+                    self.stats.files_changed_while_read += 1;
+                    let message = format!(
+                        "warning: {} changed while it was read; backed up as read",
+                        crate::text::path(&item.abs)
                     );
+                    self.stats
+                        .problem(self.progress, Problem::at(&item.rel, message));
                 }
                 self.stats.bytes_total += size;
                 if m.nlink > 1 {
@@ -619,7 +650,7 @@ impl Walk<'_> {
             }
             Err(e) => {
                 self.send(Msg::FileAbort)?;
-                self.skip(&item.abs, e);
+                self.skip(&item, e);
                 Ok(())
             }
         }

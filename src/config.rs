@@ -570,6 +570,25 @@ impl Config {
                 },
             );
         }
+        // Two names for one folder would share objects but not state: refuse them.
+        let mut folders: BTreeMap<PathBuf, &str> = BTreeMap::new();
+        for (name, t) in &targets {
+            let Some(dir) = url::Url::parse(&t.url)
+                .ok()
+                .filter(|u| u.scheme() == "file")
+                .and_then(|u| u.to_file_path().ok())
+            else {
+                continue;
+            };
+            let dir: PathBuf = dir.components().collect();
+            if let Some(other) = folders.insert(dir.clone(), name) {
+                return Err(Error::Config(format!(
+                    "{}: targets {other:?} and {name:?} are the same folder {}; keep one",
+                    ctx.file.display(),
+                    crate::text::path(&dir)
+                )));
+            }
+        }
         let mut sources = BTreeMap::new();
         for (name, s) in raw.source {
             if !valid_name(name.get_ref()) {
@@ -632,11 +651,54 @@ impl Config {
                     ),
                 );
             }
+            if names.contains(t.get_ref()) {
+                return ctx.err(
+                    t.span(),
+                    format!(
+                        "source {name:?} names target {:?} twice; each run would go there \
+                         twice",
+                        t.get_ref()
+                    ),
+                );
+            }
             names.push(t.get_ref().clone());
         }
         for pattern in &s.ignore {
             if let Err(e) = globset::Glob::new(pattern.get_ref().trim_start_matches('/')) {
                 return ctx.err(pattern.span(), format!("bad ignore pattern: {e}"));
+            }
+        }
+        // A folder target inside the source would be backed up into itself, run after
+        // run, unless the source ignores it.
+        let ignore: Vec<String> = s.ignore.iter().map(|p| p.get_ref().clone()).collect();
+        let rules = crate::source::IgnoreRules::new(&ignore)?;
+        for t in s.targets.get_ref() {
+            let Some(dir) = targets
+                .get(t.get_ref())
+                .and_then(|t| url::Url::parse(&t.url).ok())
+                .filter(|u| u.scheme() == "file")
+                .and_then(|u| u.to_file_path().ok())
+            else {
+                continue;
+            };
+            if let Ok(rel) = dir.strip_prefix(&path) {
+                let ignored = rel
+                    .ancestors()
+                    .filter(|a| !a.as_os_str().is_empty())
+                    .any(|a| rules.is_ignored(a));
+                if !ignored {
+                    return ctx.err(
+                        t.span(),
+                        format!(
+                            "target {:?} ({}) is inside source {name:?}: each backup would \
+                             store the target in itself. Put the target elsewhere, or add \
+                             \"/{}\" to the source's ignore list",
+                            t.get_ref(),
+                            crate::text::path(&dir),
+                            crate::text::path(rel)
+                        ),
+                    );
+                }
             }
         }
         let chunking = Self::validate_chunking(&s, ctx)?;

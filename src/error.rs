@@ -18,7 +18,7 @@ pub enum Error {
     Config(String),
 
     /// A local file or directory could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", crate::text::path(path))]
     Io {
         /// The file concerned.
         path: PathBuf,
@@ -28,7 +28,7 @@ pub enum Error {
     },
 
     /// A key file could not be used.
-    #[error("key {path}: {reason}")]
+    #[error("key {}: {reason}", crate::text::path(path))]
     Key {
         /// The key file.
         path: PathBuf,
@@ -72,7 +72,7 @@ pub enum Error {
     },
 
     /// The local index (SQLite) failed.
-    #[error("local index {path}: {message}")]
+    #[error("local index {}: {message}", crate::text::path(path))]
     Index {
         /// The index file.
         path: PathBuf,
@@ -94,6 +94,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// A one-word name of the kind of error, for machine output (`--json`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Io { .. } => "io",
+            Error::Key { .. } => "key",
+            Error::WrongKey { .. } => "wrong_key",
+            Error::Crypto(_) => "crypto",
+            Error::Store { .. } => "target",
+            Error::NotFound(_) => "not_found",
+            Error::Corrupt { .. } => "corrupt",
+            Error::Index { .. } => "index",
+            Error::Interrupted => "interrupted",
+            Error::Internal(_) => "internal",
+            Error::Usage(_) => "usage",
+        }
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -509,14 +509,24 @@ impl Index {
 }
 
 fn index_err(path: &Path, e: rusqlite::Error) -> Error {
-    let busy = is_busy(&e);
+    let message = if is_busy(&e) {
+        "in use by another coffer run; wait for it to finish".into()
+    } else if matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    ) {
+        format!(
+            "is damaged ({e}). It is only a cache: move it away (`mv {p} {p}.damaged`, with \
+             its -wal and -shm files) and run again; the next backup rebuilds it, uploading \
+             again what it cannot prove is stored",
+            p = crate::text::path(path)
+        )
+    } else {
+        e.to_string()
+    };
     Error::Index {
         path: path.to_path_buf(),
-        message: if busy {
-            "in use by another coffer run; wait for it to finish".into()
-        } else {
-            e.to_string()
-        },
+        message,
     }
 }
 

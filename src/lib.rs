@@ -27,6 +27,7 @@ mod source;
 mod store;
 #[cfg(test)]
 mod test_data;
+pub mod text;
 
 pub use backup::{backup, backup_all, BackupOptions, BackupStats};
 pub use bench::{bench, BenchInput, BenchReport};
@@ -44,7 +45,7 @@ pub use ids::{ChunkHash, ObjectKey, RunId};
 /// The local SQLite index, public for benchmarks (`benches/index.rs`); its methods take
 /// [`ChunkHash`]es and [`metafile::ChunkRef`]s.
 pub use index::Index;
-pub use progress::{NoProgress, Progress};
+pub use progress::{NoProgress, Problem, Progress};
 pub use restore::{restore, MetafileSource, RestoreOptions, RestoreStats};
 pub use retention::Retention;
 pub use store::{RunInfo, Store};

@@ -18,3 +18,38 @@ pub trait Progress: Send + Sync {
 pub struct NoProgress;
 
 impl Progress for NoProgress {}
+
+/// Something that went wrong with one entry (or a note about one); the work went on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Problem {
+    /// The entry's path, when the problem is about one: its bytes percent-encoded as in
+    /// the metafile (docs/FORMAT.md section 4.5), so any name survives exactly.
+    pub path: Option<String>,
+    /// What happened, for people; names in it are escaped ([`crate::text`]).
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem about the entry at `path` (bytes).
+    pub fn at(path: &[u8], message: String) -> Self {
+        Problem {
+            path: Some(crate::format::encode_field(path)),
+            message,
+        }
+    }
+
+    /// A problem about no entry in particular.
+    pub fn general(message: String) -> Self {
+        Problem {
+            path: None,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}

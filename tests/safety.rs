@@ -112,8 +112,12 @@ fn a_pack_deleted_from_the_target_is_stored_again_and_gc_names_the_runs_it_break
     assert!(missing[0]["object"].as_str().unwrap().ends_with(&gone_name));
     assert_eq!(missing[0]["runs"][0], format!("{HOST}/{SOURCE}/{first}"));
 
-    // The next backup (nothing changed) notices and stores those chunks again.
-    let out = fx.backup().ok().stderr_has("missing from target");
+    // The next backup (nothing changed) notices and stores those chunks again; its exit
+    // status says something was found wrong.
+    let out = fx
+        .backup()
+        .expect(EXIT_PARTIAL)
+        .stderr_has("missing from target");
     assert_eq!(out.json()["runs"][0]["packs_missing"], 1);
     let to = fx.path("out");
     restore_newest(&fx, &to).ok();
@@ -289,4 +293,19 @@ fn holes_of_a_sparse_file_are_not_read_and_survive_the_round_trip() {
         restored < 4 << 20,
         "restored with {restored} bytes allocated"
     );
+}
+
+#[test]
+fn an_unreadable_directory_counts_as_a_skipped_directory_not_a_file() {
+    let fx = Fixture::new();
+    write(&fx.src.join("open/a"), b"a\n");
+    write(&fx.src.join("closed/b"), b"b\n");
+    chmod(&fx.src.join("closed"), 0o000);
+    let out = backup_unprivileged(&fx);
+    chmod(&fx.src.join("closed"), 0o755);
+    let out = out.expect(EXIT_PARTIAL);
+    let run = &out.json()["runs"][0];
+    assert_eq!(run["dirs_skipped"], 1, "{out}");
+    assert_eq!(run["files_skipped"], 0, "{out}");
+    assert_eq!(run["files"], 1, "{out}");
 }

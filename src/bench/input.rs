@@ -240,7 +240,7 @@ pub(super) fn load(path: &Path) -> Result<Loaded> {
     let tree = if meta.is_dir() {
         let rules = crate::source::IgnoreRules::new(&[])?;
         for item in crate::source::walk(&path, false, rules)? {
-            let item = item?;
+            let item = item.map_err(|s| s.error)?;
             if item.stat.is_file() {
                 let rel = String::from_utf8_lossy(&item.rel).into_owned();
                 read(&item.abs, rel, item.stat.size, &mut data)?;

@@ -504,8 +504,8 @@ fn whole_backups(
         chunks: stats.chunks,
         chunks_new: stats.chunks_new,
         bytes_stored: stats.bytes_stored,
-        objects_stored: stats.objects_stored,
-        problems: stats.problems,
+        objects_stored: stats.packs_stored + stats.run_objects_stored,
+        problems: stats.problems.into_iter().map(|p| p.message).collect(),
     })
 }
 

@@ -324,15 +324,15 @@ pub struct RestoreArgs {
     #[arg(
         long,
         value_name = "S",
-        required_unless_present = "index",
+        required_unless_present_any = ["index", "run"],
         conflicts_with = "index"
     )]
     pub source: Option<String>,
-    /// Restore this run (see `coffer runs`)
-    #[arg(long, value_name = "ID", requires = "source")]
+    /// Restore this run (see `coffer runs`): its id, or a prefix only one run's id has
+    #[arg(long, value_name = "ID", conflicts_with = "index")]
     pub run: Option<String>,
     /// Only consider runs made by this host
-    #[arg(long, value_name = "H", requires = "source")]
+    #[arg(long, value_name = "H", conflicts_with = "index")]
     pub host: Option<String>,
     /// Restore from a metafile on disk (as stored, or decrypted with gpg -d)
     #[arg(long, value_name = "FILE")]

@@ -55,6 +55,15 @@ pub fn run() -> ExitCode {
         Command::Prune(_) => "prune",
         Command::Gc(_) => "gc",
     };
+    let json = match &cli.command {
+        Command::Backup(a) => a.json,
+        Command::Runs(a) => a.json,
+        Command::Restore(a) => a.json,
+        Command::Bench(a) => a.json,
+        Command::Prune(a) => a.json,
+        Command::Gc(a) => a.json,
+        Command::Keygen(_) | Command::Init(_) => false,
+    };
     let result = match cli.command {
         Command::Keygen(a) => keygen(a),
         Command::Init(a) => init(cli.config.as_deref(), a),
@@ -71,17 +80,44 @@ pub fn run() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::from(EXIT_OK);
             }
-            eprintln!("coffer {name}: {e:#}");
-            let interrupted = e
+            let message = error_text(&e);
+            eprintln!("coffer {name}: {message}");
+            let kind = e
                 .chain()
-                .any(|c| matches!(c.downcast_ref(), Some(coffer::Error::Interrupted)));
-            ExitCode::from(if interrupted {
+                .find_map(|c| c.downcast_ref::<coffer::Error>())
+                .map_or("other", coffer::Error::kind);
+            let code = if kind == "interrupted" {
                 EXIT_INTERRUPTED
             } else {
                 EXIT_ERROR
-            })
+            };
+            if json {
+                // Whoever reads the JSON learns that the command failed, and why.
+                let out = serde_json::json!({
+                    "error": {"kind": kind, "message": message, "exit_status": code}
+                });
+                println!("{out}");
+            }
+            ExitCode::from(code)
         }
     }
+}
+
+/// An error and its causes on one line, leaving out a cause whose text the line already
+/// holds (a coffer error shows its I/O cause itself).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -254,7 +290,7 @@ fn backup(config: Option<&Path>, a: BackupArgs) -> Result<u8> {
     for (source, target, r) in results {
         match r {
             Ok(stats) => {
-                if stats.files_skipped > 0 && code == EXIT_OK {
+                if !stats.complete() && code == EXIT_OK {
                     code = EXIT_PARTIAL;
                 }
                 if !a.json {
@@ -342,12 +378,12 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
     let store = Store::open(&target, false)?;
     let source = match (&a.index, &a.source) {
         (Some(file), _) => MetafileSource::File(file.clone()),
-        (None, Some(s)) => MetafileSource::Run {
+        (None, source) if source.is_some() || a.run.is_some() => MetafileSource::Run {
             host: a.host.clone(),
-            source: s.clone(),
-            id: a.run.as_deref().map(str::parse).transpose()?,
+            source: source.clone(),
+            id: a.run.clone(),
         },
-        (None, None) => bail!("give --source S (with --run ID) or --index FILE"),
+        (None, _) => bail!("give --source S (and perhaps --run ID), --run ID, or --index FILE"),
     };
     let pass_file = a.passphrase_file.clone();
     let decryptor = coffer::load_secret_keys(&a.key, &mut || {

@@ -25,13 +25,36 @@ pub fn bytes(n: u64) -> String {
 }
 
 pub fn backup_summary(s: &BackupStats) -> String {
+    let mut notes = String::new();
+    if s.dirs_skipped > 0 {
+        notes += &format!(
+            "  skipped dirs   {} (their contents were not read)\n",
+            s.dirs_skipped
+        );
+    }
+    if s.files_changed_while_read > 0 {
+        notes += &format!(
+            "  changed        {} files while they were read (stored as read)\n",
+            s.files_changed_while_read
+        );
+    }
+    if s.packs_missing > 0 {
+        notes += &format!(
+            "  missing packs  {} on the target (what this run needs was stored again)\n",
+            s.packs_missing
+        );
+    }
+    if s.bytes_holes > 0 {
+        notes += &format!("  holes          {} (not read)\n", bytes(s.bytes_holes));
+    }
     format!(
         "{} -> {}: run {} by {}\n\
          \x20 files          {} (new {}, changed {}, unchanged {}, skipped {})\n\
          \x20 other entries  {}\n\
+         {notes}\
          \x20 size           {} ({} read)\n\
          \x20 chunks         {} ({} new, {})\n\
-         \x20 stored         {} in {} objects\n\
+         \x20 stored         {} in {} packs and {} objects of the run's own\n\
          \x20 dedup ratio    {}\n\
          \x20 elapsed        {:.2}s ({}/s read)\n",
         s.source,
@@ -50,11 +73,11 @@ pub fn backup_summary(s: &BackupStats) -> String {
         s.chunks_new,
         bytes(s.bytes_new),
         bytes(s.bytes_stored),
-        s.objects_stored,
-        if s.dedup_ratio > 0.0 {
-            format!("{:.2}", s.dedup_ratio)
-        } else {
-            "- (nothing new)".into()
+        s.packs_stored,
+        s.run_objects_stored,
+        match s.dedup_ratio {
+            Some(r) => format!("{r:.2}"),
+            None => "- (nothing new)".into(),
         },
         s.elapsed_secs,
         bytes(s.read_bytes_per_sec as u64),
@@ -71,6 +94,9 @@ pub fn restore_summary(s: &RestoreStats) -> String {
             ", {} without setuid/setgid bits (--setid)",
             s.setid_stripped
         );
+    }
+    if s.identical > 0 {
+        left_out += &format!(", {} already there and identical", s.identical);
     }
     format!(
         "restored run {}: {} files ({}), {} other entries, {} failed{left_out}, {:.2}s\n",

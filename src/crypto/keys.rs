@@ -217,6 +217,16 @@ fn decryptor_from_certs(
         }
     }
     if !any_secret {
+        if certs.iter().any(Cert::is_tsk) {
+            return Err(key_err(
+                "holds secret keys, but none that can decrypt (no secret encryption subkey: \
+                 it may have been exported without its subkeys, or made for signing only); \
+                 restore needs the secret key of the recipients' encryption subkey (`gpg \
+                 --export-secret-keys --armor FINGERPRINT`, or NAME.key.asc from `coffer \
+                 keygen`)"
+                    .into(),
+            ));
+        }
         return Err(key_err(
             "holds no secret encryption key: it is a public certificate, which can make \
              backups but not restore them; restore needs the secret key file \

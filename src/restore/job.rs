@@ -16,7 +16,7 @@ use super::{check_path, is_ancestor_of, selected, Checked, RestoreOptions, Resto
 use crate::error::Error;
 use crate::format::metafile::{ChunkRef, Entry, Kind, Meta};
 use crate::ids::ObjectKey;
-use crate::progress::Progress;
+use crate::progress::{Problem, Progress};
 use crate::source::os;
 use crate::store::Store;
 
@@ -102,17 +102,23 @@ impl<'a> Job<'a> {
         self.opts.to.join(os(path))
     }
 
-    fn problem(&mut self, msg: String) {
-        self.progress.warn(&msg);
+    /// Reports a problem about the entry at `path`.
+    fn problem(&mut self, path: &[u8], message: String) {
+        self.progress.warn(&message);
         if self.stats.problems.len() < MAX_PROBLEMS {
-            self.stats.problems.push(msg);
+            self.stats.problems.push(Problem::at(path, message));
         }
+    }
+
+    /// The destination path of `path`, for a message.
+    fn show(&self, path: &[u8]) -> String {
+        crate::text::path(&self.shown(path))
     }
 
     fn fail(&mut self, path: &[u8], reason: impl std::fmt::Display) {
         self.stats.failed += 1;
-        let msg = format!("{}: {reason}", self.shown(path).display());
-        self.problem(msg);
+        let msg = format!("{}: {reason}", self.show(path));
+        self.problem(path, msg);
     }
 
     /// An entry below a directory that failed: counted, reported once with the count.
@@ -134,9 +140,9 @@ impl<'a> Job<'a> {
             if n > 0 {
                 let msg = format!(
                     "{}: {n} entries below it were not restored with it",
-                    self.shown(&dir).display()
+                    self.show(&dir)
                 );
-                self.problem(msg);
+                self.problem(&dir, msg);
             }
         }
     }
@@ -200,9 +206,9 @@ impl<'a> Job<'a> {
                 self.stats.skipped += 1;
                 let msg = format!(
                     "{}: device node not created (pass --devices to create device nodes)",
-                    self.shown(&entry.path).display()
+                    self.show(&entry.path)
                 );
-                self.problem(msg);
+                self.problem(&entry.path, msg);
                 Ok(())
             }
             Kind::Fifo | Kind::CharDev { .. } | Kind::BlockDev { .. } => self.special(&entry),
@@ -405,7 +411,7 @@ impl<'a> Job<'a> {
             if done.fatal {
                 self.fatal = Some(format!(
                     "a restore worker failed on {}",
-                    done.shown.display()
+                    crate::text::path(&done.shown)
                 ));
             }
             match done.result {
@@ -543,7 +549,7 @@ impl<'a> Job<'a> {
                 .map_err(|e| {
                     format!(
                         "cannot link to {}: {}",
-                        self.shown(target).display(),
+                        self.show(target),
                         std::io::Error::from(e)
                     )
                 })?;

@@ -42,14 +42,15 @@ use job::Job;
 /// Which metafile to restore from.
 #[derive(Debug, Clone)]
 pub enum MetafileSource {
-    /// A run on the target: the given id, or the newest of `source` from `host`.
+    /// A run on the target: the given id (or a unique prefix of one), or the newest of
+    /// `source` from `host`.
     Run {
         /// Host whose runs to consider (`None`: any host, if only one has runs of `source`).
         host: Option<String>,
-        /// Source name.
-        source: String,
-        /// A specific run.
-        id: Option<RunId>,
+        /// Source name (`None`: any, when `id` is given).
+        source: Option<String>,
+        /// A specific run: its id, or a prefix of it that only one run's id has.
+        id: Option<String>,
     },
     /// A metafile on disk: as stored (encrypted), or already decrypted.
     File(PathBuf),
@@ -110,7 +111,7 @@ pub struct RestoreStats {
     /// Seconds.
     pub elapsed_secs: f64,
     /// Path and reason of each failure (first 1000).
-    pub problems: Vec<String>,
+    pub problems: Vec<crate::progress::Problem>,
 }
 
 /// Restores a run into `opts.to`.
@@ -202,7 +203,7 @@ pub fn restore(
             stats.setid_stripped
         );
         progress.warn(&msg);
-        stats.problems.push(msg);
+        stats.problems.push(crate::progress::Problem::general(msg));
     }
     progress.done();
     stats.elapsed_secs = started.elapsed().as_secs_f64();
@@ -226,11 +227,13 @@ fn fetch_and_check(
             let checked = metafile.check(decryptor, &opts.paths)?;
             return Ok((metafile, checked));
         }
-        MetafileSource::Run { host, source, id } => (host.as_deref(), source, id.as_ref()),
+        MetafileSource::Run { host, source, id } => {
+            (host.as_deref(), source.as_deref(), id.as_deref())
+        }
     };
-    let mut runs = runs_of(store, host, source)?;
     if let Some(id) = id {
-        let run = select_id(store, runs, source, id)?;
+        let runs = runs_of(store, host, source, true)?;
+        let run = select_id(store, runs, id)?;
         if let Some(reason) = run.status.reason() {
             progress.warn(&format!(
                 "run {} is {}: {reason}; restoring it because it was asked for",
@@ -242,6 +245,12 @@ fn fetch_and_check(
         let checked = metafile.check(decryptor, &opts.paths)?;
         return Ok((metafile, checked));
     }
+    let Some(source) = source else {
+        return Err(Error::Usage(
+            "give the source to restore the newest run of (--source), or a run (--run)".into(),
+        ));
+    };
+    let mut runs = runs_of(store, host, Some(source), false)?;
     crate::runs::check(store, &mut runs)?;
     let mut skipped = Vec::new();
     for run in runs.into_iter().rev() {
@@ -391,7 +400,7 @@ impl Fetched {
 /// `gpg -d`).
 fn fetch_file(path: &std::path::Path) -> Result<Fetched> {
     Ok(Fetched {
-        what: format!("metafile {}", path.display()),
+        what: format!("metafile {}", crate::text::path(path)),
         bytes: Bytes::File(std::fs::File::open(path).map_err(|e| Error::io(path, e))?),
         plaintext_ok: true,
         expect: None,
@@ -448,26 +457,37 @@ fn check_header(what: &str, header: &metafile::Header, expect: &store::RunInfo) 
     Ok(())
 }
 
-/// The runs of `source` (from `host`, if given), oldest first; several hosts without
-/// `host` is an error.
-fn runs_of(store: &Store, host: Option<&str>, source: &str) -> Result<Vec<store::RunInfo>> {
+/// The runs of `source` (any source if `None`; from `host`, if given), oldest first.
+/// Without `mixed`, runs from several hosts are an error (which host's newest?).
+fn runs_of(
+    store: &Store,
+    host: Option<&str>,
+    source: Option<&str>,
+    mixed: bool,
+) -> Result<Vec<store::RunInfo>> {
     let runs: Vec<store::RunInfo> = store
         .list_runs()?
         .into_iter()
-        .filter(|r| r.source == source && host.is_none_or(|h| r.host == h))
+        .filter(|r| source.is_none_or(|s| r.source == s) && host.is_none_or(|h| r.host == h))
         .collect();
+    let what = || match source {
+        Some(s) => format!("source {s:?}"),
+        None => "any source".to_string(),
+    };
     let hosts: HashSet<&str> = runs.iter().map(|r| r.host.as_str()).collect();
-    if hosts.len() > 1 {
+    if hosts.len() > 1 && !mixed {
         let mut hosts: Vec<&str> = hosts.into_iter().collect();
         hosts.sort();
         return Err(Error::Usage(format!(
-            "source {source:?} has runs from several hosts ({}); choose one with --host",
+            "{} has runs from several hosts ({}); choose one with --host",
+            what(),
             hosts.join(", ")
         )));
     }
     if runs.is_empty() {
         return Err(Error::NotFound(format!(
-            "no run of source {source:?}{} on target {}",
+            "no run of {}{} on target {}",
+            what(),
             host.map(|h| format!(" from host {h:?}"))
                 .unwrap_or_default(),
             store.name()
@@ -476,22 +496,31 @@ fn runs_of(store: &Store, host: Option<&str>, source: &str) -> Result<Vec<store:
     Ok(runs)
 }
 
-/// The run `id` among `runs`.
-fn select_id(
-    store: &Store,
-    runs: Vec<store::RunInfo>,
-    source: &str,
-    id: &RunId,
-) -> Result<store::RunInfo> {
-    let mut found = runs.into_iter().filter(|r| r.id == id.as_str());
-    match (found.next(), found.next()) {
-        (Some(r), None) => Ok(r),
-        (Some(_), Some(_)) => Err(Error::Usage(format!(
-            "run {id} of source {source:?} exists for several hosts; name one with --host"
-        ))),
-        _ => Err(Error::NotFound(format!(
-            "no run {id} of source {source:?} on target {} (`coffer runs` lists them)",
-            store.name()
+/// The run `id` (or the one run whose id starts with it) among `runs`.
+fn select_id(store: &Store, runs: Vec<store::RunInfo>, id: &str) -> Result<store::RunInfo> {
+    let exact: Vec<&store::RunInfo> = runs.iter().filter(|r| r.id == id).collect();
+    let found: Vec<&store::RunInfo> = if exact.is_empty() {
+        runs.iter().filter(|r| r.id.starts_with(id)).collect()
+    } else {
+        exact
+    };
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => {
+            // The newest runs, to show what exists.
+            let newest: Vec<&str> = runs.iter().rev().take(5).map(|r| r.id.as_str()).collect();
+            Err(Error::NotFound(format!(
+                "no run {id} on target {} (the newest: {}; `coffer runs` lists them all)",
+                store.name(),
+                newest.join(", ")
+            )))
+        }
+        many => Err(Error::Usage(format!(
+            "{id} could be any of {}: give more of the id, or --source and --host",
+            many.iter()
+                .map(|r| format!("{}/{}/{}", r.host, r.source, r.id))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }

@@ -128,15 +128,26 @@ struct Frame {
     names: std::vec::IntoIter<OsString>,
 }
 
+/// An entry the walk could not look at, or a directory it could not look into.
+#[derive(Debug)]
+pub struct Skipped {
+    /// Path relative to the source root.
+    pub rel: Vec<u8>,
+    /// Whether it is a directory (whose contents are then left out).
+    pub dir: bool,
+    /// Why (its message names the absolute path).
+    pub error: Error,
+}
+
 /// The walk of one source tree: an iterator of entries, depth first, each directory's
 /// entries in byte order of their names, each directory before its contents. An entry
-/// that cannot be read comes back as an `Err` naming it, and the walk goes on.
+/// that cannot be read comes back as a [`Skipped`] naming it, and the walk goes on.
 pub struct Walker {
     stack: Vec<Frame>,
     rules: IgnoreRules,
     /// The root's device, when the walk stays on one file system.
     one_fs: Option<u64>,
-    pending: VecDeque<Result<Item>>,
+    pending: VecDeque<std::result::Result<Item, Skipped>>,
 }
 
 fn open_dir(parent: &impl AsFd, name: &OsString) -> nix::Result<OwnedFd> {
@@ -208,30 +219,40 @@ pub fn walk(root: &Path, one_file_system: bool, rules: IgnoreRules) -> Result<Wa
 
 impl Walker {
     /// A directory just looked at: open it beneath its parent and queue its names.
-    fn enter(&mut self, mut item: Item) -> Result<Item> {
+    fn enter(&mut self, mut item: Item) -> std::result::Result<Item, Skipped> {
+        let skipped = |item: &Item, error: Error| Skipped {
+            rel: item.rel.clone(),
+            dir: true,
+            error,
+        };
+        let replaced = |item: &Item| {
+            skipped(
+                item,
+                Error::io(
+                    &item.abs,
+                    std::io::Error::other("was replaced while the backup walked it; skipped"),
+                ),
+            )
+        };
         if self.one_fs.is_some_and(|dev| dev != item.stat.dev) {
             return Ok(item); // a mount point: recorded, not entered
         }
         let fd = match open_dir(&*item.parent, &item.name) {
             Ok(fd) => fd,
-            Err(Errno::ENOTDIR | Errno::ELOOP) => {
-                return Err(Error::io(
-                    &item.abs,
-                    std::io::Error::other("was replaced while the backup walked it; skipped"),
-                ))
-            }
+            Err(Errno::ENOTDIR | Errno::ELOOP) => return Err(replaced(&item)),
             Err(e) => {
                 // Listed (its own metadata is known), but its contents cannot be read.
-                self.pending.push_back(Err(io(&item.abs, e)));
+                let error = io(&item.abs, e);
+                self.pending.push_back(Err(skipped(&item, error)));
                 return Ok(item);
             }
         };
-        let real = Stat::of(&fd).map_err(|e| Error::io(&item.abs, e))?;
+        let real = match Stat::of(&fd) {
+            Ok(st) => st,
+            Err(e) => return Err(skipped(&item, Error::io(&item.abs, e))),
+        };
         if !real.same_file(&item.stat) {
-            return Err(Error::io(
-                &item.abs,
-                std::io::Error::other("was replaced while the backup walked it; skipped"),
-            ));
+            return Err(replaced(&item));
         }
         item.stat = real;
         match read_names(&fd) {
@@ -241,16 +262,19 @@ impl Walker {
                 abs: item.abs.clone(),
                 names: names.into_iter(),
             }),
-            Err(e) => self.pending.push_back(Err(io(&item.abs, e))),
+            Err(e) => {
+                let error = io(&item.abs, e);
+                self.pending.push_back(Err(skipped(&item, error)));
+            }
         }
         Ok(item)
     }
 }
 
 impl Iterator for Walker {
-    type Item = Result<Item>;
+    type Item = std::result::Result<Item, Skipped>;
 
-    fn next(&mut self) -> Option<Result<Item>> {
+    fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some(ready) = self.pending.pop_front() {
                 return Some(ready);
@@ -279,7 +303,13 @@ impl Iterator for Walker {
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             ) {
                 Ok(st) => Stat::from_raw(&st),
-                Err(e) => return Some(Err(io(&abs, e))),
+                Err(e) => {
+                    return Some(Err(Skipped {
+                        rel,
+                        dir: false,
+                        error: io(&abs, e),
+                    }))
+                }
             };
             let item = Item {
                 abs,

@@ -18,6 +18,7 @@ recipients = ["$W/keys/coffer.pub.asc"]
 targets = ["t"]
 [target.t]
 url = "file://$W/repo"
+create = true
 TOML
 warm() { tar cf - "$TREE" 2>/dev/null | cat > /dev/null; sync; }
 for i in $(seq "$ROUNDS"); do

@@ -327,6 +327,36 @@ fn a_pack_lost_behind_a_put_only_hosts_back_is_named_by_gc_and_stored_again_on_r
 }
 
 #[test]
+fn a_backup_that_may_read_the_bucket_stores_again_a_pack_that_is_gone() {
+    let t = S3Fixture::new("canread");
+    t.write_config_with("can_read = true\n", &[]);
+    write(&t.fx.src.join("big"), &pseudo_random(8, 3 << 20));
+    t.backup(Cred::Admin).ok();
+    let pack = t
+        .keys()
+        .into_iter()
+        .find(|k| k.contains("/data/"))
+        .expect("a pack");
+    let out = t.aws(
+        Cred::Admin,
+        &["s3", "rm", &format!("s3://{}/{pack}", t.s3.bucket)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (out, requests) = t.requests_during(|| t.backup(Cred::Admin));
+    let out = out.expect(EXIT_PARTIAL).stderr_has("missing from target");
+    assert_eq!(out.json()["runs"][0]["packs_missing"], 1, "{out}");
+    let heads = requests.iter().filter(|r| method(r) == "HEAD").count();
+    assert!(heads >= 1, "one HEAD per reused pack: {requests:#?}");
+    let dest = t.fx.path("restored");
+    t.restore(Cred::Admin, &dest).ok();
+    assert_same_tree(&t.fx.src, &dest);
+}
+
+#[test]
 fn the_put_only_credential_cannot_read_list_or_delete() {
     let t = S3Fixture::new("refused");
     small_tree(&t.fx.src);

@@ -1,13 +1,25 @@
 //! The library's error type.
 //!
-//! Every variant carries what it is about (a path, an object key, a target) and the
-//! message says what to do next where there is something to do. No variant ever holds a
-//! passphrase, a credential or file contents (invariant 7 of DESIGN.md).
+//! The rules, in the manner of rustic_core's:
+//!
+//! 1. Every variant says what it is about (a path, an object, a target), and its message
+//!    says what to do next where there is something to do.
+//! 2. A lower-level cause is kept as the variant's `#[source]`, so a program can look at
+//!    it; the message shows the cause's text too, on one line (the command line prints an
+//!    error and its causes without repeating a text already shown).
+//! 3. No variant ever holds a passphrase, a credential or file contents (invariant 7 of
+//!    ../shared/DESIGN.md): object store errors name the request, never its signature.
+//! 4. [`Error::is_retryable`] says whether trying the same thing again may help (a busy
+//!    index, a dropped connection); callers that retry ask it, and nothing else.
+//! 5. Bugs are [`Error::Internal`], never blamed on the user or the input.
 
 use std::path::PathBuf;
 
 /// Result alias used throughout the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A cause kept with an error.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -46,16 +58,25 @@ pub enum Error {
     },
 
     /// Encryption or decryption failed for another reason.
-    #[error("crypto: {0}")]
-    Crypto(String),
+    #[error("crypto: {context}{}", source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
+    Crypto {
+        /// What was being done.
+        context: String,
+        /// The cryptographic library's error.
+        #[source]
+        source: Option<Cause>,
+    },
 
     /// The target could not be reached or refused an operation.
     #[error("target {target}: {message}")]
     Store {
         /// The target's name or URL (never credentials).
         target: String,
-        /// What failed.
+        /// What failed, with the object store's answer.
         message: String,
+        /// The object store's error.
+        #[source]
+        source: Option<Box<object_store::Error>>,
     },
 
     /// An object or run does not exist on the target.
@@ -78,6 +99,9 @@ pub enum Error {
         path: PathBuf,
         /// What failed, with advice where there is any.
         message: String,
+        /// SQLite's error.
+        #[source]
+        source: Option<Box<rusqlite::Error>>,
     },
 
     /// The command was interrupted (SIGINT, SIGTERM) and stopped cleanly.
@@ -94,6 +118,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A cryptographic failure while doing `context`.
+    pub(crate) fn crypto(context: &str, source: impl Into<Cause>) -> Self {
+        Error::Crypto {
+            context: context.to_string(),
+            source: Some(source.into()),
+        }
+    }
+
     /// A one-word name of the kind of error, for machine output (`--json`).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -101,7 +141,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Key { .. } => "key",
             Error::WrongKey { .. } => "wrong_key",
-            Error::Crypto(_) => "crypto",
+            Error::Crypto { .. } => "crypto",
             Error::Store { .. } => "target",
             Error::NotFound(_) => "not_found",
             Error::Corrupt { .. } => "corrupt",
@@ -112,11 +152,88 @@ impl Error {
         }
     }
 
-    /// An I/O error on `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
+    /// Whether the same operation may succeed if tried again: a connection that dropped
+    /// or timed out (once object_store's own retries are spent), a busy local index, an
+    /// interrupted system call. A missing or damaged object, a wrong key, a refusal, a bad
+    /// config are permanent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
+            ),
+            Error::Store { source, .. } => match source.as_deref() {
+                Some(
+                    object_store::Error::NotFound { .. }
+                    | object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::InvalidPath { .. }
+                    | object_store::Error::NotSupported { .. }
+                    | object_store::Error::NotImplemented { .. }
+                    | object_store::Error::UnknownConfigurationKey { .. },
+                ) => false,
+                Some(e) => !crate::store::is_refusal(e),
+                None => false,
+            },
+            Error::Index { source, .. } => source.as_ref().is_some_and(|e| {
+                matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                )
+            }),
+            _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_is_only_what_may_work_the_second_time() {
+        let io = |k| Error::io("/x", std::io::Error::from(k));
+        assert!(io(std::io::ErrorKind::TimedOut).is_retryable());
+        assert!(!io(std::io::ErrorKind::NotFound).is_retryable());
+        let store = |e: object_store::Error| Error::Store {
+            target: "t".into(),
+            message: "m".into(),
+            source: Some(Box::new(e)),
+        };
+        let generic = object_store::Error::Generic {
+            store: "S3",
+            source: "connection reset".into(),
+        };
+        assert!(store(generic).is_retryable());
+        let missing = object_store::Error::NotFound {
+            path: "p".into(),
+            source: "no".into(),
+        };
+        assert!(!store(missing).is_retryable());
+        let refused = object_store::Error::Generic {
+            store: "S3",
+            source: "403 Forbidden: AccessDenied".into(),
+        };
+        assert!(!store(refused).is_retryable());
+        assert!(!Error::NotFound("x".into()).is_retryable());
+        assert!(!Error::Corrupt {
+            what: "x".into(),
+            reason: "y".into()
+        }
+        .is_retryable());
+    }
+
+    #[test]
+    fn causes_are_kept() {
+        use std::error::Error as _;
+        let e = Error::io("/x", std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(e.source().is_some());
+        let e = Error::crypto("session key", std::io::Error::other("bad"));
+        assert!(e.source().is_some());
+        assert_eq!(e.to_string(), "crypto: session key: bad");
     }
 }

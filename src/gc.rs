@@ -24,7 +24,7 @@ use crate::format::refs::{self, Bounds};
 use crate::ids::ObjectKey;
 use crate::progress::Progress;
 use crate::retention::humantime;
-use crate::store::{RunObject, Store};
+use crate::store::{Admin, RunObject};
 
 /// Objects listed and decided on per page.
 const PAGE: usize = 1000;
@@ -97,7 +97,7 @@ pub struct GcStats {
 }
 
 /// Collects garbage on `store`.
-pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<GcStats> {
+pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<GcStats> {
     let started = std::time::Instant::now();
     let start_time = chrono::Utc::now();
     let mut stats = GcStats {
@@ -137,7 +137,7 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
             continue;
         };
         let what = format!("object list of run {name}");
-        match referenced.add(store.reader(&refs.path)?, &what)? {
+        match referenced.add(store.stream(&refs.path)?, &what)? {
             Err(e) => stats.problems.push(format!(
                 "{e}; the objects listed before the damage are kept, any after it are not"
             )),
@@ -251,7 +251,7 @@ pub fn gc(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
 /// For each missing object, the committed runs whose object lists name it (a second
 /// read of the lists, made only when objects are missing).
 fn name_missing(
-    store: &Store,
+    store: &Admin,
     runs: &BTreeMap<RunKey, RunFiles>,
     missing: &[ObjectKey],
 ) -> Result<Vec<MissingObject>> {
@@ -262,7 +262,7 @@ fn name_missing(
             continue;
         };
         let name = format!("{host}/{source}/{id}");
-        let _ = refs::read_each(store.reader(&refs.path)?, &name, |k| {
+        let _ = refs::read_each(store.stream(&refs.path)?, &name, |k| {
             if wanted.contains(&k) {
                 by_key.entry(k).or_default().push(name.clone());
             }
@@ -327,6 +327,7 @@ fn key_set_err(path: &Path, e: rusqlite::Error) -> Error {
     Error::Index {
         path: path.to_path_buf(),
         message: format!("gc's temporary key set: {e}"),
+        source: Some(Box::new(e)),
     }
 }
 
@@ -365,16 +366,13 @@ impl Referenced {
             refs::read_each(list, what, |k| {
                 stmt.execute(params![&k.0[..]]).map(drop).map_err(|e| {
                     let e = fail(e);
-                    failed = Some(e.to_string());
-                    e
+                    failed = Some(e);
+                    Error::Internal("the key set failed".into())
                 })
             })
         };
         if let Some(e) = failed {
-            return Err(Error::Index {
-                path: path.clone(),
-                message: e,
-            });
+            return Err(e);
         }
         tx.commit().map_err(fail)?;
         Ok(read)

@@ -131,6 +131,7 @@ impl Index {
                     "schema version {version} is newer than this coffer ({SCHEMA_VERSION}); \
                      upgrade coffer, or move the file away (it is only a cache)"
                 ),
+                source: None,
             });
         }
         Ok(Index {
@@ -320,6 +321,7 @@ impl Index {
         Error::Index {
             path: self.path.clone(),
             message: "malformed row; move the file away (it is only a cache) and run again".into(),
+            source: None,
         }
     }
 
@@ -527,6 +529,7 @@ fn index_err(path: &Path, e: rusqlite::Error) -> Error {
     Error::Index {
         path: path.to_path_buf(),
         message,
+        source: Some(Box::new(e)),
     }
 }
 

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::ids::RunId;
 use crate::progress::Progress;
 use crate::retention::{self, Retention};
-use crate::store::{piece_path, run_path, RunInfo, Store};
+use crate::store::{piece_path, run_path, Admin, RunInfo};
 
 /// One run and what prune does with it.
 #[derive(Debug, Clone, Serialize)]
@@ -160,7 +160,7 @@ pub fn plan(
 
 /// Deletes the runs `report` does not keep: each one's metafile first (the run stops
 /// existing), then the rest of its pieces, then its object list.
-pub fn execute(store: &Store, report: &PruneReport, progress: &dyn Progress) -> Result<()> {
+pub fn execute(store: &Admin, report: &PruneReport, progress: &dyn Progress) -> Result<()> {
     let doomed: Vec<&PruneItem> = report
         .groups
         .iter()

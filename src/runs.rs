@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::format::refs::{self, MAX_MAX_RUN_TIME};
 use crate::ids::RunId;
 use crate::retention::humantime;
-use crate::store::{piece_path, run_path, RunInfo, RunObject, Store};
+use crate::store::{piece_path, run_path, Reader, RunInfo, RunObject};
 
 /// How far the clocks of the hosts and the target may disagree.
 pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(86_400);
@@ -159,14 +159,14 @@ pub(crate) fn from_listing(objects: Vec<RunObject>) -> Option<RunInfo> {
 /// requests per run) and updates its status; runs found wrong from the listing alone
 /// keep their status. Requests that fail (the credential may not read, the target is
 /// unreachable) are errors: an unchecked run must not pass as checked.
-pub fn check(store: &Store, runs: &mut [RunInfo]) -> crate::error::Result<()> {
+pub fn check(store: &Reader, runs: &mut [RunInfo]) -> crate::error::Result<()> {
     for run in runs.iter_mut().filter(|r| r.status.is_ok()) {
         run.status = check_one(store, run)?;
     }
     Ok(())
 }
 
-fn check_one(store: &Store, run: &RunInfo) -> crate::error::Result<RunStatus> {
+fn check_one(store: &Reader, run: &RunInfo) -> crate::error::Result<RunStatus> {
     let id: RunId = run.id.parse()?;
     let refs_path = run_path(&run.host, &run.source, &id, "refs");
     let head = store.get_range(

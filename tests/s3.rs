@@ -545,7 +545,8 @@ fn a_large_metafile_goes_up_in_create_only_pieces_with_the_put_only_credential()
         .insert("aws_secret_access_key".into(), t.s3.put.1.clone());
     let store = coffer::Store::open(&target, true)
         .unwrap()
-        .with_metafile_piece(5 << 20);
+        .with_metafile_piece(5 << 20)
+        .creator(&target);
     let content = pseudo_random(3, 12 << 20);
     let file_path = t.fx.path("large");
     write(&file_path, &content);

@@ -22,13 +22,15 @@ use crate::error::Result;
 use crate::ids::ObjectKey;
 use crate::index::Index;
 use crate::progress::Progress;
-use crate::store::{self, PutOutcome, Store};
+use crate::store::{self, Creator, PutOutcome, Reader};
 
 /// Finds (or starts) the dedup domain that describes `target` as it is now; returns its
 /// id in the index. With `forget`, its recorded state is dropped first.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn domain(
     index: &mut Index,
-    store: &Store,
+    creator: &Creator,
+    reader: Option<&Reader>,
     target: &TargetConfig,
     keyset: &str,
     host: &str,
@@ -45,8 +47,8 @@ pub(super) fn domain(
             target.name
         ))
     };
-    let id = if target.can_read {
-        let present: HashSet<String> = store.list_markers()?.into_iter().collect();
+    let id = if let Some(reader) = reader {
+        let present: HashSet<String> = reader.list_markers()?.into_iter().collect();
         match known.iter().find(|m| present.contains(*m)) {
             Some(m) => index.target_id(url, keyset, m)?,
             None => {
@@ -55,7 +57,7 @@ pub(super) fn domain(
                 }
                 fresh(
                     index,
-                    store,
+                    creator,
                     url,
                     keyset,
                     host,
@@ -65,11 +67,11 @@ pub(super) fn domain(
         }
     } else {
         match known.first() {
-            None => fresh(index, store, url, keyset, host, false)?,
-            Some(m) if m.is_empty() => fresh(index, store, url, keyset, host, true)?,
+            None => fresh(index, creator, url, keyset, host, false)?,
+            Some(m) if m.is_empty() => fresh(index, creator, url, keyset, host, true)?,
             Some(m) => {
                 let id = index.target_id(url, keyset, m)?;
-                if store.put_marker(m, host)? == PutOutcome::Created {
+                if creator.put_marker(m, host)? == PutOutcome::Created {
                     stale(progress);
                     index.forget_domain(id)?;
                 }
@@ -88,14 +90,14 @@ pub(super) fn domain(
 /// target the backup can read the presence check covers it.
 fn fresh(
     index: &mut Index,
-    store: &Store,
+    creator: &Creator,
     url: &str,
     keyset: &str,
     host: &str,
     adopt: bool,
 ) -> Result<i64> {
     let marker = store::new_marker()?;
-    store.put_marker(&marker, host)?;
+    creator.put_marker(&marker, host)?;
     if adopt {
         index.rename_domain(url, keyset, "", &marker)?;
     }
@@ -105,15 +107,15 @@ fn fresh(
 /// Which packs the backup reuses still exist on the target: one request per distinct
 /// pack per run, and none at all when the backup cannot read the target.
 pub(crate) struct Presence {
-    store: Option<Store>,
+    reader: Option<Reader>,
     seen: Mutex<HashMap<ObjectKey, bool>>,
 }
 
 impl Presence {
-    /// Checks on `store` when `can_read`; otherwise takes every pack on trust.
-    pub(crate) fn new(store: &Store, can_read: bool) -> Self {
+    /// Checks with `reader`, if the backup has one; otherwise takes every pack on trust.
+    pub(crate) fn new(reader: Option<Reader>) -> Self {
         Presence {
-            store: can_read.then(|| store.clone()),
+            reader,
             seen: Mutex::new(HashMap::new()),
         }
     }
@@ -121,7 +123,7 @@ impl Presence {
     /// Whether `pack` is on the target (as far as the backup can tell). The first answer
     /// for a pack is kept for the run.
     pub(crate) fn exists(&self, pack: &ObjectKey) -> Result<bool> {
-        let Some(store) = &self.store else {
+        let Some(reader) = &self.reader else {
             return Ok(true);
         };
         if let Some(&known) = self
@@ -133,7 +135,7 @@ impl Presence {
         {
             return Ok(known);
         }
-        let there = store.exists(&store::data_path(pack))?;
+        let there = reader.exists(&store::data_path(pack))?;
         if let Ok(mut seen) = self.seen.lock() {
             seen.insert(*pack, there);
         }

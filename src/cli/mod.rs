@@ -269,7 +269,7 @@ fn init(config: Option<&Path>, a: InitArgs) -> Result<u8> {
         let store = Store::open(t, true)?;
         // Listing proves the target is reachable with this credential (a put-only one
         // cannot list: then there is nothing more to check from here).
-        match store.list_runs() {
+        match store.reader().list_runs() {
             Ok(runs) => println!("target {} is ready ({} runs on it)", t.url, runs.len()),
             Err(e) => println!("target {} set up; listing it failed: {e}", t.url),
         }
@@ -283,6 +283,7 @@ fn backup(config: Option<&Path>, a: BackupArgs) -> Result<u8> {
     let bar = Bar::new("backup", a.json);
     let mut opts = coffer::BackupOptions::default();
     opts.forget_cache = a.forget_cache;
+    opts.cancel = interrupt_flag();
     let results = coffer::backup_all(&config, &sources, &opts, &bar);
     let mut code = EXIT_OK;
     let mut ok = Vec::new();
@@ -341,7 +342,7 @@ fn runs(config: Option<&Path>, a: RunsArgs) -> Result<u8> {
     let (_, targets) = read_targets(config, a.target.as_deref())?;
     let mut all = Vec::new();
     for t in &targets {
-        let store = Store::open(t, false)?;
+        let store = Store::open(t, false)?.reader();
         let mut runs: Vec<coffer::RunInfo> = store
             .list_runs()?
             .into_iter()
@@ -375,7 +376,7 @@ fn runs(config: Option<&Path>, a: RunsArgs) -> Result<u8> {
 
 fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
     let target = restore_target(config, &a)?;
-    let store = Store::open(&target, false)?;
+    let store = Store::open(&target, false)?.reader();
     let source = match (&a.index, &a.source) {
         (Some(file), _) => MetafileSource::File(file.clone()),
         (None, source) if source.is_some() || a.run.is_some() => MetafileSource::Run {
@@ -465,7 +466,7 @@ fn prune(config: Option<&Path>, a: PruneArgs) -> Result<u8> {
     };
     let mut reports = Vec::new();
     for t in &targets {
-        let store = Store::open(t, false)?;
+        let store = Store::open(t, false)?.admin();
         let mut runs: Vec<coffer::RunInfo> = store
             .list_runs()?
             .into_iter()
@@ -498,7 +499,7 @@ fn gc(config: Option<&Path>, a: GcArgs) -> Result<u8> {
     };
     let mut all = Vec::new();
     for t in &targets {
-        let store = Store::open(t, false)?;
+        let store = Store::open(t, false)?.admin();
         let bounds = coffer::refs::Bounds {
             dedup_max_age: t.dedup_max_age,
             max_run_time: t.max_run_time,

@@ -68,7 +68,7 @@ pub fn generate_key_with(
     let now = std::time::SystemTime::now();
     let secs = now
         .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| Error::Crypto("the clock is before 1970".into()))?
+        .map_err(|_| Error::Usage("the clock is before 1970".into()))?
         .as_secs();
     let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
     let suite = match algorithm {
@@ -76,7 +76,7 @@ pub fn generate_key_with(
         KeyAlgorithm::Rsa3072 => CipherSuite::RSA3k,
         KeyAlgorithm::Rsa4096 => CipherSuite::RSA4k,
     };
-    let fail = |e: openpgp::anyhow::Error| Error::Crypto(format!("key generation: {e}"));
+    let fail = |e: openpgp::anyhow::Error| Error::crypto("key generation", e);
     let (cert, _revocation) = CertBuilder::general_purpose(Some(user_id))
         .set_cipher_suite(suite)
         .set_profile(openpgp::Profile::RFC4880)

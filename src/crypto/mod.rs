@@ -42,8 +42,8 @@ const SYMMETRIC: SymmetricAlgorithm = SymmetricAlgorithm::AES256;
 pub(crate) static POLICY: std::sync::LazyLock<StandardPolicy<'static>> =
     std::sync::LazyLock::new(StandardPolicy::new);
 
-fn crypto_err(context: &str, e: impl std::fmt::Display) -> Error {
-    Error::Crypto(format!("{context}: {e}"))
+fn crypto_err(context: &str, e: impl Into<crate::error::Cause>) -> Error {
+    Error::crypto(context, e)
 }
 
 /// The recipients' encryption keys (public parts only). Cheap to clone.
@@ -289,7 +289,7 @@ const MDC_HEADER: [u8; 2] = [0xC0 | 19, 20];
 /// last two (the CFB IV itself is all zeros).
 fn random_prefix() -> Result<[u8; 18]> {
     let mut prefix = [0u8; 18];
-    getrandom::fill(&mut prefix[..16]).map_err(|e| crypto_err("random prefix", e))?;
+    getrandom::fill(&mut prefix[..16]).map_err(|e| crypto_err("random prefix", e.to_string()))?;
     prefix[16] = prefix[14];
     prefix[17] = prefix[15];
     Ok(prefix)

@@ -18,7 +18,7 @@ use crate::format::metafile::{ChunkRef, Entry, Kind, Meta};
 use crate::ids::ObjectKey;
 use crate::progress::{Problem, Progress};
 use crate::source::os;
-use crate::store::Store;
+use crate::store::Reader;
 
 /// Files waiting for a worker, at most.
 pub(super) const QUEUED_FILES: usize = 8;
@@ -44,7 +44,7 @@ enum Deferred {
 }
 
 pub(super) struct Job<'a> {
-    pub store: &'a Store,
+    pub store: &'a Reader,
     pub opts: &'a RestoreOptions,
     pub progress: &'a dyn Progress,
     pub stats: RestoreStats,
@@ -68,7 +68,7 @@ pub(super) struct Job<'a> {
 
 impl<'a> Job<'a> {
     pub(super) fn new(
-        store: &'a Store,
+        store: &'a Reader,
         opts: &'a RestoreOptions,
         progress: &'a dyn Progress,
         dest: Dest,

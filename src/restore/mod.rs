@@ -35,7 +35,7 @@ use crate::format::metafile::{self, Kind};
 use crate::ids::RunId;
 use crate::progress::Progress;
 use crate::source::os;
-use crate::store::{self, Store};
+use crate::store::{self, Reader};
 use dest::{Dest, MetaPolicy};
 use job::Job;
 
@@ -121,7 +121,7 @@ pub struct RestoreStats {
 /// restore. A run chosen by default (no id given) whose metafile fails that check is
 /// skipped for the next newest, with a warning.
 pub fn restore(
-    store: &Store,
+    store: &Reader,
     source: &MetafileSource,
     decryptor: &Decryptor,
     opts: &RestoreOptions,
@@ -215,7 +215,7 @@ pub fn restore(
 /// the newest run that passes them is taken, and if its metafile then turns out damaged
 /// or forged, the next newest, each skipped run named in a warning.
 fn fetch_and_check(
-    store: &Store,
+    store: &Reader,
     source: &MetafileSource,
     decryptor: &Decryptor,
     opts: &RestoreOptions,
@@ -409,14 +409,14 @@ fn fetch_file(path: &std::path::Path) -> Result<Fetched> {
 
 /// A run's metafile from the target: it must be encrypted to us and describe the run it
 /// is stored as, since anyone who can write to the target could plant one.
-fn fetch_run(store: &Store, run: store::RunInfo) -> Result<Fetched> {
+fn fetch_run(store: &Reader, run: store::RunInfo) -> Result<Fetched> {
     let id: RunId = run.id.parse()?;
     let path = store::run_path(&run.host, &run.source, &id, "meta");
     let what = format!("metafile {path}");
     let bytes = if run.pieces.len() <= 1 && run.metafile_bytes <= IN_MEMORY_METAFILE {
         match store.get_small(&path, IN_MEMORY_METAFILE)? {
             Some(b) => Bytes::Memory(b),
-            None => spool(&what, store.reader(&path)?)?,
+            None => spool(&what, store.stream(&path)?)?,
         }
     } else {
         spool(&what, store.metafile_reader(&run)?)?
@@ -460,7 +460,7 @@ fn check_header(what: &str, header: &metafile::Header, expect: &store::RunInfo) 
 /// The runs of `source` (any source if `None`; from `host`, if given), oldest first.
 /// Without `mixed`, runs from several hosts are an error (which host's newest?).
 fn runs_of(
-    store: &Store,
+    store: &Reader,
     host: Option<&str>,
     source: Option<&str>,
     mixed: bool,
@@ -497,7 +497,7 @@ fn runs_of(
 }
 
 /// The run `id` (or the one run whose id starts with it) among `runs`.
-fn select_id(store: &Store, runs: Vec<store::RunInfo>, id: &str) -> Result<store::RunInfo> {
+fn select_id(store: &Reader, runs: Vec<store::RunInfo>, id: &str) -> Result<store::RunInfo> {
     let exact: Vec<&store::RunInfo> = runs.iter().filter(|r| r.id == id).collect();
     let found: Vec<&store::RunInfo> = if exact.is_empty() {
         runs.iter().filter(|r| r.id.starts_with(id)).collect()

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::format::metafile::ChunkRef;
 use crate::ids::ObjectKey;
-use crate::store::{self, Store};
+use crate::store::{self, Reader};
 
 /// Packs held in memory for a full restore, which reads chunks in about the order they
 /// were packed: each pack is then fetched once. A filtered restore, which may need a few
@@ -49,7 +49,7 @@ impl PackCache {
     /// of its file.
     pub(super) fn message(
         &mut self,
-        store: &Store,
+        store: &Reader,
         c: &ChunkRef,
         ahead: &[ChunkRef],
     ) -> Result<Bytes> {

@@ -7,14 +7,23 @@
 //!
 //! Objects are created with create-only semantics and never overwritten: "already
 //! exists" on a data object is a dedup hit, not an error.
+//!
+//! **Capabilities are types.** An opened [`Store`] does nothing itself; it hands out
+//! handles that can do one kind of thing each: a [`Creator`] only creates objects (what
+//! a backup gets: it has no method that reads, lists or deletes, and no way to the raw
+//! store), a [`Reader`] reads and lists (restore, runs, and a backup whose config says
+//! its credential may), an [`Admin`] also deletes (prune, gc). So "a backup makes no GET,
+//! LIST or DELETE" is the compiler's to check, not only the tests'.
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::limit::LimitStore;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+mod limit;
 mod open;
 
 use crate::config::TargetConfig;
@@ -53,12 +62,49 @@ pub fn metafile_pieces(bytes: u64, piece: u64) -> u32 {
     u32::try_from(bytes.div_ceil(piece.max(1)).max(1)).unwrap_or(u32::MAX)
 }
 
-/// One target.
+/// An opened target: hands out the handles that use it.
 #[derive(Clone, Debug)]
 pub struct Store {
+    core: Core,
+}
+
+/// What every handle shares: the object store, the target's name, the piece size.
+#[derive(Clone, Debug)]
+struct Core {
     inner: Arc<dyn ObjectStore>,
     name: String,
     metafile_piece: u64,
+}
+
+impl Core {
+    fn map_err(&self, what: &StorePath, op: &str, e: object_store::Error) -> Error {
+        map_store_error(&self.name, what, op, e)
+    }
+}
+
+/// Creates objects, and nothing else: what a backup gets.
+#[derive(Clone, Debug)]
+pub struct Creator {
+    core: Core,
+}
+
+/// Reads and lists objects.
+#[derive(Clone, Debug)]
+pub struct Reader {
+    core: Core,
+}
+
+/// Reads, lists and deletes objects: what prune and gc get.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    reader: Reader,
+}
+
+impl std::ops::Deref for Admin {
+    type Target = Reader;
+    fn deref(&self) -> &Reader {
+        &self.reader
+    }
 }
 
 /// A run as listed on a target: no key needed. Its `status` says whether it may count as
@@ -178,26 +224,75 @@ pub fn run_path(host: &str, source: &str, id: &RunId, ext: &str) -> StorePath {
 }
 
 impl Store {
-    /// Opens a target. With `create`, a missing local folder is created (backup); without,
-    /// it must exist (restore, runs). Nothing is requested from the target here.
+    /// Opens a target. With `create`, a missing local folder is created (`coffer init`);
+    /// without, it must exist. Nothing is requested from the target here.
+    ///
+    /// # Errors
+    ///
+    /// A URL that cannot be used, unknown options, a missing folder, credentials that
+    /// cannot be read ([`Error::Store`]).
     pub fn open(target: &TargetConfig, create: bool) -> Result<Store> {
         Ok(Store {
-            inner: open::open(target, create)?,
-            name: target.name.clone(),
-            metafile_piece: METAFILE_PIECE,
+            core: Core {
+                inner: open::open(target, create)?,
+                name: target.name.clone(),
+                metafile_piece: METAFILE_PIECE,
+            },
         })
     }
 
     /// Cuts metafiles into pieces of `bytes` (default [`METAFILE_PIECE`]; at least
     /// 64 KiB).
     pub fn with_metafile_piece(mut self, bytes: u64) -> Self {
-        self.metafile_piece = bytes.max(64 << 10);
+        self.core.metafile_piece = bytes.max(64 << 10);
         self
+    }
+
+    /// The target's name (for messages).
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// A handle that only creates objects, with the target's upload limits: at most
+    /// `upload_concurrency` requests at once, and `upload_rate_limit` on average.
+    pub fn creator(&self, target: &TargetConfig) -> Creator {
+        let limited = LimitStore::new(self.core.inner.clone(), target.upload_concurrency.max(1));
+        let inner: Arc<dyn ObjectStore> = match target.upload_rate_limit {
+            Some(rate) => Arc::new(limit::RateLimited::new(limited, rate)),
+            None => Arc::new(limited),
+        };
+        Creator {
+            core: Core {
+                inner,
+                ..self.core.clone()
+            },
+        }
+    }
+
+    /// A handle that reads and lists.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            core: self.core.clone(),
+        }
+    }
+
+    /// A handle that reads, lists and deletes.
+    pub fn admin(&self) -> Admin {
+        Admin {
+            reader: self.reader(),
+        }
+    }
+}
+
+impl Creator {
+    /// The target's name (for messages).
+    pub fn name(&self) -> &str {
+        &self.core.name
     }
 
     /// How many pieces a metafile of `bytes` bytes is stored in on this target.
     pub fn pieces_for(&self, bytes: u64) -> u32 {
-        metafile_pieces(bytes, self.metafile_piece)
+        metafile_pieces(bytes, self.core.metafile_piece)
     }
 
     /// Commits a run: stores the metafile's pieces after the first, then the object list
@@ -218,8 +313,8 @@ impl Store {
         let mut piece = |n: u32| -> Result<()> {
             let path = piece_path(host, source, id, n);
             let io = |e| Error::io(format!("temporary file for {path}"), e);
-            let start = u64::from(n - 1) * self.metafile_piece;
-            let len = self.metafile_piece.min(bytes - start);
+            let start = u64::from(n - 1) * self.core.metafile_piece;
+            let len = self.core.metafile_piece.min(bytes - start);
             metafile.seek(SeekFrom::Start(start)).map_err(io)?;
             let mut buf = Vec::with_capacity(len as usize);
             (&mut *metafile)
@@ -244,8 +339,9 @@ impl Store {
         match self.put_create(path, bytes)? {
             PutOutcome::Created => Ok(()),
             PutOutcome::AlreadyExists => Err(Error::Store {
-                target: self.name.clone(),
+                target: self.core.name.clone(),
                 message: format!("{path} already exists; run ids must be unique"),
+                source: None,
             }),
         }
     }
@@ -262,13 +358,38 @@ impl Store {
         self.put_create(&marker_path(id), Bytes::from(text))
     }
 
+    /// Creates `path` with `bytes` unless it exists (blocking).
+    pub fn put_create(&self, path: &StorePath, bytes: Bytes) -> Result<PutOutcome> {
+        let store = self.core.inner.clone();
+        let p = path.clone();
+        let res = runtime().block_on(async move { put_create(&*store, &p, bytes).await });
+        res.map_err(|e| self.core.map_err(path, "create", e))
+    }
+
+    /// Creates a pack (create-only; "already exists" is a dedup hit: its name is the
+    /// hash of its bytes).
+    pub(crate) async fn put_pack(&self, key: &ObjectKey, parts: Vec<Bytes>) -> Result<PutOutcome> {
+        let path = data_path(key);
+        let payload = PutPayload::from_iter(parts);
+        put_create(&*self.core.inner, &path, payload)
+            .await
+            .map_err(|e| self.core.map_err(&path, "create", e))
+    }
+}
+
+impl Reader {
+    /// The target's name (for messages).
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
     /// The markers on the target (needs list rights).
     pub fn list_markers(&self) -> Result<Vec<String>> {
-        let store = self.inner.clone();
+        let store = self.core.inner.clone();
         let prefix = StorePath::from("markers");
         let metas: Vec<object_store::ObjectMeta> = runtime()
             .block_on(async move { store.list(Some(&prefix)).try_collect().await })
-            .map_err(|e| self.map_err(&StorePath::from("markers/"), "list", e))?;
+            .map_err(|e| self.core.map_err(&StorePath::from("markers/"), "list", e))?;
         Ok(metas
             .into_iter()
             .filter_map(|m| m.location.filename().map(str::to_string))
@@ -278,12 +399,12 @@ impl Store {
 
     /// Whether an object exists (one HEAD; needs read rights).
     pub fn exists(&self, path: &StorePath) -> Result<bool> {
-        let store = self.inner.clone();
+        let store = self.core.inner.clone();
         let p = path.clone();
         match runtime().block_on(async move { store.head(&p).await }) {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(self.map_err(path, "check", e)),
+            Err(e) => Err(self.core.map_err(path, "check", e)),
         }
     }
 
@@ -292,7 +413,7 @@ impl Store {
         let id = run.run_id()?;
         let mut readers = Vec::new();
         for &(n, _) in &run.pieces {
-            readers.push(self.reader(&piece_path(&run.host, &run.source, &id, n))?);
+            readers.push(self.stream(&piece_path(&run.host, &run.source, &id, n))?);
         }
         Ok(Chained {
             readers: readers.into_iter(),
@@ -300,44 +421,23 @@ impl Store {
         })
     }
 
-    /// The target's name (for messages).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub(crate) fn object_store(&self) -> Arc<dyn ObjectStore> {
-        self.inner.clone()
-    }
-
-    pub(crate) fn map_err(&self, what: &StorePath, op: &str, e: object_store::Error) -> Error {
-        map_store_error(&self.name, what, op, e)
-    }
-
-    /// Creates `path` with `bytes` unless it exists (blocking).
-    pub fn put_create(&self, path: &StorePath, bytes: Bytes) -> Result<PutOutcome> {
-        let store = self.inner.clone();
-        let p = path.clone();
-        let res = runtime().block_on(async move { put_create(&*store, &p, bytes).await });
-        res.map_err(|e| self.map_err(path, "create", e))
-    }
-
     /// Reads a whole object (blocking).
     pub fn get(&self, path: &StorePath) -> Result<Bytes> {
-        let store = self.inner.clone();
+        let store = self.core.inner.clone();
         let p = path.clone();
         runtime()
             .block_on(async move { store.get(&p).await?.bytes().await })
-            .map_err(|e| self.map_err(path, "read", e))
+            .map_err(|e| self.core.map_err(path, "read", e))
     }
 
     /// Opens an object for reading as a stream: memory stays bounded by the reader's
     /// buffer whatever the object's size. Errors while reading name the object.
-    pub fn reader(&self, path: &StorePath) -> Result<impl std::io::BufRead + Send + Sync> {
-        let store = self.inner.clone();
+    pub fn stream(&self, path: &StorePath) -> Result<impl std::io::BufRead + Send + Sync> {
+        let store = self.core.inner.clone();
         let p = path.clone();
         let stream = runtime()
             .block_on(async move { store.get(&p).await.map(|r| r.into_stream()) })
-            .map_err(|e| self.map_err(path, "read", e))?;
+            .map_err(|e| self.core.map_err(path, "read", e))?;
         Ok(std::io::BufReader::with_capacity(
             1 << 16,
             StreamReader {
@@ -350,7 +450,7 @@ impl Store {
     /// Reads a whole object if it is at most `limit` bytes; `None` if it is larger (the
     /// body of a larger one is not downloaded). One request either way.
     pub fn get_small(&self, path: &StorePath, limit: u64) -> Result<Option<Bytes>> {
-        let store = self.inner.clone();
+        let store = self.core.inner.clone();
         let p = path.clone();
         runtime()
             .block_on(async move {
@@ -360,16 +460,16 @@ impl Store {
                 }
                 result.bytes().await.map(Some)
             })
-            .map_err(|e| self.map_err(path, "read", e))
+            .map_err(|e| self.core.map_err(path, "read", e))
     }
 
     /// Reads `range` of an object (blocking).
     pub fn get_range(&self, path: &StorePath, range: std::ops::Range<u64>) -> Result<Bytes> {
-        let store = self.inner.clone();
+        let store = self.core.inner.clone();
         let p = path.clone();
         runtime()
             .block_on(async move { store.get_range(&p, range).await })
-            .map_err(|e| self.map_err(path, "read", e))
+            .map_err(|e| self.core.map_err(path, "read", e))
     }
 
     /// Lists the runs on the target (committed ones: with a metafile), oldest first by
@@ -404,14 +504,16 @@ impl Store {
     /// ignored). One entry per run and file: a run has far fewer of these than data
     /// objects.
     pub fn list_run_objects(&self) -> Result<Vec<RunObject>> {
-        let store = self.inner.clone();
+        let store = self.core.inner.clone();
         let prefix = StorePath::from("runs");
         let metas: Vec<object_store::ObjectMeta> = runtime()
             .block_on(async move { store.list(Some(&prefix)).try_collect().await })
-            .map_err(|e| self.map_err(&StorePath::from("runs/"), "list", e))?;
+            .map_err(|e| self.core.map_err(&StorePath::from("runs/"), "list", e))?;
         Ok(metas.into_iter().filter_map(RunObject::from_meta).collect())
     }
+}
 
+impl Admin {
     /// Lists the data objects (`data/`) in batches of up to `batch`, streaming, and
     /// deletes the objects each call of `f` returns before listing further. Memory is
     /// bounded by the batch, however many objects the target holds.
@@ -421,13 +523,13 @@ impl Store {
         mut f: impl FnMut(&[object_store::ObjectMeta]) -> Result<Vec<StorePath>>,
     ) -> Result<()> {
         use futures::StreamExt;
-        let store = self.inner.clone();
+        let store = self.core.inner.clone();
         let prefix = StorePath::from("data");
         runtime().block_on(async move {
             let mut pages = store.list(Some(&prefix)).try_chunks(batch);
             while let Some(page) = pages.next().await {
                 let page =
-                    page.map_err(|e| self.map_err(&StorePath::from("data/"), "list", e.1))?;
+                    page.map_err(|e| self.core.map_err(&StorePath::from("data/"), "list", e.1))?;
                 let doomed = f(&page)?;
                 if !doomed.is_empty() {
                     self.delete_all(doomed).await?;
@@ -449,11 +551,11 @@ impl Store {
             return Ok(());
         };
         let input = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
-        let mut results = self.inner.delete_stream(input);
+        let mut results = self.core.inner.delete_stream(input);
         while let Some(r) = results.next().await {
             match r {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(self.map_err(&first, "delete", e)),
+                Err(e) => return Err(self.core.map_err(&first, "delete", e)),
             }
         }
         Ok(())
@@ -562,32 +664,6 @@ impl<R: std::io::Read> std::io::Read for Chained<R> {
     }
 }
 
-/// Spaces out uploads so that they average at most a given number of bytes per second.
-pub(crate) struct RateLimit {
-    bytes_per_sec: f64,
-    next: tokio::sync::Mutex<tokio::time::Instant>,
-}
-
-impl RateLimit {
-    pub(crate) fn new(bytes_per_sec: u64) -> Self {
-        RateLimit {
-            bytes_per_sec: bytes_per_sec.max(1) as f64,
-            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
-        }
-    }
-
-    /// Waits until `bytes` more may be sent.
-    pub(crate) async fn acquire(&self, bytes: u64) {
-        let start = {
-            let mut next = self.next.lock().await;
-            let start = (*next).max(tokio::time::Instant::now());
-            *next = start + std::time::Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
-            start
-        };
-        tokio::time::sleep_until(start).await;
-    }
-}
-
 /// Create-only put; "already exists" is an outcome, not an error.
 pub(crate) async fn put_create(
     store: &dyn ObjectStore,
@@ -607,7 +683,7 @@ pub(crate) async fn put_create(
 
 /// Whether an error means "this credential may not do that". object_store reports some
 /// refusals (e.g. of a LIST) as generic errors that carry the HTTP status.
-fn is_refusal(e: &object_store::Error) -> bool {
+pub(crate) fn is_refusal(e: &object_store::Error) -> bool {
     match e {
         object_store::Error::PermissionDenied { .. }
         | object_store::Error::Unauthenticated { .. } => true,
@@ -635,40 +711,28 @@ pub(crate) fn map_store_error(
         return Error::NotFound(format!("target {target}: object {what} is missing"));
     }
     if is_refusal(&e) {
-        return Error::Store {
-            target: target.to_string(),
-            message: format!(
-                "{op} {what}: refused: the credential lacks the right to {op} here. Backups \
+        let message = format!(
+            "{op} {what}: refused: the credential lacks the right to {op} here. Backups \
                  need only create rights (s3:PutObject); runs and restore need read and list \
                  rights; prune and gc need read, list and delete rights: use such a \
                  credential, not the host's put-only one ({e})"
-            ),
+        );
+        return Error::Store {
+            target: target.to_string(),
+            message,
+            source: Some(Box::new(e)),
         };
     }
     Error::Store {
         target: target.to_string(),
         message: format!("{op} {what}: {e}"),
+        source: Some(Box::new(e)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn rate_limit_spaces_uploads() {
-        // Virtual time: the clock only moves when every task sleeps, so this measures the
-        // limiter's schedule, not the machine.
-        let limit = RateLimit::new(1 << 20);
-        let start = tokio::time::Instant::now();
-        for _ in 0..4 {
-            limit.acquire(1 << 20).await;
-        }
-        // Four 1 MiB uploads at 1 MiB/s: the fourth may start after 3 s, not before.
-        assert_eq!(start.elapsed().as_secs(), 3);
-        limit.acquire(512 << 10).await;
-        assert_eq!(start.elapsed().as_millis(), 4000);
-    }
 
     #[test]
     fn segments() {
@@ -686,22 +750,24 @@ mod tests {
     fn create_only_and_runs_listing() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
-        let store = Store::open(&TargetConfig::from_url(&url).unwrap(), true).unwrap();
+        let target = TargetConfig::from_url(&url).unwrap();
+        let store = Store::open(&target, true).unwrap();
+        let (creator, reader) = (store.creator(&target), store.reader());
         let key = ObjectKey::of(b"x");
         let p = data_path(&key);
         assert_eq!(
-            store.put_create(&p, Bytes::from_static(b"x")).unwrap(),
+            creator.put_create(&p, Bytes::from_static(b"x")).unwrap(),
             PutOutcome::Created
         );
         assert_eq!(
-            store.put_create(&p, Bytes::from_static(b"y")).unwrap(),
+            creator.put_create(&p, Bytes::from_static(b"y")).unwrap(),
             PutOutcome::AlreadyExists
         );
-        assert_eq!(&store.get(&p).unwrap()[..], b"x", "never overwritten");
+        assert_eq!(&reader.get(&p).unwrap()[..], b"x", "never overwritten");
         let id = RunId::new(chrono::Utc::now());
         let rp = run_path("my host", "home", &id, "meta");
-        store.put_create(&rp, Bytes::from_static(b"m")).unwrap();
-        let runs = store.list_runs().unwrap();
+        creator.put_create(&rp, Bytes::from_static(b"m")).unwrap();
+        let runs = reader.list_runs().unwrap();
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].host, "my host");
         assert_eq!(runs[0].id, id.to_string());
@@ -710,7 +776,7 @@ mod tests {
             "no object list: {:?}",
             runs[0].status
         );
-        let missing = store.get(&data_path(&ObjectKey::of(b"nope"))).unwrap_err();
+        let missing = reader.get(&data_path(&ObjectKey::of(b"nope"))).unwrap_err();
         assert!(matches!(missing, Error::NotFound(_)), "{missing}");
     }
 
@@ -719,9 +785,11 @@ mod tests {
         use std::io::{Read, Write};
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
-        let store = Store::open(&TargetConfig::from_url(&url).unwrap(), true)
+        let target = TargetConfig::from_url(&url).unwrap();
+        let store = Store::open(&target, true)
             .unwrap()
             .with_metafile_piece(64 << 10);
+        let (creator, reader) = (store.creator(&target), store.reader());
         // Something that starts like an encrypted message (a PKESK and an SEIPD header).
         let key =
             crate::crypto::generate_key("t", crate::crypto::KeyAlgorithm::Cv25519, None).unwrap();
@@ -734,7 +802,7 @@ mod tests {
         file.write_all(&message).unwrap();
         let id = RunId::new(chrono::Utc::now());
         let (host, source) = ("h", "s");
-        let pieces = store.pieces_for(message.len() as u64);
+        let pieces = creator.pieces_for(message.len() as u64);
         assert_eq!(pieces, 4);
         let name = crate::format::refs::RunName {
             run: id.to_string(),
@@ -752,7 +820,7 @@ mod tests {
         };
         let mut refs = Vec::new();
         crate::format::refs::write(&mut refs, &name, &bounds, &digest, []).unwrap();
-        store
+        creator
             .put_run(
                 host,
                 source,
@@ -762,14 +830,14 @@ mod tests {
                 message.len() as u64,
             )
             .unwrap();
-        let mut runs = store.list_runs().unwrap();
+        let mut runs = reader.list_runs().unwrap();
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].pieces.len(), 4);
         assert_eq!(runs[0].metafile_bytes, message.len() as u64);
-        crate::runs::check(&store, &mut runs).unwrap();
+        crate::runs::check(&reader, &mut runs).unwrap();
         assert!(runs[0].status.is_ok(), "{:?}", runs[0].status);
         let mut back = Vec::new();
-        store
+        reader
             .metafile_reader(&runs[0])
             .unwrap()
             .read_to_end(&mut back)
@@ -777,7 +845,7 @@ mod tests {
         assert!(back == message);
         // One piece missing: damaged, from the listing alone.
         std::fs::remove_file(dir.path().join(piece_path(host, source, &id, 3).as_ref())).unwrap();
-        let runs = store.list_runs().unwrap();
+        let runs = reader.list_runs().unwrap();
         assert_eq!(runs[0].status.word(), "damaged");
     }
 }

@@ -24,6 +24,7 @@ pub(super) fn open(target: &TargetConfig, create: bool) -> Result<Arc<dyn Object
     let fail = |message: String| Error::Store {
         target: target.name.clone(),
         message,
+        source: None,
     };
     let url = url::Url::parse(&target.url).map_err(|e| fail(format!("bad URL: {e}")))?;
     let store: Arc<dyn ObjectStore> = match url.scheme() {
@@ -52,6 +53,7 @@ fn open_local(target: &TargetConfig, url: &url::Url, create: bool) -> Result<Arc
     let fail = |message: String| Error::Store {
         target: target.name.clone(),
         message,
+        source: None,
     };
     let dir = url
         .to_file_path()

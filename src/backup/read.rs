@@ -1,0 +1,379 @@
+//! Reading the source: walk, read and chunk, hash (stage 1 and 2 of the pipeline), on
+//! the calling thread. Unchanged files (same size, mtime, ctime and inode as the digest
+//! cache recorded) are not read: their chunks come from the local index, if their packs
+//! may still be reused. Every other file is opened beneath its directory's handle, read
+//! in pieces (holes of sparse files are not read), cut into chunks, hashed, and its
+//! chunks handed to the packer, each taking from the read-ahead budget.
+
+use std::collections::HashMap;
+use std::sync::mpsc::SyncSender;
+
+use bytes::Bytes;
+
+use super::budget::Budget;
+use super::packer::Msg;
+use super::reuse::Presence;
+use super::BackupStats;
+use crate::cancel::Cancel;
+use crate::chunker::Chunker;
+use crate::config::SourceConfig;
+use crate::error::Result;
+use crate::format::metafile::{Entry, Kind};
+use crate::ids::ChunkHash;
+use crate::index::{CachedFile, Index};
+use crate::progress::{Problem, Progress};
+use crate::source::{self, Item, Names, Skipped, Stat};
+
+/// Entries whose digest-cache lookups share one read transaction.
+const READ_BATCH: usize = 1000;
+
+/// The reader's side of the pipeline.
+pub(super) struct Reader<'a> {
+    pub source: &'a SourceConfig,
+    pub index: &'a Index,
+    pub presence: &'a Presence,
+    pub target_id: i64,
+    pub tx: SyncSender<Msg>,
+    pub budget: &'a Budget,
+    pub cancel: &'a Cancel,
+    pub names: Names,
+    pub hardlinks: HashMap<(u64, u64), Vec<u8>>,
+    pub progress: &'a dyn Progress,
+    pub stats: &'a mut BackupStats,
+}
+
+/// The packer is gone (it failed, and its error is what the run reports) or the run was
+/// cancelled: the reader stops.
+pub(super) struct Stopped;
+
+impl Reader<'_> {
+    fn send(&self, msg: Msg) -> std::result::Result<(), Stopped> {
+        if let Msg::Chunk { data, .. } = &msg {
+            if !self.budget.acquire(data.len() as u64) {
+                return Err(Stopped);
+            }
+        }
+        self.tx.send(msg).map_err(|_| Stopped)
+    }
+
+    /// Reads the whole tree `walker` yields. Returns an error of its own (the local
+    /// index failed); a stop because of another stage or a cancellation is `Ok`, as the
+    /// cause is reported by whoever stopped.
+    pub fn run(
+        &mut self,
+        walker: impl Iterator<Item = std::result::Result<Item, Skipped>>,
+    ) -> Result<()> {
+        let result = self.read_all(walker);
+        let ended = self.index.end_read_batch();
+        result.and(ended)
+    }
+
+    fn read_all(
+        &mut self,
+        walker: impl Iterator<Item = std::result::Result<Item, Skipped>>,
+    ) -> Result<()> {
+        for (n, item) in walker.enumerate() {
+            if self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            if n % READ_BATCH == 0 {
+                self.index.renew_read_batch()?;
+            }
+            let item = match item {
+                Ok(i) => i,
+                Err(s) => {
+                    if s.dir {
+                        self.stats.dirs_skipped += 1;
+                    } else {
+                        self.stats.files_skipped += 1;
+                    }
+                    let message = format!("skipped {}", s.error);
+                    self.stats
+                        .problem(self.progress, Problem::at(&s.rel, message));
+                    continue;
+                }
+            };
+            if self.entry(item).is_err() {
+                return Ok(()); // whoever stopped the run reports why
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, item: Item) -> std::result::Result<(), Stopped> {
+        let m = &item.stat;
+        let meta = self.names.meta(m);
+        if !crate::format::metafile::record_fits(&item.rel, b"", &meta) {
+            self.skip(&item, "its path is too long to record");
+            return Ok(());
+        }
+        let kind = if m.is_file() {
+            return self.file(item, meta);
+        } else if m.is_dir() {
+            Kind::Dir
+        } else if m.is_symlink() {
+            match nix::fcntl::readlinkat(&*item.parent, item.name.as_os_str())
+                .map(std::path::PathBuf::from)
+                .map_err(std::io::Error::from)
+            {
+                Ok(t)
+                    if !crate::format::metafile::record_fits(
+                        &item.rel,
+                        std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()),
+                        &meta,
+                    ) =>
+                {
+                    self.skip(&item, "its path and target are too long to record");
+                    return Ok(());
+                }
+                Ok(t) => Kind::Symlink {
+                    target: std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()).to_vec(),
+                },
+                Err(e) => {
+                    self.skip(&item, e);
+                    return Ok(());
+                }
+            }
+        } else if m.is_fifo() {
+            Kind::Fifo
+        } else if m.is_char_device() || m.is_block_device() {
+            let rdev = m.rdev;
+            let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+            if m.is_char_device() {
+                Kind::CharDev { major, minor }
+            } else {
+                Kind::BlockDev { major, minor }
+            }
+        } else {
+            // A socket: it cannot be restored meaningfully (tar skips them too).
+            let message = format!(
+                "note: {} is a socket; sockets are not backed up",
+                crate::text::path(&item.abs)
+            );
+            self.stats
+                .problem(self.progress, Problem::at(&item.rel, message));
+            return Ok(());
+        };
+        self.stats.other_entries += 1;
+        self.send(Msg::Entry(Entry {
+            path: item.rel,
+            kind,
+            meta,
+        }))
+    }
+
+    /// A non-directory entry left out.
+    fn skip(&mut self, item: &Item, e: impl std::fmt::Display) {
+        if item.stat.is_dir() {
+            self.stats.dirs_skipped += 1;
+        } else {
+            self.stats.files_skipped += 1;
+        }
+        let message = format!("skipped {}: {e}", crate::text::path(&item.abs));
+        self.stats
+            .problem(self.progress, Problem::at(&item.rel, message));
+    }
+
+    fn file(
+        &mut self,
+        item: Item,
+        meta: crate::format::metafile::Meta,
+    ) -> std::result::Result<(), Stopped> {
+        let m = &item.stat;
+        let link_key = (m.dev, m.ino);
+        if m.nlink > 1 {
+            if let Some(first) = self.hardlinks.get(&link_key) {
+                self.stats.other_entries += 1;
+                return self.send(Msg::Entry(Entry {
+                    path: item.rel,
+                    kind: Kind::Hardlink {
+                        target: first.clone(),
+                    },
+                    meta,
+                }));
+            }
+        }
+        self.stats.files += 1;
+        self.progress.item(&item.abs.to_string_lossy());
+        let stamp = source::stamp(m);
+        let cached = match self
+            .index
+            .lookup_file(self.target_id, &self.source.name, &item.rel)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.progress.warn(&format!("digest cache: {e}"));
+                None
+            }
+        };
+        if let Some(c) = cached.as_ref().filter(|c| c.trusted && c.stamp == stamp) {
+            if let Some(chunks) = self.resolve(c) {
+                self.stats.files_unchanged += 1;
+                self.stats.bytes_total += stamp.size;
+                if m.nlink > 1 {
+                    self.hardlinks.insert(link_key, item.rel.clone());
+                }
+                return self.send(Msg::Entry(Entry {
+                    path: item.rel,
+                    kind: Kind::File {
+                        size: stamp.size,
+                        hash: c.hash,
+                        chunks,
+                    },
+                    meta,
+                }));
+            }
+        }
+        match self.read(&item)? {
+            Ok((size, hash, opened, after)) => {
+                // What the open file says, not what the walk saw a moment before.
+                let meta = self.names.meta(&opened);
+                match &cached {
+                    None => self.stats.files_new += 1,
+                    Some(c) if c.hash == hash => self.stats.files_unchanged += 1,
+                    Some(_) => self.stats.files_changed += 1,
+                }
+                if after != stamp {
+                    self.stats.files_changed_while_read += 1;
+                    let message = format!(
+                        "warning: {} changed while it was read; backed up as read",
+                        crate::text::path(&item.abs)
+                    );
+                    self.stats
+                        .problem(self.progress, Problem::at(&item.rel, message));
+                }
+                self.stats.bytes_total += size;
+                if m.nlink > 1 {
+                    self.hardlinks.insert(link_key, item.rel.clone());
+                }
+                let cache = (after == stamp).then_some(stamp);
+                self.send(Msg::FileEnd {
+                    entry: Entry {
+                        path: item.rel,
+                        kind: Kind::File {
+                            size,
+                            hash,
+                            chunks: Vec::new(),
+                        },
+                        meta,
+                    },
+                    stamp: cache,
+                })
+            }
+            Err(e) => {
+                self.send(Msg::FileAbort)?;
+                self.skip(&item, e);
+                Ok(())
+            }
+        }
+    }
+
+    /// Every chunk of a cached file, if the index still lists them all and their packs
+    /// are still on the target (as far as the backup can tell).
+    fn resolve(&self, c: &CachedFile) -> Option<Vec<crate::format::metafile::ChunkRef>> {
+        c.chunks
+            .iter()
+            .map(|h| {
+                self.index
+                    .lookup_chunk(self.target_id, h)
+                    .ok()
+                    .flatten()
+                    .filter(|c| self.presence.exists(&c.object).unwrap_or(false))
+            })
+            .collect()
+    }
+
+    /// Reads, chunks and hashes a file, sending its chunks to the packer. The outer
+    /// result is the packer hanging up; the inner one is this file's I/O. The file is
+    /// opened beneath its directory's handle without following a symbolic link, and it
+    /// must be the inode the walk looked at: a file swapped in meanwhile (a link to
+    /// something its owner may not read, say) is not stored under this name.
+    #[allow(clippy::type_complexity)]
+    fn read(
+        &mut self,
+        item: &Item,
+    ) -> std::result::Result<
+        std::result::Result<(u64, ChunkHash, Stat, crate::index::FileStamp), std::io::Error>,
+        Stopped,
+    > {
+        let file = match open_beneath(item) {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(e)),
+        };
+        let opened = match Stat::of(&file) {
+            Ok(st) if st.is_file() && st.same_file(&item.stat) => st,
+            Ok(_) => {
+                return Ok(Err(std::io::Error::other(
+                    "was replaced by another file while it was backed up; skipped",
+                )))
+            }
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut size = 0u64;
+        let mut whole = blake3::Hasher::new();
+        let mut hash = None;
+        let reader = source::SparseReader::new(&file, opened.is_sparse());
+        let mut chunker = Chunker::new(reader, self.source.chunking, opened.size);
+        while let Some(data) = chunker.next() {
+            let data = match data {
+                Ok(d) => d,
+                Err(e) => return Ok(Err(e)),
+            };
+            let chunk_hash = ChunkHash::of(&data);
+            if size == 0 && chunker.finished() {
+                // One chunk (most files of a source tree): its hash is the file's, so
+                // the file is hashed once.
+                hash = Some(chunk_hash);
+            } else {
+                whole.update(&data);
+            }
+            size += data.len() as u64;
+            self.send_chunk(chunk_hash, data)?;
+        }
+        let hash = hash.unwrap_or_else(|| whole.finalize().into());
+        // Holes were not read: they count as holes, not as bytes read.
+        let zeros = chunker.reader().zeros;
+        self.stats.bytes_read = self.stats.bytes_read.saturating_sub(zeros);
+        self.stats.bytes_holes += zeros;
+        Ok(self
+            .stamp_after(&file)
+            .map(|after| (size, hash, opened, after)))
+    }
+
+    fn send_chunk(&mut self, hash: ChunkHash, data: Bytes) -> std::result::Result<(), Stopped> {
+        self.stats.bytes_read += data.len() as u64;
+        self.progress.bytes(data.len() as u64);
+        self.send(Msg::Chunk { hash, data })
+    }
+
+    /// The file's stamp after reading, to detect a change during the read.
+    fn stamp_after(
+        &self,
+        file: &std::fs::File,
+    ) -> std::result::Result<crate::index::FileStamp, std::io::Error> {
+        Stat::of(file).map(|m| source::stamp(&m))
+    }
+}
+
+/// Opens a walked regular file for reading beneath its directory's handle: never
+/// through a symbolic link, never blocking on a fifo swapped in, without updating its
+/// access time where the owner allows it.
+fn open_beneath(item: &Item) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let open = |flags| {
+        nix::fcntl::openat(
+            &*item.parent,
+            item.name.as_os_str(),
+            flags,
+            nix::sys::stat::Mode::empty(),
+        )
+    };
+    open(flags | OFlag::O_NOATIME)
+        .or_else(|e| match e {
+            nix::errno::Errno::EPERM => open(flags),
+            e => Err(e),
+        })
+        .map(std::fs::File::from)
+        .map_err(std::io::Error::from)
+}

@@ -3,8 +3,9 @@
 //! new data). Backup makes one lookup per chunk it reads. Run with
 //! `cargo bench --bench index`; figures are lookups per second (criterion's throughput).
 
+use coffer::internals::Index;
 use coffer::metafile::{ChunkRef, Encoding};
-use coffer::{ChunkHash, Index, ObjectKey};
+use coffer::{ChunkHash, ObjectKey};
 use criterion::{criterion_main, Criterion, Throughput};
 
 const CHUNKS: u64 = 100_000;

@@ -7,16 +7,7 @@ use std::io::Write;
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn data(len: usize) -> Vec<u8> {
-    // xorshift: incompressible, deterministic, no dependency.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    coffer::internals::noise(len, 1)
 }
 
 fn chunking(c: &mut Criterion) {

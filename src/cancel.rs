@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// A shared cancellation flag. Cheap to clone; clones share the flag. A [`child`]
+/// A shared cancellation flag. Cheap to clone; clones share the flag. A [`child`](Cancel::child)
 /// (`Cancel::child`) also sees its parent's: cancelling one run of a command stops that
 /// run, an interrupt stops them all.
 #[derive(Debug, Clone, Default)]

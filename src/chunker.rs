@@ -151,7 +151,7 @@ mod tests {
             .unwrap()
     }
 
-    use crate::test_data::noise as random;
+    use crate::prng::noise as random;
 
     proptest! {
         #[test]

@@ -3,7 +3,79 @@
 //! Files are split into content-defined chunks (FastCDC), hashed with BLAKE3,
 //! deduplicated through a local SQLite index, encrypted to OpenPGP public keys, packed and
 //! stored through `object_store`. Each run writes an encrypted metafile listing every file
-//! and its chunks; `restore` reads it back. docs/FORMAT.md specifies what is stored.
+//! and its chunks; [`restore`] reads it back. docs/FORMAT.md specifies what is stored.
+//!
+//! The command line (`coffer --help`) is the main way in; this library is what it is made
+//! of, with the same guarantees. Its capabilities are in its types: [`backup`] holds only
+//! public keys ([`Encryptor`]) and a target handle that can only create objects
+//! ([`Creator`]); reading needs a [`Reader`] and a [`Decryptor`]; deleting, an [`Admin`]
+//! (used by [`prune`] and [`gc`]).
+//!
+//! ```
+//! # fn main() -> coffer::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let (src, target, state) = (dir.path().join("src"), dir.path().join("target"),
+//! #     dir.path().join("state"));
+//! # std::fs::create_dir(&src).unwrap();
+//! # std::fs::write(src.join("hello.txt"), b"hello").unwrap();
+//! // A key pair: the public part goes on the host, the secret part stays elsewhere.
+//! let key = coffer::generate_key("backup key", coffer::KeyAlgorithm::Cv25519, None)?;
+//! # let (public, secret) = (dir.path().join("public.asc"), dir.path().join("secret.asc"));
+//! # std::fs::write(&public, &key.public_armored).unwrap();
+//! # std::fs::write(&secret, &key.secret_armored).unwrap();
+//! let config = coffer::Config::parse(
+//!     &format!(
+//!         r#"
+//!         state_dir = "{state}"
+//!         [source.etc]
+//!         path = "{src}"
+//!         recipients = ["{public}"]
+//!         targets = ["offsite"]
+//!         [target.offsite]
+//!         url = "file://{target}"
+//!         create = true
+//!         "#,
+//!         state = state.display(),
+//!         target = target.display(),
+//!         src = src.display(),
+//!         public = public.display(),
+//!     ),
+//!     std::path::Path::new("coffer.toml"),
+//! )?;
+//! let source = &config.sources["etc"];
+//! let offsite = config.target("offsite")?;
+//! let stats = coffer::backup(
+//!     &config,
+//!     source,
+//!     &offsite,
+//!     &coffer::BackupOptions::default(),
+//!     &coffer::NoProgress,
+//! )?;
+//! assert!(stats.complete());
+//!
+//! // Restoring needs the secret key, and a handle that can read the target.
+//! let reader = coffer::Store::open(&offsite, false)?.reader();
+//! let runs = reader.list_runs()?;
+//! assert_eq!(runs.len(), 1);
+//! let decryptor = coffer::load_secret_keys(&secret, &mut || unreachable!("no passphrase"))?;
+//! let to = dir.path().join("restored");
+//! let what = coffer::MetafileSource::Run { host: None, source: Some("etc".into()), id: None };
+//! let opts = coffer::RestoreOptions::new(&to);
+//! coffer::restore(&reader, &what, &decryptor, &opts, &coffer::NoProgress)?;
+//! assert_eq!(std::fs::read(to.join("hello.txt")).unwrap(), b"hello");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A backup's handle cannot read: this does not compile.
+//!
+//! ```compile_fail,E0599
+//! fn peek(creator: &coffer::Creator) {
+//!     let _ = creator.list_runs();
+//! }
+//! ```
+
+#![warn(unnameable_types)]
 
 mod backup;
 pub mod bench;
@@ -18,6 +90,7 @@ mod fuzz;
 pub mod gc;
 mod ids;
 mod index;
+mod prng;
 mod progress;
 pub mod prune;
 mod restore;
@@ -25,27 +98,43 @@ pub mod retention;
 pub mod runs;
 mod source;
 mod store;
-#[cfg(test)]
-mod test_data;
-pub mod text;
+mod text;
 
+// Commands.
 pub use backup::{backup, backup_all, BackupOptions, BackupStats};
 pub use bench::{bench, BenchInput, BenchReport};
-pub use cancel::Cancel;
+pub use restore::{restore, MetafileSource, RestoreOptions, RestoreStats};
+
+// Configuration.
 pub use config::{
-    config_path, default_state_dir, parse_duration, parse_size, Config, SourceConfig, TargetConfig,
+    config_path, default_state_dir, parse_duration, parse_size, Chunking, Config, SourceConfig,
+    TargetConfig,
 };
+pub use retention::Retention;
+
+// Keys: the public half encrypts, the secret half decrypts.
 pub use crypto::{
     generate_key, generate_key_with, load_recipients, load_secret_keys, Decryptor, Encryptor,
-    Expiry, GeneratedKey, KeyAlgorithm, PackSession, DEFAULT_KEY_LIFETIME,
+    Expiry, GeneratedKey, KeyAlgorithm, DEFAULT_KEY_LIFETIME,
 };
-pub use error::{Error, Result};
+
+// Targets, and what each kind of handle may do there.
+pub use store::{Admin, Creator, Reader, RunInfo, Store};
+
+// What is stored (docs/FORMAT.md), and the names in it.
 pub use format::{metafile, refs};
 pub use ids::{ChunkHash, ObjectKey, RunId};
-/// The local SQLite index, public for benchmarks (`benches/index.rs`); its methods take
-/// [`ChunkHash`]es and [`metafile::ChunkRef`]s.
-pub use index::Index;
+
+// Running a command.
+pub use cancel::Cancel;
+pub use error::{Error, Result};
 pub use progress::{NoProgress, Problem, Progress};
-pub use restore::{restore, MetafileSource, RestoreOptions, RestoreStats};
-pub use retention::Retention;
-pub use store::{RunInfo, Store};
+
+/// Not a stable API: what the benches (`benches/`) and the test suite measure and build
+/// inputs with.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::crypto::PackSession;
+    pub use crate::index::{CachedFile, FileStamp, Index, StateLock};
+    pub use crate::prng::{noise, Prng};
+}

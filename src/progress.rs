@@ -26,7 +26,7 @@ pub struct Problem {
     /// The entry's path, when the problem is about one: its bytes percent-encoded as in
     /// the metafile (docs/FORMAT.md section 4.5), so any name survives exactly.
     pub path: Option<String>,
-    /// What happened, for people; names in it are escaped ([`crate::text`]).
+    /// What happened, for people; names in it are escaped (control characters and invalid UTF-8 shown as escapes).
     pub message: String,
 }
 

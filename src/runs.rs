@@ -6,7 +6,7 @@
 //! credential cannot forge, and a run is checked against its own object list before it
 //! may count as "the newest" or toward retention:
 //!
-//! - from the listing alone ([`from_listing`]): its object list exists; its metafile's
+//! - from the listing alone (`from_listing`): its object list exists; its metafile's
 //!   pieces are all there; the time it claims lies between [`CLOCK_TOLERANCE`] after and
 //!   the longest valid `max_run_time` plus that tolerance before the time the target
 //!   stored it;

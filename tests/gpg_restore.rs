@@ -46,19 +46,6 @@ fn set_mtime(path: &Path, secs: i64, nanos: u32) {
     filetime::set_symlink_file_times(path, t, t).unwrap();
 }
 
-/// Deterministic bytes that do not compress or repeat (xorshift).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Files: relative path, content, mode. Directories and others are made in `make_tree`.
 const BIG: &[u8] = b"big.bin";
 
@@ -74,7 +61,7 @@ fn make_tree(src: &Path) {
         std::fs::create_dir(p(src, d)).unwrap();
     }
     let files: Vec<(&[u8], Vec<u8>, u32)> = vec![
-        (BIG, noise(300_000, 0x9e37_79b9_7f4a_7c15), 0o644),
+        (BIG, coffer::internals::noise(300_000, 1), 0o644),
         (b"empty", Vec::new(), 0o644),
         // Compressible: stored as zstd chunks, which the script must decompress.
         (

@@ -80,7 +80,7 @@ fn compress_if_it_pays(data: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    use crate::test_data::noise as random;
+    use crate::prng::noise as random;
 
     fn round_trips(data: &[u8]) -> Encoding {
         let (out, enc) = encode(data);

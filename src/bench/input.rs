@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{InputInfo, GENERATED_FILE, MAX_INPUT, MIN_GENERATED};
 use crate::error::{Error, Result};
+use crate::prng::Prng;
 
 /// The input in memory: one buffer, and where each file is in it.
 pub(super) struct Loaded {
@@ -50,7 +51,7 @@ pub(super) fn generate(size: u64) -> Result<Loaded> {
     let file = GENERATED_FILE.min(text_total);
     let mut data = Vec::with_capacity(size as usize);
     let mut files = Vec::new();
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Prng::new(1);
     let (mut random_left, mut text_left) = (random_total, text_total);
     let mut i = 0;
     while random_left > 0 || text_left > 0 {
@@ -66,7 +67,7 @@ pub(super) fn generate(size: u64) -> Result<Loaded> {
             if kind == "random.bin" {
                 rng.fill(&mut data, n);
             } else {
-                rng.text(&mut data, n);
+                text(&mut rng, &mut data, n);
             }
             files.push((format!("{i:04}-{kind}"), start..data.len()));
             *left -= n as u64;
@@ -99,7 +100,7 @@ pub(super) fn generate(size: u64) -> Result<Loaded> {
 pub(super) fn incompressible(size: u64) -> Loaded {
     let mut data = Vec::with_capacity(size as usize);
     let mut files = Vec::new();
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut rng = Prng::new(2);
     while (data.len() as u64) < size {
         let start = data.len();
         rng.fill(&mut data, GENERATED_FILE.min(size - start as u64) as usize);
@@ -123,88 +124,71 @@ pub(super) fn incompressible(size: u64) -> Loaded {
     }
 }
 
-/// xorshift64*: deterministic, fast, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Appends `n` incompressible bytes.
-    fn fill(&mut self, out: &mut Vec<u8>, n: usize) {
-        let end = out.len() + n;
-        while out.len() < end {
-            let word = self.next().to_le_bytes();
-            let take = (end - out.len()).min(8);
-            out.extend_from_slice(&word[..take]);
+/// Appends `n` bytes of log-like lines: words from a small vocabulary and numbers,
+/// never repeating a line, so zstd compresses it (about 3:1) but no chunk repeats.
+fn text(rng: &mut Prng, out: &mut Vec<u8>, n: usize) {
+    const WORDS: [&str; 32] = [
+        "backup",
+        "server",
+        "request",
+        "user",
+        "alice",
+        "bob",
+        "GET",
+        "POST",
+        "status",
+        "ok",
+        "failed",
+        "retry",
+        "connection",
+        "timeout",
+        "cache",
+        "index",
+        "chunk",
+        "the",
+        "of",
+        "to",
+        "and",
+        "in",
+        "is",
+        "for",
+        "on",
+        "with",
+        "/var/log/syslog",
+        "/home/alice/notes.txt",
+        "session",
+        "opened",
+        "closed",
+        "bytes",
+    ];
+    const HOSTS: [&str; 4] = ["web1", "web2", "db1", "mail"];
+    let end = out.len() + n;
+    let mut seconds = 1_700_000_000u64;
+    let mut line = String::with_capacity(160);
+    while out.len() < end {
+        use std::fmt::Write;
+        let r = rng.next_u64();
+        seconds += r % 3;
+        line.clear();
+        let _ = write!(
+            line,
+            "{seconds} {} app[{}]:",
+            HOSTS[(r >> 8) as usize % HOSTS.len()],
+            1000 + (r >> 16) % 9000
+        );
+        for k in 0..(4 + (r >> 32) % 8) {
+            let w = WORDS[(r >> (36 + 2 * k)) as usize % WORDS.len()];
+            line.push(' ');
+            line.push_str(w);
         }
-    }
-
-    /// Appends `n` bytes of log-like lines: words from a small vocabulary and numbers,
-    /// never repeating a line, so zstd compresses it (about 3:1) but no chunk repeats.
-    fn text(&mut self, out: &mut Vec<u8>, n: usize) {
-        const WORDS: [&str; 32] = [
-            "backup",
-            "server",
-            "request",
-            "user",
-            "alice",
-            "bob",
-            "GET",
-            "POST",
-            "status",
-            "ok",
-            "failed",
-            "retry",
-            "connection",
-            "timeout",
-            "cache",
-            "index",
-            "chunk",
-            "the",
-            "of",
-            "to",
-            "and",
-            "in",
-            "is",
-            "for",
-            "on",
-            "with",
-            "/var/log/syslog",
-            "/home/alice/notes.txt",
-            "session",
-            "opened",
-            "closed",
-            "bytes",
-        ];
-        const HOSTS: [&str; 4] = ["web1", "web2", "db1", "mail"];
-        let end = out.len() + n;
-        let mut seconds = 1_700_000_000u64;
-        let mut line = String::with_capacity(160);
-        while out.len() < end {
-            use std::fmt::Write;
-            let r = self.next();
-            seconds += r % 3;
-            line.clear();
-            let _ = write!(
-                line,
-                "{seconds} {} app[{}]:",
-                HOSTS[(r >> 8) as usize % HOSTS.len()],
-                1000 + (r >> 16) % 9000
-            );
-            for k in 0..(4 + (r >> 32) % 8) {
-                let w = WORDS[(r >> (36 + 2 * k)) as usize % WORDS.len()];
-                line.push(' ');
-                line.push_str(w);
-            }
-            let _ = writeln!(line, " id={:x} took={}ms", self.next() >> 24, (r >> 56) * 3);
-            let take = (end - out.len()).min(line.len());
-            out.extend_from_slice(&line.as_bytes()[..take]);
-        }
+        let _ = writeln!(
+            line,
+            " id={:x} took={}ms",
+            rng.next_u64() >> 24,
+            (r >> 56) * 3
+        );
+        let take = (end - out.len()).min(line.len());
+        out.extend_from_slice(&line.as_bytes()[..take]);
     }
 }
 

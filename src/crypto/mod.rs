@@ -187,6 +187,7 @@ impl Encryptor {
     }
 
     /// Draws a fresh session key and encrypts it to every recipient (the public-key work).
+    #[doc(hidden)]
     pub fn session(&self) -> Result<PackSession> {
         let sk = SessionKey::new(
             SYMMETRIC
@@ -209,7 +210,10 @@ impl Encryptor {
     /// A writer that encrypts everything written to it into `sink` as one OpenPGP message
     /// (compressed with DEFLATE, OpenPGP algorithm 1, inside the encryption; `gpg -d`
     /// undoes it by itself). Call [`MessageWriter::finish`] to write the last packets.
-    pub fn message_writer<W: Write + Send + Sync>(&self, sink: W) -> Result<MessageWriter<W>> {
+    pub(crate) fn message_writer<W: Write + Send + Sync>(
+        &self,
+        sink: W,
+    ) -> Result<MessageWriter<W>> {
         MessageWriter::new(sink, &self.session()?)
     }
 }
@@ -441,7 +445,7 @@ mod tests {
     #[test]
     fn stream_roundtrip() {
         let (enc, dec) = pair();
-        let noise = crate::test_data::noise(300_000, 1);
+        let noise = crate::prng::noise(300_000, 1);
         // Around the 64 KiB parts of the literal packet (6 header bytes, then the data),
         // and long enough that the compressed and SEIPD packets have several parts too.
         let texts: Vec<Vec<u8>> = vec![

@@ -893,7 +893,7 @@ mod tests {
     fn messages_from_sequoias_writer_with_partial_lengths_are_read() {
         let (enc, dec) = pair();
         let session = enc.session().unwrap();
-        let data = crate::test_data::noise(200_000, 3);
+        let data = crate::prng::noise(200_000, 3);
         let chunk = craft(&session, &[Layer::Encrypt], BINARY, &data);
         assert_eq!(dec.open_chunk("chunk", &chunk).unwrap(), data);
         let meta = craft(&session, &[Layer::Encrypt, ZIP], BINARY, &data);

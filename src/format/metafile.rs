@@ -2,7 +2,7 @@
 //!
 //! Line-oriented text in the spirit of Brackup's `.brackup` file; docs/FORMAT.md is the
 //! specification. Every field is one space-free token: names and paths are
-//! percent-encoded ([`super::encode_field`]), so any byte sequence survives.
+//! percent-encoded (`encode_field` in src/format/mod.rs), so any byte sequence survives.
 //!
 //! ```text
 //! coffer-metafile 1

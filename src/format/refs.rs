@@ -19,7 +19,7 @@
 //!
 //! Version 1 (still read) had the two settings as its only header lines and no empty
 //! line. Everything here comes from the target, so nothing is trusted: lines are bounded,
-//! numbers checked, and [`Limits`] says which settings a valid config could have made.
+//! numbers checked, and [`Bounds::plausible`] says which settings a valid config could have made.
 
 use std::io::{BufRead, Read, Write};
 use std::time::Duration;

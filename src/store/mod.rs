@@ -241,7 +241,7 @@ impl Store {
         })
     }
 
-    /// Cuts metafiles into pieces of `bytes` (default [`METAFILE_PIECE`]; at least
+    /// Cuts metafiles into pieces of `bytes` (default 8 MiB; at least
     /// 64 KiB).
     pub fn with_metafile_piece(mut self, bytes: u64) -> Self {
         self.core.metafile_piece = bytes.max(64 << 10);
@@ -349,7 +349,7 @@ impl Creator {
     /// Leaves this index's marker `markers/<id>` on the target (create-only). `Created`
     /// means the target did not hold it: it is new, or was wiped or replaced, or is
     /// another one at the same URL (docs/FORMAT.md section 1).
-    pub fn put_marker(&self, id: &str, host: &str) -> Result<PutOutcome> {
+    pub(crate) fn put_marker(&self, id: &str, host: &str) -> Result<PutOutcome> {
         let text = format!(
             "coffer-marker 1\nhost {}\ncreated {}\n",
             crate::format::encode_field(host.as_bytes()),
@@ -359,7 +359,7 @@ impl Creator {
     }
 
     /// Creates `path` with `bytes` unless it exists (blocking).
-    pub fn put_create(&self, path: &StorePath, bytes: Bytes) -> Result<PutOutcome> {
+    pub(crate) fn put_create(&self, path: &StorePath, bytes: Bytes) -> Result<PutOutcome> {
         let store = self.core.inner.clone();
         let p = path.clone();
         let res = runtime().block_on(async move { put_create(&*store, &p, bytes).await });
@@ -384,7 +384,7 @@ impl Reader {
     }
 
     /// The markers on the target (needs list rights).
-    pub fn list_markers(&self) -> Result<Vec<String>> {
+    pub(crate) fn list_markers(&self) -> Result<Vec<String>> {
         let store = self.core.inner.clone();
         let prefix = StorePath::from("markers");
         let metas: Vec<object_store::ObjectMeta> = runtime()
@@ -398,7 +398,7 @@ impl Reader {
     }
 
     /// Whether an object exists (one HEAD; needs read rights).
-    pub fn exists(&self, path: &StorePath) -> Result<bool> {
+    pub(crate) fn exists(&self, path: &StorePath) -> Result<bool> {
         let store = self.core.inner.clone();
         let p = path.clone();
         match runtime().block_on(async move { store.head(&p).await }) {
@@ -422,7 +422,8 @@ impl Reader {
     }
 
     /// Reads a whole object (blocking).
-    pub fn get(&self, path: &StorePath) -> Result<Bytes> {
+    #[cfg(test)]
+    pub(crate) fn get(&self, path: &StorePath) -> Result<Bytes> {
         let store = self.core.inner.clone();
         let p = path.clone();
         runtime()
@@ -432,7 +433,7 @@ impl Reader {
 
     /// Opens an object for reading as a stream: memory stays bounded by the reader's
     /// buffer whatever the object's size. Errors while reading name the object.
-    pub fn stream(&self, path: &StorePath) -> Result<impl std::io::BufRead + Send + Sync> {
+    pub(crate) fn stream(&self, path: &StorePath) -> Result<impl std::io::BufRead + Send + Sync> {
         let store = self.core.inner.clone();
         let p = path.clone();
         let stream = runtime()
@@ -449,7 +450,7 @@ impl Reader {
 
     /// Reads a whole object if it is at most `limit` bytes; `None` if it is larger (the
     /// body of a larger one is not downloaded). One request either way.
-    pub fn get_small(&self, path: &StorePath, limit: u64) -> Result<Option<Bytes>> {
+    pub(crate) fn get_small(&self, path: &StorePath, limit: u64) -> Result<Option<Bytes>> {
         let store = self.core.inner.clone();
         let p = path.clone();
         runtime()
@@ -464,7 +465,7 @@ impl Reader {
     }
 
     /// Reads `range` of an object (blocking).
-    pub fn get_range(&self, path: &StorePath, range: std::ops::Range<u64>) -> Result<Bytes> {
+    pub(crate) fn get_range(&self, path: &StorePath, range: std::ops::Range<u64>) -> Result<Bytes> {
         let store = self.core.inner.clone();
         let p = path.clone();
         runtime()
@@ -503,7 +504,7 @@ impl Reader {
     /// Every metafile piece and object list under `runs/` (other objects there are
     /// ignored). One entry per run and file: a run has far fewer of these than data
     /// objects.
-    pub fn list_run_objects(&self) -> Result<Vec<RunObject>> {
+    pub(crate) fn list_run_objects(&self) -> Result<Vec<RunObject>> {
         let store = self.core.inner.clone();
         let prefix = StorePath::from("runs");
         let metas: Vec<object_store::ObjectMeta> = runtime()
@@ -517,7 +518,7 @@ impl Admin {
     /// Lists the data objects (`data/`) in batches of up to `batch`, streaming, and
     /// deletes the objects each call of `f` returns before listing further. Memory is
     /// bounded by the batch, however many objects the target holds.
-    pub fn scan_data(
+    pub(crate) fn scan_data(
         &self,
         batch: usize,
         mut f: impl FnMut(&[object_store::ObjectMeta]) -> Result<Vec<StorePath>>,
@@ -540,7 +541,7 @@ impl Admin {
     }
 
     /// Deletes objects; one that is already gone is not an error.
-    pub fn delete(&self, paths: Vec<StorePath>) -> Result<()> {
+    pub(crate) fn delete(&self, paths: Vec<StorePath>) -> Result<()> {
         runtime().block_on(self.delete_all(paths))
     }
 
@@ -796,7 +797,7 @@ mod tests {
         let certs = crate::crypto::keys::parse_certs_for_test(&key.public_armored);
         let enc = crate::crypto::Encryptor::from_certs(&certs).unwrap();
         let mut w = enc.message_writer(Vec::new()).unwrap();
-        w.write_all(&crate::test_data::noise(200_000, 9)).unwrap();
+        w.write_all(&crate::prng::noise(200_000, 9)).unwrap();
         let message = w.finish().unwrap();
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&message).unwrap();

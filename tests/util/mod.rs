@@ -378,18 +378,9 @@ pub fn toml_str(p: &Path) -> String {
 // ---------------------------------------------------------------------------------------
 // Building trees
 
-/// Deterministic pseudo-random bytes (xorshift64*), incompressible enough for chunking.
+/// Deterministic pseudo-random bytes: the project's one generator (src/prng.rs).
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    coffer::internals::noise(len, seed)
 }
 
 /// Writes a file, creating its parent directories.

@@ -24,6 +24,24 @@ pub const DEFAULT_PACK_SIZE: u64 = 16 * 1024 * 1024;
 /// Default number of concurrent uploads per target.
 pub const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
 
+/// A value in a config file or on the command line that cannot be used; the message says
+/// what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(String);
+
+impl InvalidValue {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        InvalidValue(message.into())
+    }
+}
+
+impl From<InvalidValue> for Error {
+    fn from(e: InvalidValue) -> Self {
+        Error::Usage(e.0)
+    }
+}
+
 /// A byte size: an integer or a string such as "256KiB", "4MiB", "1M".
 #[derive(Debug, Clone, Copy)]
 struct Size(u64);
@@ -32,7 +50,7 @@ struct Size(u64);
 fn int_or_text<'de, D: serde::Deserializer<'de>, T>(
     d: D,
     from_int: impl FnOnce(u64) -> T,
-    parse: impl FnOnce(&str) -> std::result::Result<T, String>,
+    parse: impl FnOnce(&str) -> std::result::Result<T, InvalidValue>,
 ) -> std::result::Result<T, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -61,17 +79,17 @@ impl<'de> Deserialize<'de> for Size {
 }
 
 /// Splits "1.5MiB" into the number 1.5 (as thousandths: 1500) and the unit "MiB".
-fn number_and_unit(s: &str, what: &str) -> std::result::Result<(u128, u128, String), String> {
+fn number_and_unit(s: &str, what: &str) -> std::result::Result<(u128, u128, String), InvalidValue> {
     let t = s.trim();
     if t.starts_with('-') {
-        return Err(format!("{s:?}: a {what} must be positive"));
+        return Err(InvalidValue(format!("{s:?}: a {what} must be positive")));
     }
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
-    let bad = || format!("{s:?} is not a {what}");
+    let bad = || InvalidValue(format!("{s:?} is not a {what}"));
     if whole.is_empty() || frac.len() > 9 || (num.contains('.') && frac.is_empty()) {
         return Err(bad());
     }
@@ -88,9 +106,10 @@ fn number_and_unit(s: &str, what: &str) -> std::result::Result<(u128, u128, Stri
 /// Parses a duration: "90s", "15m", "2h", "7d", "2w", "6M" (months of 30 days), "1y"
 /// (365 days), "1.5h", or a number of seconds. Units are as duplicity writes them too:
 /// "3D", "2W", "1Y"; "m" is minutes and "M" months.
-pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, InvalidValue> {
     let hint = "write e.g. \"30s\", \"15m\", \"2h\", \"7d\", \"2w\", \"6M\" or \"1y\"";
-    let (n, scale, unit) = number_and_unit(s, "duration").map_err(|e| format!("{e}; {hint}"))?;
+    let (n, scale, unit) =
+        number_and_unit(s, "duration").map_err(|e| InvalidValue(format!("{e}; {hint}")))?;
     let mult: u128 = match unit.as_str() {
         "" | "s" | "S" | "sec" => 1,
         "m" | "min" => 60,
@@ -100,15 +119,15 @@ pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, Strin
         "M" => 30 * 86_400,
         "y" | "Y" => 365 * 86_400,
         _ => {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "{s:?}: unknown unit; use s, m, h, d, w, M (months) or y"
-            ))
+            )))
         }
     };
     let secs = n * mult / scale;
     u64::try_from(secs)
         .map(std::time::Duration::from_secs)
-        .map_err(|_| format!("{s:?} is too long"))
+        .map_err(|_| InvalidValue(format!("{s:?} is too long")))
 }
 
 /// A duration in the config: a string such as "30s" or an integer number of seconds.
@@ -127,9 +146,10 @@ impl<'de> Deserialize<'de> for Dur {
 
 /// Parses a size: "123", "64KiB", "4 MiB", "1.5MiB", "1M", "2G" (K, M, G, T, KiB, MiB,
 /// GiB, TiB: binary multiples), or with SI units "5MB" (10^6, as SI has it).
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+pub fn parse_size(s: &str) -> std::result::Result<u64, InvalidValue> {
     let hint = "write e.g. 1048576, \"1MiB\", \"256KiB\" or \"1.5GiB\"";
-    let (n, scale, unit) = number_and_unit(s, "size").map_err(|e| format!("{e}; {hint}"))?;
+    let (n, scale, unit) =
+        number_and_unit(s, "size").map_err(|e| InvalidValue(format!("{e}; {hint}")))?;
     let mult: u128 = match unit.as_str() {
         "" | "B" | "b" => 1,
         "K" | "k" | "KiB" | "kiB" => 1 << 10,
@@ -141,13 +161,13 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
         _ => {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "{s:?}: unknown unit; use B, KiB, MiB, GiB, TiB (binary) or kB, MB, GB, TB \
                  (decimal)"
-            ))
+            )))
         }
     };
-    u64::try_from(n * mult / scale).map_err(|_| format!("{s:?} is too large"))
+    u64::try_from(n * mult / scale).map_err(|_| InvalidValue(format!("{s:?} is too large")))
 }
 
 /// The file as written (see `config.example.toml` for every key).
@@ -300,7 +320,7 @@ pub const DEFAULT_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from
 impl TargetConfig {
     /// A target given only by URL (e.g. `restore --target file:///mnt/usb/coffer`).
     pub fn from_url(url: &str) -> Result<Self> {
-        check_url(url).map_err(Error::Usage)?;
+        check_url(url)?;
         Ok(Self::with_defaults(url))
     }
 
@@ -405,28 +425,28 @@ fn valid_name(name: &str) -> bool {
 /// URL schemes coffer accepts.
 pub const SCHEMES: &[&str] = &["file", "s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
 
-fn check_url(url: &str) -> std::result::Result<(), String> {
+fn check_url(url: &str) -> std::result::Result<(), InvalidValue> {
     match url.split_once("://") {
         Some(("file", rest)) if rest.starts_with('/') => Ok(()),
-        Some(("file", _)) => Err(format!(
+        Some(("file", _)) => Err(InvalidValue(format!(
             "{url:?}: a file URL needs an absolute path, e.g. file:///mnt/usb/coffer"
-        )),
+        ))),
         Some((scheme, rest)) if SCHEMES.contains(&scheme) => {
             if rest.is_empty() || rest.starts_with('/') {
-                Err(format!(
+                Err(InvalidValue(format!(
                     "{url:?}: name the bucket or container, e.g. {scheme}://backups/prefix"
-                ))
+                )))
             } else {
                 Ok(())
             }
         }
-        Some((scheme, _)) => Err(format!(
+        Some((scheme, _)) => Err(InvalidValue(format!(
             "{url:?}: unsupported scheme {scheme:?}; use file:///PATH, s3://BUCKET/PREFIX, \
              gs://BUCKET/PREFIX or az://CONTAINER/PREFIX"
-        )),
-        None => Err(format!(
+        ))),
+        None => Err(InvalidValue(format!(
             "{url:?} is not a URL; write e.g. url = \"file:///mnt/usb/coffer\""
-        )),
+        ))),
     }
 }
 
@@ -716,18 +736,21 @@ impl Config {
     }
 
     fn validate_retention(s: &RawSource, ctx: &Ctx<'_>) -> Result<crate::retention::Retention> {
+        use crate::retention::{check_count, check_within};
+        // Each key is the flag of the same rule (`keep_last`, `--keep-last`): retention.rs.
         let count = |v: &Option<Spanned<u32>>, key: &str| match v {
-            Some(n) if *n.get_ref() == 0 => ctx.err(
-                n.span(),
-                format!("{key} must be at least 1 (leave it out to not use the rule)"),
-            ),
-            v => Ok(v.as_ref().map(|n| *n.get_ref())),
+            Some(n) => match check_count(*n.get_ref()) {
+                Ok(n) => Ok(Some(n)),
+                Err(e) => ctx.err(n.span(), format!("{key} {e}")),
+            },
+            None => Ok(None),
         };
         let within = match &s.keep_within {
-            Some(d) if d.get_ref().0.is_zero() => {
-                return ctx.err(d.span(), "keep_within must be more than 0s")
-            }
-            d => d.as_ref().map(|d| d.get_ref().0),
+            Some(d) => match check_within(d.get_ref().0) {
+                Ok(d) => Some(d),
+                Err(e) => return ctx.err(d.span(), format!("keep_within {e}")),
+            },
+            None => None,
         };
         Ok(crate::retention::Retention {
             last: count(&s.keep_last, "keep_last")?,
@@ -1020,7 +1043,7 @@ url = "file:///mnt/usb/coffer"
         assert_eq!(parse_duration("15m").unwrap().as_secs(), 900);
         assert_eq!(parse_duration("3y").unwrap().as_secs(), 3 * 365 * 86400);
         assert_eq!(parse_duration("1.5h").unwrap().as_secs(), 5400);
-        let neg = parse_duration("-3d").unwrap_err();
+        let neg = parse_duration("-3d").unwrap_err().to_string();
         assert!(neg.contains("positive"), "{neg}");
         assert!(parse_duration("3 fortnights").is_err());
         assert!(parse_duration("1.").is_err());
@@ -1044,7 +1067,10 @@ url = "file:///mnt/usb/coffer"
         );
         assert_eq!(parse_size("2kB").unwrap(), 2000);
         assert!(parse_size("x").is_err());
-        assert!(parse_size("-5").unwrap_err().contains("positive"));
+        assert!(parse_size("-5")
+            .unwrap_err()
+            .to_string()
+            .contains("positive"));
         assert!(parse_size("5mb").is_err(), "millibytes? refused");
     }
 

@@ -107,8 +107,8 @@ pub use restore::{restore, MetafileSource, RestoreOptions, RestoreStats};
 
 // Configuration.
 pub use config::{
-    config_path, default_state_dir, parse_duration, parse_size, Chunking, Config, SourceConfig,
-    TargetConfig,
+    config_path, default_state_dir, parse_duration, parse_size, Chunking, Config, InvalidValue,
+    SourceConfig, TargetConfig,
 };
 pub use retention::Retention;
 

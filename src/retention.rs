@@ -15,23 +15,70 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Serialize;
 
+use crate::config::InvalidValue;
+
 /// A retention policy. Counts are at least 1 when set; `None` means "rule not used".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// The one declaration of the rules: `coffer prune` takes them as these flags (the
+/// struct is its `--keep-*` options), and a source's config as `keep_*` keys of the same
+/// names (src/config.rs reads them with their line numbers, through [`count`] and
+/// [`within`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::Args)]
 pub struct Retention {
-    /// Keep the N newest runs.
+    /// Keep the N newest runs
+    #[arg(long = "keep-last", value_name = "N", value_parser = count)]
     pub last: Option<u32>,
-    /// Keep the newest run of each of the N most recent hours with runs.
+    /// Keep the newest run of each of the N latest hours with runs
+    #[arg(long = "keep-hourly", value_name = "N", value_parser = count)]
     pub hourly: Option<u32>,
-    /// ... days.
+    /// Keep the newest run of each of the N latest days with runs
+    #[arg(long = "keep-daily", value_name = "N", value_parser = count)]
     pub daily: Option<u32>,
-    /// ... ISO weeks.
+    /// Keep the newest run of each of the N latest ISO weeks with runs
+    #[arg(long = "keep-weekly", value_name = "N", value_parser = count)]
     pub weekly: Option<u32>,
-    /// ... months.
+    /// Keep the newest run of each of the N latest months with runs
+    #[arg(long = "keep-monthly", value_name = "N", value_parser = count)]
     pub monthly: Option<u32>,
-    /// ... years.
+    /// Keep the newest run of each of the N latest years with runs
+    #[arg(long = "keep-yearly", value_name = "N", value_parser = count)]
     pub yearly: Option<u32>,
-    /// Keep every run started within this long of the newest one.
+    /// Keep every run started within DUR (e.g. 36h, 14d) of its group's newest run
+    #[arg(long = "keep-within", value_name = "DUR", value_parser = within)]
     pub within: Option<Duration>,
+}
+
+/// A rule's count from the command line: a whole number, at least 1.
+pub fn count(s: &str) -> Result<u32, InvalidValue> {
+    let n = s.trim().parse::<u32>().map_err(|_| {
+        InvalidValue::new(format!(
+            "{s:?} is not a count; write a whole number such as 7"
+        ))
+    })?;
+    check_count(n)
+}
+
+/// `keep_within`'s duration from the command line: more than nothing.
+pub fn within(s: &str) -> Result<Duration, InvalidValue> {
+    check_within(crate::config::parse_duration(s)?)
+}
+
+/// A count is at least 1.
+pub(crate) fn check_count(n: u32) -> Result<u32, InvalidValue> {
+    match n {
+        0 => Err(InvalidValue::new(
+            "must be at least 1 (leave the rule out to not use it)",
+        )),
+        n => Ok(n),
+    }
+}
+
+/// A `within` duration is more than nothing.
+pub(crate) fn check_within(d: Duration) -> Result<Duration, InvalidValue> {
+    match d {
+        d if d.is_zero() => Err(InvalidValue::new("must be more than 0s")),
+        d => Ok(d),
+    }
 }
 
 impl Retention {

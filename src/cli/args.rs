@@ -256,27 +256,9 @@ pub struct PruneArgs {
     /// Only runs of these sources [default: all on the target]
     #[arg(long, value_name = "S")]
     pub source: Vec<String>,
-    /// Keep the N newest runs
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub keep_last: Option<u32>,
-    /// Keep the newest run of each of the N latest hours with runs
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub keep_hourly: Option<u32>,
-    /// Keep the newest run of each of the N latest days with runs
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub keep_daily: Option<u32>,
-    /// Keep the newest run of each of the N latest ISO weeks with runs
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub keep_weekly: Option<u32>,
-    /// Keep the newest run of each of the N latest months with runs
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub keep_monthly: Option<u32>,
-    /// Keep the newest run of each of the N latest years with runs
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub keep_yearly: Option<u32>,
-    /// Keep every run started within DUR (e.g. 36h, 14d) of its group's newest run
-    #[arg(long, value_name = "DUR", value_parser = positive_duration)]
-    pub keep_within: Option<std::time::Duration>,
+    /// Retention rules (--keep-last N and the others; see above)
+    #[command(flatten)]
+    pub keep: coffer::Retention,
     /// Print what would be kept and deleted, and why; delete nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -300,13 +282,6 @@ pub struct GcArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
-}
-
-fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
-    match coffer::parse_duration(s)? {
-        d if d.is_zero() => Err("must be more than 0s".into()),
-        d => Ok(d),
-    }
 }
 
 #[derive(Debug, Args)]

@@ -446,15 +446,7 @@ fn bench(a: BenchArgs) -> Result<u8> {
 
 fn prune(config: Option<&Path>, a: PruneArgs) -> Result<u8> {
     let (cfg, targets) = read_targets(config, a.target.as_deref())?;
-    let cli_rules = coffer::Retention {
-        last: a.keep_last,
-        hourly: a.keep_hourly,
-        daily: a.keep_daily,
-        weekly: a.keep_weekly,
-        monthly: a.keep_monthly,
-        yearly: a.keep_yearly,
-        within: a.keep_within,
-    };
+    let cli_rules = a.keep;
     let policy_for = |_host: &str, source: &str| -> Option<coffer::Retention> {
         if !a.source.is_empty() && !a.source.iter().any(|s| s == source) {
             return None;

@@ -24,6 +24,7 @@ use nix::sys::stat::{FchmodatFlags, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
+use super::failure::Failure;
 use crate::format::metafile::Meta;
 
 /// A directory handle, shared by the files being written into it.
@@ -69,10 +70,6 @@ pub(super) struct Dest {
     pub created_root: bool,
 }
 
-fn errno_text(e: Errno) -> String {
-    std::io::Error::from(e).to_string()
-}
-
 fn name_of(rel: &[u8]) -> &[u8] {
     rel.rsplit(|&b| b == b'/').next().unwrap_or(rel)
 }
@@ -90,12 +87,16 @@ fn open_dir(parent: &impl AsFd, name: &[u8]) -> nix::Result<OwnedFd> {
 impl Dest {
     /// Opens (creating if needed) the destination directory `to`. `to` itself is the
     /// user's choice and may be a symbolic link; nothing below it is followed.
-    pub fn open(to: &Path) -> std::result::Result<Dest, String> {
+    pub fn open(to: &Path) -> Result<Dest, Failure> {
         let created_root = match std::fs::symlink_metadata(to) {
             Ok(m) if m.is_dir() || std::fs::metadata(to).is_ok_and(|m| m.is_dir()) => false,
-            Ok(_) => return Err("exists and is not a directory; --to must be a directory".into()),
+            Ok(_) => {
+                return Err(Failure::refused(
+                    "exists and is not a directory; --to must be a directory",
+                ))
+            }
             Err(_) => {
-                std::fs::create_dir_all(to).map_err(|e| format!("cannot create it: {e}"))?;
+                std::fs::create_dir_all(to).map_err(|e| Failure::io("cannot create it", e))?;
                 true
             }
         };
@@ -104,7 +105,7 @@ impl Dest {
             OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| format!("cannot open it: {}", errno_text(e)))?;
+        .map_err(Failure::when("cannot open it"))?;
         Ok(Dest {
             root: Arc::new(root),
             stack: Vec::new(),
@@ -119,7 +120,7 @@ impl Dest {
 
     /// The handle of directory `rel` (`.` for the root). With `create`, missing
     /// components are created (0700); a component that is not a directory fails.
-    pub fn dir(&mut self, rel: &[u8], create: bool) -> std::result::Result<DirFd, String> {
+    pub fn dir(&mut self, rel: &[u8], create: bool) -> Result<DirFd, Failure> {
         if rel == b"." || rel.is_empty() {
             return Ok(self.root.clone());
         }
@@ -150,7 +151,7 @@ impl Dest {
                     ) {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(e) => {
-                            return Err(format!("cannot create {}: {}", show(&path), errno_text(e)))
+                            return Err(Failure::os(format!("cannot create {}", show(&path)), e))
                         }
                     }
                     open_dir(&*parent, component).map_err(|e| not_a_dir(&path, e))?
@@ -167,7 +168,7 @@ impl Dest {
         &mut self,
         rel: &'r [u8],
         create: bool,
-    ) -> std::result::Result<(DirFd, &'r [u8]), String> {
+    ) -> Result<(DirFd, &'r [u8]), Failure> {
         let parent = match rel.iter().rposition(|&b| b == b'/') {
             Some(i) => &rel[..i],
             None => b".",
@@ -177,22 +178,22 @@ impl Dest {
 
     /// Creates directory `rel` (0700) unless it exists. Returns whether it was created.
     /// Something else in its place is replaced only with `overwrite`.
-    pub fn make_dir(&mut self, rel: &[u8], overwrite: bool) -> std::result::Result<bool, String> {
+    pub fn make_dir(&mut self, rel: &[u8], overwrite: bool) -> Result<bool, Failure> {
         let (parent, name) = self.parent(rel, true)?;
         let name_os = OsStr::from_bytes(name);
         let mode = Mode::from_bits_truncate(0o700);
         match nix::sys::stat::mkdirat(&*parent, name_os, mode) {
             Ok(()) => return Ok(true),
             Err(Errno::EEXIST) => {}
-            Err(e) => return Err(format!("cannot create: {}", errno_text(e))),
+            Err(e) => return Err(Failure::os("cannot create", e)),
         }
         match open_dir(&*parent, name) {
             Ok(_) => Ok(false),
             Err(Errno::ENOTDIR | Errno::ELOOP) if overwrite => {
                 nix::unistd::unlinkat(&*parent, name_os, UnlinkatFlags::NoRemoveDir)
-                    .map_err(|e| format!("cannot replace what is there: {}", errno_text(e)))?;
+                    .map_err(Failure::when("cannot replace what is there"))?;
                 nix::sys::stat::mkdirat(&*parent, name_os, mode)
-                    .map_err(|e| format!("cannot create: {}", errno_text(e)))?;
+                    .map_err(Failure::when("cannot create"))?;
                 Ok(true)
             }
             Err(e) => Err(not_a_dir(rel, e)),
@@ -201,19 +202,19 @@ impl Dest {
 
     /// Makes room for a non-directory at `name` in `parent`: nothing may be there, or,
     /// with `overwrite`, anything but a directory, which is then removed.
-    pub fn clear(parent: &DirFd, name: &[u8], overwrite: bool) -> std::result::Result<(), String> {
+    pub fn clear(parent: &DirFd, name: &[u8], overwrite: bool) -> Result<(), Failure> {
         let name_os = OsStr::from_bytes(name);
         match nix::sys::stat::fstatat(&**parent, name_os, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Err(Errno::ENOENT) => Ok(()),
-            Err(e) => Err(errno_text(e)),
+            Err(e) => Err(Failure::os("cannot look at what is there", e)),
             Ok(st) if st.st_mode & libc_s_ifmt() == libc_s_ifdir() => {
-                Err("exists as a directory".into())
+                Err(Failure::Exists { directory: true })
             }
             Ok(_) if overwrite => {
                 nix::unistd::unlinkat(&**parent, name_os, UnlinkatFlags::NoRemoveDir)
-                    .map_err(|e| format!("cannot replace it: {}", errno_text(e)))
+                    .map_err(Failure::when("cannot replace it"))
             }
-            Ok(_) => Err("exists; pass --overwrite to replace it".into()),
+            Ok(_) => Err(Failure::Exists { directory: false }),
         }
     }
 }
@@ -230,14 +231,14 @@ fn show(rel: &[u8]) -> String {
     String::from_utf8_lossy(rel).into_owned()
 }
 
-fn not_a_dir(rel: &[u8], e: Errno) -> String {
+fn not_a_dir(rel: &[u8], e: Errno) -> Failure {
     match e {
-        Errno::ENOTDIR | Errno::ELOOP => format!(
+        Errno::ENOTDIR | Errno::ELOOP => Failure::Refused(format!(
             "{} exists in the destination and is not a directory (a symbolic link is \
              never followed); pass --overwrite to replace it",
             show(rel)
-        ),
-        e => format!("cannot open {}: {}", show(rel), errno_text(e)),
+        )),
+        e => Failure::os(format!("cannot open {}", show(rel)), e),
     }
 }
 
@@ -259,18 +260,16 @@ pub(super) fn apply_meta_fd(
     m: &Meta,
     dir: bool,
     policy: &MetaPolicy,
-) -> std::result::Result<(), String> {
+) -> Result<(), Failure> {
     // The owner first: chown clears setuid and setgid bits.
     if policy.owners {
         let (uid, gid) = owner_ids(m);
-        nix::unistd::fchown(fd, Some(uid), Some(gid))
-            .map_err(|e| format!("cannot set owner: {}", errno_text(e)))?;
+        nix::unistd::fchown(fd, Some(uid), Some(gid)).map_err(Failure::when("cannot set owner"))?;
     }
     let mode = Mode::from_bits_truncate(policy.mode(m.mode, dir) as _);
-    nix::sys::stat::fchmod(fd, mode).map_err(|e| format!("cannot set mode: {}", errno_text(e)))?;
+    nix::sys::stat::fchmod(fd, mode).map_err(Failure::when("cannot set mode"))?;
     let (atime, mtime) = times(m);
-    nix::sys::stat::futimens(fd, &atime, &mtime)
-        .map_err(|e| format!("cannot set mtime: {}", errno_text(e)))
+    nix::sys::stat::futimens(fd, &atime, &mtime).map_err(Failure::when("cannot set mtime"))
 }
 
 /// Applies owner, mode (not for symlinks) and mtime to `name` in `parent`, never
@@ -281,7 +280,7 @@ pub(super) fn apply_meta_at(
     m: &Meta,
     symlink: bool,
     policy: &MetaPolicy,
-) -> std::result::Result<(), String> {
+) -> Result<(), Failure> {
     let name = OsStr::from_bytes(name);
     if policy.owners {
         let (uid, gid) = owner_ids(m);
@@ -292,12 +291,12 @@ pub(super) fn apply_meta_at(
             Some(gid),
             AtFlags::AT_SYMLINK_NOFOLLOW,
         )
-        .map_err(|e| format!("cannot set owner: {}", errno_text(e)))?;
+        .map_err(Failure::when("cannot set owner"))?;
     }
     if !symlink {
         let mode = Mode::from_bits_truncate(policy.mode(m.mode, false) as _);
         nix::sys::stat::fchmodat(&**parent, name, mode, FchmodatFlags::NoFollowSymlink)
-            .map_err(|e| format!("cannot set mode: {}", errno_text(e)))?;
+            .map_err(Failure::when("cannot set mode"))?;
     }
     let (atime, mtime) = times(m);
     nix::sys::stat::utimensat(
@@ -307,7 +306,7 @@ pub(super) fn apply_meta_at(
         &mtime,
         UtimensatFlags::NoFollowSymlink,
     )
-    .map_err(|e| format!("cannot set mtime: {}", errno_text(e)))
+    .map_err(Failure::when("cannot set mtime"))
 }
 
 fn lookup_user(name: &[u8]) -> Option<u32> {

@@ -18,7 +18,9 @@ use nix::unistd::UnlinkatFlags;
 use rayon::prelude::*;
 
 use super::dest::{apply_meta_fd, DirFd, MetaPolicy};
+use super::failure::Failure;
 use crate::crypto::Decryptor;
+use crate::error::Error;
 use crate::format::metafile::{ChunkRef, Encoding, Meta};
 use crate::ids::ChunkHash;
 use crate::progress::Progress;
@@ -29,11 +31,8 @@ pub(super) const BATCH: usize = 8;
 /// The prefix of temporary files.
 pub(super) const TEMP_PREFIX: &str = ".coffer-restore-";
 
-/// Why a file was not written when the restore was interrupted.
-pub(super) const INTERRUPTED: &str = "interrupted";
-
 /// Gives a chunk's stored message; its arguments are the chunk and the rest of the file.
-pub(super) type Fetch<'f> = dyn FnMut(&ChunkRef, &[ChunkRef]) -> Result<Bytes, String> + 'f;
+pub(super) type Fetch<'f> = dyn FnMut(&ChunkRef, &[ChunkRef]) -> Result<Bytes, Failure> + 'f;
 
 /// What a file must turn out to be.
 pub(super) struct Expected {
@@ -76,7 +75,7 @@ pub(super) struct Done {
     pub shown: PathBuf,
     pub bytes: u64,
     pub held: u64,
-    pub result: Result<(), String>,
+    pub result: Result<(), Failure>,
     pub fatal: bool,
 }
 
@@ -93,21 +92,20 @@ pub(super) fn worker(jobs: Arc<Mutex<Receiver<FileJob>>>, done: Sender<Done>, s:
         let (path, shown, size) = (job.path.clone(), job.place.shown.clone(), job.expected.size);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if s.cancel.is_cancelled() {
-                return Err(INTERRUPTED.to_string());
+                return Err(Failure::Interrupted);
             }
             let mut messages = job.messages.into_iter();
             write_file(&s, &job.place, &job.chunks, &job.expected, &mut |_, _| {
-                messages
-                    .next()
-                    .ok_or_else(|| "internal error: message missing".to_string())
+                messages.next().ok_or_else(|| {
+                    Failure::from(Error::Internal(
+                        "a restore worker lacks a chunk's message".into(),
+                    ))
+                })
             })
         }));
         let (result, fatal) = match outcome {
             Ok(r) => (r, false),
-            Err(_) => (
-                Err("internal error: a restore worker failed".to_string()),
-                true,
-            ),
+            Err(_) => (Err(Failure::Interrupted), true),
         };
         let answer = Done {
             path,
@@ -124,29 +122,39 @@ pub(super) fn worker(jobs: Arc<Mutex<Receiver<FileJob>>>, done: Sender<Done>, s:
 }
 
 /// Decrypts, decompresses and checks one chunk's message.
-pub(super) fn open_chunk(d: &Decryptor, c: &ChunkRef, message: &[u8]) -> Result<Vec<u8>, String> {
+pub(super) fn open_chunk(d: &Decryptor, c: &ChunkRef, message: &[u8]) -> Result<Vec<u8>, Error> {
     let what = format!("chunk at {}+{} of object {}", c.offset, c.length, c.object);
-    let plain = d.open_chunk(&what, message).map_err(|e| e.to_string())?;
+    let plain = d.open_chunk(&what, message)?;
     let data = match c.encoding {
         // Never more than the recorded size (itself bounded by the metafile reader): a
         // forged chunk cannot inflate without bound.
-        Encoding::Zstd => zstd::bulk::decompress(&plain, c.size as usize)
-            .map_err(|e| format!("{what}: cannot decompress: {e}"))?,
+        Encoding::Zstd => {
+            zstd::bulk::decompress(&plain, c.size as usize).map_err(|e| Error::Corrupt {
+                what: what.clone(),
+                reason: format!("cannot decompress: {e}"),
+            })?
+        }
         _ => plain,
     };
     if data.len() as u64 != c.size || ChunkHash::of(&data) != c.hash {
-        return Err(format!(
-            "{what}: content does not match its recorded BLAKE3"
-        ));
+        return Err(Error::Corrupt {
+            what,
+            reason: "content does not match its recorded BLAKE3".into(),
+        });
     }
     Ok(data)
 }
 
 /// A temporary file in `parent`, created with `O_EXCL | O_NOFOLLOW`, mode 0600.
-fn temporary(parent: &DirFd) -> Result<(File, Vec<u8>), String> {
+fn temporary(parent: &DirFd) -> Result<(File, Vec<u8>), Failure> {
     for _ in 0..100 {
         let mut r = [0u8; 6];
-        getrandom::fill(&mut r).map_err(|e| format!("random name: {e}"))?;
+        getrandom::fill(&mut r).map_err(|e| {
+            Failure::io(
+                "cannot name a temporary file",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
         let name = format!("{TEMP_PREFIX}{}", hex::encode(r)).into_bytes();
         match nix::fcntl::openat(
             &**parent,
@@ -156,15 +164,12 @@ fn temporary(parent: &DirFd) -> Result<(File, Vec<u8>), String> {
         ) {
             Ok(fd) => return Ok((File::from(fd), name)),
             Err(Errno::EEXIST) => continue,
-            Err(e) => {
-                return Err(format!(
-                    "cannot create a temporary file: {}",
-                    std::io::Error::from(e)
-                ))
-            }
+            Err(e) => return Err(Failure::os("cannot create a temporary file", e)),
         }
     }
-    Err("cannot create a temporary file: every name tried exists".into())
+    Err(Failure::refused(
+        "cannot create a temporary file: every name tried exists",
+    ))
 }
 
 /// Removes a temporary file (best effort: it is already a failure being reported).
@@ -179,12 +184,12 @@ pub(super) fn remove_temporary(parent: &DirFd, name: &[u8]) {
 /// Moves `tmp` to `name` in `parent`: without `overwrite` only if nothing is there
 /// (`RENAME_NOREPLACE`, or a hard link where the file system lacks it); with it,
 /// replacing anything but a directory.
-fn persist(parent: &DirFd, tmp: &[u8], name: &[u8], overwrite: bool) -> Result<(), String> {
+fn persist(parent: &DirFd, tmp: &[u8], name: &[u8], overwrite: bool) -> Result<(), Failure> {
     let (tmp, name) = (OsStr::from_bytes(tmp), OsStr::from_bytes(name));
     let fail = |e: Errno| match e {
-        Errno::EEXIST | Errno::ENOTEMPTY => "exists; pass --overwrite to replace it".to_string(),
-        Errno::EISDIR => "exists as a directory".to_string(),
-        e => format!("cannot move into place: {}", std::io::Error::from(e)),
+        Errno::EEXIST | Errno::ENOTEMPTY => Failure::Exists { directory: false },
+        Errno::EISDIR => Failure::Exists { directory: true },
+        e => Failure::os("cannot move into place", e),
     };
     if overwrite {
         return nix::fcntl::renameat(&**parent, tmp, &**parent, name).map_err(fail);
@@ -207,7 +212,7 @@ fn persist(parent: &DirFd, tmp: &[u8], name: &[u8], overwrite: bool) -> Result<(
             )
             .map_err(fail)?;
             nix::unistd::unlinkat(&**parent, tmp, UnlinkatFlags::NoRemoveDir)
-                .map_err(|e| format!("cannot remove the temporary file: {e}"))
+                .map_err(Failure::when("cannot remove the temporary file"))
         }
         Err(e) => Err(fail(e)),
     }
@@ -223,7 +228,7 @@ pub(super) fn write_file(
     chunks: &[ChunkRef],
     expected: &Expected,
     fetch: &mut Fetch<'_>,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let (mut tmp, tmp_name) = temporary(&place.parent)?;
     let result = fill(s, &mut tmp, chunks, expected, fetch)
         .and_then(|()| apply_meta_fd(&tmp, &expected.meta, false, &s.policy))
@@ -243,12 +248,12 @@ fn fill(
     chunks: &[ChunkRef],
     expected: &Expected,
     fetch: &mut Fetch<'_>,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let mut whole = blake3::Hasher::new();
     let mut written = 0u64;
     for (b, batch) in chunks.chunks(BATCH).enumerate() {
         if s.cancel.is_cancelled() {
-            return Err(INTERRUPTED.to_string());
+            return Err(Failure::Interrupted);
         }
         let mut messages = Vec::with_capacity(batch.len());
         for (i, c) in batch.iter().enumerate() {
@@ -258,20 +263,22 @@ fn fill(
             .par_iter()
             .zip(messages.par_iter())
             .map(|(c, m)| open_chunk(s.decryptor, c, m))
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, Error>>()?;
         for data in plain {
             whole.update(&data);
-            write_sparse(tmp, &data, written).map_err(|e| format!("write failed: {e}"))?;
+            write_sparse(tmp, &data, written).map_err(|e| Failure::io("write failed", e))?;
             written += data.len() as u64;
             s.progress.bytes(data.len() as u64);
         }
     }
     if written != expected.size || ChunkHash::from(whole.finalize()) != expected.hash {
-        return Err("restored content does not match the file's recorded BLAKE3".into());
+        return Err(Failure::refused(
+            "restored content does not match the file's recorded BLAKE3",
+        ));
     }
     // Zero blocks were skipped, not written: the length makes a hole at the end too.
     tmp.set_len(written)
-        .map_err(|e| format!("write failed: {e}"))?;
+        .map_err(|e| Failure::io("write failed", e))?;
     Ok(())
 }
 

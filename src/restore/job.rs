@@ -6,10 +6,12 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
 
 use nix::sys::stat::{makedev, Mode, SFlag};
 
 use super::dest::{apply_meta_at, apply_meta_fd, Dest, DirFd};
+use super::failure::Failure;
 use super::files::{self, Place};
 use super::packs::PackCache;
 use super::{check_path, is_ancestor_of, selected, Checked, RestoreOptions, RestoreStats};
@@ -55,7 +57,9 @@ pub(super) struct Job<'a> {
     pub borrowed: HashMap<Vec<u8>, Vec<u8>>,
     /// Borrowed targets already restored: target path -> the link path holding the data.
     relocated: HashMap<Vec<u8>, Vec<u8>>,
-    bad_objects: HashMap<ObjectKey, String>,
+    /// Objects that cannot be had (missing, damaged, refused): every file that needs one
+    /// fails with the same cause, without asking the target again.
+    bad_objects: HashMap<ObjectKey, Arc<Error>>,
     packs: PackCache,
     /// Directories whose recorded metadata is applied at the end.
     dirs: Vec<(Vec<u8>, Meta)>,
@@ -193,7 +197,7 @@ impl<'a> Job<'a> {
                 Ok(())
             }
             Kind::Hardlink { target } => match check_path(target) {
-                Err(r) => Err(format!("refused hard link target: {r}")),
+                Err(r) => Err(Failure::Refused(format!("refused hard link target: {r}"))),
                 Ok(()) => {
                     let d = Deferred::Hardlink {
                         target: target.clone(),
@@ -219,7 +223,7 @@ impl<'a> Job<'a> {
         Ok(())
     }
 
-    fn dir(&mut self, entry: &Entry) -> std::result::Result<(), String> {
+    fn dir(&mut self, entry: &Entry) -> std::result::Result<(), Failure> {
         let apply = if entry.path == b"." {
             self.dest.created_root || self.opts.overwrite
         } else {
@@ -257,7 +261,7 @@ impl<'a> Job<'a> {
         st.mode & 0o7777 == policy.mode(meta.mode, true) && owner_ok
     }
 
-    fn place(&mut self, path: &[u8]) -> std::result::Result<Place, String> {
+    fn place(&mut self, path: &[u8]) -> std::result::Result<Place, Failure> {
         let (parent, name) = self.dest.parent(path, true)?;
         Ok(Place {
             parent,
@@ -266,7 +270,7 @@ impl<'a> Job<'a> {
         })
     }
 
-    fn special(&mut self, entry: &Entry) -> std::result::Result<(), String> {
+    fn special(&mut self, entry: &Entry) -> std::result::Result<(), Failure> {
         let place = self.place(&entry.path)?;
         if !self.opts.overwrite && special_is_there(&place, &entry.kind) {
             self.stats.identical += 1;
@@ -291,9 +295,9 @@ impl<'a> Job<'a> {
                 mode,
                 makedev(major, minor),
             ),
-            _ => return Err("internal error: not a special file".into()),
+            _ => return Err(Error::Internal("not a special file".into()).into()),
         };
-        r.map_err(|e| format!("cannot create: {}", std::io::Error::from(e)))?;
+        r.map_err(Failure::when("cannot create"))?;
         self.stats.other_entries += 1;
         self.note_setid(&entry.meta);
         apply_meta_at(
@@ -311,9 +315,9 @@ impl<'a> Job<'a> {
         }
     }
 
-    fn file(&mut self, entry: &Entry) -> std::result::Result<(), String> {
+    fn file(&mut self, entry: &Entry) -> std::result::Result<(), Failure> {
         let Kind::File { size, hash, chunks } = &entry.kind else {
-            return Err("internal error: not a file".into());
+            return Err(Error::Internal("not a file".into()).into());
         };
         let place = self.place(&entry.path)?;
         let expected = files::Expected {
@@ -328,12 +332,15 @@ impl<'a> Job<'a> {
                 self.stats.identical += 1;
                 return Ok(());
             }
-            if !self.opts.overwrite || e.contains("directory") {
-                return Err(if e.starts_with("exists;") {
-                    "exists and differs from the run; pass --overwrite to replace it".into()
-                } else {
-                    e
-                });
+            match e {
+                Failure::Exists { directory: false } if !self.opts.overwrite => {
+                    return Err(Failure::refused(
+                        "exists and differs from the run; pass --overwrite to replace it",
+                    ))
+                }
+                Failure::Exists { directory: true } => return Err(e),
+                e if !self.opts.overwrite => return Err(e),
+                _ => {} // --overwrite: the file is moved over what is there
             }
         }
         self.note_setid(&entry.meta);
@@ -420,7 +427,7 @@ impl<'a> Job<'a> {
                     self.stats.bytes += done.bytes;
                     self.progress.item(&done.shown.to_string_lossy());
                 }
-                Err(reason) if reason == files::INTERRUPTED => {}
+                Err(Failure::Interrupted) => {}
                 Err(reason) => self.fail(&done.path, reason),
             }
         }
@@ -446,22 +453,25 @@ impl<'a> Job<'a> {
         &mut self,
         c: &ChunkRef,
         ahead: &[ChunkRef],
-    ) -> std::result::Result<bytes::Bytes, String> {
-        if let Some(reason) = self.bad_objects.get(&c.object) {
-            return Err(reason.clone());
+    ) -> std::result::Result<bytes::Bytes, Failure> {
+        if let Some(e) = self.bad_objects.get(&c.object) {
+            return Err(Failure::Stored(e.clone()));
         }
         match self.packs.message(self.store, c, ahead) {
             Ok(b) => Ok(b),
             Err(e) => {
-                let permanent = matches!(e, Error::NotFound(_) | Error::Corrupt { .. });
-                let reason = match e {
-                    Error::NotFound(_) => format!("object {} is missing from the target", c.object),
-                    e => e.to_string(),
-                };
-                if permanent {
-                    self.bad_objects.insert(c.object, reason.clone());
+                let e = Arc::new(match e {
+                    Error::NotFound(_) => {
+                        Error::NotFound(format!("object {} is missing from the target", c.object))
+                    }
+                    e => e,
+                });
+                // What may work the next time (a dropped connection, once the store's
+                // own retries are spent) is asked again by the next file that needs it.
+                if !e.is_retryable() {
+                    self.bad_objects.insert(c.object, e.clone());
                 }
-                Err(reason)
+                Err(Failure::Stored(e))
             }
         }
     }
@@ -528,7 +538,7 @@ impl<'a> Job<'a> {
     }
 
     /// Creates a link; `Ok(false)` if it was there already.
-    fn link(&mut self, rel: &[u8], d: &Deferred) -> std::result::Result<bool, String> {
+    fn link(&mut self, rel: &[u8], d: &Deferred) -> std::result::Result<bool, Failure> {
         let (parent, name) = self.dest.parent(rel, true)?;
         if !self.opts.overwrite && self.link_is_there(&parent, name, d) {
             self.stats.identical += 1;
@@ -546,17 +556,11 @@ impl<'a> Job<'a> {
                     name_os,
                     nix::fcntl::AtFlags::empty(),
                 )
-                .map_err(|e| {
-                    format!(
-                        "cannot link to {}: {}",
-                        self.show(target),
-                        std::io::Error::from(e)
-                    )
-                })?;
+                .map_err(|e| Failure::os(format!("cannot link to {}", self.show(target)), e))?;
             }
             Deferred::Symlink { target, meta } => {
                 nix::unistd::symlinkat(os(target), &*parent, name_os)
-                    .map_err(|e| format!("cannot create symlink: {}", std::io::Error::from(e)))?;
+                    .map_err(Failure::when("cannot create symlink"))?;
                 apply_meta_at(&parent, name, meta, true, &self.settings.policy)?;
             }
         }

@@ -17,6 +17,7 @@
 //! destination's handles.
 
 mod dest;
+mod failure;
 mod files;
 mod job;
 mod packs;
@@ -132,11 +133,12 @@ pub fn restore(
         check_path(p).map_err(|r| Error::Usage(format!("path {:?}: {r}", os(p))))?;
     }
     let (metafile, checked) = fetch_and_check(store, source, decryptor, opts, progress)?;
-    let dest = Dest::open(&opts.to).map_err(|reason| {
-        Error::Usage(format!(
-            "restore destination {}: {reason}",
-            opts.to.display()
-        ))
+    let dest = Dest::open(&opts.to).map_err(|failure| match failure {
+        failure::Failure::Os { source, .. } => Error::io(&opts.to, source),
+        other => Error::Usage(format!(
+            "restore destination {}: {other}",
+            crate::text::path(&opts.to)
+        )),
     })?;
     let mut reader = metafile.open(decryptor)?;
     progress.phase(&format!("restore {}", checked.run), None);

@@ -1,52 +1,21 @@
-//! prune and gc, end to end on a folder target: retention against runs with chosen
-//! timestamps, gc deleting exactly the unreferenced objects, the stale-index hazard with
-//! two hosts, and an interrupted backup. The safety bounds are set to seconds
-//! (`dedup_max_age = "0s"`, `max_run_time = "4s"`: a grace period of 4 s) so that gc
-//! deletes for real; the tests sleep past them.
+//! prune and gc on a folder target, where a test can set what the store records: retention
+//! against runs with chosen timestamps, and gc while a backup uploads. The scenarios that
+//! any target kind runs (gc after prune, the stale-index hazard with two hosts, an
+//! interrupted backup) are in tests/scenarios.rs.
 
 mod util;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use util::*;
 
-/// Longer than the grace period the bounds below give (4 s), with a margin for the
-/// one-second resolution of the index's timestamps.
-const PAST_GRACE: Duration = Duration::from_millis(5200);
-
-/// Appends the short safety bounds (and `extra`) to the target section, the config's last.
-fn short_bounds(fx: &Fixture, extra: &str) {
-    let mut text = std::fs::read_to_string(&fx.config).unwrap();
-    text += "dedup_max_age = \"0s\"\nmax_run_time = \"4s\"\npack_size = \"1MiB\"\n";
-    text += extra;
-    std::fs::write(&fx.config, text).unwrap();
-}
-
 fn coffer_json(fx: &Fixture, args: &[&str]) -> Value {
     let mut cmd = fx.cmd();
     cmd.args(args).arg("--json");
     run(cmd).ok().json()
-}
-
-/// The object keys a run's object list names.
-fn refs_of(target: &Path, host: &str, run: &str) -> BTreeSet<String> {
-    let path = target
-        .join("runs")
-        .join(host)
-        .join(SOURCE)
-        .join(format!("{run}.refs"));
-    refs_keys(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
-}
-
-fn object_names(fx: &Fixture) -> BTreeSet<String> {
-    fx.objects()
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect()
 }
 
 fn run_ids(fx: &Fixture) -> Vec<String> {
@@ -203,201 +172,6 @@ fn prune_without_rules_or_with_zero_counts_is_refused() {
     cmd.args(["prune", "--keep-last", "0"]);
     run(cmd).expect(2);
     assert_eq!(fx.runs().len(), 1);
-}
-
-#[test]
-fn gc_after_prune_deletes_exactly_the_unreferenced_objects() {
-    let fx = Fixture::new();
-    short_bounds(&fx, "");
-    let a = pseudo_random(1, 3 << 20);
-    let b = pseudo_random(2, 200_000);
-    let c = pseudo_random(3, 2 << 20);
-    let d = pseudo_random(4, 500_000);
-    write(&fx.src.join("a"), &a);
-    write(&fx.src.join("b"), &b);
-    fx.backup_ok();
-    std::thread::sleep(Duration::from_millis(1100));
-    std::fs::remove_file(fx.src.join("a")).unwrap();
-    write(&fx.src.join("c"), &c);
-    fx.backup_ok();
-    std::thread::sleep(Duration::from_millis(1100));
-    write(&fx.src.join("d"), &d);
-    fx.backup_ok();
-    let runs = run_ids(&fx);
-    assert_eq!(runs.len(), 3);
-    let refs: Vec<_> = runs.iter().map(|r| refs_of(&fx.target, HOST, r)).collect();
-    let before = object_names(&fx);
-    let union: BTreeSet<String> = refs.iter().flatten().cloned().collect();
-    assert_eq!(before, union, "every object belongs to a run");
-
-    let pruned = coffer_json(&fx, &["prune", "--keep-last", "2"]);
-    assert_eq!(pruned[0]["deleted"], 1);
-    let retained: BTreeSet<String> = refs[1].union(&refs[2]).cloned().collect();
-    let garbage: BTreeSet<String> = before.difference(&retained).cloned().collect();
-    assert!(
-        !garbage.is_empty(),
-        "file a alone filled packs only run 1 used"
-    );
-
-    std::thread::sleep(PAST_GRACE);
-    let mut cmd = fx.cmd();
-    cmd.args(["gc", "--grace", "3s"]);
-    run(cmd)
-        .expect(EXIT_ERROR)
-        .stderr_has("shorter than dedup_max_age + max_run_time");
-    let dry = coffer_json(&fx, &["gc", "--dry-run"]);
-    assert_eq!(dry[0]["objects_deleted"], garbage.len(), "{dry:#}");
-    assert_eq!(object_names(&fx), before, "a dry run deletes nothing");
-    let done = coffer_json(&fx, &["gc"]);
-    assert_eq!(done[0]["objects_deleted"], garbage.len(), "{done:#}");
-    assert_eq!(done[0]["objects_referenced"], retained.len());
-    assert_eq!(done[0]["runs"], 2);
-    assert_eq!(
-        object_names(&fx),
-        retained,
-        "exactly the unreferenced objects went"
-    );
-
-    restore_run_matches(&fx, &runs[1], &[("b", &b), ("c", &c)], "r2");
-    restore_run_matches(&fx, &runs[2], &[("b", &b), ("c", &c), ("d", &d)], "r3");
-
-    // A metafile without its object list (a put-only host can plant one): gc cannot
-    // know what that run needs, says so, and goes on with the others: what only that run
-    // referenced goes, what the others need stays.
-    std::fs::remove_file(
-        fx.target
-            .join("runs")
-            .join(HOST)
-            .join(SOURCE)
-            .join(format!("{}.refs", runs[1])),
-    )
-    .unwrap();
-    let mut cmd = fx.cmd();
-    cmd.arg("gc");
-    run(cmd)
-        .expect(EXIT_PARTIAL)
-        .stderr_has("no object list")
-        .stderr_has(&runs[1]);
-    assert_eq!(object_names(&fx), refs[2]);
-    restore_run_matches(
-        &fx,
-        &runs[2],
-        &[("b", &b), ("c", &c), ("d", &d)],
-        "r3-again",
-    );
-}
-
-/// Brackup's hazard: host B's index lists chunks that host A's gc deleted. B's next run
-/// must upload them again, not reference the deleted objects.
-#[test]
-fn another_hosts_stale_index_never_references_collected_objects() {
-    let fx = Fixture::new();
-    short_bounds(&fx, "");
-    // Host B: its own state directory and source tree, the same target.
-    let b_src = fx.path("b-src");
-    let b_config = fx.path("b.toml");
-    let text = std::fs::read_to_string(&fx.config)
-        .unwrap()
-        .replace(&format!("host = \"{HOST}\""), "host = \"hostb\"")
-        .replace(&toml_str(&fx.state), &toml_str(&fx.path("b-state")))
-        .replace(&toml_str(&fx.src), &toml_str(&b_src));
-    std::fs::write(&b_config, text).unwrap();
-    let backup_b = || {
-        let out = fx.backup_using(&b_config).ok();
-        out.json()["runs"][0]["run"].as_str().unwrap().to_string()
-    };
-    let dropped = pseudo_random(7, 1_500_000);
-    let kept = pseudo_random(8, 700_000);
-    write(&b_src.join("dropped"), &dropped);
-    backup_b();
-    std::thread::sleep(Duration::from_millis(1100));
-    std::fs::remove_file(b_src.join("dropped")).unwrap();
-    write(&b_src.join("kept"), &kept);
-    backup_b();
-    write(&fx.src.join("a"), b"host a's own data\n");
-    fx.backup_ok();
-    let objects = object_names(&fx);
-
-    // Host A prunes every host's runs to the newest and collects.
-    std::thread::sleep(PAST_GRACE);
-    coffer_json(&fx, &["prune", "--keep-last", "1"]);
-    let gc = coffer_json(&fx, &["gc"]);
-    assert!(gc[0]["objects_deleted"].as_u64().unwrap() >= 1, "{gc:#}");
-    assert!(object_names(&fx).len() < objects.len());
-
-    // Host B backs up the dropped data again; its index still lists those chunks.
-    write(&b_src.join("dropped"), &dropped);
-    let run = backup_b();
-    let on_target = object_names(&fx);
-    let needed = refs_of(&fx.target, "hostb", &run);
-    assert!(
-        needed.is_subset(&on_target),
-        "the new run references deleted objects: {:?}",
-        needed.difference(&on_target).collect::<Vec<_>>()
-    );
-    let to = fx.path("restored-b");
-    let mut cmd = util::coffer(&fx.home);
-    cmd.arg("-c")
-        .arg(&b_config)
-        .args(["restore", "--key"])
-        .arg(&fx.secret_key)
-        .args(["--source", SOURCE, "--host", "hostb", "--to"])
-        .arg(&to);
-    let out = util::run(cmd).ok();
-    assert_restored(
-        &out,
-        &to,
-        &[("dropped", &dropped), ("kept", &kept)],
-        "hostb's run",
-    );
-}
-
-/// A backup killed after uploading packs but before its metafile; gc removes what it
-/// left; the re-run must not reference any of it.
-#[test]
-fn an_interrupted_backup_then_gc_then_a_rerun_restores_completely() {
-    let fx = Fixture::new();
-    // Slow uploads so that the backup can be killed half way.
-    short_bounds(
-        &fx,
-        "upload_rate_limit = \"1MiB\"\nupload_concurrency = 1\n",
-    );
-    let data: Vec<(String, Vec<u8>)> = (0..6)
-        .map(|i| (format!("f{i}"), pseudo_random(20 + i, 1 << 20)))
-        .collect();
-    for (name, bytes) in &data {
-        write(&fx.src.join(name), bytes);
-    }
-    let mut child = spawn_backup(&fx);
-    wait_for_packs(&fx, &mut child, 2);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let left = object_names(&fx);
-    assert!(fx.runs().is_empty(), "the killed run never committed");
-    // Too young: the grace period protects them (the run might still be committing).
-    let young = coffer_json(&fx, &["gc"]);
-    assert_eq!(young[0]["objects_deleted"], 0, "{young:#}");
-    assert_eq!(young[0]["objects_young"], left.len());
-    assert_eq!(object_names(&fx), left);
-
-    std::thread::sleep(PAST_GRACE);
-    let gc = coffer_json(&fx, &["gc"]);
-    assert_eq!(gc[0]["objects_deleted"], left.len(), "{gc:#}");
-    assert!(object_names(&fx).is_empty());
-
-    let config = std::fs::read_to_string(&fx.config)
-        .unwrap()
-        .replace("upload_rate_limit = \"1MiB\"\n", "");
-    std::fs::write(&fx.config, config).unwrap();
-    let stats = fx.backup_ok();
-    let run = stats["run"].as_str().unwrap();
-    let needed = refs_of(&fx.target, HOST, run);
-    assert!(needed.is_subset(&object_names(&fx)));
-    let expected: Vec<(&str, &[u8])> = data
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.as_slice()))
-        .collect();
-    restore_run_matches(&fx, run, &expected, "restored");
 }
 
 /// `coffer backup` in the background.

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod forge;
+pub mod target;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -367,6 +368,16 @@ impl Fixture {
         v.sort();
         v
     }
+}
+
+/// A few files in nested directories, with a symlink; mtimes in the past.
+pub fn small_tree(src: &Path) {
+    write(&src.join("etc/hosts"), b"127.0.0.1 localhost\n");
+    write(&src.join("etc/app/config.toml"), b"[a]\nb = 1\n");
+    write(&src.join("data.bin"), &pseudo_random(1, 1_500_000));
+    write(&src.join("empty"), b"");
+    std::os::unix::fs::symlink("etc/hosts", src.join("hosts-link")).unwrap();
+    set_past_mtimes(src, 1_600_000_000);
 }
 
 /// A TOML basic string holding `p`.

@@ -1,0 +1,578 @@
+//! A fixture on a target of one kind, so that a scenario is written once and runs against
+//! every kind of target the test servers provide (object_store runs one conformance suite
+//! against every backend the same way).
+//!
+//! [`Kind::Folder`] is the fixture's own `file://` folder; [`Kind::S3`] is a fresh prefix
+//! of the bucket on the S3 test server (moto, started by `scripts/s3-server.sh`, which
+//! `scripts/test.sh` runs and names in `COFFER_TEST_S3_ENV`). That server enforces IAM: a
+//! put-only user may only create objects, an admin may do anything. Adding a kind (Azure,
+//! GCS) means: a variant, its config section, its listing, reading and deleting.
+//!
+//! Keys are relative to the target's root (`data/ab/ab…`, `runs/<host>/<source>/…`), so a
+//! scenario never sees which kind it runs on unless it asks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::*;
+
+/// The kinds of target a scenario runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Folder,
+    S3,
+}
+
+/// Writes each named scenario (a `fn(Kind)`) as one test per target kind, in a module of
+/// the scenario's name: `gc_after_prune::folder`, `gc_after_prune::s3`.
+#[macro_export]
+macro_rules! per_kind {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn folder() {
+                super::$scenario($crate::util::target::Kind::Folder)
+            }
+            #[test]
+            fn s3() {
+                super::$scenario($crate::util::target::Kind::S3)
+            }
+        }
+    )*};
+}
+
+/// Longer than the grace period [`SHORT_BOUNDS`] give (4 s), with a margin for the
+/// one-second resolution of the index's timestamps and of S3's LastModified.
+pub const PAST_GRACE: Duration = Duration::from_millis(5200);
+
+/// Safety bounds of seconds, so that gc deletes for real: a grace period of 4 s.
+pub const SHORT_BOUNDS: &str = "dedup_max_age = \"0s\"\nmax_run_time = \"4s\"\n";
+
+/// Held by every step that deletes from the S3 bucket (prune, gc with the admin
+/// credential) and by the step that checks the server's log for deletes: a batch delete
+/// (`POST /bucket?delete`) does not name its keys in the log, so that check must not
+/// overlap another test's deletes. The tests of one binary share one process, so a static
+/// lock suffices; on a folder it is not taken.
+static DELETES: Mutex<()> = Mutex::new(());
+
+thread_local! {
+    /// Whether this thread holds [`DELETES`].
+    static HOLDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`DELETES`] held by this thread, or nothing when it was held already.
+pub struct DeletesGuard(Option<MutexGuard<'static, ()>>);
+
+impl Drop for DeletesGuard {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            HOLDING.set(false);
+        }
+    }
+}
+
+/// The S3 test server's settings, from the file `COFFER_TEST_S3_ENV` names.
+pub struct S3 {
+    pub endpoint: String,
+    pub bucket: String,
+    pub admin: (String, String),
+    pub put: (String, String),
+    pub log: PathBuf,
+    pub aws_cli: PathBuf,
+}
+
+impl S3 {
+    pub fn from_env() -> S3 {
+        let path = std::env::var("COFFER_TEST_S3_ENV").unwrap_or_else(|_| {
+            panic!(
+                "COFFER_TEST_S3_ENV is not set: run the tests with scripts/test.sh, which \
+                 starts the S3 test server (scripts/s3-server.sh)"
+            )
+        });
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let v: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+        let get = |k: &str| {
+            v.get(k)
+                .unwrap_or_else(|| panic!("{k} missing in {path}"))
+                .to_string()
+        };
+        S3 {
+            endpoint: get("COFFER_TEST_S3_ENDPOINT"),
+            bucket: get("COFFER_TEST_S3_BUCKET"),
+            admin: (
+                get("COFFER_TEST_S3_ADMIN_KEY"),
+                get("COFFER_TEST_S3_ADMIN_SECRET"),
+            ),
+            put: (
+                get("COFFER_TEST_S3_PUT_KEY"),
+                get("COFFER_TEST_S3_PUT_SECRET"),
+            ),
+            log: get("COFFER_TEST_S3_LOG").into(),
+            aws_cli: get("COFFER_TEST_AWS_CLI").into(),
+        }
+    }
+}
+
+/// Which credential a command uses. On a folder both are the same: the file system has
+/// no put-only credential (its promises are the folder's permissions, tested apart).
+#[derive(Clone, Copy, Debug)]
+pub enum Cred {
+    PutOnly,
+    Admin,
+}
+
+/// A [`Fixture`] whose config's source backs up to one target of a [`Kind`]; the target
+/// section is named [`On::target`] and packs are 1 MiB.
+pub struct On {
+    pub fx: Fixture,
+    pub kind: Kind,
+    s3: Option<S3>,
+    /// The S3 prefix (empty for a folder).
+    pub prefix: String,
+}
+
+impl On {
+    /// A fixture on a fresh target of `kind`; `name` makes the S3 prefix readable.
+    pub fn new(kind: Kind, name: &str) -> On {
+        let fx = Fixture::new();
+        let (s3, prefix) = match kind {
+            Kind::Folder => (None, String::new()),
+            Kind::S3 => {
+                let unique = fx
+                    .dir
+                    .path()
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_lowercase();
+                let prefix = format!(
+                    "{name}-{}",
+                    unique.replace(|c: char| !c.is_ascii_alphanumeric(), "")
+                );
+                (Some(S3::from_env()), prefix)
+            }
+        };
+        let me = On {
+            fx,
+            kind,
+            s3,
+            prefix,
+        };
+        me.write_config(&[]);
+        me
+    }
+
+    /// A fixture with the short safety bounds (and `lines`) in its target section.
+    pub fn with_bounds(kind: Kind, name: &str, lines: &str) -> On {
+        let t = On::new(kind, name);
+        t.write_config_with(&format!("{SHORT_BOUNDS}{lines}"), &[]);
+        t
+    }
+
+    /// The S3 server; panics on another kind (for scenarios only S3 has).
+    pub fn s3(&self) -> &S3 {
+        self.s3.as_ref().expect("an S3 fixture")
+    }
+
+    /// The target section's name in the config.
+    pub fn target(&self) -> &'static str {
+        match self.kind {
+            Kind::Folder => "local",
+            Kind::S3 => "s3",
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self.kind {
+            Kind::Folder => self.fx.target_url(),
+            Kind::S3 => format!("s3://{}/{}", self.s3().bucket, self.prefix),
+        }
+    }
+
+    /// `s3://bucket/prefix/<key>` for the AWS CLI.
+    pub fn s3_url(&self, key: &str) -> String {
+        format!("s3://{}/{}/{key}", self.s3().bucket, self.prefix)
+    }
+
+    /// Writes the config with the target plus `extra` target sections.
+    pub fn write_config(&self, extra: &[(&str, String)]) {
+        self.write_config_with("", extra);
+    }
+
+    /// Like [`On::write_config`], with `lines` added to the target's section.
+    pub fn write_config_with(&self, lines: &str, extra: &[(&str, String)]) {
+        let mut text = self.fx.config_text(&Settings {
+            pack_size: Some("1MiB".into()),
+            ..Settings::default()
+        });
+        let targets: Vec<String> = std::iter::once(format!("\"{}\"", self.target()))
+            .chain(extra.iter().map(|(n, _)| format!("\"{n}\"")))
+            .collect();
+        text = text.replace(
+            "targets = [\"local\"]",
+            &format!("targets = [{}]", targets.join(", ")),
+        );
+        match self.kind {
+            // `[target.local]` is the config's last section.
+            Kind::Folder => text += lines,
+            Kind::S3 => {
+                text += &format!(
+                    "\n[target.s3]\nurl = \"{}\"\nendpoint = \"{}\"\nallow_http = true\n\
+                     region = \"us-east-1\"\npack_size = \"1MiB\"\nretries = 2\n\
+                     retry_timeout = \"20s\"\n{lines}",
+                    self.url(),
+                    self.s3().endpoint,
+                )
+            }
+        }
+        for (name, body) in extra {
+            text += &format!("\n[target.{name}]\n{body}\n");
+        }
+        std::fs::write(&self.fx.config, text).unwrap();
+    }
+
+    /// The environment that selects `cred` (none on a folder).
+    pub fn cred_env(&self, cred: Cred) -> Vec<(&'static str, String)> {
+        let Some(s3) = &self.s3 else {
+            return Vec::new();
+        };
+        let (k, s) = match cred {
+            Cred::PutOnly => &s3.put,
+            Cred::Admin => &s3.admin,
+        };
+        vec![
+            ("AWS_ACCESS_KEY_ID", k.clone()),
+            ("AWS_SECRET_ACCESS_KEY", s.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// Sets the credential's environment on `cmd`.
+    pub fn with_cred(&self, mut cmd: Command, cred: Cred) -> Command {
+        cmd.envs(self.cred_env(cred));
+        cmd
+    }
+
+    /// `coffer -c <config> <args>` with `cred`, whatever its outcome.
+    pub fn coffer(&self, cred: Cred, args: &[&str]) -> Out {
+        let mut cmd = self.with_cred(self.fx.cmd(), cred);
+        cmd.args(args);
+        run(cmd)
+    }
+
+    /// `coffer -c <config> <args> --json` with `cred`, which must succeed.
+    #[track_caller]
+    pub fn coffer_json(&self, cred: Cred, args: &[&str]) -> serde_json::Value {
+        let mut cmd = self.with_cred(self.fx.cmd(), cred);
+        cmd.args(args).arg("--json");
+        run(cmd).ok().json()
+    }
+
+    /// Takes the lock of the deleting steps (see [`DELETES`]) on S3, unless this thread
+    /// holds it already (the steps nest: a test holds it around a gc that takes it).
+    pub fn deletes_lock(&self) -> DeletesGuard {
+        if self.kind != Kind::S3 || HOLDING.get() {
+            return DeletesGuard(None);
+        }
+        let guard = DELETES.lock().unwrap_or_else(|e| e.into_inner());
+        HOLDING.set(true);
+        DeletesGuard(Some(guard))
+    }
+
+    /// `coffer prune --target <t> <args> --json` with the admin credential, which must
+    /// succeed.
+    #[track_caller]
+    pub fn prune(&self, args: &[&str]) -> serde_json::Value {
+        let _lock = self.deletes_lock();
+        let mut all = vec!["prune", "--target", self.target()];
+        all.extend_from_slice(args);
+        self.coffer_json(Cred::Admin, &all)
+    }
+
+    /// `coffer gc --target <t> <args>` with `cred`, whatever its outcome.
+    pub fn gc(&self, cred: Cred, args: &[&str]) -> Out {
+        let _lock = self.deletes_lock();
+        let mut all = vec!["gc", "--target", self.target()];
+        all.extend_from_slice(args);
+        self.coffer(cred, &all)
+    }
+
+    /// `coffer gc --target <t> <args> --json` with the admin credential, which must
+    /// succeed.
+    #[track_caller]
+    pub fn gc_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        self.gc(Cred::Admin, &all).ok().json()
+    }
+
+    /// `coffer backup --json` with `cred`, whatever its outcome.
+    pub fn backup(&self, cred: Cred) -> Out {
+        self.coffer(cred, &["backup", "--json"])
+    }
+
+    /// A backup with `config` and the put-only credential that must succeed; its run id.
+    #[track_caller]
+    pub fn backup_run(&self, config: &Path) -> String {
+        let mut cmd = self.with_cred(coffer(&self.fx.home), Cred::PutOnly);
+        cmd.arg("-c").arg(config).args(["backup", "--json"]);
+        let out = run(cmd).ok();
+        let json = out.json();
+        assert_eq!(json["runs"].as_array().map(Vec::len), Some(1), "{out}");
+        json["runs"][0]["run"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no run id\n{out}"))
+            .to_string()
+    }
+
+    /// `coffer backup --json` in the background with the put-only credential, its output
+    /// discarded.
+    pub fn spawn_backup(&self) -> std::process::Child {
+        std::process::Command::new(coffer_bin())
+            .env_clear()
+            .env("HOME", &self.fx.home)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(self.cred_env(Cred::PutOnly))
+            .arg("-c")
+            .arg(&self.fx.config)
+            .args(["backup", "--json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `coffer restore` of the newest run into `to` with `cred`, whatever its outcome.
+    pub fn restore(&self, cred: Cred, to: &Path) -> Out {
+        let mut cmd = self.with_cred(self.fx.cmd(), cred);
+        cmd.arg("restore")
+            .arg("--key")
+            .arg(&self.fx.secret_key)
+            .args(["--source", SOURCE, "--target", self.target(), "--to"])
+            .arg(to);
+        run(cmd)
+    }
+
+    /// `coffer runs --json --target <t>` with `cred`, whatever its outcome.
+    pub fn runs(&self, cred: Cred) -> Out {
+        self.coffer(cred, &["runs", "--json", "--target", self.target()])
+    }
+
+    /// Restores `run` (made by `host`) with the admin credential and `config` into a new
+    /// directory `dest`, and checks that it holds exactly the named files, with their
+    /// bytes.
+    #[track_caller]
+    pub fn restore_run_matches(
+        &self,
+        config: &Path,
+        host: &str,
+        run: &str,
+        files: &[(&str, &[u8])],
+        dest: &str,
+    ) {
+        let to = self.fx.path(dest);
+        let mut cmd = self.with_cred(coffer(&self.fx.home), Cred::Admin);
+        cmd.arg("-c")
+            .arg(config)
+            .arg("restore")
+            .arg("--key")
+            .arg(&self.fx.secret_key)
+            .args(["--source", SOURCE, "--target", self.target()])
+            .args(["--host", host, "--run", run, "--to"])
+            .arg(&to);
+        let out = super::run(cmd).ok();
+        assert_restored(&out, &to, files, &format!("run {run}"));
+        let mut restored: Vec<String> = std::fs::read_dir(&to)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        restored.sort();
+        let mut expected: Vec<String> = files.iter().map(|(n, _)| n.to_string()).collect();
+        expected.sort();
+        assert_eq!(restored, expected, "run {run} holds exactly these files");
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Looking at the target without coffer: the file system, or the AWS CLI as an
+    // independent client.
+
+    /// Every object key on the target, relative to its root, sorted. On a folder,
+    /// object_store's staging files of uploads in progress (`<key>#<n>`) do not count.
+    pub fn keys(&self) -> Vec<String> {
+        match self.kind {
+            Kind::Folder => {
+                let mut keys = Vec::new();
+                files_below(&self.fx.target, "", &mut keys);
+                keys.retain(|k| !k.contains('#'));
+                keys.sort();
+                keys
+            }
+            Kind::S3 => {
+                let v = self.aws_json(&[
+                    "s3api",
+                    "list-objects-v2",
+                    "--bucket",
+                    &self.s3().bucket,
+                    "--prefix",
+                    &format!("{}/", self.prefix),
+                ]);
+                let mut keys: Vec<String> = v["Contents"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|o| {
+                                let key = o["Key"].as_str().unwrap();
+                                key[self.prefix.len() + 1..].to_string()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                keys.sort();
+                keys
+            }
+        }
+    }
+
+    /// Names (the 64 hex digits) of the data objects, checking their `data/xx/` folder.
+    pub fn data_names(&self) -> BTreeSet<String> {
+        self.keys()
+            .iter()
+            .filter_map(|k| k.strip_prefix("data/"))
+            .map(|k| {
+                let (dir, name) = k.split_once('/').expect("data/xx/<name>");
+                assert_eq!(&name[..2], dir, "{k}");
+                name.to_string()
+            })
+            .collect()
+    }
+
+    /// An object's content (the admin credential on S3).
+    pub fn download(&self, key: &str) -> Vec<u8> {
+        match self.kind {
+            Kind::Folder => {
+                let path = self.fx.target.join(key);
+                std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            }
+            Kind::S3 => {
+                let url = self.s3_url(key);
+                let out = self.aws(Cred::Admin, &["s3", "cp", &url, "-"]);
+                assert!(
+                    out.status.success(),
+                    "aws s3 cp {url}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                out.stdout
+            }
+        }
+    }
+
+    /// Deletes an object behind coffer's back (the admin credential on S3).
+    pub fn remove(&self, key: &str) {
+        match self.kind {
+            Kind::Folder => std::fs::remove_file(self.fx.target.join(key)).unwrap(),
+            Kind::S3 => {
+                let _lock = self.deletes_lock();
+                let out = self.aws(Cred::Admin, &["s3", "rm", &self.s3_url(key)]);
+                assert!(
+                    out.status.success(),
+                    "aws s3 rm {key}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
+    /// The object keys a run's object list names.
+    pub fn refs_of(&self, host: &str, run: &str) -> BTreeSet<String> {
+        refs_keys(&self.download(&format!("runs/{host}/{SOURCE}/{run}.refs")))
+    }
+
+    /// Every object list under `runs/`, by key.
+    pub fn all_refs(&self) -> BTreeMap<String, BTreeSet<String>> {
+        self.keys()
+            .into_iter()
+            .filter(|k| k.ends_with(".refs"))
+            .map(|k| {
+                let refs = refs_keys(&self.download(&k));
+                (k, refs)
+            })
+            .collect()
+    }
+
+    /// The AWS CLI with `cred`.
+    pub fn aws(&self, cred: Cred, args: &[&str]) -> std::process::Output {
+        let s3 = self.s3();
+        let (k, s) = match cred {
+            Cred::PutOnly => &s3.put,
+            Cred::Admin => &s3.admin,
+        };
+        std::process::Command::new(&s3.aws_cli)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.fx.home)
+            .env("AWS_ACCESS_KEY_ID", k)
+            .env("AWS_SECRET_ACCESS_KEY", s)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .args(["--endpoint-url", &s3.endpoint])
+            .args(args)
+            .output()
+            .expect("aws cli runs")
+    }
+
+    /// The AWS CLI with the admin credential, which must succeed; its JSON output.
+    pub fn aws_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.aws(Cred::Admin, args);
+        assert!(
+            out.status.success(),
+            "aws {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.stdout.is_empty() {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).expect("aws prints JSON")
+    }
+
+    /// Every S3 server log line (of any test) logged while `f` ran.
+    pub fn log_during<T>(&self, f: impl FnOnce() -> T) -> (T, Vec<String>) {
+        let log = &self.s3().log;
+        let before = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+        let out = f();
+        let text = std::fs::read(log).unwrap();
+        let lines = String::from_utf8_lossy(&text[before as usize..])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        (out, lines)
+    }
+
+    /// S3 request lines mentioning this test's prefix, logged while `f` ran.
+    pub fn requests_during<T>(&self, f: impl FnOnce() -> T) -> (T, Vec<String>) {
+        let (out, mut lines) = self.log_during(f);
+        lines.retain(|l| l.contains(&self.prefix));
+        (out, lines)
+    }
+}
+
+/// Pushes the path (relative to `dir`, after `rel`) of every file below `dir`.
+fn files_below(dir: &Path, rel: &str, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().expect("keys are text");
+        let rel = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        if e.file_type().unwrap().is_dir() {
+            files_below(&e.path(), &rel, out);
+        } else {
+            out.push(rel);
+        }
+    }
+}

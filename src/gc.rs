@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
@@ -155,22 +156,9 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
             stale.push(r);
         }
     }
-    let grace = match opts.grace {
-        Some(g) if g < required => {
-            return Err(Error::Usage(format!(
-                "--grace {} is shorter than dedup_max_age + max_run_time of the backups \
-                 ({}): objects a running or later backup may still reference could be \
-                 deleted. Use --grace {} or more (or leave it out); nothing was deleted",
-                humantime(g),
-                humantime(required),
-                humantime(required)
-            )))
-        }
-        Some(g) => g,
-        None => required,
-    };
+    let grace = grace_period(opts.grace, required)?;
     stats.grace_secs = grace.as_secs();
-    let cutoff = start_time - chrono::Duration::from_std(grace).unwrap_or(chrono::TimeDelta::MAX);
+    let cutoff = cutoff(start_time, grace);
 
     progress.phase(
         if opts.dry_run {
@@ -183,26 +171,25 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     store.scan_data(PAGE, |page| {
         let mut doomed = Vec::new();
         for m in page {
-            let key = m
-                .location
-                .filename()
-                .and_then(|f| f.parse::<ObjectKey>().ok())
-                .filter(|k| crate::store::data_path(k) == m.location);
-            let Some(key) = key else {
+            let Some(key) = data_key(&m.location) else {
                 stats.objects_foreign += 1;
                 continue;
             };
-            if referenced.contains(&key)? {
-                stats.objects_referenced += 1;
-                stats.bytes_referenced += m.size;
-            } else if m.last_modified >= cutoff {
-                stats.objects_young += 1;
-                stats.bytes_young += m.size;
-            } else {
-                stats.objects_deleted += 1;
-                stats.bytes_deleted += m.size;
-                if !opts.dry_run {
-                    doomed.push(m.location.clone());
+            match verdict(referenced.contains(&key)?, m.last_modified, cutoff) {
+                Verdict::Referenced => {
+                    stats.objects_referenced += 1;
+                    stats.bytes_referenced += m.size;
+                }
+                Verdict::Young => {
+                    stats.objects_young += 1;
+                    stats.bytes_young += m.size;
+                }
+                Verdict::Delete => {
+                    stats.objects_deleted += 1;
+                    stats.bytes_deleted += m.size;
+                    if !opts.dry_run {
+                        doomed.push(m.location.clone());
+                    }
                 }
             }
             progress.bytes(m.size);
@@ -246,6 +233,63 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     progress.done();
     stats.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// The grace period: the one asked for, which may not be shorter than what the backups
+/// need (`required`), or that.
+fn grace_period(asked: Option<Duration>, required: Duration) -> Result<Duration> {
+    match asked {
+        Some(g) if g < required => Err(Error::Usage(format!(
+            "--grace {} is shorter than dedup_max_age + max_run_time of the backups \
+             ({}): objects a running or later backup may still reference could be \
+             deleted. Use --grace {} or more (or leave it out); nothing was deleted",
+            humantime(g),
+            humantime(required),
+            humantime(required)
+        ))),
+        Some(g) => Ok(g),
+        None => Ok(required),
+    }
+}
+
+/// Objects the target stored before this instant are old enough to delete. A grace
+/// period longer than the calendar allows keeps everything.
+fn cutoff(start: DateTime<Utc>, grace: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(grace)
+        .ok()
+        .and_then(|g| start.checked_sub_signed(g))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// The key of a data object at `location`; `None` for anything else under `data/`
+/// (foreign objects are never deleted).
+fn data_key(location: &object_store::path::Path) -> Option<ObjectKey> {
+    location
+        .filename()
+        .and_then(|f| f.parse::<ObjectKey>().ok())
+        .filter(|k| crate::store::data_path(k) == *location)
+}
+
+/// What gc does with one data object.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// A run's object list names it: kept.
+    Referenced,
+    /// Unreferenced but stored at or after the cutoff (a running backup may be about to
+    /// reference it): kept.
+    Young,
+    /// Unreferenced and stored before the cutoff: deleted.
+    Delete,
+}
+
+fn verdict(referenced: bool, stored: DateTime<Utc>, cutoff: DateTime<Utc>) -> Verdict {
+    if referenced {
+        Verdict::Referenced
+    } else if stored >= cutoff {
+        Verdict::Young
+    } else {
+        Verdict::Delete
+    }
 }
 
 /// For each missing object, the committed runs whose object lists name it (a second
@@ -425,4 +469,112 @@ pub struct MissingObject {
     pub object: String,
     /// The runs whose object lists reference it: `host/source/run`.
     pub runs: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::data_path;
+    use object_store::path::Path as StorePath;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).unwrap()
+    }
+
+    #[test]
+    fn an_object_goes_only_when_unreferenced_and_older_than_the_cutoff() {
+        let cutoff = at(1_000_000);
+        for (referenced, stored, expected) in [
+            (true, at(0), Verdict::Referenced),
+            (true, at(2_000_000), Verdict::Referenced),
+            (false, at(2_000_000), Verdict::Young),
+            (false, cutoff, Verdict::Young), // the boundary is kept
+            (false, at(999_999), Verdict::Delete),
+            (false, at(0), Verdict::Delete),
+        ] {
+            assert_eq!(verdict(referenced, stored, cutoff), expected, "{stored}");
+        }
+    }
+
+    #[test]
+    fn the_grace_period_is_never_shorter_than_the_backups_need() {
+        let need = Duration::from_secs(8 * 86_400);
+        assert_eq!(grace_period(None, need).unwrap(), need);
+        let longer = Duration::from_secs(30 * 86_400);
+        assert_eq!(grace_period(Some(longer), need).unwrap(), longer);
+        assert_eq!(grace_period(Some(need), need).unwrap(), need);
+        let e = grace_period(Some(Duration::from_secs(3600)), need).unwrap_err();
+        assert!(matches!(e, Error::Usage(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("--grace 8d or more"), "{text}");
+        assert!(text.contains("nothing was deleted"), "{text}");
+    }
+
+    #[test]
+    fn the_cutoff_never_overflows() {
+        let start = at(1_800_000_000);
+        assert_eq!(cutoff(start, Duration::from_secs(100)), at(1_799_999_900));
+        // Longer than the calendar: everything counts as young, nothing panics.
+        for huge in [Duration::from_secs(u64::MAX), Duration::from_secs(1 << 50)] {
+            assert_eq!(cutoff(start, huge), DateTime::<Utc>::MIN_UTC);
+            assert_eq!(verdict(false, at(0), cutoff(start, huge)), Verdict::Young);
+        }
+    }
+
+    #[test]
+    fn only_well_named_data_objects_are_candidates() {
+        let key = ObjectKey::of(b"pack");
+        assert_eq!(data_key(&data_path(&key)), Some(key));
+        let hex = key.to_hex();
+        let wrong = if hex.starts_with("00") { "01" } else { "00" };
+        for foreign in [
+            format!("data/{wrong}/{hex}"),          // in the wrong folder
+            format!("data/{}", hex),                // no folder
+            format!("data/{}/{}x", &hex[..2], hex), // not a key
+            format!("data/{}/README", &hex[..2]),
+            format!("other/{}/{hex}", &hex[..2]),
+        ] {
+            let path = StorePath::from(foreign.as_str());
+            assert_eq!(data_key(&path), None, "{foreign}");
+        }
+    }
+
+    fn object(id: &str, ext: &str, piece: u32, stored: i64) -> RunObject {
+        RunObject {
+            host: "web1".into(),
+            source: "etc".into(),
+            id: id.parse().unwrap(),
+            ext: ext.into(),
+            piece,
+            path: StorePath::from(format!("runs/web1/etc/{id}.{ext}")),
+            size: 1,
+            last_modified: at(stored),
+        }
+    }
+
+    #[test]
+    fn a_run_is_committed_by_its_first_piece_and_stale_when_all_its_parts_are_old() {
+        let a = "20260101T000000Z-0000000a";
+        let b = "20260101T000000Z-0000000b";
+        let runs = group_runs(vec![
+            object(a, "refs", 0, 100),
+            object(a, "meta", 2, 100), // a later piece alone does not commit
+            object(b, "refs", 0, 100),
+            object(b, "meta", 1, 300),
+        ]);
+        assert_eq!(runs.len(), 2);
+        let (ra, rb) = (
+            &runs.values().next().unwrap(),
+            &runs.values().nth(1).unwrap(),
+        );
+        assert!(!ra.committed());
+        assert!(rb.committed());
+        assert!(ra.refs.is_some() && ra.pieces.len() == 1);
+        assert!(ra.all_before(at(101)));
+        assert!(
+            !ra.all_before(at(100)),
+            "stored at the cutoff is not before it"
+        );
+        assert!(!rb.all_before(at(200)), "one young part keeps the run");
+    }
 }

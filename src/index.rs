@@ -1,4 +1,6 @@
-//! The local index (SQLite): dedup state per target and the digest cache. The only SQL.
+//! The local index (SQLite): dedup state per target and the digest cache. All the SQL of
+//! the state directory (gc's temporary set of referenced keys, in src/gc.rs, is the only
+//! other SQL, on a throwaway file).
 //!
 //! It is a cache, never the truth: losing it costs re-uploads, never data. It records a
 //! chunk only after the target acknowledged the pack holding it (invariant 2), so a crash

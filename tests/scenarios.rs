@@ -1,6 +1,6 @@
 //! Scenarios written once and run against every kind of target (tests/util/target.rs):
 //! backup and restore, prune then gc deleting exactly the unreferenced objects, the
-//! stale-index hazard with two hosts, and a backup killed half way. Each runs as
+//! stale-index hazard with two hosts, a backup killed half way, and one interrupted. Each runs as
 //! `<scenario>::folder` and `<scenario>::s3`; the backups use the put-only credential,
 //! prune, gc and restore the admin's.
 //!
@@ -20,6 +20,7 @@ per_kind!(
     gc_after_prune_deletes_exactly_the_unreferenced_objects,
     another_hosts_stale_index_never_references_collected_objects,
     an_interrupted_backup_then_gc_then_a_rerun_restores_completely,
+    ctrl_c_stops_a_backup_cleanly_and_the_next_one_completes,
 );
 
 fn backup_restore_and_runs(kind: Kind) {
@@ -358,4 +359,102 @@ fn an_interrupted_backup_then_gc_then_a_rerun_restores_completely(kind: Kind) {
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
     t.restore_run_matches(&config, HOST, &run, &expected, "restored");
+}
+
+/// Ctrl-C (SIGINT) while packs go up: the backup stops through its one cancellation
+/// path, says so, exits 130, and leaves no run, no staging file on the target and no
+/// temporary file in the state directory; its lock is released and the next backup
+/// completes and restores.
+fn ctrl_c_stops_a_backup_cleanly_and_the_next_one_completes(kind: Kind) {
+    let t = On::new(kind, "ctrlc");
+    t.write_config_with(
+        "upload_rate_limit = \"1MiB\"\nupload_concurrency = 1\n",
+        &[],
+    );
+    let data: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("f{i}"), pseudo_random(60 + i, 1 << 20)))
+        .collect();
+    for (name, bytes) in &data {
+        write(&t.fx.src.join(name), bytes);
+    }
+    let mut child = std::process::Command::new(coffer_bin())
+        .env_clear()
+        .env("HOME", &t.fx.home)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(t.cred_env(Cred::PutOnly))
+        .arg("-c")
+        .arg(&t.fx.config)
+        .arg("backup")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while t.data_names().is_empty() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no pack was uploaded");
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the backup ended before it could be interrupted: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(
+        err.matches("interrupted").count(),
+        1,
+        "the error that stopped the run is reported once: {err}"
+    );
+
+    let keys = t.keys();
+    assert!(
+        !keys.iter().any(|k| k.starts_with("runs/")),
+        "no run, no object list: {keys:#?}"
+    );
+    if kind == Kind::Folder {
+        let staging: Vec<String> = Vec::from_iter(
+            relative_paths(&t.fx.target)
+                .iter()
+                .map(|p| show(p))
+                .filter(|p| p.contains('#')),
+        );
+        assert!(staging.is_empty(), "staging files left: {staging:?}");
+    }
+    let tmp = t.fx.state.join("tmp");
+    let left: Vec<String> = std::fs::read_dir(&tmp)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "temporary files left in {tmp:?}: {left:?}");
+    let journals: Vec<String> = relative_paths(&t.fx.state)
+        .iter()
+        .map(|p| show(p))
+        .filter(|p| p.ends_with("-journal"))
+        .collect();
+    assert!(
+        journals.is_empty(),
+        "a transaction was left open: {journals:?}"
+    );
+
+    // The next backup (at full speed) takes the lock, completes and restores everything.
+    t.write_config(&[]);
+    let run = t.backup_run(&t.fx.config);
+    let needed = t.refs_of(HOST, &run);
+    assert!(needed.is_subset(&t.data_names()));
+    let expected: Vec<(&str, &[u8])> = data
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    t.restore_run_matches(&t.fx.config, HOST, &run, &expected, "restored");
 }

@@ -288,6 +288,7 @@ fn backup(config: Option<&Path>, a: BackupArgs) -> Result<u8> {
     let mut code = EXIT_OK;
     let mut ok = Vec::new();
     let mut failed = Vec::new();
+    let mut stopped = 0;
     for (source, target, r) in results {
         match r {
             Ok(stats) => {
@@ -300,10 +301,21 @@ fn backup(config: Option<&Path>, a: BackupArgs) -> Result<u8> {
                 ok.push(stats);
             }
             Err(e) => {
-                code = EXIT_ERROR;
-                eprintln!("coffer backup: {source} -> {target}: FAILED: {e}");
+                // An interruption outranks a failure: the status says why the command
+                // stopped, and the next run starts where this one was stopped.
+                if matches!(e, coffer::Error::Interrupted) {
+                    code = EXIT_INTERRUPTED;
+                    stopped += 1;
+                    eprintln!("coffer backup: {source} -> {target}: {e}");
+                } else {
+                    if code != EXIT_INTERRUPTED {
+                        code = EXIT_ERROR;
+                    }
+                    eprintln!("coffer backup: {source} -> {target}: FAILED: {e}");
+                }
                 failed.push(serde_json::json!({
-                    "source": source, "target": target, "error": e.to_string()
+                    "source": source, "target": target, "error": e.to_string(),
+                    "kind": e.kind()
                 }));
             }
         }
@@ -311,6 +323,12 @@ fn backup(config: Option<&Path>, a: BackupArgs) -> Result<u8> {
     if a.json {
         let out = serde_json::json!({ "runs": ok, "failed": failed, "exit_status": code });
         println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if stopped > 0 {
+        eprintln!(
+            "coffer backup: {stopped} of {} backups were stopped before they committed a \
+             run; run the backup again to complete them",
+            failed.len() + ok.len()
+        );
     } else if !failed.is_empty() {
         eprintln!(
             "coffer backup: {} of {} backups failed (see above)",

@@ -106,6 +106,10 @@ fn number_and_unit(s: &str, what: &str) -> std::result::Result<(u128, u128, Stri
 /// Parses a duration: "90s", "15m", "2h", "7d", "2w", "6M" (months of 30 days), "1y"
 /// (365 days), "1.5h", or a number of seconds. Units are as duplicity writes them too:
 /// "3D", "2W", "1Y"; "m" is minutes and "M" months.
+///
+/// # Errors
+///
+/// [`InvalidValue`] saying what is wrong with `s` (the number, the unit, its sign).
 pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, InvalidValue> {
     let hint = "write e.g. \"30s\", \"15m\", \"2h\", \"7d\", \"2w\", \"6M\" or \"1y\"";
     let (n, scale, unit) =
@@ -146,6 +150,10 @@ impl<'de> Deserialize<'de> for Dur {
 
 /// Parses a size: "123", "64KiB", "4 MiB", "1.5MiB", "1M", "2G" (K, M, G, T, KiB, MiB,
 /// GiB, TiB: binary multiples), or with SI units "5MB" (10^6, as SI has it).
+///
+/// # Errors
+///
+/// [`InvalidValue`] saying what is wrong with `s` (the number, the unit, its sign).
 pub fn parse_size(s: &str) -> std::result::Result<u64, InvalidValue> {
     let hint = "write e.g. 1048576, \"1MiB\", \"256KiB\" or \"1.5GiB\"";
     let (n, scale, unit) =
@@ -319,6 +327,10 @@ pub const DEFAULT_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from
 
 impl TargetConfig {
     /// A target given only by URL (e.g. `restore --target file:///mnt/usb/coffer`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] for a URL coffer cannot use (its scheme, or no bucket).
     pub fn from_url(url: &str) -> Result<Self> {
         check_url(url)?;
         Ok(Self::with_defaults(url))
@@ -453,6 +465,10 @@ fn check_url(url: &str) -> std::result::Result<(), InvalidValue> {
 impl Config {
     /// Parses and validates configuration text; `file` is used for messages and to
     /// resolve relative paths.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming `file`, the line and what to write instead.
     pub fn parse(text: &str, file: &Path) -> Result<Config> {
         let file = absolute(file);
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
@@ -474,6 +490,10 @@ impl Config {
     }
 
     /// Reads and validates the file at `path`.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read ([`Error::Io`]) or is invalid ([`Error::Config`]).
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::Config(format!(
@@ -801,6 +821,10 @@ impl Config {
     }
 
     /// The named sources, or all of them when `names` is empty.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] naming a source the config does not have.
     pub fn select_sources(&self, names: &[String]) -> Result<Vec<&SourceConfig>> {
         if names.is_empty() {
             if self.sources.is_empty() {
@@ -826,6 +850,10 @@ impl Config {
     }
 
     /// A target by name, or by URL (anything containing "://").
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] when no target has that name or URL.
     pub fn target(&self, name: &str) -> Result<TargetConfig> {
         if name.contains("://") {
             return TargetConfig::from_url(name);

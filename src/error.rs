@@ -179,15 +179,18 @@ impl Error {
                 Some(e) => !crate::store::is_refusal(e),
                 None => false,
             },
-            Error::Index { source, .. } => source.as_ref().is_some_and(|e| {
-                matches!(
-                    e.sqlite_error_code(),
-                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-                )
-            }),
+            Error::Index { source, .. } => source.as_deref().is_some_and(sqlite_busy),
             _ => false,
         }
     }
+}
+
+/// SQLite answered busy or locked: another process holds the database for a moment.
+pub(crate) fn sqlite_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 #[cfg(test)]

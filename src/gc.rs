@@ -98,6 +98,13 @@ pub struct GcStats {
 }
 
 /// Collects garbage on `store`.
+///
+/// # Errors
+///
+/// A `grace` shorter than the backups need ([`Error::Usage`], nothing deleted), a target
+/// that cannot be listed, read or deleted from (a credential without the right, a
+/// dropped connection), the temporary key set failing. An object list that cannot be
+/// used is not an error: it is named in [`GcStats::problems`] and gc keeps going.
 pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<GcStats> {
     let started = std::time::Instant::now();
     let start_time = chrono::Utc::now();

@@ -125,7 +125,7 @@ impl Index {
         prepare_state_dir(state_dir)?;
         let path = state_dir.join("index.sqlite");
         let fail = |e: rusqlite::Error| index_err(&path, e);
-        let (conn, version) = retry_busy(|| init(&path)).map_err(fail)?;
+        let (conn, version) = retry_busy(|| init(&path).map_err(fail))?;
         if version > SCHEMA_VERSION {
             return Err(Error::Index {
                 path: path.clone(),
@@ -513,7 +513,7 @@ impl Index {
 }
 
 fn index_err(path: &Path, e: rusqlite::Error) -> Error {
-    let message = if is_busy(&e) {
+    let message = if crate::error::sqlite_busy(&e) {
         "in use by another coffer run; wait for it to finish".into()
     } else if matches!(
         e.sqlite_error_code(),
@@ -574,19 +574,13 @@ fn init(path: &Path) -> rusqlite::Result<(Connection, i64)> {
     Ok((conn, version))
 }
 
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
-}
-
-/// Retries `f` while SQLite answers busy/locked, for up to 30 seconds.
-fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+/// Retries `f` while its error may go away on a second try ([`Error::is_retryable`]: for
+/// the index, SQLite answering busy or locked), for up to 30 seconds.
+fn retry_busy<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         match f() {
-            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+            Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,

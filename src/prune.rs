@@ -74,6 +74,10 @@ pub struct PruneReport {
 /// Decides, without touching the target, which runs to keep. `policy_for(host, source)`
 /// gives a group's policy; `None` keeps the whole group. Fails if no group has a policy
 /// (the caller gave no rules at all).
+///
+/// # Errors
+///
+/// [`Error::Usage`] when no group has a policy.
 pub fn plan(
     target: &str,
     runs: &[RunInfo],
@@ -160,6 +164,10 @@ pub fn plan(
 
 /// Deletes the runs `report` does not keep: each one's metafile first (the run stops
 /// existing), then the rest of its pieces, then its object list.
+///
+/// # Errors
+///
+/// The target refusing or failing a delete; runs deleted before it stay deleted.
 pub fn execute(store: &Admin, report: &PruneReport, progress: &dyn Progress) -> Result<()> {
     let doomed: Vec<&PruneItem> = report
         .groups

@@ -159,6 +159,10 @@ pub(crate) fn from_listing(objects: Vec<RunObject>) -> Option<RunInfo> {
 /// requests per run) and updates its status; runs found wrong from the listing alone
 /// keep their status. Requests that fail (the credential may not read, the target is
 /// unreachable) are errors: an unchecked run must not pass as checked.
+///
+/// # Errors
+///
+/// The target cannot be read. What is wrong with a run is its status, not an error.
 pub fn check(store: &Reader, runs: &mut [RunInfo]) -> crate::error::Result<()> {
     for run in runs.iter_mut().filter(|r| r.status.is_ok()) {
         run.status = check_one(store, run)?;

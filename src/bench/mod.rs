@@ -224,6 +224,10 @@ pub struct PipelineFigures {
 const UNIT: &str = "MB/s = 10^6 bytes of input per second";
 
 /// Measures every stage, then whole backups. `progress` hears of each phase.
+///
+/// # Errors
+///
+/// The input cannot be read, or a stage fails (it runs the real code paths).
 pub fn bench(input: &BenchInput, progress: &dyn Progress) -> Result<BenchReport> {
     let loaded = match input {
         BenchInput::Generated(size) => {

@@ -134,6 +134,11 @@ fn parse_certs(path: &Path, bytes: &[u8]) -> Result<Vec<Cert>> {
 /// A file that holds secret key material is refused: the host that backs up must not
 /// hold a key that decrypts its backups (the whole point of the design), and its file
 /// names the public part to use instead.
+///
+/// # Errors
+///
+/// A file that cannot be read, holds no usable encryption-capable certificate, holds a
+/// secret key (refused: the host must not hold one), or a certificate that expired.
 pub fn load_recipients(paths: &[PathBuf]) -> Result<Encryptor> {
     let mut certs = Vec::new();
     for path in paths {

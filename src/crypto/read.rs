@@ -349,7 +349,7 @@ fn quick_check(sk: &SessionKey, ciphertext: &[u8]) -> bool {
 /// Checks, without a key, that `start` (the first bytes of a stored message, or all of
 /// it) begins as coffer's messages do: PKESK v3 packets, then an SEIPD v1 packet. Bytes
 /// that end among the PKESK packets pass (there is nothing wrong yet).
-pub fn check_framing(start: &[u8]) -> std::result::Result<(), String> {
+pub fn check_framing(start: &[u8]) -> io::Result<()> {
     let mut s = Slice { buf: start, pos: 0 };
     let mut pkesks = 0;
     loop {
@@ -359,21 +359,21 @@ pub fn check_framing(start: &[u8]) -> std::result::Result<(), String> {
         let (tag, len) = match s.header() {
             Ok(h) => h,
             Err(_) if pkesks > 0 => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e),
         };
         if tag == 18 && pkesks > 0 {
             return match s.byte() {
                 Ok(1) | Err(_) => Ok(()),
-                Ok(v) => Err(format!("an SEIPD packet of version {v}")),
+                Ok(v) => Err(refused(format!("an SEIPD packet of version {v}"))),
             };
         }
-        expect_tag(tag, 1, "the message").map_err(|e| e.to_string())?;
+        expect_tag(tag, 1, "the message")?;
         let Len::Definite(n) = len else {
-            return Err("a PKESK packet with a partial length".into());
+            return Err(refused("a PKESK packet with a partial length"));
         };
         match s.take(n) {
             Ok(body) if body.first() != Some(&3) => {
-                return Err("a PKESK packet of a version other than 3".into())
+                return Err(refused("a PKESK packet of a version other than 3"))
             }
             Ok(_) => pkesks += 1,
             Err(_) => return Ok(()),

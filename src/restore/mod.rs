@@ -121,6 +121,14 @@ pub struct RestoreStats {
 /// totals, and that every path asked for is in it) before anything is written, then to
 /// restore. A run chosen by default (no id given) whose metafile fails that check is
 /// skipped for the next newest, with a warning.
+///
+/// # Errors
+///
+/// What stops the restore as a whole: no run to restore, a metafile that cannot be read
+/// or fails the check (damaged, truncated, forged, made for another key), a path asked
+/// for that the run does not hold, a destination that cannot be opened, the cancellation
+/// flag ([`Error::Interrupted`]). A file that cannot be restored is not an error: it is
+/// counted and named in the statistics, and the others are restored.
 pub fn restore(
     store: &Reader,
     source: &MetafileSource,

@@ -409,6 +409,10 @@ impl Reader {
     }
 
     /// A reader of a run's whole stored metafile: its pieces, in order, streamed.
+    ///
+    /// # Errors
+    ///
+    /// The metafile or one of its pieces cannot be read.
     pub fn metafile_reader(&self, run: &RunInfo) -> Result<impl std::io::Read + Send + Sync> {
         let id = run.run_id()?;
         let mut readers = Vec::new();
@@ -476,6 +480,11 @@ impl Reader {
     /// Lists the runs on the target (committed ones: with a metafile), oldest first by
     /// when the target stored them, each with the status its listing alone shows
     /// ([`crate::runs::check`] reads more). One LIST of `runs/`.
+    ///
+    /// # Errors
+    ///
+    /// The target cannot be listed (a credential without the right: [`Error::Store`]
+    /// says which).
     pub fn list_runs(&self) -> Result<Vec<RunInfo>> {
         let mut groups: std::collections::BTreeMap<(String, String, String), Vec<RunObject>> =
             Default::default();

@@ -124,7 +124,7 @@ fn s3(target: &TargetConfig) -> object_store::Result<object_store::aws::AmazonS3
         if let Some(creds) =
             shared_credentials(target).map_err(|e| object_store::Error::Generic {
                 store: "coffer",
-                source: e.into(),
+                source: Box::new(e),
             })?
         {
             b = b
@@ -181,11 +181,28 @@ struct SharedCredentials {
     token: Option<String>,
 }
 
+/// Why the AWS shared credentials file could not give a credential.
+#[derive(Debug, thiserror::Error)]
+enum CredentialsError {
+    #[error("credentials file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "credentials file {} has no profile [{profile}] with aws_access_key_id and \
+         aws_secret_access_key",
+        path.display()
+    )]
+    NoProfile { path: PathBuf, profile: String },
+}
+
 /// Reads the profile from the AWS shared credentials file, if there is one. A file named
 /// in the config must exist; the default one may be absent.
 fn shared_credentials(
     target: &TargetConfig,
-) -> std::result::Result<Option<SharedCredentials>, String> {
+) -> std::result::Result<Option<SharedCredentials>, CredentialsError> {
     let explicit = target.credentials_file.clone().or_else(|| {
         std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
             .filter(|v| !v.is_empty())
@@ -201,7 +218,7 @@ fn shared_credentials(
         Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(None)
         }
-        Err(e) => return Err(format!("credentials file {}: {e}", path.display())),
+        Err(source) => return Err(CredentialsError::Read { path, source }),
     };
     let profile = target
         .profile
@@ -215,11 +232,9 @@ fn shared_credentials(
             secret,
             token: values.2,
         })),
-        _ if explicit.is_some() || target.profile.is_some() => Err(format!(
-            "credentials file {} has no profile [{profile}] with aws_access_key_id and \
-             aws_secret_access_key",
-            path.display()
-        )),
+        _ if explicit.is_some() || target.profile.is_some() => {
+            Err(CredentialsError::NoProfile { path, profile })
+        }
         _ => Ok(None),
     }
 }

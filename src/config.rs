@@ -225,13 +225,13 @@ struct RawTarget {
     profile: Option<String>,
     credentials_file: Option<Spanned<String>>,
     retries: Option<Spanned<usize>>,
-    retry_timeout: Option<Dur>,
+    retry_timeout: Option<Spanned<Dur>>,
     dedup_max_age: Option<Spanned<Dur>>,
     max_run_time: Option<Spanned<Dur>>,
     create: Option<bool>,
     can_read: Option<bool>,
     #[serde(default)]
-    options: BTreeMap<String, String>,
+    options: BTreeMap<Spanned<String>, String>,
 }
 
 /// FastCDC bounds, in bytes.
@@ -573,6 +573,27 @@ impl Config {
                 }
                 d => d.as_ref().map_or(DEFAULT_DEDUP_MAX_AGE, |d| d.get_ref().0),
             };
+            let retry_timeout = match &t.retry_timeout {
+                Some(d) if d.get_ref().0.is_zero() => {
+                    return ctx.err(d.span(), "retry_timeout must be more than 0s")
+                }
+                d => d.as_ref().map_or(DEFAULT_RETRY_TIMEOUT, |d| d.get_ref().0),
+            };
+            let scheme = t.url.get_ref().split_once(':').map_or("", |(s, _)| s);
+            for key in t.options.keys() {
+                if !crate::store::option_is_known(scheme, key.get_ref()) {
+                    return ctx.err(
+                        key.span(),
+                        format!(
+                            "unknown option {:?} for a {scheme}:// target (the options \
+                             table takes object_store's configuration keys for the \
+                             scheme, e.g. aws_virtual_hosted_style_request for s3://; \
+                             a folder takes none)",
+                            key.get_ref()
+                        ),
+                    );
+                }
+            }
             let credentials_file = t
                 .credentials_file
                 .as_ref()
@@ -601,12 +622,16 @@ impl Config {
                     profile: t.profile,
                     credentials_file,
                     retries,
-                    retry_timeout: t.retry_timeout.map_or(DEFAULT_RETRY_TIMEOUT, |d| d.0),
+                    retry_timeout,
                     dedup_max_age,
                     max_run_time,
                     create: t.create.unwrap_or(false),
                     can_read: t.can_read.unwrap_or(false) || is_file,
-                    options: t.options,
+                    options: t
+                        .options
+                        .into_iter()
+                        .map(|(k, v)| (k.into_inner(), v))
+                        .collect(),
                 },
             );
         }
@@ -1007,6 +1032,40 @@ url = "file:///mnt/usb/coffer"
         assert!(e.contains(":9:") && e.contains("max_run_time"), "{e}");
     }
 
+    /// The config's keep_* keys and prune's --keep-* flags are the same rules: for every
+    /// flag clap derives from `Retention`, the key of the same name sets the same rule.
+    #[test]
+    fn every_prune_flag_is_a_config_key_for_the_same_rule() {
+        use clap::{Args, FromArgMatches};
+        let cmd = crate::retention::Retention::augment_args(clap::Command::new("prune"));
+        let flags: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        assert_eq!(flags.len(), 7, "{flags:?}");
+        for flag in flags {
+            let (value, toml) = if flag == "keep-within" {
+                ("3d", "\"3d\"")
+            } else {
+                ("2", "2")
+            };
+            let from_cli = crate::retention::Retention::from_arg_matches(
+                &cmd.clone()
+                    .try_get_matches_from(["prune", &format!("--{flag}"), value])
+                    .unwrap(),
+            )
+            .unwrap();
+            let key = flag.replace('-', "_");
+            let text = MIN.replace(
+                "targets = [\"usb\"]",
+                &format!("targets = [\"usb\"]\n{key} = {toml}"),
+            );
+            let c = parse(&text).unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_eq!(c.sources["home"].retention, from_cli, "{key} and --{flag}");
+            assert!(!from_cli.is_empty());
+        }
+    }
+
     #[test]
     fn relative_paths_resolve_against_the_file() {
         let t = MIN.replace("/etc/coffer/admin.pub.asc", "keys/admin.pub.asc");
@@ -1032,6 +1091,39 @@ url = "file:///mnt/usb/coffer"
         assert_eq!(u.retries, 2);
         assert_eq!(u.retry_timeout, std::time::Duration::from_secs(30));
         assert_eq!(u.upload_rate_limit, Some(1 << 20));
+        // The options table is checked against the scheme's keys, with the line.
+        let with = |url: &str, extra: &str| {
+            MIN.replace(
+                "url = \"file:///mnt/usb/coffer\"",
+                &format!("url = \"{url}\"\n{extra}"),
+            )
+        };
+        let ok = parse(&with(
+            "s3://bucket/h",
+            "options = { aws_virtual_hosted_style_request = \"true\" }",
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.targets["usb"].options["aws_virtual_hosted_style_request"],
+            "true"
+        );
+        let az = "options = { azure_storage_use_emulator = \"true\" }";
+        parse(&with("az://container/h", az)).unwrap();
+        for (url, extra, line) in [
+            (
+                "s3://bucket/h",
+                "retries = 1\n[target.usb.options]\naws_no_such = \"1\"",
+                ":11:",
+            ),
+            ("s3://bucket/h", az, ":9:"), // an Azure key on an S3 target
+            ("file:///mnt/usb/coffer", az, ":9:"),
+        ] {
+            let e = parse(&with(url, extra)).unwrap_err().to_string();
+            assert!(e.contains(line) && e.contains("unknown option"), "{e}");
+        }
+        let e = parse(&with("s3://bucket/h", "retry_timeout = \"0s\"")).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains(":9:") && e.contains("retry_timeout"), "{e}");
         let e = parse(&MIN.replace("file:///mnt/usb/coffer", "s3:///x")).unwrap_err();
         assert!(e.to_string().contains("name the bucket"), "{e}");
         // FastCDC's own limits: larger sizes would make it panic.

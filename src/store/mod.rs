@@ -25,6 +25,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 mod limit;
 mod open;
+pub(crate) use open::option_is_known;
 
 use crate::config::TargetConfig;
 use crate::error::{Error, Result};
@@ -157,34 +158,18 @@ pub fn data_path(key: &ObjectKey) -> StorePath {
 
 /// Escapes a host name into a path segment: `[A-Za-z0-9._-]` stay, other bytes are `+XX`.
 pub fn encode_segment(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
+    let mut out = crate::format::escape(s.as_bytes(), b'+', |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+    });
     if out.starts_with('.') {
         out.replace_range(..1, "+2E");
     }
     out
 }
 
+/// Inverse of [`encode_segment`].
 pub(crate) fn decode_segment(s: &str) -> Option<String> {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'+' {
-            out.push(u8::from_str_radix(s.get(i + 1..i + 3)?, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    String::from_utf8(crate::format::unescape(s, b'+')?).ok()
 }
 
 /// Key of a marker a local index left on the target.

@@ -90,6 +90,18 @@ const CLIENT_TIMEOUTS: [(ClientConfigKey, &str); 2] = [
     (ClientConfigKey::Timeout, "300s"),
 ];
 
+/// Whether object_store knows `key` as a configuration key for URLs of `scheme` (a
+/// folder takes none); the config checks its `options` with this, with the line.
+pub(crate) fn option_is_known(scheme: &str, key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    match scheme {
+        "s3" | "s3a" => key.parse::<AmazonS3ConfigKey>().is_ok(),
+        "gs" => key.parse::<GoogleConfigKey>().is_ok(),
+        "az" | "azure" | "abfs" | "abfss" => key.parse::<AzureConfigKey>().is_ok(),
+        _ => false,
+    }
+}
+
 fn unknown_option(key: &str) -> object_store::Error {
     object_store::Error::Generic {
         store: "coffer",

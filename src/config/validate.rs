@@ -1,0 +1,406 @@
+//! Validation of the file as written ([`RawConfig`]) into a [`Config`]: every problem is
+//! reported with the file, the line and what to write instead.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use super::*;
+use crate::error::{Error, Result};
+
+pub(super) struct Ctx<'a> {
+    pub(super) file: &'a Path,
+    pub(super) text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|&b| b == b'\n')
+            .count()
+            + 1
+    }
+    fn err<T>(&self, span: std::ops::Range<usize>, msg: impl std::fmt::Display) -> Result<T> {
+        Err(Error::Config(format!(
+            "{}:{}: {msg}",
+            self.file.display(),
+            self.line(span.start)
+        )))
+    }
+    fn path(&self, s: &Spanned<String>) -> Result<PathBuf> {
+        let p = Path::new(s.get_ref());
+        if s.get_ref().is_empty() {
+            return self.err(s.span(), "empty path");
+        }
+        if p.is_absolute() {
+            Ok(p.to_path_buf())
+        } else {
+            let base = self.file.parent().unwrap_or(Path::new("."));
+            Ok(absolute(&base.join(p)))
+        }
+    }
+}
+
+pub(super) fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl Config {
+    pub(super) fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config> {
+        let host = match raw.host {
+            Some(h) if h.get_ref().trim().is_empty() => {
+                return ctx.err(
+                    h.span(),
+                    "host is empty; remove it to use the system's name",
+                )
+            }
+            Some(h) => h.into_inner(),
+            None => hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".to_string()),
+        };
+        let state_dir = match &raw.state_dir {
+            Some(s) => ctx.path(s)?,
+            None => default_state_dir()?,
+        };
+        let mut targets = BTreeMap::new();
+        for (name, t) in raw.target {
+            if !valid_name(name.get_ref()) {
+                return ctx.err(name.span(), bad_name("target", name.get_ref()));
+            }
+            if let Err(msg) = check_url(t.url.get_ref()) {
+                return ctx.err(t.url.span(), msg);
+            }
+            let pack_size = match t.pack_size {
+                Some(s) if s.get_ref().0 < 1 << 20 || s.get_ref().0 > 1 << 30 => {
+                    return ctx.err(s.span(), "pack_size must be between \"1MiB\" and \"1GiB\"")
+                }
+                Some(s) => s.get_ref().0,
+                None => DEFAULT_PACK_SIZE,
+            };
+            let upload_concurrency = match t.upload_concurrency {
+                Some(c) if *c.get_ref() == 0 || *c.get_ref() > 256 => {
+                    return ctx.err(c.span(), "upload_concurrency must be between 1 and 256")
+                }
+                Some(c) => c.into_inner(),
+                None => DEFAULT_UPLOAD_CONCURRENCY,
+            };
+            let upload_rate_limit = match t.upload_rate_limit {
+                Some(r) if r.get_ref().0 < 1024 => {
+                    return ctx.err(r.span(), "upload_rate_limit must be at least \"1KiB\"")
+                }
+                r => r.map(|r| r.get_ref().0),
+            };
+            let retries = match t.retries {
+                Some(r) if *r.get_ref() > 100 => {
+                    return ctx.err(r.span(), "retries must be between 0 and 100")
+                }
+                r => r.map_or(DEFAULT_RETRIES, |r| r.into_inner()),
+            };
+            let max_run_time = match &t.max_run_time {
+                Some(d) if d.get_ref().0.is_zero() => {
+                    return ctx.err(d.span(), "max_run_time must be more than 0s")
+                }
+                Some(d) if d.get_ref().0 > crate::format::refs::MAX_MAX_RUN_TIME => {
+                    return ctx.err(d.span(), "max_run_time must be at most \"92d\"")
+                }
+                d => d.as_ref().map_or(DEFAULT_MAX_RUN_TIME, |d| d.get_ref().0),
+            };
+            let dedup_max_age = match &t.dedup_max_age {
+                Some(d) if d.get_ref().0 > crate::format::refs::MAX_DEDUP_MAX_AGE => {
+                    return ctx.err(d.span(), "dedup_max_age must be at most \"366d\"")
+                }
+                d => d.as_ref().map_or(DEFAULT_DEDUP_MAX_AGE, |d| d.get_ref().0),
+            };
+            let retry_timeout = match &t.retry_timeout {
+                Some(d) if d.get_ref().0.is_zero() => {
+                    return ctx.err(d.span(), "retry_timeout must be more than 0s")
+                }
+                d => d.as_ref().map_or(DEFAULT_RETRY_TIMEOUT, |d| d.get_ref().0),
+            };
+            let scheme = t.url.get_ref().split_once(':').map_or("", |(s, _)| s);
+            for key in t.options.keys() {
+                if !crate::store::option_is_known(scheme, key.get_ref()) {
+                    return ctx.err(
+                        key.span(),
+                        format!(
+                            "unknown option {:?} for a {scheme}:// target (the options \
+                             table takes object_store's configuration keys for the \
+                             scheme, e.g. aws_virtual_hosted_style_request for s3://; \
+                             a folder takes none)",
+                            key.get_ref()
+                        ),
+                    );
+                }
+            }
+            let credentials_file = t
+                .credentials_file
+                .as_ref()
+                .map(|f| ctx.path(f))
+                .transpose()?;
+            let is_file = t.url.get_ref().starts_with("file:");
+            if is_file && t.can_read == Some(false) {
+                return ctx.err(
+                    t.url.span(),
+                    "can_read = false makes no sense for a file:// target (the backup can always \
+                     read a folder)",
+                );
+            }
+            let name = name.into_inner();
+            targets.insert(
+                name.clone(),
+                TargetConfig {
+                    name,
+                    url: t.url.into_inner(),
+                    pack_size,
+                    upload_concurrency,
+                    upload_rate_limit,
+                    endpoint: t.endpoint,
+                    region: t.region,
+                    allow_http: t.allow_http,
+                    profile: t.profile,
+                    credentials_file,
+                    retries,
+                    retry_timeout,
+                    dedup_max_age,
+                    max_run_time,
+                    create: t.create.unwrap_or(false),
+                    can_read: t.can_read.unwrap_or(false) || is_file,
+                    options: t
+                        .options
+                        .into_iter()
+                        .map(|(k, v)| (k.into_inner(), v))
+                        .collect(),
+                },
+            );
+        }
+        // Two names for one folder would share objects but not state: refuse them.
+        let mut folders: BTreeMap<PathBuf, &str> = BTreeMap::new();
+        for (name, t) in &targets {
+            let Some(dir) = url::Url::parse(&t.url)
+                .ok()
+                .filter(|u| u.scheme() == "file")
+                .and_then(|u| u.to_file_path().ok())
+            else {
+                continue;
+            };
+            let dir: PathBuf = dir.components().collect();
+            if let Some(other) = folders.insert(dir.clone(), name) {
+                return Err(Error::Config(format!(
+                    "{}: targets {other:?} and {name:?} are the same folder {}; keep one",
+                    ctx.file.display(),
+                    crate::text::path(&dir)
+                )));
+            }
+        }
+        let mut sources = BTreeMap::new();
+        for (name, s) in raw.source {
+            if !valid_name(name.get_ref()) {
+                return ctx.err(name.span(), bad_name("source", name.get_ref()));
+            }
+            let source = Self::validate_source(name.get_ref(), s, &targets, ctx)?;
+            sources.insert(name.into_inner(), source);
+        }
+        Ok(Config {
+            file: ctx.file.to_path_buf(),
+            host,
+            state_dir,
+            sources,
+            targets,
+        })
+    }
+
+    fn validate_source(
+        name: &str,
+        s: RawSource,
+        targets: &BTreeMap<String, TargetConfig>,
+        ctx: &Ctx<'_>,
+    ) -> Result<SourceConfig> {
+        let path = ctx.path(&s.path)?;
+        if s.recipients.get_ref().is_empty() {
+            return ctx.err(
+                s.recipients.span(),
+                "recipients is empty; list at least one public certificate file, e.g. \
+                 recipients = [\"/etc/coffer/admin.pub.asc\"]",
+            );
+        }
+        let recipients = s
+            .recipients
+            .get_ref()
+            .iter()
+            .map(|r| ctx.path(r))
+            .collect::<Result<Vec<_>>>()?;
+        if s.targets.get_ref().is_empty() {
+            return ctx.err(
+                s.targets.span(),
+                "targets is empty; name at least one [target.NAME]",
+            );
+        }
+        let mut names = Vec::new();
+        for t in s.targets.get_ref() {
+            if !targets.contains_key(t.get_ref()) {
+                let known: Vec<&str> = targets.keys().map(String::as_str).collect();
+                return ctx.err(
+                    t.span(),
+                    format!(
+                        "source {name:?} names target {:?}, which no [target.{}] section \
+                         defines (defined: {})",
+                        t.get_ref(),
+                        t.get_ref(),
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            if names.contains(t.get_ref()) {
+                return ctx.err(
+                    t.span(),
+                    format!(
+                        "source {name:?} names target {:?} twice; each run would go there \
+                         twice",
+                        t.get_ref()
+                    ),
+                );
+            }
+            names.push(t.get_ref().clone());
+        }
+        for pattern in &s.ignore {
+            if let Err(e) = globset::Glob::new(pattern.get_ref().trim_start_matches('/')) {
+                return ctx.err(pattern.span(), format!("bad ignore pattern: {e}"));
+            }
+        }
+        // A folder target inside the source would be backed up into itself, run after
+        // run, unless the source ignores it.
+        let ignore: Vec<String> = s.ignore.iter().map(|p| p.get_ref().clone()).collect();
+        let rules = crate::source::IgnoreRules::new(&ignore)?;
+        for t in s.targets.get_ref() {
+            let Some(dir) = targets
+                .get(t.get_ref())
+                .and_then(|t| url::Url::parse(&t.url).ok())
+                .filter(|u| u.scheme() == "file")
+                .and_then(|u| u.to_file_path().ok())
+            else {
+                continue;
+            };
+            if let Ok(rel) = dir.strip_prefix(&path) {
+                let ignored = rel
+                    .ancestors()
+                    .filter(|a| !a.as_os_str().is_empty())
+                    .any(|a| rules.is_ignored(a));
+                if !ignored {
+                    return ctx.err(
+                        t.span(),
+                        format!(
+                            "target {:?} ({}) is inside source {name:?}: each backup would \
+                             store the target in itself. Put the target elsewhere, or add \
+                             \"/{}\" to the source's ignore list",
+                            t.get_ref(),
+                            crate::text::path(&dir),
+                            crate::text::path(rel)
+                        ),
+                    );
+                }
+            }
+        }
+        let chunking = Self::validate_chunking(&s, ctx)?;
+        let retention = Self::validate_retention(&s, ctx)?;
+        Ok(SourceConfig {
+            name: name.to_string(),
+            path,
+            recipients,
+            targets: names,
+            ignore: s.ignore.into_iter().map(Spanned::into_inner).collect(),
+            one_file_system: s.one_file_system,
+            chunking,
+            retention,
+        })
+    }
+
+    fn validate_retention(s: &RawSource, ctx: &Ctx<'_>) -> Result<crate::retention::Retention> {
+        use crate::retention::{check_count, check_within};
+        // Each key is the flag of the same rule (`keep_last`, `--keep-last`): retention.rs.
+        let count = |v: &Option<Spanned<u32>>, key: &str| match v {
+            Some(n) => match check_count(*n.get_ref()) {
+                Ok(n) => Ok(Some(n)),
+                Err(e) => ctx.err(n.span(), format!("{key} {e}")),
+            },
+            None => Ok(None),
+        };
+        let within = match &s.keep_within {
+            Some(d) => match check_within(d.get_ref().0) {
+                Ok(d) => Some(d),
+                Err(e) => return ctx.err(d.span(), format!("keep_within {e}")),
+            },
+            None => None,
+        };
+        Ok(crate::retention::Retention {
+            last: count(&s.keep_last, "keep_last")?,
+            hourly: count(&s.keep_hourly, "keep_hourly")?,
+            daily: count(&s.keep_daily, "keep_daily")?,
+            weekly: count(&s.keep_weekly, "keep_weekly")?,
+            monthly: count(&s.keep_monthly, "keep_monthly")?,
+            yearly: count(&s.keep_yearly, "keep_yearly")?,
+            within,
+        })
+    }
+
+    fn validate_chunking(s: &RawSource, ctx: &Ctx<'_>) -> Result<Chunking> {
+        let get =
+            |v: &Option<Spanned<Size>>, d: u32| v.as_ref().map_or(d as u64, |s| s.get_ref().0);
+        let min = get(&s.chunk_min, DEFAULT_CHUNKING.min);
+        let avg = get(&s.chunk_avg, DEFAULT_CHUNKING.avg);
+        let max = get(&s.chunk_max, DEFAULT_CHUNKING.max);
+        let span = s
+            .chunk_min
+            .as_ref()
+            .or(s.chunk_avg.as_ref())
+            .or(s.chunk_max.as_ref())
+            .map_or(0..0, |s| s.span());
+        use fastcdc::v2020 as cdc;
+        let within = |v: u64, lo: usize, hi: usize| (lo as u64..=hi as u64).contains(&v);
+        let valid = within(min, cdc::MINIMUM_MIN, cdc::MINIMUM_MAX)
+            && within(avg, cdc::AVERAGE_MIN, cdc::AVERAGE_MAX)
+            && within(max, cdc::MAXIMUM_MIN, cdc::MAXIMUM_MAX)
+            && min < avg
+            && avg < max;
+        if !valid {
+            return ctx.err(
+                span,
+                format!(
+                    "chunk sizes must satisfy chunk_min < chunk_avg < chunk_max with \
+                     64 <= chunk_min <= \"1MiB\", 256 <= chunk_avg <= \"4MiB\" and \
+                     1024 <= chunk_max <= \"16MiB\" (FastCDC's limits; have {min}, {avg}, \
+                     {max}); the defaults are \"256KiB\", \"1MiB\", \"4MiB\""
+                ),
+            );
+        }
+        Ok(Chunking {
+            min: min as u32,
+            avg: avg as u32,
+            max: max as u32,
+        })
+    }
+}
+
+fn bad_name(kind: &str, name: &str) -> String {
+    format!(
+        "{kind} name {name:?} is not allowed: use letters, digits, '-', '_' and '.', \
+         not starting with '.', at most 64 characters"
+    )
+}

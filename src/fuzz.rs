@@ -266,21 +266,21 @@ proptest! {
         let _ = s.parse::<RunId>();
         let _ = s.parse::<ObjectKey>();
         let _ = crate::format::decode_field(&s);
-        let _ = crate::store::decode_segment(&s);
+        let _ = crate::store::layout::decode_segment(&s);
         let seeds = [
             b"1.5MiB".to_vec(),
             b"14d".to_vec(),
             b"20261125T012932Z-3f9a1c2e".to_vec(),
-            crate::store::encode_segment("my h\u{f6}st.example").into_bytes(),
+            crate::store::layout::encode_segment("my h\u{f6}st.example").into_bytes(),
         ];
         if let Ok(t) = String::from_utf8(pick(&seeds, &i)) {
             let _ = crate::config::parse_size(&t);
             let _ = crate::config::parse_duration(&t);
             let _ = t.parse::<RunId>();
-            if let Some(decoded) = crate::store::decode_segment(&t) {
+            if let Some(decoded) = crate::store::layout::decode_segment(&t) {
                 // Whatever decodes encodes to a name that decodes back to it.
-                let again = crate::store::encode_segment(&decoded);
-                prop_assert_eq!(crate::store::decode_segment(&again), Some(decoded));
+                let again = crate::store::layout::encode_segment(&decoded);
+                prop_assert_eq!(crate::store::layout::decode_segment(&again), Some(decoded));
             }
         }
     }

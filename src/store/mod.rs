@@ -1,4 +1,6 @@
-//! The target: a concrete [`Store`] over `Arc<dyn ObjectStore>`, and the key layout.
+//! The target: a concrete [`Store`] over `Arc<dyn ObjectStore>` and the handles it gives
+//! out. The key layout is in `layout.rs`, the runtime, create-only put and error mapping in
+//! `io.rs`, the backends in `open.rs`, the rate limit in `limit.rs`.
 //!
 //! Layout under the target URL (docs/FORMAT.md):
 //! - `data/<first 2 hex>/<64 hex>`: a pack, named by the BLAKE3 of its bytes;
@@ -15,34 +17,30 @@
 //! its credential may), an [`Admin`] also deletes (prune, gc). So "a backup makes no GET,
 //! LIST or DELETE" is the compiler's to check, not only the tests'.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::limit::LimitStore;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+mod io;
+pub(crate) mod layout;
 mod limit;
 mod open;
+
+pub(crate) use io::{is_refusal, map_store_error, put_create, runtime};
+use io::{Chained, StreamReader};
+pub use layout::{
+    data_path, marker_path, metafile_pieces, new_marker, piece_path, run_path, valid_marker,
+    RunInfo, RunObject, METAFILE_PIECE,
+};
 pub(crate) use open::option_is_known;
 
 use crate::config::TargetConfig;
 use crate::error::{Error, Result};
 use crate::ids::{ObjectKey, RunId};
-
-/// The process-wide async runtime that drives object_store.
-pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("coffer-io")
-            .enable_all()
-            .build()
-            .expect("tokio runtime starts")
-    })
-}
 
 /// The outcome of a create-only put.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,16 +49,6 @@ pub enum PutOutcome {
     Created,
     /// An object of that name was already there (for content-named objects: same bytes).
     AlreadyExists,
-}
-
-/// A stored metafile is cut into pieces of this size (docs/FORMAT.md section 1), each
-/// uploaded with one create-only put: S3 cannot make a multipart upload create-only
-/// through object_store, and a piece is what one put holds in memory.
-pub const METAFILE_PIECE: u64 = 8 << 20;
-
-/// How many pieces a stored metafile of `bytes` bytes is cut into (at least one).
-pub fn metafile_pieces(bytes: u64, piece: u64) -> u32 {
-    u32::try_from(bytes.div_ceil(piece.max(1)).max(1)).unwrap_or(u32::MAX)
 }
 
 /// An opened target: hands out the handles that use it.
@@ -106,106 +94,6 @@ impl std::ops::Deref for Admin {
     fn deref(&self) -> &Reader {
         &self.reader
     }
-}
-
-/// A run as listed on a target: no key needed. Its `status` says whether it may count as
-/// a backup ([`crate::runs`] explains the checks).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RunInfo {
-    /// Host that made it.
-    pub host: String,
-    /// Source name.
-    pub source: String,
-    /// Run id.
-    pub id: String,
-    /// The start time the run claims (its id; UTC, RFC 3339).
-    pub time: String,
-    /// When the target stored its metafile (UTC, RFC 3339): what orders and dates runs.
-    pub stored: String,
-    /// Size of the stored metafile in bytes (all its pieces).
-    pub metafile_bytes: u64,
-    /// What a keyless reader can tell of it.
-    pub status: crate::runs::RunStatus,
-    #[serde(skip)]
-    pub(crate) stored_at: chrono::DateTime<chrono::Utc>,
-    #[serde(skip)]
-    pub(crate) claimed_at: chrono::DateTime<chrono::Utc>,
-    /// Its object list's size, if it has one.
-    #[serde(skip)]
-    pub(crate) refs_bytes: Option<u64>,
-    /// Piece numbers listed and their sizes, in order.
-    #[serde(skip)]
-    pub(crate) pieces: Vec<(u32, u64)>,
-}
-
-impl RunInfo {
-    /// The run's id, parsed.
-    pub fn run_id(&self) -> Result<RunId> {
-        self.id.parse()
-    }
-
-    /// When the target stored the run's metafile.
-    pub fn stored_at(&self) -> chrono::DateTime<chrono::Utc> {
-        self.stored_at
-    }
-}
-
-/// Key of a data object.
-pub fn data_path(key: &ObjectKey) -> StorePath {
-    let hex = key.to_hex();
-    StorePath::from(format!("data/{}/{}", &hex[..2], hex))
-}
-
-/// Escapes a host name into a path segment: `[A-Za-z0-9._-]` stay, other bytes are `+XX`.
-pub fn encode_segment(s: &str) -> String {
-    let mut out = crate::format::escape(s.as_bytes(), b'+', |b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
-    });
-    if out.starts_with('.') {
-        out.replace_range(..1, "+2E");
-    }
-    out
-}
-
-/// Inverse of [`encode_segment`].
-pub(crate) fn decode_segment(s: &str) -> Option<String> {
-    String::from_utf8(crate::format::unescape(s, b'+')?).ok()
-}
-
-/// Key of a marker a local index left on the target.
-pub fn marker_path(id: &str) -> StorePath {
-    StorePath::from(format!("markers/{id}"))
-}
-
-/// A marker id: 32 lowercase hex digits.
-pub fn valid_marker(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// A fresh marker id.
-pub fn new_marker() -> Result<String> {
-    let mut r = [0u8; 16];
-    getrandom::fill(&mut r).map_err(|e| Error::Internal(format!("random marker: {e}")))?;
-    Ok(hex::encode(r))
-}
-
-/// Key of piece `n` (from 1) of a run's metafile: `<id>.meta`, then `<id>.meta.0002` ...
-pub fn piece_path(host: &str, source: &str, id: &RunId, n: u32) -> StorePath {
-    if n <= 1 {
-        run_path(host, source, id, "meta")
-    } else {
-        run_path(host, source, id, &format!("meta.{n:04}"))
-    }
-}
-
-/// Key of a run's metafile (`ext` = "meta") or object list (`ext` = "refs").
-pub fn run_path(host: &str, source: &str, id: &RunId, ext: &str) -> StorePath {
-    StorePath::from(format!(
-        "runs/{}/{}/{}.{ext}",
-        encode_segment(host),
-        source,
-        id
-    ))
 }
 
 impl Store {
@@ -557,189 +445,9 @@ impl Admin {
     }
 }
 
-/// Blocking `Read` over an object's body stream (behind a lock only to be `Sync`: one
-/// reader uses it).
-struct StreamReader {
-    stream: std::sync::Mutex<futures::stream::BoxStream<'static, object_store::Result<Bytes>>>,
-    current: Bytes,
-}
-
-impl std::io::Read for StreamReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use futures::StreamExt;
-        while self.current.is_empty() {
-            let stream = self
-                .stream
-                .get_mut()
-                .map_err(|_| std::io::Error::other("poisoned"))?;
-            match runtime().block_on(stream.next()) {
-                None => return Ok(0),
-                Some(Ok(b)) => self.current = b,
-                Some(Err(e)) => return Err(std::io::Error::other(e)),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
-/// A metafile piece or object list as listed on a target.
-#[derive(Debug, Clone)]
-pub struct RunObject {
-    /// Host that made the run.
-    pub host: String,
-    /// Source name.
-    pub source: String,
-    /// Run id.
-    pub id: RunId,
-    /// "meta" (a metafile piece) or "refs".
-    pub ext: String,
-    /// For a metafile piece, its number (1 for `<id>.meta`).
-    pub piece: u32,
-    /// Its key.
-    pub path: StorePath,
-    /// Size in bytes.
-    pub size: u64,
-    /// When the target stored it.
-    pub last_modified: chrono::DateTime<chrono::Utc>,
-}
-
-impl RunObject {
-    /// Parses a listed key `runs/<host>/<source>/<id>.<ext>`; `None` for other names.
-    fn from_meta(m: object_store::ObjectMeta) -> Option<RunObject> {
-        let parts: Vec<String> = m.location.parts().map(|p| p.as_ref().to_string()).collect();
-        if parts.len() != 4 {
-            return None;
-        }
-        let (id, ext) = parts[3].split_once('.')?;
-        let (ext, piece) = match ext {
-            "meta" => ("meta", 1),
-            "refs" => ("refs", 0),
-            _ => {
-                let n = ext.strip_prefix("meta.")?;
-                let piece: u32 = n.parse().ok().filter(|&p| p >= 2 && n.len() == 4)?;
-                ("meta", piece)
-            }
-        };
-        Some(RunObject {
-            host: decode_segment(&parts[1])?,
-            source: parts[2].clone(),
-            id: id.parse().ok()?,
-            ext: ext.to_string(),
-            piece,
-            path: m.location,
-            size: m.size,
-            last_modified: m.last_modified,
-        })
-    }
-}
-
-/// Readers one after the other.
-struct Chained<R> {
-    readers: std::vec::IntoIter<R>,
-    current: Option<R>,
-}
-
-impl<R: std::io::Read> std::io::Read for Chained<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if self.current.is_none() {
-                match self.readers.next() {
-                    Some(r) => self.current = Some(r),
-                    None => return Ok(0),
-                }
-            }
-            let n = self.current.as_mut().map_or(Ok(0), |r| r.read(buf))?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            self.current = None;
-        }
-    }
-}
-
-/// Create-only put; "already exists" is an outcome, not an error.
-pub(crate) async fn put_create(
-    store: &dyn ObjectStore,
-    path: &StorePath,
-    payload: impl Into<PutPayload>,
-) -> object_store::Result<PutOutcome> {
-    let opts = PutOptions {
-        mode: PutMode::Create,
-        ..Default::default()
-    };
-    match store.put_opts(path, payload.into(), opts).await {
-        Ok(_) => Ok(PutOutcome::Created),
-        Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether an error means "this credential may not do that". object_store reports some
-/// refusals (e.g. of a LIST) as generic errors that carry the HTTP status.
-pub(crate) fn is_refusal(e: &object_store::Error) -> bool {
-    match e {
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => true,
-        e => {
-            let text = e.to_string();
-            [
-                "403 Forbidden",
-                "401 Unauthorized",
-                "AccessDenied",
-                "AuthorizationPermissionMismatch",
-            ]
-            .iter()
-            .any(|needle| text.contains(needle))
-        }
-    }
-}
-
-pub(crate) fn map_store_error(
-    target: &str,
-    what: &StorePath,
-    op: &str,
-    e: object_store::Error,
-) -> Error {
-    if let object_store::Error::NotFound { .. } = e {
-        return Error::NotFound(format!("target {target}: object {what} is missing"));
-    }
-    if is_refusal(&e) {
-        let message = format!(
-            "{op} {what}: refused: the credential lacks the right to {op} here. Backups \
-                 need only create rights (s3:PutObject); runs and restore need read and list \
-                 rights; prune and gc need read, list and delete rights: use such a \
-                 credential, not the host's put-only one ({e})"
-        );
-        return Error::Store {
-            target: target.to_string(),
-            message,
-            source: Some(Box::new(e)),
-        };
-    }
-    Error::Store {
-        target: target.to_string(),
-        message: format!("{op} {what}: {e}"),
-        source: Some(Box::new(e)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn segments() {
-        for s in ["web1", "a b/c", ".hidden", "ünï"] {
-            let e = encode_segment(s);
-            assert!(!e.starts_with('.'));
-            assert!(e
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b)));
-            assert_eq!(decode_segment(&e).unwrap(), s);
-        }
-    }
 
     #[test]
     fn create_only_and_runs_listing() {

@@ -9,7 +9,6 @@
 mod util;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::Duration;
 
 use util::target::{Cred, Kind, On, PAST_GRACE};
@@ -25,7 +24,7 @@ fn method(line: &str) -> &str {
 #[test]
 fn put_only_backup_then_restore_with_the_read_credential() {
     let t = On::new(Kind::S3, "putonly");
-    small_tree(&t.fx.src);
+    nested_tree(&t.fx.src);
     let (out, requests) = t.requests_during(|| t.backup(Cred::PutOnly));
     let out = out.ok();
     assert_eq!(out.json()["runs"][0]["target"], "s3", "{out}");
@@ -51,7 +50,7 @@ fn put_only_backup_then_restore_with_the_read_credential() {
 #[test]
 fn a_wiped_prefix_is_recognised_by_a_put_only_backup_with_one_request() {
     let t = On::new(Kind::S3, "wiped");
-    small_tree(&t.fx.src);
+    nested_tree(&t.fx.src);
     t.backup(Cred::PutOnly).ok();
     // Everything under the prefix deleted (delete markers on a versioned bucket).
     let out = t.aws(
@@ -151,7 +150,7 @@ fn a_backup_that_may_read_the_bucket_stores_again_a_pack_that_is_gone() {
 #[test]
 fn the_put_only_credential_cannot_read_list_or_delete() {
     let t = On::new(Kind::S3, "refused");
-    small_tree(&t.fx.src);
+    nested_tree(&t.fx.src);
     t.backup(Cred::PutOnly).ok();
     let key = t
         .keys()
@@ -204,7 +203,7 @@ fn the_put_only_credential_cannot_read_list_or_delete() {
 #[test]
 fn backups_never_remove_or_replace_a_version() {
     let t = On::new(Kind::S3, "versions");
-    small_tree(&t.fx.src);
+    nested_tree(&t.fx.src);
     t.backup(Cred::PutOnly).ok();
     t.backup(Cred::PutOnly).ok(); // nothing new
                                   // A lost local index: everything is uploaded again, into new packs.
@@ -248,7 +247,7 @@ fn an_unreachable_target_does_not_stop_the_others() {
             t.s3().bucket
         ),
     )]);
-    small_tree(&t.fx.src);
+    nested_tree(&t.fx.src);
     let out = t
         .backup(Cred::PutOnly)
         .expect(EXIT_ERROR)
@@ -266,7 +265,7 @@ fn an_unreachable_target_does_not_stop_the_others() {
 #[test]
 fn an_independent_client_verifies_every_object_against_its_name() {
     let t = On::new(Kind::S3, "layout");
-    small_tree(&t.fx.src);
+    nested_tree(&t.fx.src);
     write(&t.fx.src.join("big.bin"), &pseudo_random(7, 3 << 20));
     t.backup(Cred::PutOnly).ok();
     let keys = t.keys();
@@ -292,11 +291,7 @@ fn an_independent_client_verifies_every_object_against_its_name() {
         let name = key.rsplit('/').next().unwrap();
         let parent = key.rsplit('/').nth(1).unwrap();
         assert_eq!(&name[..2], parent, "data/<first two hex digits>/<hash>");
-        assert_eq!(
-            blake3::hash(&read_bytes(&file)).to_hex().as_str(),
-            name,
-            "{key}"
-        );
+        assert_eq!(blake3::hash(&read(&file)).to_hex().as_str(), name, "{key}");
     }
     // The run's object list names exactly the packs.
     let refs = keys
@@ -311,7 +306,7 @@ fn an_independent_client_verifies_every_object_against_its_name() {
         )
         .status
         .success());
-    let listed: BTreeSet<String> = String::from_utf8(read_bytes(&file))
+    let listed: BTreeSet<String> = String::from_utf8(read(&file))
         .unwrap()
         .lines()
         .filter(|l| l.len() == 64)
@@ -391,7 +386,7 @@ fn a_large_metafile_goes_up_in_create_only_pieces_with_the_put_only_credential()
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        read_bytes(&local)
+        read(&local)
     };
     let whole: Vec<u8> = [&names[0], &names[1], &names[2]]
         .iter()
@@ -404,10 +399,6 @@ fn a_large_metafile_goes_up_in_create_only_pieces_with_the_put_only_credential()
     assert!(err.contains("already exists"), "{err}");
     assert!(fetch(&names[1]) == content[5 << 20..10 << 20]);
     assert_eq!(fetch(&names[3]), b"refs");
-}
-
-fn read_bytes(p: &Path) -> Vec<u8> {
-    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -431,7 +422,7 @@ fn is_delete(line: &str) -> bool {
 #[test]
 fn gc_with_the_put_only_credential_fails_and_deletes_nothing() {
     let t = On::with_bounds(Kind::S3, "gcputonly", "");
-    small_tree(&t.fx.src);
+    nested_tree(&t.fx.src);
     let config = t.fx.config.clone();
     t.backup_run(&config);
     std::thread::sleep(Duration::from_millis(1100));

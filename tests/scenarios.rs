@@ -25,7 +25,7 @@ per_kind!(
 
 fn backup_restore_and_runs(kind: Kind) {
     let t = On::new(kind, "basic");
-    small_tree(&t.fx.src);
+    nested_tree(&t.fx.src);
     let out = t.backup(Cred::PutOnly).ok();
     let stats = &out.json()["runs"][0];
     assert_eq!(stats["target"], t.target(), "{out}");

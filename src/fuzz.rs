@@ -13,7 +13,7 @@
 //!
 //! Memory bounds are a property of the parsers' design (bounded lines, no compression
 //! in chunks, output never longer than the input or the recorded size) and are tested
-//! end to end under a memory limit (tests/hostile.rs, decompression bombs).
+//! end to end under a memory limit (tests/hostile_store.rs, decompression bombs).
 
 use std::io::{Read, Write};
 

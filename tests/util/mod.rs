@@ -319,6 +319,13 @@ impl Fixture {
         run(cmd)
     }
 
+    /// Restore of run `id` with the fixture's own secret key; `extra` are more flags.
+    pub fn restore_run(&self, id: &str, to: &Path, extra: &[&str]) -> Out {
+        let mut args: Vec<&OsStr> = vec!["--run".as_ref(), id.as_ref()];
+        args.extend(extra.iter().map(OsStr::new));
+        self.restore(to, &args)
+    }
+
     /// Restore with the fixture's own secret key.
     pub fn restore(&self, to: &Path, extra: &[&OsStr]) -> Out {
         self.restore_with(&self.secret_key, to, extra)

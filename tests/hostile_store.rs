@@ -1,13 +1,12 @@
-//! The threat model, played by an attacker (docs/FORMAT.md section 9): a hostile store or
-//! anyone who can write to the target, a broken-into host holding the public key, and a
-//! hostile local user in the restore destination or the source tree. Each test builds its
-//! attack itself, with the real `gpg` and the public key only: crafted objects, planted
-//! runs, racing processes.
+//! The threat model, played by an attacker who can write to the target (docs/FORMAT.md
+//! section 9): a hostile store, or a broken-into host holding the public key. Each test
+//! builds its attack itself, with the public key only: plaintext and compressed objects,
+//! forged runs handing out setuid files and device nodes, decompression bombs, chunk
+//! offsets that overflow, planted and truncated runs, hostile object lists.
 
 mod util;
 
-use std::ffi::OsStr;
-use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,12 +19,6 @@ fn genuine_run(fx: &Fixture) -> String {
     write(&fx.src.join("docs/guide.txt"), b"read me\n");
     let stats = fx.backup_ok();
     stats["run"].as_str().unwrap().to_string()
-}
-
-fn restore_run(fx: &Fixture, id: &str, to: &Path, extra: &[&str]) -> Out {
-    let mut args: Vec<&OsStr> = vec!["--run".as_ref(), id.as_ref()];
-    args.extend(extra.iter().map(OsStr::new));
-    fx.restore(to, &args)
 }
 
 /// A run forged with the public key: one file holding `data`, stored as a chunk message
@@ -65,7 +58,7 @@ fn a_plaintext_metafile_or_chunk_planted_on_the_target_is_refused() {
         |t| forger.plaintext(t),
     );
     let to = fx.path("out-plain");
-    restore_run(&fx, &plain_id, &to, &[])
+    fx.restore_run(&plain_id, &to, &[])
         .expect(EXIT_ERROR)
         .stderr_has("not encrypted");
     assert!(!to.join("a.txt").exists(), "nothing restored");
@@ -79,7 +72,7 @@ fn a_plaintext_metafile_or_chunk_planted_on_the_target_is_refused() {
         |t| forger.metafile(t),
     );
     let to = fx.path("out-mixed");
-    restore_run(&fx, &mixed_id, &to, &[])
+    fx.restore_run(&mixed_id, &to, &[])
         .expect(EXIT_PARTIAL)
         .stderr_has("not encrypted");
     assert!(
@@ -97,7 +90,7 @@ fn a_plaintext_metafile_or_chunk_planted_on_the_target_is_refused() {
         |t| forger.metafile(t),
     );
     let to = fx.path("out-good");
-    restore_run(&fx, &good_id, &to, &[]).ok();
+    fx.restore_run(&good_id, &to, &[]).ok();
     assert_eq!(std::fs::read(to.join("a.txt")).unwrap(), b"forged\n");
 }
 
@@ -110,7 +103,7 @@ fn a_chunk_holding_compression_is_refused() {
     forge_one_file(&forger, &id, b"x\n", forger.compressed(b"x\n"), |t| {
         forger.metafile(t)
     });
-    restore_run(&fx, &id, &fx.path("out"), &[])
+    fx.restore_run(&id, &fx.path("out"), &[])
         .expect(EXIT_PARTIAL)
         .stderr_has("compressed data packet");
 }
@@ -139,7 +132,8 @@ fn a_forged_run_cannot_hand_out_setuid_files_or_device_nodes_unless_asked() {
     forger.plant_run(&id, &forger.metafile(&listing.finish()), &refs(&[&pack]));
 
     let to = fx.path("out");
-    let out = restore_run(&fx, &id, &to, &[])
+    let out = fx
+        .restore_run(&id, &to, &[])
         .expect(EXIT_PARTIAL)
         .stderr_has("--devices")
         .stderr_has("--setid");
@@ -163,7 +157,7 @@ fn a_forged_run_cannot_hand_out_setuid_files_or_device_nodes_unless_asked() {
 
     if is_root() {
         let to = fx.path("out-asked");
-        restore_run(&fx, &id, &to, &["--setid", "--devices"]).ok();
+        fx.restore_run(&id, &to, &["--setid", "--devices"]).ok();
         let m = std::fs::metadata(to.join("prog")).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o6755);
         let d = std::fs::symlink_metadata(to.join("mem")).unwrap();
@@ -295,191 +289,11 @@ fn chunk_offsets_that_overflow_or_overrun_fail_without_a_panic_or_a_hang() {
             "raw",
         );
     forger.plant_run(&id, &forger.metafile(&listing.finish()), &refs(&[&pack]));
-    let out = restore_run(&fx, &id, &fx.path("out-2"), &[])
+    let out = fx
+        .restore_run(&id, &fx.path("out-2"), &[])
         .expect(EXIT_PARTIAL)
         .stderr_has("a.txt");
     assert!(out.stderr.contains("b.txt"), "{out}");
-}
-
-/// A directory outside the destination that nothing may touch.
-fn precious_dir(fx: &Fixture) -> std::path::PathBuf {
-    let outside = fx.path("outside");
-    write(&outside.join("target.txt"), b"precious\n");
-    chmod(&outside, 0o700);
-    outside
-}
-
-#[track_caller]
-fn assert_untouched(outside: &Path) {
-    let names: Vec<_> = std::fs::read_dir(outside)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(names, ["target.txt"], "something was written outside --to");
-    assert_eq!(
-        std::fs::read(outside.join("target.txt")).unwrap(),
-        b"precious\n"
-    );
-    let mode = std::fs::metadata(outside).unwrap().mode() & 0o7777;
-    assert_eq!(mode, 0o700, "the mode of a directory outside --to changed");
-}
-
-#[test]
-fn restore_never_follows_a_symlink_already_in_the_destination() {
-    let fx = Fixture::new();
-    write(&fx.src.join("docs/a.txt"), b"doc a\n");
-    write(&fx.src.join("docs/sub/b.txt"), b"doc b\n");
-    write(&fx.src.join("top.txt"), b"top\n");
-    chmod(&fx.src.join("docs"), 0o777);
-    fx.backup_ok();
-    let outside = precious_dir(&fx);
-    let to = fx.path("out");
-    std::fs::create_dir(&to).unwrap();
-    symlink(&outside, to.join("docs")).unwrap();
-    symlink(outside.join("target.txt"), to.join("top.txt")).unwrap();
-
-    let out = fx
-        .restore(&to, &[])
-        .expect(EXIT_PARTIAL)
-        .stderr_has("not a directory");
-    assert_untouched(&outside);
-    assert!(out.stderr.contains("top.txt"), "{out}");
-
-    fx.restore(&to, &[OsStr::new("--overwrite")]).ok();
-    assert_untouched(&outside);
-    assert!(std::fs::symlink_metadata(to.join("docs")).unwrap().is_dir());
-    assert_eq!(
-        std::fs::read(to.join("docs/sub/b.txt")).unwrap(),
-        b"doc b\n"
-    );
-    let top = std::fs::symlink_metadata(to.join("top.txt")).unwrap();
-    assert!(top.is_file(), "the link was replaced, not written through");
-    assert_eq!(std::fs::read(to.join("top.txt")).unwrap(), b"top\n");
-}
-
-#[test]
-fn a_symlink_swapped_in_while_restore_runs_redirects_nothing() {
-    let fx = Fixture::new();
-    let dirs = 60;
-    for d in 0..dirs {
-        for f in 0..15 {
-            write(
-                &fx.src.join(format!("d{d:03}/f{f:02}")),
-                format!("{d} {f}\n").as_bytes(),
-            );
-        }
-        // World-writable directories: a restore that chmods through a swapped link
-        // makes the directory outside 0777.
-        chmod(&fx.src.join(format!("d{d:03}")), 0o777);
-    }
-    fx.backup_ok();
-    let outside = precious_dir(&fx);
-    for round in 0..3 {
-        let to = fx.path(&format!("out{round}"));
-        std::fs::create_dir(&to).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let racer = {
-            let (to, outside, stop) = (to.clone(), outside.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut swaps = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    for d in 0..dirs {
-                        let p = to.join(format!("d{d:03}"));
-                        let is_dir = std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir());
-                        if is_dir
-                            && std::fs::rename(&p, to.join(format!("moved-{round}-{d}-{swaps}")))
-                                .is_ok()
-                        {
-                            let _ = symlink(&outside, &p);
-                            swaps += 1;
-                        }
-                    }
-                }
-                swaps
-            })
-        };
-        let out = fx.restore(&to, &[]);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let swaps = racer.join().unwrap();
-        assert!(
-            out.code == Some(EXIT_OK) || out.code == Some(EXIT_PARTIAL),
-            "{out}"
-        );
-        eprintln!("round {round}: {swaps} swaps");
-        assert_untouched(&outside);
-    }
-}
-
-#[test]
-fn a_directory_swapped_for_a_symlink_during_backup_stores_nothing_from_elsewhere() {
-    let fx = Fixture::new();
-    let n = 500;
-    let eve = fx.src.join("home/eve");
-    for i in 0..n {
-        write(
-            &eve.join(format!("f{i:03}")),
-            format!("eve's file {i}\n").as_bytes(),
-        );
-    }
-    // Files of the same names that the backup must never store under eve's path.
-    let secret = fx.path("secret");
-    for i in 0..n {
-        write(
-            &secret.join(format!("f{i:03}")),
-            format!("SECRET {i}\n").as_bytes(),
-        );
-    }
-    chmod(&secret, 0o700);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let racer = {
-        let (eve, secret, stop) = (eve.clone(), secret.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let real = eve.with_file_name("eve.real");
-            let mut swaps = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if std::fs::rename(&eve, &real).is_ok() {
-                    let _ = symlink(&secret, &eve);
-                    std::thread::sleep(Duration::from_micros(300));
-                    let _ = std::fs::remove_file(&eve);
-                    let _ = std::fs::rename(&real, &eve);
-                    swaps += 1;
-                    std::thread::sleep(Duration::from_micros(300));
-                }
-            }
-            swaps
-        })
-    };
-    let mut outs = Vec::new();
-    for _ in 0..6 {
-        // Without its digest cache each backup reads every file again.
-        let _ = std::fs::remove_dir_all(&fx.state);
-        outs.push(fx.backup());
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let swaps = racer.join().unwrap();
-    eprintln!("{swaps} swaps during 6 backups");
-    for (i, out) in outs.iter().enumerate() {
-        assert!(
-            out.code == Some(EXIT_OK) || out.code == Some(EXIT_PARTIAL),
-            "backup {i}\n{out}"
-        );
-    }
-    for run in fx.runs() {
-        let id = run["run"].as_str().unwrap().to_string();
-        let to = fx.path(&format!("restored-{id}"));
-        let out = restore_run(&fx, &id, &to, &[]);
-        assert_eq!(out.code, Some(EXIT_OK), "{out}");
-        for (rel, node) in snapshot(&to) {
-            if let NodeKind::File(..) = node.kind {
-                let data = std::fs::read(to.join(os(&rel))).unwrap();
-                assert!(
-                    !data.starts_with(b"SECRET"),
-                    "run {id} stored a file from outside the tree as {}",
-                    show(&rel)
-                );
-            }
-        }
-    }
 }
 
 /// Three genuine runs of a changing file; returns their ids, oldest first.
@@ -644,19 +458,4 @@ fn object_lists_cannot_stop_gc_or_stretch_its_grace_period() {
         .stderr_has("more than any valid config allows");
     let stats = &out.json()[0];
     assert_eq!(stats["grace_secs"], 14 * 86_400, "{stats:#}");
-}
-
-#[test]
-fn a_state_dir_another_user_could_write_is_refused() {
-    let fx = Fixture::new();
-    write(&fx.src.join("a.txt"), b"x\n");
-    std::fs::create_dir_all(&fx.state).unwrap();
-    chmod(&fx.state, 0o777);
-    fx.backup()
-        .expect(EXIT_ERROR)
-        .stderr_has("writable by others")
-        .stderr_has("chmod");
-    assert!(fx.metafiles_or_none().is_empty(), "no run was made");
-    chmod(&fx.state, 0o700);
-    fx.backup_ok();
 }

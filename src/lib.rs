@@ -97,6 +97,7 @@ mod restore;
 pub mod retention;
 pub mod runs;
 mod source;
+mod state;
 mod store;
 mod text;
 
@@ -135,6 +136,7 @@ pub use progress::{NoProgress, Problem, Progress};
 #[doc(hidden)]
 pub mod internals {
     pub use crate::crypto::PackSession;
-    pub use crate::index::{CachedFile, FileStamp, Index, StateLock};
+    pub use crate::index::{CachedFile, FileStamp, Index};
     pub use crate::prng::{noise, Prng};
+    pub use crate::state::StateLock;
 }

@@ -191,7 +191,7 @@ pub fn backup(
     // Only a backup that may read the target gets a handle that can.
     let reader = target.can_read.then(|| store.reader());
     let keyset = encryptor.fingerprints().join(",");
-    let _lock = Index::lock(&config.state_dir, |path| {
+    let _lock = crate::state::StateLock::take(&config.state_dir, |path| {
         progress.warn(&format!(
             "waiting for another coffer backup using {} to finish",
             crate::text::path(path)

@@ -19,7 +19,7 @@
 //! "Garbage collection"): it was stored after the dedup horizon (`dedup_max_age` before
 //! the run started), or its object belongs to the newest committed run of one of this
 //! host's sources (table `protected`), which prune never deletes. Backups sharing the
-//! index hold its lock ([`Index::lock`]), so that set cannot change under a running backup.
+//! index hold its lock ([`crate::state::StateLock`]), so that set cannot change under a running backup.
 //!
 //! No secret is stored here: plaintext hashes and paths, never contents or keys.
 

@@ -3,10 +3,10 @@
 //! Files are split into content-defined chunks (FastCDC), hashed with BLAKE3,
 //! deduplicated through a local SQLite index, encrypted to OpenPGP public keys, packed and
 //! stored through `object_store`. Each run writes an encrypted metafile listing every file
-//! and its chunks; [`restore`] reads it back. docs/FORMAT.md specifies what is stored.
+//! and its chunks; [`restore()`] reads it back. docs/FORMAT.md specifies what is stored.
 //!
 //! The command line (`coffer --help`) is the main way in; this library is what it is made
-//! of, with the same guarantees. Its capabilities are in its types: [`backup`] holds only
+//! of, with the same guarantees. Its capabilities are in its types: [`backup()`] holds only
 //! public keys ([`Encryptor`]) and a target handle that can only create objects
 //! ([`Creator`]); reading needs a [`Reader`] and a [`Decryptor`]; deleting, an [`Admin`]
 //! (used by [`prune`] and [`gc`]).

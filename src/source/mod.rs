@@ -1,10 +1,10 @@
 //! Stage 1: walking a source tree. Yields every entry below the root with its `lstat`
-//! metadata, in a stable (name-sorted) order, applying the ignore rules ([`walk`]).
+//! metadata, in a stable (name-sorted) order, applying the ignore rules ([`walk()`]).
 //!
 //! The walk holds a handle on every directory it is in and reaches each entry relative
 //! to its directory's handle, never by a path: a user who swaps a directory of the tree
 //! for a symbolic link while a root backup runs cannot redirect it to files she may not
-//! read ([`walk`] says how).
+//! read ([`walk()`] says how).
 //!
 //! Ignore patterns are globs. A pattern with no `/` matches an entry's name at any depth
 //! (`*.tmp`, `node_modules`); a pattern with a `/` matches the path relative to the source

@@ -36,7 +36,7 @@ pub(super) enum Len {
     Indeterminate,
 }
 
-/// Why a message was refused (becomes [`Error::Corrupt`] or an I/O error).
+/// Why a message was refused (becomes [`crate::Error::Corrupt`] or an I/O error).
 pub(super) fn refused(reason: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason.to_string())
 }

@@ -178,7 +178,7 @@ impl<R: Read> Read for Mdc<R> {
 
 pub(super) type Inflate<'a> = flate2::bufread::DeflateDecoder<io::BufReader<Body<Mdc<Cfb<'a>>>>>;
 
-/// The text of a metafile (see [`Decryptor::metafile_reader`]). Its end of input means
+/// The text of a metafile (see [`crate::Decryptor::metafile_reader`]). Its end of input means
 /// the whole message checked out: the literal packet was the compressed packet's only
 /// content, the DEFLATE stream filled that packet, the MDC matched and nothing followed
 /// the encrypted packet.

@@ -19,6 +19,9 @@
 //! ```
 //! where `<meta>` is `<mode-octal> <uid> <gid> <user> <group> <mtime>`, `<mtime>` is
 //! `<seconds>.<9-digit nanoseconds>` and `<user>`/`<group>` are `-` when unknown.
+//!
+//! One file on purpose (about 580 lines before its tests): the types, the writer and the
+//! strict reader of one format, which must change together and be read side by side.
 
 use std::io::{BufRead, Read, Write};
 

@@ -21,7 +21,7 @@ use crate::config::InvalidValue;
 ///
 /// The one declaration of the rules: `coffer prune` takes them as these flags (the
 /// struct is its `--keep-*` options), and a source's config as `keep_*` keys of the same
-/// names (src/config.rs reads them with their line numbers, through [`count`] and
+/// names (src/config/validate.rs reads them with their line numbers, through [`count`] and
 /// [`within`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::Args)]
 pub struct Retention {

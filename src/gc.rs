@@ -17,12 +17,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::format::refs::{self, Bounds};
+use crate::format::refs::Bounds;
 use crate::ids::ObjectKey;
+pub use crate::keyset::MissingObject;
+use crate::keyset::{name_missing, KeySet};
 use crate::progress::Progress;
 use crate::retention::humantime;
 use crate::store::{Admin, RunObject};
@@ -121,7 +122,7 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
         .suffix(".sqlite")
         .tempfile_in(&opts.tmp_dir)
         .map_err(|e| Error::io(&opts.tmp_dir, e))?;
-    let mut referenced = Referenced::create(tmp.path())?;
+    let mut referenced = KeySet::create(tmp.path(), "gc's temporary key set")?;
 
     // Every object list: those of committed runs, and of runs that may be committing
     // now (a list without a metafile, younger than the grace period: the metafile comes
@@ -207,7 +208,14 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     // Referenced objects that are not there: name them and the runs they break.
     let (unseen, more) = referenced.unseen(MISSING_NAMED)?;
     if !unseen.is_empty() {
-        stats.missing = name_missing(store, &runs, &unseen)?;
+        let lists = runs
+            .iter()
+            .filter(|(_, r)| r.committed())
+            .filter_map(|(key, r)| {
+                let name = format!("{}/{}/{}", key.0, key.1, key.2);
+                r.refs.as_ref().map(|refs| (name, refs.path.clone()))
+            });
+        stats.missing = name_missing(store, lists, &unseen)?;
         let hosts: std::collections::BTreeSet<&str> = runs
             .iter()
             .filter(|(key, _)| {
@@ -270,7 +278,7 @@ fn cutoff(start: DateTime<Utc>, grace: Duration) -> DateTime<Utc> {
 
 /// The key of a data object at `location`; `None` for anything else under `data/`
 /// (foreign objects are never deleted).
-fn data_key(location: &object_store::path::Path) -> Option<ObjectKey> {
+pub(crate) fn data_key(location: &object_store::path::Path) -> Option<ObjectKey> {
     location
         .filename()
         .and_then(|f| f.parse::<ObjectKey>().ok())
@@ -297,36 +305,6 @@ fn verdict(referenced: bool, stored: DateTime<Utc>, cutoff: DateTime<Utc>) -> Ve
     } else {
         Verdict::Delete
     }
-}
-
-/// For each missing object, the committed runs whose object lists name it (a second
-/// read of the lists, made only when objects are missing).
-fn name_missing(
-    store: &Admin,
-    runs: &BTreeMap<RunKey, RunFiles>,
-    missing: &[ObjectKey],
-) -> Result<Vec<MissingObject>> {
-    let wanted: std::collections::HashSet<ObjectKey> = missing.iter().copied().collect();
-    let mut by_key: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
-    for ((host, source, id), r) in runs {
-        let Some(refs) = r.refs.as_ref().filter(|_| r.committed()) else {
-            continue;
-        };
-        let name = format!("{host}/{source}/{id}");
-        let _ = refs::read_each(store.stream(&refs.path)?, &name, |k| {
-            if wanted.contains(&k) {
-                by_key.entry(k).or_default().push(name.clone());
-            }
-            Ok(())
-        });
-    }
-    Ok(missing
-        .iter()
-        .map(|k| MissingObject {
-            object: crate::store::data_path(k).to_string(),
-            runs: by_key.remove(k).unwrap_or_default(),
-        })
-        .collect())
 }
 
 /// A run's objects under `runs/`.
@@ -367,116 +345,8 @@ fn group_runs(objects: Vec<RunObject>) -> BTreeMap<RunKey, RunFiles> {
     runs
 }
 
-/// The set of referenced object keys, in a temporary SQLite file.
-struct Referenced {
-    conn: Connection,
-    path: std::path::PathBuf,
-}
-
-/// An error of the temporary key set at `path`.
-fn key_set_err(path: &Path, e: rusqlite::Error) -> Error {
-    Error::Index {
-        path: path.to_path_buf(),
-        message: format!("gc's temporary key set: {e}"),
-        source: Some(Box::new(e)),
-    }
-}
-
-impl Referenced {
-    fn create(path: &Path) -> Result<Self> {
-        let fail = |e| key_set_err(path, e);
-        let conn = Connection::open(path).map_err(fail)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
-             CREATE TABLE keys (key BLOB PRIMARY KEY, seen INTEGER NOT NULL DEFAULT 0)
-                 WITHOUT ROWID;",
-        )
-        .map_err(fail)?;
-        Ok(Referenced {
-            conn,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// Adds an object list's keys. The outer result is the key set's own failure; the
-    /// inner one the list's: on a malformed list, the keys read before the damage are
-    /// still added (keeping too much is safe, too little is not).
-    fn add(
-        &mut self,
-        list: impl std::io::BufRead,
-        what: &str,
-    ) -> Result<std::result::Result<refs::Header, Error>> {
-        let path = &self.path;
-        let fail = |e| key_set_err(path, e);
-        let tx = self.conn.transaction().map_err(fail)?;
-        let mut failed = None;
-        let read = {
-            let mut stmt = tx
-                .prepare_cached("INSERT OR IGNORE INTO keys (key) VALUES (?1)")
-                .map_err(fail)?;
-            refs::read_each(list, what, |k| {
-                stmt.execute(params![&k.0[..]]).map(drop).map_err(|e| {
-                    let e = fail(e);
-                    failed = Some(e);
-                    Error::Internal("the key set failed".into())
-                })
-            })
-        };
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        tx.commit().map_err(fail)?;
-        Ok(read)
-    }
-
-    /// Whether `key` is referenced; marks it as found on the target.
-    fn contains(&self, key: &ObjectKey) -> Result<bool> {
-        let fail = |e| key_set_err(&self.path, e);
-        let mut stmt = self
-            .conn
-            .prepare_cached("UPDATE keys SET seen = 1 WHERE key = ?1")
-            .map_err(fail)?;
-        stmt.execute(params![&key.0[..]])
-            .map(|n| n > 0)
-            .map_err(fail)
-    }
-
-    /// Referenced keys the listing of the target did not show, at most `limit`, and
-    /// whether there were more.
-    fn unseen(&self, limit: usize) -> Result<(Vec<ObjectKey>, bool)> {
-        let fail = |e| key_set_err(&self.path, e);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT key FROM keys WHERE seen = 0 ORDER BY key LIMIT ?1")
-            .map_err(fail)?;
-        let rows = stmt
-            .query_map(params![limit as i64 + 1], |r| r.get::<_, Vec<u8>>(0))
-            .map_err(fail)?;
-        let mut keys = Vec::new();
-        for row in rows {
-            let bytes = row.map_err(fail)?;
-            if let Ok(k) = <[u8; 32]>::try_from(bytes.as_slice()) {
-                keys.push(ObjectKey(k));
-            }
-        }
-        let more = keys.len() > limit;
-        keys.truncate(limit);
-        Ok((keys, more))
-    }
-}
-
 /// At most this many missing objects are named (each with the runs that need it).
 const MISSING_NAMED: usize = 1000;
-
-/// A referenced object that is not on the target.
-#[derive(Debug, Clone, Serialize)]
-#[non_exhaustive]
-pub struct MissingObject {
-    /// Its name.
-    pub object: String,
-    /// The runs whose object lists reference it: `host/source/run`.
-    pub runs: Vec<String>,
-}
 
 #[cfg(test)]
 mod tests {

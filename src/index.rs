@@ -1,6 +1,6 @@
 //! The local index (SQLite): dedup state per target and the digest cache. All the SQL of
-//! the state directory (gc's temporary set of referenced keys, in src/gc.rs, is the only
-//! other SQL, on a throwaway file).
+//! the state directory (the temporary key sets of gc and verify, src/keyset.rs, are the
+//! only other SQL, on throwaway files).
 //!
 //! It is a cache, never the truth: losing it costs re-uploads, never data. It records a
 //! chunk only after the target acknowledged the pack holding it (invariant 2), so a crash

@@ -90,6 +90,7 @@ mod fuzz;
 pub mod gc;
 mod ids;
 mod index;
+mod keyset;
 mod prng;
 mod progress;
 pub mod prune;
@@ -100,6 +101,7 @@ mod source;
 mod state;
 mod store;
 mod text;
+pub mod verify;
 
 // Commands.
 pub use backup::{backup, backup_all, BackupOptions, BackupStats};

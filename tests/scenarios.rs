@@ -21,6 +21,7 @@ per_kind!(
     another_hosts_stale_index_never_references_collected_objects,
     an_interrupted_backup_then_gc_then_a_rerun_restores_completely,
     ctrl_c_stops_a_backup_cleanly_and_the_next_one_completes,
+    verify_storage_finds_what_is_missing_wrong_or_damaged_without_a_key,
 );
 
 fn backup_restore_and_runs(kind: Kind) {
@@ -457,4 +458,122 @@ fn ctrl_c_stops_a_backup_cleanly_and_the_next_one_completes(kind: Kind) {
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
     t.restore_run_matches(&t.fx.config, HOST, &run, &expected, "restored");
+}
+
+/// `coffer verify --storage` with no key: clean on a genuine target; then a pack deleted,
+/// one truncated, one overwritten with a flipped byte and a metafile's last byte flipped,
+/// each found (the last two only when the data is read) and named with the runs they
+/// break. The put-only credential cannot verify.
+fn verify_storage_finds_what_is_missing_wrong_or_damaged_without_a_key(kind: Kind) {
+    let t = On::new(kind, "verify");
+    write(&t.fx.src.join("big"), &pseudo_random(70, 4 << 20));
+    write(&t.fx.src.join("small"), b"small\n");
+    let run1 = t.backup_run(&t.fx.config);
+    std::thread::sleep(Duration::from_millis(1100));
+    write(&t.fx.src.join("more"), &pseudo_random(71, 300_000));
+    let run2 = t.backup_run(&t.fx.config);
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["verify", "--storage", "--json", "--target", t.target()];
+        args.extend_from_slice(extra);
+        t.coffer(Cred::Admin, &args)
+    };
+    let report = |out: &Out| out.json()[0].clone();
+
+    let out = verify(&[]).ok();
+    let r = report(&out);
+    let packs = t.data_names();
+    assert_eq!(r["runs"], 2, "{out}");
+    assert_eq!(r["runs_ok"], 2, "{out}");
+    assert_eq!(r["objects"], packs.len(), "{out}");
+    assert_eq!(r["findings"], serde_json::json!([]), "{out}");
+    assert_eq!(r["bytes_read"], 0, "the listing only: {out}");
+    let clean = verify(&["--read-data"]).ok();
+    let r = report(&clean);
+    assert!(r["bytes_read"].as_u64().unwrap() > 4 << 20, "{clean}");
+    assert_eq!(r["findings"], serde_json::json!([]), "{clean}");
+    t.coffer(
+        Cred::PutOnly,
+        &["verify", "--storage", "--target", t.target()],
+    )
+    .expect(if kind == Kind::S3 {
+        EXIT_ERROR
+    } else {
+        EXIT_OK
+    });
+
+    // Packs both runs reference (run 2 reuses all of run 1's).
+    let shared: Vec<String> = t
+        .refs_of(HOST, &run1)
+        .intersection(&t.refs_of(HOST, &run2))
+        .cloned()
+        .collect();
+    assert!(shared.len() >= 3, "4 MiB in 1 MiB packs: {shared:?}");
+    let key = |name: &str| format!("data/{}/{name}", &name[..2]);
+    let both = [
+        format!("{HOST}/{SOURCE}/{run1}"),
+        format!("{HOST}/{SOURCE}/{run2}"),
+    ];
+    t.remove(&key(&shared[0]));
+    t.overwrite(&key(&shared[1]), b"short");
+    let mut flipped = t.download(&key(&shared[2]));
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 1;
+    t.overwrite(&key(&shared[2]), &flipped);
+    let meta = format!("runs/{HOST}/{SOURCE}/{run2}.meta");
+    let mut m = t.download(&meta);
+    let last = m.len() - 1;
+    m[last] ^= 1;
+    t.overwrite(&meta, &m);
+
+    let out = verify(&[]).expect(4);
+    let r = report(&out);
+    let kinds = |r: &serde_json::Value| -> Vec<(String, String)> {
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["kind"].as_str().unwrap().to_string(),
+                    f["object"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        kinds(&r),
+        [
+            ("missing".to_string(), key(&shared[0])),
+            ("size".to_string(), key(&shared[1]))
+        ],
+        "{out}"
+    );
+    for f in r["findings"].as_array().unwrap() {
+        assert_eq!(f["runs"], serde_json::json!(both), "{out}");
+    }
+    assert_eq!(r["runs_ok"], 0, "{out}");
+
+    let out = verify(&["--read-data"]).expect(4);
+    let r = report(&out);
+    let found = kinds(&r);
+    assert!(
+        found.contains(&("hash".to_string(), key(&shared[2]))),
+        "{out}"
+    );
+    assert!(
+        found.contains(&("metafile".to_string(), meta.clone())),
+        "{out}"
+    );
+    assert_eq!(found.len(), 4, "{out}");
+
+    // For people: each finding on standard error, with its runs.
+    let out = t
+        .coffer(
+            Cred::Admin,
+            &["verify", "--storage", "--target", t.target()],
+        )
+        .expect(4)
+        .stderr_has("missing")
+        .stderr_has(&run1);
+    assert!(out.stdout.contains("PROBLEMS FOUND"), "{out}");
 }

@@ -80,6 +80,23 @@ pub enum Command {
     /// by prune. The exit status is 3 if any run is not ok.
     #[command(verbatim_doc_comment)]
     Runs(RunsArgs),
+    /// Check a target without a key: runs, object lists, and that every object is there.
+    ///
+    /// --storage needs no key, only a credential that may list and read (a monitoring
+    /// machine's): every run gets the keyless checks of `coffer runs`, every object a
+    /// run's object list names must be on the target, and no pack may have a size no
+    /// pack can have. This reads the listing and each run's object list, not the packs.
+    /// With --read-data every pack is read and must hash (BLAKE3) to its name, and every
+    /// metafile to what its object list records: the whole target is downloaded once.
+    ///
+    /// Each finding names the object and the runs it breaks. The exit status is 0 when
+    /// everything checked out, 4 when something was found wrong, 1 on an error (the
+    /// target could not be read).
+    ///
+    ///   coffer verify --storage --target s3://backups/web1
+    ///   coffer verify --storage --read-data --json
+    #[command(verbatim_doc_comment)]
+    Verify(VerifyArgs),
     /// Restore a run (the newest of a source, a given run, or a metafile on disk).
     ///
     /// The whole metafile is checked before anything is written; then every chunk and
@@ -243,6 +260,22 @@ pub struct RunsArgs {
     /// of its metafile (two small reads per run) to check it
     #[arg(long)]
     pub no_check: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Check what is stored, without a key (the only kind of check so far; required)
+    #[arg(long, required = true)]
+    pub storage: bool,
+    /// Also read every pack and metafile and check their BLAKE3 (downloads everything)
+    #[arg(long)]
+    pub read_data: bool,
+    /// Target name from the config, or a target URL [default: every target]
+    #[arg(long, value_name = "T")]
+    pub target: Option<String>,
     /// Print JSON
     #[arg(long)]
     pub json: bool,

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use args::{
     BackupArgs, BenchArgs, Cli, Command, GcArgs, InitArgs, KeygenArgs, PruneArgs, RestoreArgs,
-    RunsArgs,
+    RunsArgs, VerifyArgs,
 };
 use output::Bar;
 
@@ -25,6 +25,8 @@ const EXIT_OK: u8 = 0;
 const EXIT_ERROR: u8 = 1;
 /// Done, but some files were skipped or failed.
 const EXIT_PARTIAL: u8 = 3;
+/// `verify` found something wrong.
+const EXIT_FOUND: u8 = 4;
 /// Interrupted by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -54,6 +56,7 @@ pub fn run() -> ExitCode {
         Command::Bench(_) => "bench",
         Command::Prune(_) => "prune",
         Command::Gc(_) => "gc",
+        Command::Verify(_) => "verify",
     };
     let json = match &cli.command {
         Command::Backup(a) => a.json,
@@ -62,6 +65,7 @@ pub fn run() -> ExitCode {
         Command::Bench(a) => a.json,
         Command::Prune(a) => a.json,
         Command::Gc(a) => a.json,
+        Command::Verify(a) => a.json,
         Command::Keygen(_) | Command::Init(_) => false,
     };
     let result = match cli.command {
@@ -73,6 +77,7 @@ pub fn run() -> ExitCode {
         Command::Bench(a) => bench(a),
         Command::Prune(a) => prune(cli.config.as_deref(), a),
         Command::Gc(a) => gc(cli.config.as_deref(), a),
+        Command::Verify(a) => verify(cli.config.as_deref(), a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -532,6 +537,47 @@ fn gc(config: Option<&Path>, a: GcArgs) -> Result<u8> {
         println!("{}", serde_json::to_string_pretty(&all)?);
     }
     Ok(if problems { EXIT_PARTIAL } else { EXIT_OK })
+}
+
+fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
+    let (cfg, targets) = read_targets(config, a.target.as_deref())?;
+    let tmp_dir = match &cfg {
+        Some(c) => c.state_dir.join("tmp"),
+        None => std::env::temp_dir(),
+    };
+    let mut all = Vec::new();
+    for t in &targets {
+        let store = Store::open(t, false)?.reader();
+        let mut opts = coffer::verify::VerifyOptions::new(&tmp_dir);
+        opts.read_data = a.read_data;
+        let bar = Bar::new("verify", a.json);
+        let report = coffer::verify::verify_storage(&store, &opts, &bar)?;
+        if !a.json {
+            for f in &report.findings {
+                eprintln!(
+                    "coffer verify: {}: {} ({}): {}",
+                    t.name,
+                    f.kind,
+                    if f.runs.is_empty() {
+                        "no run".to_string()
+                    } else {
+                        f.runs.join(", ")
+                    },
+                    output::escape_line(&f.message)
+                );
+            }
+            print!("{}", output::verify_summary(&report));
+        }
+        all.push(report);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    }
+    Ok(if all.iter().all(|r| r.clean()) {
+        EXIT_OK
+    } else {
+        EXIT_FOUND
+    })
 }
 
 fn restore_target(config: Option<&Path>, a: &RestoreArgs) -> Result<TargetConfig> {

@@ -145,6 +145,32 @@ pub fn prune_report(r: &coffer::prune::PruneReport) -> String {
     o
 }
 
+pub fn verify_summary(r: &coffer::verify::VerifyReport) -> String {
+    format!(
+        "{}: verify --storage{}: {}\n\
+         \x20 runs           {} ({} ok)\n\
+         \x20 objects        {} ({}), {} referenced by runs\n\
+         \x20 read           {}\n\
+         \x20 findings       {} (named on standard error)\n\
+         \x20 elapsed        {:.2}s\n",
+        r.target,
+        if r.read_data { " --read-data" } else { "" },
+        if r.clean() { "clean" } else { "PROBLEMS FOUND" },
+        r.runs,
+        r.runs_ok,
+        r.objects,
+        bytes(r.bytes),
+        r.objects_referenced,
+        if r.read_data {
+            bytes(r.bytes_read)
+        } else {
+            "nothing (listing only; --read-data reads and hashes every object)".to_string()
+        },
+        r.findings.len() as u64 + r.findings_more,
+        r.elapsed_secs
+    )
+}
+
 pub fn gc_summary(s: &coffer::gc::GcStats) -> String {
     let grace = coffer::retention::humantime(std::time::Duration::from_secs(s.grace_secs));
     format!(

@@ -396,6 +396,43 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// Lists the data objects (`data/`) in pages of up to `page`, streaming, handing each
+    /// page to `f` on the calling thread (so `f` may read objects). Memory is bounded by
+    /// two pages, however many objects the target holds.
+    pub(crate) fn list_data(
+        &self,
+        page: usize,
+        mut f: impl FnMut(&[object_store::ObjectMeta]) -> Result<()>,
+    ) -> Result<()> {
+        use futures::StreamExt;
+        let store = self.core.inner.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        // The listing runs on the runtime; its pages come here one at a time. Dropping
+        // the receiver (an error below) ends it.
+        let lister = runtime().spawn(async move {
+            let prefix = StorePath::from("data");
+            let mut pages = store.list(Some(&prefix)).try_chunks(page);
+            while let Some(p) = pages.next().await {
+                let failed = p.is_err();
+                if tx.send(p.map_err(|e| e.1)).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let result = (|| {
+            while let Some(p) = rx.blocking_recv() {
+                let p = p.map_err(|e| self.core.map_err(&StorePath::from("data/"), "list", e))?;
+                f(&p)?;
+            }
+            Ok(())
+        })();
+        drop(rx);
+        let _ = runtime().block_on(lister);
+        result
+    }
+}
+
 impl Admin {
     /// Lists the data objects (`data/`) in batches of up to `batch`, streaming, and
     /// deletes the objects each call of `f` returns before listing further. Memory is

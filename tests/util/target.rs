@@ -468,6 +468,27 @@ impl On {
         }
     }
 
+    /// Replaces an object's bytes behind coffer's back (the admin credential on S3: a
+    /// versioned bucket keeps the old version).
+    pub fn overwrite(&self, key: &str, bytes: &[u8]) {
+        match self.kind {
+            Kind::Folder => std::fs::write(self.fx.target.join(key), bytes).unwrap(),
+            Kind::S3 => {
+                let file = self.fx.path("overwrite.tmp");
+                std::fs::write(&file, bytes).unwrap();
+                let out = self.aws(
+                    Cred::Admin,
+                    &["s3", "cp", file.to_str().unwrap(), &self.s3_url(key)],
+                );
+                assert!(
+                    out.status.success(),
+                    "aws s3 cp {key}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
     /// Deletes an object behind coffer's back (the admin credential on S3).
     pub fn remove(&self, key: &str) {
         match self.kind {

@@ -1,0 +1,156 @@
+//! A set of object keys too large for memory: the keys that runs reference, in a
+//! temporary SQLite file (gc and verify), each marked once the target's listing showed
+//! it, so that what is referenced and missing falls out at the end. Memory stays
+//! bounded however many objects the target holds (invariant 5). This and the local index
+//! (src/index.rs) are the only SQL.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use object_store::path::Path as StorePath;
+use rusqlite::{params, Connection};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::format::refs;
+use crate::ids::ObjectKey;
+use crate::store::Reader;
+
+/// A set of object keys in a temporary SQLite file, each marked once the target's
+/// listing showed it.
+pub(crate) struct KeySet {
+    conn: Connection,
+    path: std::path::PathBuf,
+    what: &'static str,
+}
+
+/// An error of the temporary key set (`what`) at `path`.
+fn key_set_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
+    Error::Index {
+        path: path.to_path_buf(),
+        message: format!("{what}: {e}"),
+        source: Some(Box::new(e)),
+    }
+}
+
+impl KeySet {
+    /// A new set in the file at `path`; `what` names it in errors.
+    pub(crate) fn create(path: &Path, what: &'static str) -> Result<Self> {
+        let fail = |e| key_set_err(path, what, e);
+        let conn = Connection::open(path).map_err(fail)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+             CREATE TABLE keys (key BLOB PRIMARY KEY, seen INTEGER NOT NULL DEFAULT 0)
+                 WITHOUT ROWID;",
+        )
+        .map_err(fail)?;
+        Ok(KeySet {
+            conn,
+            path: path.to_path_buf(),
+            what,
+        })
+    }
+
+    /// Adds an object list's keys. The outer result is the key set's own failure; the
+    /// inner one the list's: on a malformed list, the keys read before the damage are
+    /// still added (keeping too much is safe, too little is not).
+    pub(crate) fn add(
+        &mut self,
+        list: impl std::io::BufRead,
+        what: &str,
+    ) -> Result<std::result::Result<refs::Header, Error>> {
+        let (path, what_set) = (&self.path, self.what);
+        let fail = |e| key_set_err(path, what_set, e);
+        let tx = self.conn.transaction().map_err(fail)?;
+        let mut failed = None;
+        let read = {
+            let mut stmt = tx
+                .prepare_cached("INSERT OR IGNORE INTO keys (key) VALUES (?1)")
+                .map_err(fail)?;
+            refs::read_each(list, what, |k| {
+                stmt.execute(params![&k.0[..]]).map(drop).map_err(|e| {
+                    let e = fail(e);
+                    failed = Some(e);
+                    Error::Internal("the key set failed".into())
+                })
+            })
+        };
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        tx.commit().map_err(fail)?;
+        Ok(read)
+    }
+
+    /// Whether `key` is referenced; marks it as found on the target.
+    pub(crate) fn contains(&self, key: &ObjectKey) -> Result<bool> {
+        let fail = |e| key_set_err(&self.path, self.what, e);
+        let mut stmt = self
+            .conn
+            .prepare_cached("UPDATE keys SET seen = 1 WHERE key = ?1")
+            .map_err(fail)?;
+        stmt.execute(params![&key.0[..]])
+            .map(|n| n > 0)
+            .map_err(fail)
+    }
+
+    /// Referenced keys the listing of the target did not show, at most `limit`, and
+    /// whether there were more.
+    pub(crate) fn unseen(&self, limit: usize) -> Result<(Vec<ObjectKey>, bool)> {
+        let fail = |e| key_set_err(&self.path, self.what, e);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key FROM keys WHERE seen = 0 ORDER BY key LIMIT ?1")
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map(params![limit as i64 + 1], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(fail)?;
+        let mut keys = Vec::new();
+        for row in rows {
+            let bytes = row.map_err(fail)?;
+            if let Ok(k) = <[u8; 32]>::try_from(bytes.as_slice()) {
+                keys.push(ObjectKey(k));
+            }
+        }
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        Ok((keys, more))
+    }
+}
+
+/// A referenced object that is not on the target.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct MissingObject {
+    /// Its name.
+    pub object: String,
+    /// The runs whose object lists reference it: `host/source/run`.
+    pub runs: Vec<String>,
+}
+
+/// For each missing object, the runs (`lists`: a name and the key of its object list)
+/// that reference it: a second read of the lists, made only when objects are missing.
+pub(crate) fn name_missing(
+    store: &Reader,
+    lists: impl IntoIterator<Item = (String, StorePath)>,
+    missing: &[ObjectKey],
+) -> Result<Vec<MissingObject>> {
+    // A list that cannot be read whole still names what it holds before the damage.
+    let wanted: std::collections::HashSet<ObjectKey> = missing.iter().copied().collect();
+    let mut by_key: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
+    for (name, path) in lists {
+        let _ = refs::read_each(store.stream(&path)?, &name, |k| {
+            if wanted.contains(&k) {
+                by_key.entry(k).or_default().push(name.clone());
+            }
+            Ok(())
+        });
+    }
+    Ok(missing
+        .iter()
+        .map(|k| MissingObject {
+            object: crate::store::data_path(k).to_string(),
+            runs: by_key.remove(k).unwrap_or_default(),
+        })
+        .collect())
+}

@@ -27,10 +27,11 @@ start) ;;
 esac
 
 mkdir -p "$dir"
-if ! "$venv/bin/python" -c 'import moto, flask_cors' 2>/dev/null || [ ! -x "$venv/bin/aws" ]; then
-    echo "s3-server: installing moto and awscli into $venv" >&2
+# prometheus-client: the tests parse `coffer status --prometheus` with its parser.
+if ! "$venv/bin/python" -c 'import moto, flask_cors, prometheus_client' 2>/dev/null || [ ! -x "$venv/bin/aws" ]; then
+    echo "s3-server: installing moto, awscli and prometheus-client into $venv" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'moto[s3,iam]==5.2.5' flask flask-cors awscli
+    "$venv/bin/pip" install -q 'moto[s3,iam]==5.2.5' flask flask-cors awscli 'prometheus-client==0.21.1'
 fi
 port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
@@ -49,7 +50,7 @@ else:
 PY
 
 ENDPOINT=$endpoint DIR=$dir AWS_CLI=$venv/bin/aws "$venv/bin/python" - <<'PY'
-import json, os, urllib.request
+import json, os, sys, urllib.request
 import boto3
 
 endpoint, bucket = os.environ["ENDPOINT"], "coffer-test"
@@ -82,5 +83,6 @@ with open(os.path.join(os.environ["DIR"], "s3.env"), "w") as f:
     f.write(f"COFFER_TEST_S3_PUT_KEY={put[0]}\nCOFFER_TEST_S3_PUT_SECRET={put[1]}\n")
     f.write(f"COFFER_TEST_S3_LOG={os.environ['DIR']}/moto.log\n")
     f.write(f"COFFER_TEST_AWS_CLI={os.environ['AWS_CLI']}\n")
+    f.write(f"COFFER_TEST_PYTHON={sys.executable}\n")
 PY
 echo "s3-server: moto on $endpoint, settings in $dir/s3.env" >&2

@@ -99,6 +99,7 @@ pub mod retention;
 pub mod runs;
 mod source;
 mod state;
+pub mod status;
 mod store;
 mod text;
 pub mod verify;

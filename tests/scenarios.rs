@@ -22,6 +22,7 @@ per_kind!(
     an_interrupted_backup_then_gc_then_a_rerun_restores_completely,
     ctrl_c_stops_a_backup_cleanly_and_the_next_one_completes,
     verify_storage_finds_what_is_missing_wrong_or_damaged_without_a_key,
+    status_says_fresh_stale_broken_or_unknown_as_monitoring_expects,
 );
 
 fn backup_restore_and_runs(kind: Kind) {
@@ -576,4 +577,136 @@ fn verify_storage_finds_what_is_missing_wrong_or_damaged_without_a_key(kind: Kin
         .stderr_has("missing")
         .stderr_has(&run1);
     assert!(out.stdout.contains("PROBLEMS FOUND"), "{out}");
+}
+
+/// `coffer status`, keyless, with the admin's credential standing in for a monitoring
+/// machine's read-only one: OK when fresh, WARNING past --warn-age or when the newest run
+/// does not check out, CRITICAL past max-age (flag or config), UNKNOWN when the target
+/// cannot be read; the Prometheus file is parsed by prometheus_client's own parser.
+fn status_says_fresh_stale_broken_or_unknown_as_monitoring_expects(kind: Kind) {
+    let t = On::new(kind, "status");
+    nested_tree(&t.fx.src);
+    let run = t.backup_run(&t.fx.config);
+    let status = |cred: Cred, extra: &[&str]| {
+        let mut args = vec!["status", "--target", t.target()];
+        args.extend_from_slice(extra);
+        t.coffer(cred, &args)
+    };
+
+    let out = status(Cred::Admin, &["--max-age", "1h", "--json"]).expect(0);
+    let j = out.json();
+    assert_eq!(j["health"], "OK", "{out}");
+    let s = &j["sources"][0];
+    assert_eq!(
+        (&s["host"], &s["source"], &s["runs"], &s["runs_ok"]),
+        (&HOST.into(), &SOURCE.into(), &1.into(), &1.into()),
+        "{out}"
+    );
+    assert_eq!(s["last_complete_run"], run.as_str(), "{out}");
+    assert!(s["age_secs"].as_u64().unwrap() < 600, "{out}");
+    let prom = t.fx.path("coffer.prom");
+    let out = t.coffer(
+        Cred::Admin,
+        &[
+            "status",
+            "--target",
+            t.target(),
+            "--max-age",
+            "1h",
+            "--prometheus",
+            prom.to_str().unwrap(),
+        ],
+    );
+    let out = out.expect(0);
+    assert!(
+        out.stdout.starts_with("COFFER OK - 1 source backed up"),
+        "{out}"
+    );
+    let samples = parse_prometheus(&prom);
+    let labels = format!("host={HOST},source={SOURCE},target={}", t.target());
+    assert_eq!(samples[&format!("coffer_source_health{{{labels}}}")], 0.0);
+    assert_eq!(
+        samples[&format!("coffer_target_up{{target={}}}", t.target())],
+        1.0
+    );
+    let ok_runs = format!(
+        "coffer_runs{{host={HOST},source={SOURCE},state=ok,target={}}}",
+        t.target()
+    );
+    assert_eq!(samples[&ok_runs], 1.0, "{samples:?}");
+    let stored = samples[&format!("coffer_last_complete_run_timestamp_seconds{{{labels}}}")];
+    assert!((stored - chrono::Utc::now().timestamp() as f64).abs() < 600.0);
+
+    // Stale: past --warn-age a warning, past --max-age critical; max_age in the config.
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = status(Cred::Admin, &["--max-age", "1h", "--warn-age", "1s"]).expect(1);
+    assert!(out.stdout.contains("more than warn-age 1s"), "{out}");
+    let out = status(Cred::Admin, &["--max-age", "1s"]).expect(2);
+    assert!(
+        out.stdout.starts_with("COFFER CRITICAL - ") && out.stdout.contains("max-age 1s"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&t.fx.config).unwrap();
+    let with_age = text.replace(
+        &format!("[source.{SOURCE}]\n"),
+        &format!("[source.{SOURCE}]\nmax_age = \"1s\"\n"),
+    );
+    assert_ne!(with_age, text);
+    std::fs::write(&t.fx.config, &with_age).unwrap();
+    status(Cred::Admin, &[]).expect(2);
+    status(Cred::Admin, &["--max-age", "1h"]).expect(2); // the source's own limit wins
+    std::fs::write(&t.fx.config, &text).unwrap();
+
+    // Broken: a junk run planted as the newest is named, and makes it a warning.
+    let junk = util::forge::run_id(chrono::Utc::now().timestamp(), "0000beef");
+    t.overwrite(&format!("runs/{HOST}/{SOURCE}/{junk}.refs"), b"junk\n");
+    t.overwrite(&format!("runs/{HOST}/{SOURCE}/{junk}.meta"), b"junk\n");
+    let out = status(Cred::Admin, &["--max-age", "1h"]).expect(1);
+    assert!(
+        out.stdout.starts_with("COFFER WARNING - ") && out.stdout.contains(&junk),
+        "{out}"
+    );
+
+    // Unknown: the target cannot be read.
+    let out = match kind {
+        Kind::S3 => status(Cred::PutOnly, &["--max-age", "1h"]),
+        Kind::Folder => t.coffer(
+            Cred::Admin,
+            &["status", "--target", "file:///nonexistent/coffer"],
+        ),
+    };
+    let out = out.expect(3);
+    assert!(out.stdout.starts_with("COFFER UNKNOWN - "), "{out}");
+}
+
+/// Every sample of a Prometheus text file, parsed by prometheus_client, as
+/// `name{label=value,...}` (labels sorted) to value.
+fn parse_prometheus(file: &std::path::Path) -> BTreeMap<String, f64> {
+    let python = util::target::S3::from_env().python;
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(
+            "import sys\n\
+             from prometheus_client.parser import text_string_to_metric_families as p\n\
+             for f in p(open(sys.argv[1]).read()):\n\
+             \x20   for s in f.samples:\n\
+             \x20       l = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n\
+             \x20       print(f'{s.name}{{{l}}}', s.value)\n",
+        )
+        .arg(file)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "the parser refused the file: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
 }

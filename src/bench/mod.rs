@@ -326,6 +326,7 @@ fn whole_backups(
             one_file_system: false,
             chunking: DEFAULT_CHUNKING,
             retention: crate::retention::Retention::default(),
+            max_age: None,
         };
         let where_to = match into {
             Destination::Memory => "into memory",

@@ -80,6 +80,27 @@ pub enum Command {
     /// by prune. The exit status is 3 if any run is not ok.
     #[command(verbatim_doc_comment)]
     Runs(RunsArgs),
+    /// Is every source backed up, and recently? For monitoring; needs no key.
+    ///
+    /// For every host and source on the target(s): when the newest run that checks out
+    /// (as `coffer runs` checks) was stored and how old it is, and the runs that do not
+    /// check out. A source is CRITICAL when it has no such run or it is older than its
+    /// max-age (--max-age, or max_age in its [source] section), WARNING when older than
+    /// --warn-age or when runs are suspicious or damaged; a target that cannot be read is
+    /// UNKNOWN. The sources of the config's own host are expected: without runs, they
+    /// are CRITICAL.
+    ///
+    /// The exit status follows the monitoring-plugin convention, so the command drops
+    /// into Nagios or Icinga: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the worst wins; an
+    /// unreadable target outranks a warning). The first line says it for people and
+    /// plugins. --prometheus FILE writes the same for node_exporter's textfile collector
+    /// (atomically). Run it on a monitoring machine with a credential that may list and
+    /// read runs/ only.
+    ///
+    ///   coffer status --target s3://backups/web1 --max-age 26h
+    ///   coffer status --max-age 26h --prometheus /var/lib/node_exporter/coffer.prom
+    #[command(verbatim_doc_comment)]
+    Status(StatusArgs),
     /// Check a target without a key: runs, object lists, and that every object is there.
     ///
     /// --storage needs no key, only a credential that may list and read (a monitoring
@@ -260,6 +281,25 @@ pub struct RunsArgs {
     /// of its metafile (two small reads per run) to check it
     #[arg(long)]
     pub no_check: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Target name from the config, or a target URL [default: every target]
+    #[arg(long, value_name = "T")]
+    pub target: Option<String>,
+    /// CRITICAL when a source's newest complete run is older (e.g. 26h)
+    #[arg(long, value_name = "DUR", value_parser = coffer::parse_duration)]
+    pub max_age: Option<std::time::Duration>,
+    /// WARNING when it is older than this
+    #[arg(long, value_name = "DUR", value_parser = coffer::parse_duration)]
+    pub warn_age: Option<std::time::Duration>,
+    /// Also write the status to FILE in Prometheus text format (replaced atomically)
+    #[arg(long, value_name = "FILE")]
+    pub prometheus: Option<std::path::PathBuf>,
     /// Print JSON
     #[arg(long)]
     pub json: bool,

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use args::{
     BackupArgs, BenchArgs, Cli, Command, GcArgs, InitArgs, KeygenArgs, PruneArgs, RestoreArgs,
-    RunsArgs, VerifyArgs,
+    RunsArgs, StatusArgs, VerifyArgs,
 };
 use output::Bar;
 
@@ -57,6 +57,7 @@ pub fn run() -> ExitCode {
         Command::Prune(_) => "prune",
         Command::Gc(_) => "gc",
         Command::Verify(_) => "verify",
+        Command::Status(_) => "status",
     };
     let json = match &cli.command {
         Command::Backup(a) => a.json,
@@ -66,6 +67,7 @@ pub fn run() -> ExitCode {
         Command::Prune(a) => a.json,
         Command::Gc(a) => a.json,
         Command::Verify(a) => a.json,
+        Command::Status(a) => a.json,
         Command::Keygen(_) | Command::Init(_) => false,
     };
     let result = match cli.command {
@@ -78,6 +80,7 @@ pub fn run() -> ExitCode {
         Command::Prune(a) => prune(cli.config.as_deref(), a),
         Command::Gc(a) => gc(cli.config.as_deref(), a),
         Command::Verify(a) => verify(cli.config.as_deref(), a),
+        Command::Status(a) => status(cli.config.as_deref(), a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -537,6 +540,103 @@ fn gc(config: Option<&Path>, a: GcArgs) -> Result<u8> {
         println!("{}", serde_json::to_string_pretty(&all)?);
     }
     Ok(if problems { EXIT_PARTIAL } else { EXIT_OK })
+}
+
+fn status(config: Option<&Path>, a: StatusArgs) -> Result<u8> {
+    use coffer::status::{self, Health};
+    // Whatever stops the check is UNKNOWN (3) for the monitoring system, not an error.
+    let json = a.json;
+    let unknown = |e: anyhow::Error| -> Result<u8> {
+        let message = error_text(&e);
+        if json {
+            let out = serde_json::json!({"health": "UNKNOWN", "exit_status": 3,
+                "sources": [], "unreadable": [{"target": null, "error": message}]});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            println!("COFFER UNKNOWN - {}", output::escape_line(&message));
+        }
+        Ok(Health::Unknown.exit_status())
+    };
+    let (cfg, targets) = match read_targets(config, a.target.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return unknown(e),
+    };
+    let mut opts = status::StatusOptions::new();
+    opts.max_age = a.max_age;
+    opts.warn_age = a.warn_age;
+    let now = chrono::Utc::now();
+    let mut sources = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut up = Vec::new();
+    for t in &targets {
+        let mut opts = opts.clone();
+        if let Some(c) = &cfg {
+            for s in c.sources.values() {
+                if let Some(m) = s.max_age {
+                    opts.max_age_of.insert(s.name.clone(), m);
+                }
+                if s.targets.contains(&t.name) {
+                    opts.expected.push((c.host.clone(), s.name.clone()));
+                }
+            }
+        }
+        let checked = Store::open(t, false).map(|s| s.reader()).and_then(|store| {
+            let mut runs = store.list_runs()?;
+            coffer::runs::check(&store, &mut runs)?;
+            Ok(runs)
+        });
+        match checked {
+            Ok(runs) => {
+                up.push((t.name.clone(), true));
+                sources.extend(status::of_runs(&t.name, &runs, now, &opts));
+            }
+            Err(e) => {
+                up.push((t.name.clone(), false));
+                unreadable.push((t.name.clone(), e.to_string()));
+            }
+        }
+    }
+    let health = status::overall(&sources, unreadable.len());
+    if let Some(file) = &a.prometheus {
+        write_atomically(file, status::prometheus(&sources, &up).as_bytes())?;
+    }
+    if json {
+        let out = serde_json::json!({
+            "health": health, "exit_status": health.exit_status(), "sources": sources,
+            "unreadable": unreadable.iter()
+                .map(|(t, e)| serde_json::json!({"target": t, "error": e}))
+                .collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", output::status_report(health, &sources, &unreadable));
+    }
+    Ok(health.exit_status())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, renamed over
+/// it: a reader sees the old file or the new one, never half of one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".coffer-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("making {} readable", tmp.path().display()))?;
+    }
+    tmp.persist(path)
+        .with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
 }
 
 fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {

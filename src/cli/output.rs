@@ -145,6 +145,51 @@ pub fn prune_report(r: &coffer::prune::PruneReport) -> String {
     o
 }
 
+/// `coffer status` for people and monitoring plugins: the first line is the verdict.
+pub fn status_report(
+    health: coffer::status::Health,
+    sources: &[coffer::status::SourceStatus],
+    unreadable: &[(String, String)],
+) -> String {
+    use coffer::status::Health;
+    // Each error names its target already.
+    let mut problems: Vec<String> = unreadable.iter().map(|(_, e)| e.clone()).collect();
+    for s in sources.iter().filter(|s| s.health != Health::Ok) {
+        problems.push(format!("{}/{}: {}", s.host, s.source, s.reasons.join("; ")));
+    }
+    let summary = if problems.is_empty() {
+        let oldest = sources.iter().filter_map(|s| s.age_secs).max().unwrap_or(0);
+        format!(
+            "{} source{} backed up, each with a complete run at most {} old",
+            sources.len(),
+            if sources.len() == 1 { "" } else { "s" },
+            coffer::retention::humantime(std::time::Duration::from_secs(oldest))
+        )
+    } else {
+        problems.join(" | ")
+    };
+    let mut out = format!("COFFER {} - {}\n", health.word(), escape_line(&summary));
+    for s in sources {
+        out += &format!(
+            "  {:<8} {} {}/{}: {}, {} of {} runs ok\n",
+            s.health.word(),
+            s.target,
+            escape_line(&s.host),
+            escape_line(&s.source),
+            match (&s.last_complete, s.age_secs) {
+                (Some(t), Some(a)) => format!(
+                    "last complete run stored {t} ({} ago)",
+                    coffer::retention::humantime(std::time::Duration::from_secs(a))
+                ),
+                _ => "no complete run".to_string(),
+            },
+            s.runs_ok,
+            s.runs
+        );
+    }
+    out
+}
+
 pub fn verify_summary(r: &coffer::verify::VerifyReport) -> String {
     format!(
         "{}: verify --storage{}: {}\n\

@@ -67,6 +67,7 @@ struct RawSource {
     keep_monthly: Option<Spanned<u32>>,
     keep_yearly: Option<Spanned<u32>>,
     keep_within: Option<Spanned<Dur>>,
+    max_age: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +123,8 @@ pub struct SourceConfig {
     pub chunking: Chunking,
     /// Retention rules `coffer prune` applies to this source's runs (empty: none set).
     pub retention: crate::retention::Retention,
+    /// `coffer status` calls the source critical when its newest complete run is older.
+    pub max_age: Option<std::time::Duration>,
 }
 
 /// A validated target.

@@ -320,6 +320,12 @@ impl Config {
         }
         let chunking = Self::validate_chunking(&s, ctx)?;
         let retention = Self::validate_retention(&s, ctx)?;
+        let max_age = match &s.max_age {
+            Some(d) if d.get_ref().0.is_zero() => {
+                return ctx.err(d.span(), "max_age must be more than 0s (or leave it out)")
+            }
+            d => d.as_ref().map(|d| d.get_ref().0),
+        };
         Ok(SourceConfig {
             name: name.to_string(),
             path,
@@ -329,6 +335,7 @@ impl Config {
             one_file_system: s.one_file_system,
             chunking,
             retention,
+            max_age,
         })
     }
 

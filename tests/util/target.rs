@@ -81,6 +81,8 @@ pub struct S3 {
     pub put: (String, String),
     pub log: PathBuf,
     pub aws_cli: PathBuf,
+    /// A Python with prometheus_client, for parsing what `coffer status` writes.
+    pub python: PathBuf,
 }
 
 impl S3 {
@@ -111,6 +113,7 @@ impl S3 {
             ),
             log: get("COFFER_TEST_S3_LOG").into(),
             aws_cli: get("COFFER_TEST_AWS_CLI").into(),
+            python: get("COFFER_TEST_PYTHON").into(),
         }
     }
 }

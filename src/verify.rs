@@ -1,3 +1,6 @@
+//! `verify`. `--data` (with the key: every chunk of a run decrypted and checked, nothing
+//! written) is [`verify_data`], next to restore whose checks it makes.
+//!
 //! `verify --storage`: what can be checked of a target without a key, with a read-only
 //! credential (the monitoring machine's, say). docs/FORMAT.md section 6.1 describes it.
 //!
@@ -16,6 +19,8 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use serde::Serialize;
+
+pub use crate::restore::{verify_data, DataReport};
 
 use crate::error::{Error, Result};
 use crate::ids::{ChunkHash, ObjectKey, RunId};

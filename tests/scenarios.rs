@@ -21,7 +21,7 @@ per_kind!(
     another_hosts_stale_index_never_references_collected_objects,
     an_interrupted_backup_then_gc_then_a_rerun_restores_completely,
     ctrl_c_stops_a_backup_cleanly_and_the_next_one_completes,
-    verify_storage_finds_what_is_missing_wrong_or_damaged_without_a_key,
+    verify_finds_what_is_missing_wrong_or_damaged_with_and_without_a_key,
     status_says_fresh_stale_broken_or_unknown_as_monitoring_expects,
 );
 
@@ -464,8 +464,9 @@ fn ctrl_c_stops_a_backup_cleanly_and_the_next_one_completes(kind: Kind) {
 /// `coffer verify --storage` with no key: clean on a genuine target; then a pack deleted,
 /// one truncated, one overwritten with a flipped byte and a metafile's last byte flipped,
 /// each found (the last two only when the data is read) and named with the runs they
-/// break. The put-only credential cannot verify.
-fn verify_storage_finds_what_is_missing_wrong_or_damaged_without_a_key(kind: Kind) {
+/// break. The put-only credential cannot verify. `verify --data` with the key: clean,
+/// then the damaged file named.
+fn verify_finds_what_is_missing_wrong_or_damaged_with_and_without_a_key(kind: Kind) {
     let t = On::new(kind, "verify");
     write(&t.fx.src.join("big"), &pseudo_random(70, 4 << 20));
     write(&t.fx.src.join("small"), b"small\n");
@@ -501,6 +502,20 @@ fn verify_storage_finds_what_is_missing_wrong_or_damaged_without_a_key(kind: Kin
     } else {
         EXIT_OK
     });
+    let key = t.fx.secret_key.to_str().unwrap().to_string();
+    let data = |extra: &[&str]| {
+        let mut args = vec!["verify", "--data", "--key", &key, "--target", t.target()];
+        args.extend_from_slice(extra);
+        t.coffer(Cred::Admin, &args)
+    };
+    let out = data(&["--json"]).ok();
+    let d = &out.json()["data"][0];
+    assert_eq!(d["run"], run2.as_str(), "the newest run: {out}");
+    assert_eq!(d["files"], 3, "{out}");
+    assert_eq!(d["failed"], 0, "{out}");
+    assert!(d["chunks"].as_u64().unwrap() >= 3, "{out}");
+    t.coffer(Cred::Admin, &["verify", "--data", "--target", t.target()])
+        .expect(2);
 
     // Packs both runs reference (run 2 reuses all of run 1's).
     let shared: Vec<String> = t
@@ -566,6 +581,21 @@ fn verify_storage_finds_what_is_missing_wrong_or_damaged_without_a_key(kind: Kin
         "{out}"
     );
     assert_eq!(found.len(), 4, "{out}");
+
+    // With the key: the files that would not restore whole are named. The newest run's
+    // metafile fails its check, so (as restore does) the run before it is checked.
+    let out = data(&["--json"]).expect(4);
+    let d = &out.json()["data"][0];
+    assert_eq!(d["run"], run1.as_str(), "{out}");
+    let named: Vec<&str> = d["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert!(named.contains(&"big"), "{out}");
+    assert_eq!(d["failed"], named.len(), "{out}");
+    data(&[]).expect(4).stderr_has("big");
 
     // For people: each finding on standard error, with its runs.
     let out = t

@@ -101,7 +101,7 @@ pub enum Command {
     ///   coffer status --max-age 26h --prometheus /var/lib/node_exporter/coffer.prom
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
-    /// Check a target without a key: runs, object lists, and that every object is there.
+    /// Check a target: without a key, what is stored (--storage); with it, every byte (--data).
     ///
     /// --storage needs no key, only a credential that may list and read (a monitoring
     /// machine's): every run gets the keyless checks of `coffer runs`, every object a
@@ -110,12 +110,17 @@ pub enum Command {
     /// With --read-data every pack is read and must hash (BLAKE3) to its name, and every
     /// metafile to what its object list records: the whole target is downloaded once.
     ///
-    /// Each finding names the object and the runs it breaks. The exit status is 0 when
-    /// everything checked out, 4 when something was found wrong, 1 on an error (the
-    /// target could not be read).
+    /// --data --key FILE fetches, decrypts and checks every chunk of the newest run of
+    /// each source (or --source, --host, --run), as restore checks them, writing nothing,
+    /// and names every file that would not restore whole.
+    ///
+    /// Each finding names the object and the runs it breaks, or the file. The exit status
+    /// is 0 when everything checked out, 4 when something was found wrong, 1 on an error
+    /// (the target could not be read, a wrong key).
     ///
     ///   coffer verify --storage --target s3://backups/web1
     ///   coffer verify --storage --read-data --json
+    ///   coffer verify --data --key /root/coffer.key.asc --source home
     #[command(verbatim_doc_comment)]
     Verify(VerifyArgs),
     /// Restore a run (the newest of a source, a given run, or a metafile on disk).
@@ -306,10 +311,30 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").args(["storage", "data"]).required(true).multiple(true)))]
 pub struct VerifyArgs {
-    /// Check what is stored, without a key (the only kind of check so far; required)
-    #[arg(long, required = true)]
+    /// Check what is stored, without a key
+    #[arg(long)]
     pub storage: bool,
+    /// With the key: decrypt and check every chunk of the runs chosen (default: the
+    /// newest run of each source), writing nothing
+    #[arg(long, requires = "key")]
+    pub data: bool,
+    /// Secret key file, for --data
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Read the key's passphrase from the first line of this file
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// --data: only this source's runs
+    #[arg(long, value_name = "S")]
+    pub source: Option<String>,
+    /// --data: only runs made by this host
+    #[arg(long, value_name = "H")]
+    pub host: Option<String>,
+    /// --data: this run (its id, or a prefix only one run's id has)
+    #[arg(long, value_name = "ID")]
+    pub run: Option<String>,
     /// Also read every pack and metafile and check their BLAKE3 (downloads everything)
     #[arg(long)]
     pub read_data: bool,

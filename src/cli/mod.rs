@@ -645,9 +645,30 @@ fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
         Some(c) => c.state_dir.join("tmp"),
         None => std::env::temp_dir(),
     };
+    let decryptor = match &a.key {
+        Some(key) if a.data => {
+            let pass_file = a.passphrase_file.clone();
+            Some(coffer::load_secret_keys(key, &mut || {
+                passphrase(
+                    pass_file.as_deref(),
+                    "Passphrase for the secret key: ",
+                    false,
+                )
+                .map_err(|e| coffer::Error::Usage(e.to_string()))
+            })?)
+        }
+        _ => None,
+    };
     let mut all = Vec::new();
+    let mut data_reports = Vec::new();
     for t in &targets {
         let store = Store::open(t, false)?.reader();
+        if let Some(d) = &decryptor {
+            data_reports.extend(verify_runs(&store, d, &a)?);
+        }
+        if !a.storage {
+            continue;
+        }
         let mut opts = coffer::verify::VerifyOptions::new(&tmp_dir);
         opts.read_data = a.read_data;
         let bar = Bar::new("verify", a.json);
@@ -671,13 +692,82 @@ fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
         all.push(report);
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        if a.data {
+            let out = serde_json::json!({"storage": all, "data": data_reports});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        }
     }
-    Ok(if all.iter().all(|r| r.clean()) {
-        EXIT_OK
+    Ok(
+        if all.iter().all(|r| r.clean()) && data_reports.iter().all(|r| r.clean()) {
+            EXIT_OK
+        } else {
+            EXIT_FOUND
+        },
+    )
+}
+
+/// `verify --data` on one target: the run asked for, or the newest run of each (host,
+/// source) that the filters leave.
+fn verify_runs(
+    store: &coffer::Reader,
+    decryptor: &coffer::Decryptor,
+    a: &VerifyArgs,
+) -> Result<Vec<coffer::verify::DataReport>> {
+    let chosen: Vec<MetafileSource> = if a.run.is_some() {
+        vec![MetafileSource::Run {
+            host: a.host.clone(),
+            source: a.source.clone(),
+            id: a.run.clone(),
+        }]
     } else {
-        EXIT_FOUND
-    })
+        let mut groups = std::collections::BTreeSet::new();
+        for r in store.list_runs()? {
+            if a.source.as_ref().is_none_or(|s| *s == r.source)
+                && a.host.as_ref().is_none_or(|h| *h == r.host)
+            {
+                groups.insert((r.host, r.source));
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(host, source)| MetafileSource::Run {
+                host: Some(host),
+                source: Some(source),
+                id: None,
+            })
+            .collect()
+    };
+    let mut reports = Vec::new();
+    for source in &chosen {
+        let bar = Bar::new("verify", a.json);
+        let report = coffer::verify::verify_data(store, source, decryptor, &bar)?;
+        if !a.json {
+            for p in &report.problems {
+                eprintln!(
+                    "coffer verify: {}: {}: {}",
+                    report.run,
+                    p.path
+                        .as_deref()
+                        .map_or_else(String::new, output::escape_line),
+                    output::escape_line(&p.message)
+                );
+            }
+            println!(
+                "{}: verify --data: {}: {} files ({}) and {} chunks checked, {} would not \
+                 restore whole",
+                store.name(),
+                report.run,
+                report.files,
+                output::bytes(report.bytes),
+                report.chunks,
+                report.failed
+            );
+        }
+        reports.push(report);
+    }
+    Ok(reports)
 }
 
 fn restore_target(config: Option<&Path>, a: &RestoreArgs) -> Result<TargetConfig> {

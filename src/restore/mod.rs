@@ -21,6 +21,9 @@ mod failure;
 mod files;
 mod job;
 mod packs;
+mod verify;
+
+pub use verify::{verify_data, DataReport};
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};

@@ -118,6 +118,46 @@ impl KeySet {
     }
 }
 
+/// A set of byte strings (paths) in a temporary SQLite file.
+pub(crate) struct PathSet {
+    conn: Connection,
+    path: std::path::PathBuf,
+}
+
+impl PathSet {
+    /// A new set in the file at `path`.
+    pub(crate) fn create(path: &Path) -> Result<Self> {
+        let fail = |e| key_set_err(path, "verify's temporary path set", e);
+        let conn = Connection::open(path).map_err(fail)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+             CREATE TABLE paths (path BLOB PRIMARY KEY) WITHOUT ROWID; BEGIN;",
+        )
+        .map_err(fail)?;
+        Ok(PathSet {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub(crate) fn insert(&mut self, p: &[u8]) -> Result<()> {
+        let fail = |e| key_set_err(&self.path, "verify's temporary path set", e);
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO paths (path) VALUES (?1)")
+            .and_then(|mut s| s.execute(params![p]))
+            .map(drop)
+            .map_err(fail)
+    }
+
+    pub(crate) fn contains(&self, p: &[u8]) -> Result<bool> {
+        let fail = |e| key_set_err(&self.path, "verify's temporary path set", e);
+        self.conn
+            .prepare_cached("SELECT 1 FROM paths WHERE path = ?1")
+            .and_then(|mut s| s.exists(params![p]))
+            .map_err(fail)
+    }
+}
+
 /// A referenced object that is not on the target.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]

@@ -1,5 +1,6 @@
 //! `verify`. `--data` (with the key: every chunk of a run decrypted and checked, nothing
-//! written) is [`verify_data`], next to restore whose checks it makes.
+//! written) is [`verify_data`], and `--against` (a run compared with a tree here) is
+//! [`verify_against`], next to restore whose checks they make.
 //!
 //! `verify --storage`: what can be checked of a target without a key, with a read-only
 //! credential (the monitoring machine's, say). docs/FORMAT.md section 6.1 describes it.
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use crate::restore::{verify_data, DataReport};
+pub use crate::restore::{verify_against, verify_data, AgainstReport, DataReport};
 
 use crate::error::{Error, Result};
 use crate::ids::{ChunkHash, ObjectKey, RunId};

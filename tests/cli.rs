@@ -11,7 +11,7 @@ mod util;
 use std::ffi::OsStr;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{symlink, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use util::*;
 
@@ -574,4 +574,81 @@ fn ignore_rules_leave_out_what_they_match() {
     ] {
         assert_eq!(dest.join(path).exists(), keep, "{path}");
     }
+}
+
+/// `verify --against`: a run compared with the tree it came from; each kind of change
+/// since is named with its path, and nothing is written.
+#[test]
+fn verify_against_names_every_change_since_the_run() {
+    let fx = Fixture::new();
+    small_tree(&fx.src);
+    fx.backup_ok();
+    let against = |extra: &[&str]| {
+        let mut cmd = fx.cmd();
+        cmd.args(["verify", "--against"])
+            .arg(&fx.src)
+            .arg("--key")
+            .arg(&fx.secret_key)
+            .args(["--source", SOURCE])
+            .args(extra);
+        run(cmd)
+    };
+    let out = against(&[]).ok();
+    assert!(out.stdout.contains(", 0 differences"), "{out}");
+
+    // Same size, other bytes; another mode; gone; new; another link target; a hard
+    // link broken. The directories' and the changed file's mtimes are put back, so that
+    // each change shows once.
+    let mtimes: Vec<(PathBuf, i64, i64)> = [".", "sub", "file1.txt"]
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(fx.src.join(p)).unwrap();
+            (fx.src.join(p), m.mtime(), m.mtime_nsec())
+        })
+        .collect();
+    write(&fx.src.join("file1.txt"), b"First file\n");
+    chmod(&fx.src.join("sub/file2.txt"), 0o600);
+    std::fs::remove_file(fx.src.join("sub/empty")).unwrap();
+    write(&fx.src.join("new.txt"), b"new\n");
+    std::fs::remove_file(fx.src.join("link")).unwrap();
+    symlink("sub/file2.txt", fx.src.join("link")).unwrap();
+    std::fs::remove_file(fx.src.join("sub/pair_b")).unwrap();
+    write(&fx.src.join("sub/pair_b"), b"hard linked\n");
+    for (p, secs, nsec) in &mtimes {
+        set_mtime(p, *secs, *nsec as u32);
+    }
+    let before = snapshot(&fx.src);
+    let out = against(&["--json"]).expect(4);
+    let problems = &out.json()["against"][0]["problems"];
+    let found: Vec<(String, String)> = problems
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap().to_string(),
+                p["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expect = [
+        ("file1.txt", "content differs (same size"),
+        ("sub/file2.txt", "mode 0600 here, 0644 in the run"),
+        ("sub/empty", "missing here"),
+        ("new.txt", "here but not in the run"),
+        (
+            "link",
+            "links to sub/file2.txt here, to file1.txt in the run",
+        ),
+        ("sub/pair_b", "not a hard link to pair_a"),
+    ];
+    for (path, words) in expect {
+        assert!(
+            found.iter().any(|(p, m)| p == path && m.contains(words)),
+            "{path}: {words}\n{out}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{out}");
+    assert_eq!(snapshot(&fx.src), before, "verify wrote nothing");
+    against(&[]).expect(4).stderr_has("sub/empty");
 }

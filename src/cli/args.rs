@@ -112,7 +112,9 @@ pub enum Command {
     ///
     /// --data --key FILE fetches, decrypts and checks every chunk of the newest run of
     /// each source (or --source, --host, --run), as restore checks them, writing nothing,
-    /// and names every file that would not restore whole.
+    /// and names every file that would not restore whole. --against PATH --key FILE
+    /// compares one run (--run, or the newest of --source) with the tree at PATH, as
+    /// duplicity's verify does, and lists every difference.
     ///
     /// Each finding names the object and the runs it breaks, or the file. The exit status
     /// is 0 when everything checked out, 4 when something was found wrong, 1 on an error
@@ -121,6 +123,7 @@ pub enum Command {
     ///   coffer verify --storage --target s3://backups/web1
     ///   coffer verify --storage --read-data --json
     ///   coffer verify --data --key /root/coffer.key.asc --source home
+    ///   coffer verify --against /home --key /root/coffer.key.asc --source home
     #[command(verbatim_doc_comment)]
     Verify(VerifyArgs),
     /// Restore a run (the newest of a source, a given run, or a metafile on disk).
@@ -311,7 +314,7 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").args(["storage", "data"]).required(true).multiple(true)))]
+#[command(group(clap::ArgGroup::new("what").args(["storage", "data", "against"]).required(true).multiple(true)))]
 pub struct VerifyArgs {
     /// Check what is stored, without a key
     #[arg(long)]
@@ -335,6 +338,10 @@ pub struct VerifyArgs {
     /// --data: this run (its id, or a prefix only one run's id has)
     #[arg(long, value_name = "ID")]
     pub run: Option<String>,
+    /// With the key: compare a run (--run, or the newest of --source) with the tree at
+    /// PATH: type, content, link target, mode, owner, mtime, and what is only here
+    #[arg(long, value_name = "PATH", requires = "key", conflicts_with = "data")]
+    pub against: Option<PathBuf>,
     /// Also read every pack and metafile and check their BLAKE3 (downloads everything)
     #[arg(long)]
     pub read_data: bool,

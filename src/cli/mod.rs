@@ -646,7 +646,7 @@ fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
         None => std::env::temp_dir(),
     };
     let decryptor = match &a.key {
-        Some(key) if a.data => {
+        Some(key) if a.data || a.against.is_some() => {
             let pass_file = a.passphrase_file.clone();
             Some(coffer::load_secret_keys(key, &mut || {
                 passphrase(
@@ -661,9 +661,42 @@ fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
     };
     let mut all = Vec::new();
     let mut data_reports = Vec::new();
+    let mut against_reports = Vec::new();
     for t in &targets {
         let store = Store::open(t, false)?.reader();
-        if let Some(d) = &decryptor {
+        if let (Some(d), Some(root)) = (&decryptor, &a.against) {
+            if a.run.is_none() && a.source.is_none() {
+                bail!("--against compares one run: give --source S (its newest run) or --run ID");
+            }
+            let chosen = MetafileSource::Run {
+                host: a.host.clone(),
+                source: a.source.clone(),
+                id: a.run.clone(),
+            };
+            let bar = Bar::new("verify", a.json);
+            let r = coffer::verify::verify_against(&store, &chosen, d, root, &tmp_dir, &bar)?;
+            if !a.json {
+                for p in &r.problems {
+                    eprintln!(
+                        "coffer verify: {}: {}",
+                        p.path
+                            .as_deref()
+                            .map_or_else(String::new, output::escape_line),
+                        output::escape_line(&p.message)
+                    );
+                }
+                println!(
+                    "{}: verify --against {}: {}: {} entries, {} the same, {} differences",
+                    store.name(),
+                    root.display(),
+                    r.run,
+                    r.entries,
+                    r.same,
+                    r.differences
+                );
+            }
+            against_reports.push(r);
+        } else if let Some(d) = decryptor.as_ref().filter(|_| a.data) {
             data_reports.extend(verify_runs(&store, d, &a)?);
         }
         if !a.storage {
@@ -692,15 +725,19 @@ fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
         all.push(report);
     }
     if a.json {
-        if a.data {
-            let out = serde_json::json!({"storage": all, "data": data_reports});
+        if a.data || a.against.is_some() {
+            let out = serde_json::json!({"storage": all, "data": data_reports,
+                "against": against_reports});
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {
             println!("{}", serde_json::to_string_pretty(&all)?);
         }
     }
     Ok(
-        if all.iter().all(|r| r.clean()) && data_reports.iter().all(|r| r.clean()) {
+        if all.iter().all(|r| r.clean())
+            && data_reports.iter().all(|r| r.clean())
+            && against_reports.iter().all(|r| r.clean())
+        {
             EXIT_OK
         } else {
             EXIT_FOUND

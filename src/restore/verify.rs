@@ -133,3 +133,219 @@ pub fn verify_data(
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)
 }
+
+/// What `verify --against` found: a run compared with a tree on this machine.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct AgainstReport {
+    /// The run compared.
+    pub run: String,
+    /// The run's entries.
+    pub entries: u64,
+    /// Those that are the same here (type, content, link target, mode, owner, mtime).
+    pub same: u64,
+    /// Entries that differ, are missing here, or are here but not in the run.
+    pub differences: u64,
+    /// Each difference (the first 1000), with the path.
+    pub problems: Vec<Problem>,
+    /// Seconds.
+    pub elapsed_secs: f64,
+}
+
+impl AgainstReport {
+    /// Whether the tree is what the run holds.
+    pub fn clean(&self) -> bool {
+        self.differences == 0
+    }
+
+    fn differs(&mut self, path: &[u8], what: String) {
+        self.differences += 1;
+        if self.problems.len() < MAX_NAMED {
+            self.problems.push(Problem::at(path, what));
+        }
+    }
+}
+
+/// Compares the run `source` names with the tree at `root`, as duplicity's verify does:
+/// every entry's type, content (its BLAKE3, read here), link target, mode, owner and
+/// mtime (symbolic links: type and target only), and what is here but not in the run.
+/// Only the metafile is read from the target. The run's paths go into a temporary set in
+/// `tmp_dir`, so memory stays bounded.
+///
+/// # Errors
+///
+/// What stops a restore before it writes (no such run, a metafile that fails its check,
+/// a wrong key), or `root` that cannot be walked. Differences are not errors.
+pub fn verify_against(
+    store: &Reader,
+    source: &MetafileSource,
+    decryptor: &Decryptor,
+    root: &std::path::Path,
+    tmp_dir: &std::path::Path,
+    progress: &dyn Progress,
+) -> Result<AgainstReport> {
+    use std::os::unix::ffi::OsStrExt;
+    let started = Instant::now();
+    let opts = RestoreOptions::new(".");
+    let (metafile, checked) = fetch_and_check(store, source, decryptor, &opts, progress)?;
+    let mut report = AgainstReport {
+        run: checked.run.clone(),
+        ..Default::default()
+    };
+    progress.phase(
+        &format!("compare {} with {}", checked.run, root.display()),
+        None,
+    );
+    std::fs::create_dir_all(tmp_dir).map_err(|e| Error::io(tmp_dir, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("against-")
+        .suffix(".sqlite")
+        .tempfile_in(tmp_dir)
+        .map_err(|e| Error::io(tmp_dir, e))?;
+    let mut seen = crate::keyset::PathSet::create(tmp.path())?;
+    let local = |rel: &[u8]| {
+        if rel == b"." {
+            root.to_path_buf()
+        } else {
+            root.join(std::ffi::OsStr::from_bytes(rel))
+        }
+    };
+    let mut listing = metafile.open(decryptor)?;
+    while let Some(e) = listing.next_entry()? {
+        report.entries += 1;
+        seen.insert(&e.path)?;
+        match compare(&e, &local(&e.path), &local, progress) {
+            None => report.same += 1,
+            Some(what) => report.differs(&e.path, what),
+        }
+    }
+    let rules = crate::source::IgnoreRules::new(&[])?;
+    for item in crate::source::walk(root, false, rules)? {
+        match item {
+            Ok(item) if !seen.contains(&item.rel)? => {
+                report.differs(&item.rel, "is here but not in the run".into())
+            }
+            Ok(_) => {}
+            Err(skipped) => report.differs(
+                &skipped.rel,
+                format!("cannot be compared: {}", skipped.error),
+            ),
+        }
+    }
+    progress.done();
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// How the entry `e` differs from what is at `here`, if it does.
+fn compare(
+    e: &crate::format::metafile::Entry,
+    here: &std::path::Path,
+    local: &dyn Fn(&[u8]) -> std::path::PathBuf,
+    progress: &dyn Progress,
+) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = match std::fs::symlink_metadata(here) {
+        Ok(m) => m,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Some("is in the run but missing here".into())
+        }
+        Err(err) => return Some(format!("cannot be compared: {err}")),
+    };
+    let t = m.file_type();
+    let (want, is) = match &e.kind {
+        Kind::Dir => ("a directory", t.is_dir()),
+        Kind::File { .. } | Kind::Hardlink { .. } => ("a file", t.is_file()),
+        Kind::Symlink { .. } => ("a symbolic link", t.is_symlink()),
+        Kind::Fifo => ("a fifo", t.is_fifo()),
+        Kind::CharDev { .. } => ("a character device", t.is_char_device()),
+        Kind::BlockDev { .. } => ("a block device", t.is_block_device()),
+    };
+    if !is {
+        return Some(format!("is {want} in the run, not here"));
+    }
+    match &e.kind {
+        Kind::File { size, hash, .. } => {
+            if m.len() != *size {
+                return Some(format!(
+                    "content differs: {} bytes here, {size} in the run",
+                    m.len()
+                ));
+            }
+            match hash_file(here, progress) {
+                Ok(h) if h == *hash => {}
+                Ok(_) => return Some("content differs (same size, another BLAKE3)".into()),
+                Err(err) => return Some(format!("cannot be read here: {err}")),
+            }
+        }
+        Kind::Hardlink { target } => {
+            let same = std::fs::symlink_metadata(local(target))
+                .is_ok_and(|t| t.ino() == m.ino() && t.dev() == m.dev());
+            return (!same)
+                .then(|| format!("is not a hard link to {} here", crate::text::escape(target)));
+        }
+        Kind::Symlink { target } => {
+            let here_target = std::fs::read_link(here).ok();
+            let here_target = here_target.as_ref().map(|p| p.as_os_str().as_bytes());
+            return (here_target != Some(target.as_slice())).then(|| {
+                format!(
+                    "links to {} here, to {} in the run",
+                    here_target.map_or_else(|| "?".into(), crate::text::escape),
+                    crate::text::escape(target)
+                )
+            });
+        }
+        Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } => {
+            let rdev = m.rdev();
+            let (ma, mi) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+            if (ma, mi) != (*major, *minor) {
+                return Some(format!("device {ma}:{mi} here, {major}:{minor} in the run"));
+            }
+        }
+        Kind::Dir | Kind::Fifo => {}
+    }
+    let meta = &e.meta;
+    let mode = m.mode() & 0o7777;
+    if mode != meta.mode {
+        return Some(format!(
+            "mode {mode:04o} here, {:04o} in the run",
+            meta.mode
+        ));
+    }
+    if (m.uid(), m.gid()) != (meta.uid, meta.gid) {
+        return Some(format!(
+            "owner {}:{} here, {}:{} in the run",
+            m.uid(),
+            m.gid(),
+            meta.uid,
+            meta.gid
+        ));
+    }
+    if (m.mtime(), m.mtime_nsec()) != (meta.mtime, i64::from(meta.mtime_nsec)) {
+        return Some(format!(
+            "mtime {}.{:09} here, {}.{:09} in the run",
+            m.mtime(),
+            m.mtime_nsec(),
+            meta.mtime,
+            meta.mtime_nsec
+        ));
+    }
+    None
+}
+
+/// BLAKE3 of a local file's content, streamed.
+fn hash_file(path: &std::path::Path, progress: &dyn Progress) -> std::io::Result<ChunkHash> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(ChunkHash(*hasher.finalize().as_bytes()));
+        }
+        hasher.update(&buf[..n]);
+        progress.bytes(n as u64);
+    }
+}

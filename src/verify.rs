@@ -13,7 +13,7 @@
 //!   metafile hashes to the digest its object list records; each object is read once.
 //!
 //! Memory stays bounded: the referenced keys go into a temporary key set
-//! ([`crate::keyset`]), the listing and each object are streamed. Signatures and the run
+//! (src/keyset.rs), the listing and each object are streamed. Signatures and the run
 //! chain are checked here once runs carry them (the trust issue's later steps).
 
 use std::io::Read;

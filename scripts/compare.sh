@@ -2,7 +2,9 @@
 # Compares coffer with restic and borg on one tree, in alternating rounds, warm cache:
 #   scripts/compare.sh TREE WORKDIR [ROUNDS]
 # Needs restic and borgbackup (apt-get install restic borgbackup) and a release build
-# (cargo build --release). Prints "<tool> first|rerun <seconds> [<user> <sys>] <peak KB>".
+# (cargo build --release). Prints "<tool> <step> <seconds> [<user> <sys>] <peak KB>"; coffer's
+# steps also include a full restore, verify --data (every chunk decrypted and checked,
+# nothing written) and verify --storage --read-data (every object hashed, no key).
 set -eu
 TREE=$1 W=$2 ROUNDS=${3:-3}
 C=$(dirname "$0")/../target/release/coffer
@@ -25,6 +27,11 @@ for i in $(seq "$ROUNDS"); do
   rm -rf "$W/state" "$W/repo"; warm
   /usr/bin/time -f "coffer first %e %U %S %M" "$C" -c "$W/c.toml" backup --json > /dev/null
   /usr/bin/time -f "coffer rerun %e %M" "$C" -c "$W/c.toml" backup --json > /dev/null
+  rm -rf "$W/out"; sync
+  /usr/bin/time -f "coffer restore %e %U %S %M" "$C" -c "$W/c.toml" restore --key "$W/keys/coffer.key.asc" --source tree --to "$W/out" > /dev/null
+  rm -rf "$W/out"; sync
+  /usr/bin/time -f "coffer verify-data %e %U %S %M" "$C" -c "$W/c.toml" verify --data --key "$W/keys/coffer.key.asc" --source tree > /dev/null
+  /usr/bin/time -f "coffer verify-storage %e %U %S %M" "$C" -c "$W/c.toml" verify --storage --read-data > /dev/null
   rm -rf "$W/rrepo"; restic init -q --repo "$W/rrepo" > /dev/null; warm
   /usr/bin/time -f "restic first %e %U %S %M" restic -q --repo "$W/rrepo" backup "$TREE" > /dev/null
   /usr/bin/time -f "restic rerun %e %M" restic -q --repo "$W/rrepo" backup "$TREE" > /dev/null

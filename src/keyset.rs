@@ -158,6 +158,84 @@ impl PathSet {
     }
 }
 
+/// Which packs `verify --data --sample` has checked, per target: a small SQLite file in
+/// the state directory, so that repeated samples cover every pack over time. Losing it
+/// only means checking some packs again.
+pub struct Coverage {
+    conn: Connection,
+    path: std::path::PathBuf,
+    target: String,
+}
+
+impl Coverage {
+    /// Opens (creating) `state_dir/verify-coverage.sqlite` for the target at `url`.
+    ///
+    /// # Errors
+    ///
+    /// The state directory or the file cannot be used.
+    pub fn open(state_dir: &Path, url: &str) -> Result<Coverage> {
+        crate::state::prepare_state_dir(state_dir)?;
+        let path = state_dir.join("verify-coverage.sqlite");
+        let fail = |e| key_set_err(&path, "verify's coverage record", e);
+        let conn = Connection::open(&path).map_err(fail)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS covered (target TEXT NOT NULL, object BLOB NOT NULL,
+                 at INTEGER NOT NULL, PRIMARY KEY (target, object)) WITHOUT ROWID;",
+        )
+        .map_err(fail)?;
+        Ok(Coverage {
+            conn,
+            path,
+            target: url.to_string(),
+        })
+    }
+
+    fn fail(&self, e: rusqlite::Error) -> Error {
+        key_set_err(&self.path, "verify's coverage record", e)
+    }
+
+    /// Whether `key` was checked in the current round.
+    pub(crate) fn covered(&self, key: &ObjectKey) -> Result<bool> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM covered WHERE target = ?1 AND object = ?2")
+            .and_then(|mut s| s.exists(params![self.target, &key.0[..]]))
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Records `keys` as checked now.
+    pub(crate) fn record(&mut self, keys: &[ObjectKey]) -> Result<()> {
+        let now = chrono::Utc::now().timestamp();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| key_set_err(&self.path, "verify's coverage record", e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO covered (target, object, at) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(|e| key_set_err(&self.path, "verify's coverage record", e))?;
+            for k in keys {
+                stmt.execute(params![self.target, &k.0[..], now])
+                    .map_err(|e| key_set_err(&self.path, "verify's coverage record", e))?;
+            }
+        }
+        tx.commit()
+            .map_err(|e| key_set_err(&self.path, "verify's coverage record", e))
+    }
+
+    /// Starts a new round: every pack counts as unchecked again.
+    pub(crate) fn reset(&mut self) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM covered WHERE target = ?1",
+                params![self.target],
+            )
+            .map(drop)
+            .map_err(|e| self.fail(e))
+    }
+}
+
 /// A referenced object that is not on the target.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]

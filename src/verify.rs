@@ -21,7 +21,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use crate::restore::{verify_against, verify_data, AgainstReport, DataReport};
+pub use crate::keyset::Coverage;
+pub use crate::restore::{verify_against, verify_data, AgainstReport, DataReport, Sample};
 
 use crate::error::{Error, Result};
 use crate::ids::{ChunkHash, ObjectKey, RunId};

@@ -652,3 +652,48 @@ fn verify_against_names_every_change_since_the_run() {
     assert_eq!(snapshot(&fx.src), before, "verify wrote nothing");
     against(&[]).expect(4).stderr_has("sub/empty");
 }
+
+/// `verify --data --sample`: each run checks a share of the packs, those not checked yet
+/// first, so that repeated runs cover every pack; then a new round starts.
+#[test]
+fn sampled_verification_covers_every_pack_over_repeated_runs() {
+    let fx = Fixture::with(Settings {
+        pack_size: Some("1MiB".into()),
+        ..Settings::default()
+    });
+    write(&fx.src.join("big"), &pseudo_random(80, 6 << 20));
+    write(&fx.src.join("small"), b"small\n");
+    fx.backup_ok();
+    let sample = || {
+        let mut cmd = fx.cmd();
+        cmd.args(["verify", "--data", "--sample", "30%", "--json", "--key"])
+            .arg(&fx.secret_key)
+            .args(["--source", SOURCE]);
+        let out = run(cmd).ok();
+        out.json()["data"][0].clone()
+    };
+    let first = sample();
+    let packs = as_u64(&first, "packs");
+    assert!(packs >= 6, "{first:#}");
+    let per_run = (packs as f64 * 0.3).ceil() as u64;
+    assert_eq!(as_u64(&first, "packs_checked"), per_run, "{first:#}");
+    assert!(as_u64(&first, "chunks_skipped") > 0, "{first:#}");
+    assert_eq!(first["failed"], 0);
+    let mut covered = as_u64(&first, "packs_covered");
+    assert_eq!(covered, per_run);
+    let mut runs = 1;
+    while covered < packs {
+        let r = sample();
+        let now = as_u64(&r, "packs_covered");
+        assert!(
+            now > covered,
+            "each sample checks packs not checked yet: {r:#}"
+        );
+        covered = now;
+        runs += 1;
+        assert!(runs <= packs.div_ceil(per_run), "too many samples: {r:#}");
+    }
+    // Every pack checked: the next sample starts a new round.
+    let next = sample();
+    assert_eq!(as_u64(&next, "packs_covered"), per_run, "{next:#}");
+}

@@ -112,7 +112,8 @@ pub enum Command {
     ///
     /// --data --key FILE fetches, decrypts and checks every chunk of the newest run of
     /// each source (or --source, --host, --run), as restore checks them, writing nothing,
-    /// and names every file that would not restore whole. --against PATH --key FILE
+    /// and names every file that would not restore whole; --sample 5% checks a share of
+    /// the packs, those earlier samples did not check first. --against PATH --key FILE
     /// compares one run (--run, or the newest of --source) with the tree at PATH, as
     /// duplicity's verify does, and lists every difference.
     ///
@@ -123,6 +124,7 @@ pub enum Command {
     ///   coffer verify --storage --target s3://backups/web1
     ///   coffer verify --storage --read-data --json
     ///   coffer verify --data --key /root/coffer.key.asc --source home
+    ///   coffer verify --data --key /root/coffer.key.asc --sample 5%
     ///   coffer verify --against /home --key /root/coffer.key.asc --source home
     #[command(verbatim_doc_comment)]
     Verify(VerifyArgs),
@@ -338,6 +340,11 @@ pub struct VerifyArgs {
     /// --data: this run (its id, or a prefix only one run's id has)
     #[arg(long, value_name = "ID")]
     pub run: Option<String>,
+    /// --data: check only this share of each run's packs (e.g. 5%), those not checked
+    /// by earlier samples first (recorded in the state directory), so that repeated
+    /// runs cover every pack
+    #[arg(long, value_name = "PERCENT", requires = "data", value_parser = percent)]
+    pub sample: Option<f64>,
     /// With the key: compare a run (--run, or the newest of --source) with the tree at
     /// PATH: type, content, link target, mode, owner, mtime, and what is only here
     #[arg(long, value_name = "PATH", requires = "key", conflicts_with = "data")]
@@ -439,4 +446,17 @@ pub struct RestoreArgs {
     /// Restore only these paths (relative to the source root) and what is below them
     #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+}
+
+/// `--sample`: a percentage in (0, 100], with or without `%`; the share as a fraction.
+fn percent(s: &str) -> Result<f64, String> {
+    let n: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage; write e.g. 5%"))?;
+    if n > 0.0 && n <= 100.0 {
+        Ok(n / 100.0)
+    } else {
+        Err(format!("{s:?}: give a share above 0% and at most 100%"))
+    }
 }

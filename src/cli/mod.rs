@@ -697,7 +697,15 @@ fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
             }
             against_reports.push(r);
         } else if let Some(d) = decryptor.as_ref().filter(|_| a.data) {
-            data_reports.extend(verify_runs(&store, d, &a)?);
+            let coverage = match (a.sample, &cfg) {
+                (None, _) => None,
+                (Some(_), Some(c)) => Some(coffer::verify::Coverage::open(&c.state_dir, &t.url)?),
+                (Some(_), None) => bail!(
+                    "--sample records what it checked in the config's state directory: give \
+                     a config (-c FILE) that names the target"
+                ),
+            };
+            data_reports.extend(verify_runs(&store, d, &a, coverage)?);
         }
         if !a.storage {
             continue;
@@ -751,6 +759,7 @@ fn verify_runs(
     store: &coffer::Reader,
     decryptor: &coffer::Decryptor,
     a: &VerifyArgs,
+    mut coverage: Option<coffer::verify::Coverage>,
 ) -> Result<Vec<coffer::verify::DataReport>> {
     let chosen: Vec<MetafileSource> = if a.run.is_some() {
         vec![MetafileSource::Run {
@@ -779,7 +788,11 @@ fn verify_runs(
     let mut reports = Vec::new();
     for source in &chosen {
         let bar = Bar::new("verify", a.json);
-        let report = coffer::verify::verify_data(store, source, decryptor, &bar)?;
+        let sample = a
+            .sample
+            .zip(coverage.as_mut())
+            .map(|(share, coverage)| coffer::verify::Sample { share, coverage });
+        let report = coffer::verify::verify_data(store, source, decryptor, sample, &bar)?;
         if !a.json {
             for p in &report.problems {
                 eprintln!(
@@ -792,14 +805,20 @@ fn verify_runs(
                 );
             }
             println!(
-                "{}: verify --data: {}: {} files ({}) and {} chunks checked, {} would not \
-                 restore whole",
+                "{}: verify --data: {}: {} files ({}) and {} chunks in {} of {} packs \
+                 checked, {} would not restore whole{}",
                 store.name(),
                 report.run,
                 report.files,
                 output::bytes(report.bytes),
                 report.chunks,
-                report.failed
+                report.packs_checked,
+                report.packs,
+                report.failed,
+                report.packs_covered.map_or_else(String::new, |c| format!(
+                    "; this round of samples has checked {c} of the {} packs",
+                    report.packs
+                ))
             );
         }
         reports.push(report);

@@ -23,7 +23,7 @@ mod job;
 mod packs;
 mod verify;
 
-pub use verify::{verify_against, verify_data, AgainstReport, DataReport};
+pub use verify::{verify_against, verify_data, AgainstReport, DataReport, Sample};
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};

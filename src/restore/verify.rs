@@ -22,12 +22,29 @@ use crate::store::Reader;
 /// At most this many damaged files are named (the count is complete).
 const MAX_NAMED: usize = 1000;
 
+/// A share of a run's packs to check, and the record of what earlier samples checked.
+pub struct Sample<'a> {
+    /// The share, in (0, 1].
+    pub share: f64,
+    /// Packs checked in this round; those are picked last.
+    pub coverage: &'a mut crate::keyset::Coverage,
+}
+
 /// What `verify --data` found in one run.
 #[derive(Debug, Clone, Default, Serialize)]
 #[non_exhaustive]
 pub struct DataReport {
     /// The run checked.
     pub run: String,
+    /// Packs the run references.
+    pub packs: u64,
+    /// Packs checked this time (all of them without a sample).
+    pub packs_checked: u64,
+    /// With a sample: packs checked in this round so far, this time's included (when it
+    /// reaches `packs`, the next sample starts a new round).
+    pub packs_covered: Option<u64>,
+    /// Chunks left out because their pack was not in the sample.
+    pub chunks_skipped: u64,
     /// Files whose every byte checked out.
     pub files: u64,
     /// Their bytes.
@@ -61,6 +78,7 @@ pub fn verify_data(
     store: &Reader,
     source: &MetafileSource,
     decryptor: &Decryptor,
+    sample: Option<Sample<'_>>,
     progress: &dyn Progress,
 ) -> Result<DataReport> {
     let started = Instant::now();
@@ -70,8 +88,47 @@ pub fn verify_data(
         run: checked.run.clone(),
         ..Default::default()
     };
+    // The run's packs, from its object list; with a sample, the share of them to check.
+    let run_packs: Vec<ObjectKey> = match &metafile.expect {
+        Some(run) => {
+            let id: crate::ids::RunId = run.id.parse()?;
+            let path = crate::store::run_path(&run.host, &run.source, &id, "refs");
+            crate::format::refs::read(store.stream(&path)?, &format!("object list {path}"))?.1
+        }
+        None => Vec::new(),
+    };
+    report.packs = run_packs.len() as u64;
+    let mut chosen: Option<std::collections::HashSet<ObjectKey>> = None;
+    let mut sample = sample;
+    if let Some(s) = sample.as_mut() {
+        let n = run_packs.len();
+        let want = ((n as f64 * s.share).ceil() as usize).clamp(1, n.max(1));
+        let mut fresh = Vec::new();
+        for k in &run_packs {
+            if !s.coverage.covered(k)? {
+                fresh.push(*k);
+            }
+        }
+        if fresh.is_empty() {
+            s.coverage.reset()?; // every pack was checked: a new round
+            fresh = run_packs.clone();
+        }
+        let mut rng = crate::prng::Prng::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64),
+        );
+        // A random share of the unchecked packs (Fisher-Yates, the first `want`).
+        for i in 0..fresh.len().min(want) {
+            let j = i + rng.below((fresh.len() - i) as u64) as usize;
+            fresh.swap(i, j);
+        }
+        fresh.truncate(want);
+        chosen = Some(fresh.into_iter().collect());
+    }
     progress.phase(&format!("verify {}", checked.run), None);
     let mut listing = metafile.open(decryptor)?;
+    let mut fetched: std::collections::HashSet<ObjectKey> = Default::default();
     let mut packs = PackCache::new(false);
     // An object that failed for good fails every file that needs it, without asking again.
     let mut bad: HashMap<ObjectKey, Arc<Error>> = HashMap::new();
@@ -82,7 +139,14 @@ pub fn verify_data(
         let mut whole = blake3::Hasher::new();
         let mut got = 0u64;
         let mut failure: Option<String> = None;
+        let mut partial = false;
         for (i, c) in chunks.iter().enumerate() {
+            if chosen.as_ref().is_some_and(|set| !set.contains(&c.object)) {
+                report.chunks_skipped += 1;
+                partial = true;
+                continue;
+            }
+            fetched.insert(c.object);
             if let Some(e) = bad.get(&c.object) {
                 failure = Some(e.to_string());
                 break;
@@ -113,10 +177,14 @@ pub fn verify_data(
                 }
             }
         }
-        if failure.is_none() && (got != *size || ChunkHash(*whole.finalize().as_bytes()) != *hash) {
+        if failure.is_none()
+            && !partial
+            && (got != *size || ChunkHash(*whole.finalize().as_bytes()) != *hash)
+        {
             failure = Some("its content does not match its recorded BLAKE3".into());
         }
         match failure {
+            None if partial => {}
             None => {
                 report.files += 1;
                 report.bytes += size;
@@ -128,6 +196,17 @@ pub fn verify_data(
                 }
             }
         }
+    }
+    report.packs_checked = fetched.len() as u64;
+    if let (Some(s), Some(set)) = (sample, chosen) {
+        // Only packs that checked out count as covered: a damaged one is found again.
+        let good: Vec<ObjectKey> = set.into_iter().filter(|k| !bad.contains_key(k)).collect();
+        s.coverage.record(&good)?;
+        let mut covered = 0;
+        for k in &run_packs {
+            covered += u64::from(s.coverage.covered(k)?);
+        }
+        report.packs_covered = Some(covered);
     }
     progress.done();
     report.elapsed_secs = started.elapsed().as_secs_f64();

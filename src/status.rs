@@ -105,8 +105,47 @@ pub struct SourceStatus {
     pub age_secs: Option<u64>,
     /// The age limit applied, in seconds.
     pub max_age_secs: Option<u64>,
+    /// When the first of its recipient certificates expires, if within 30 days (checked
+    /// when the config names the source's recipients).
+    pub recipient_expires: Option<String>,
     #[serde(skip)]
     last_complete_at: Option<DateTime<Utc>>,
+}
+
+impl SourceStatus {
+    /// Adds what the source's recipient certificates (`recipients`, from the config)
+    /// say: CRITICAL when they cannot be used (expired, say: its backups fail), WARNING
+    /// when one expires within 30 days (its backups will fail then).
+    pub fn check_recipients(&mut self, recipients: &[std::path::PathBuf]) {
+        match crate::crypto::load_recipients(recipients) {
+            Err(e) => self.raise(
+                Health::Critical,
+                format!("its recipients cannot be used, so its backups fail: {e}"),
+            ),
+            Ok(enc) => {
+                let mut soonest: Option<std::time::SystemTime> = None;
+                for e in enc.expiring_within(crate::backup::EXPIRY_WARNING) {
+                    soonest = Some(soonest.map_or(e.expires, |s| s.min(e.expires)));
+                    self.raise(
+                        Health::Warning,
+                        format!(
+                            "recipient certificate {} ({}) expires on {}: extend it before \
+                             then (`coffer backup` prints how)",
+                            e.fingerprint,
+                            crate::text::path(&e.path),
+                            DateTime::<Utc>::from(e.expires).format("%Y-%m-%d")
+                        ),
+                    );
+                }
+                self.recipient_expires = soonest.map(|t| DateTime::<Utc>::from(t).to_rfc3339());
+            }
+        }
+    }
+
+    fn raise(&mut self, health: Health, why: String) {
+        self.health = self.health.max(health);
+        self.reasons.push(why);
+    }
 }
 
 /// The status of every host and source among `runs` (checked by [`crate::runs::check`]),
@@ -223,6 +262,7 @@ fn judge(
         last_complete_run: last.map(|r| r.id.clone()),
         age_secs: age.map(|a| a.as_secs()),
         max_age_secs: max_age.map(|m| m.as_secs()),
+        recipient_expires: None,
         last_complete_at: last.map(|r| r.stored_at()),
     }
 }

@@ -132,3 +132,38 @@ fn a_secret_key_named_as_recipient_is_refused_with_how_to_export_the_public_part
         .stderr_has("gpg --export --armor");
     assert!(fx.metafiles_or_none().is_empty());
 }
+
+/// `coffer status` sees the config's recipients: WARNING when one expires within 30 days,
+/// CRITICAL once it has expired (the source's backups fail from then on).
+#[test]
+fn status_warns_of_a_recipient_that_expires_and_is_critical_once_it_has() {
+    let fx = Fixture::new();
+    let (out, public) = keygen_expiring(&fx, "soon", "10d");
+    out.ok();
+    use_recipient(&fx, &public);
+    write(&fx.src.join("a"), b"a\n");
+    fx.backup().ok();
+    let mut cmd = fx.cmd();
+    cmd.args(["status", "--json"]);
+    let out = run(cmd).expect(1);
+    let s = &out.json()["sources"][0];
+    assert_eq!(s["health"], "WARNING", "{out}");
+    assert!(
+        s["reasons"][0].as_str().unwrap().contains("expires on"),
+        "{out}"
+    );
+    assert!(s["recipient_expires"].is_string(), "{out}");
+
+    let mut cmd = clean_command("faketime", &fx.home);
+    cmd.env("NO_FAKE_STAT", "1")
+        .args(["-f", "+11d"])
+        .arg(coffer_bin())
+        .arg("-c")
+        .arg(&fx.config)
+        .arg("status");
+    let out = run(cmd).expect(2);
+    assert!(
+        out.stdout.starts_with("COFFER CRITICAL - ") && out.stdout.contains("expired"),
+        "{out}"
+    );
+}

@@ -123,7 +123,7 @@ pub struct BackupStats {
 const MAX_PROBLEMS: usize = 1000;
 
 /// Backups warn this long before a recipient certificate expires.
-const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+pub(crate) const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 /// Chunk bytes read ahead of the packer (while it seals a pack, say), at most.
 const READ_AHEAD_BYTES: u64 = 8 << 20;

@@ -588,7 +588,16 @@ fn status(config: Option<&Path>, a: StatusArgs) -> Result<u8> {
         match checked {
             Ok(runs) => {
                 up.push((t.name.clone(), true));
-                sources.extend(status::of_runs(&t.name, &runs, now, &opts));
+                let mut found = status::of_runs(&t.name, &runs, now, &opts);
+                // The config's own sources: their recipients must stay usable.
+                if let Some(c) = &cfg {
+                    for s in found.iter_mut().filter(|s| s.host == c.host) {
+                        if let Some(src) = c.sources.get(&s.source) {
+                            s.check_recipients(&src.recipients);
+                        }
+                    }
+                }
+                sources.extend(found);
             }
             Err(e) => {
                 up.push((t.name.clone(), false));

@@ -101,7 +101,8 @@ pub enum Command {
     ///   coffer status --max-age 26h --prometheus /var/lib/node_exporter/coffer.prom
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
-    /// Check a target: without a key, what is stored (--storage); with it, every byte (--data).
+    /// Check backups: what is stored, without a key (--storage); with it, every byte (--data)
+    /// or a run against a tree here (--against).
     ///
     /// --storage needs no key, only a credential that may list and read (a monitoring
     /// machine's): every run gets the keyless checks of `coffer runs`, every object a

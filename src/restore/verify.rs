@@ -88,8 +88,9 @@ pub fn verify_data(
         run: checked.run.clone(),
         ..Default::default()
     };
-    // The run's packs, from its object list; with a sample, the share of them to check.
-    let run_packs: Vec<ObjectKey> = match &metafile.expect {
+    // With a sample: the run's packs, from its object list, and the share to check.
+    // Without one every chunk is checked, and the object list is not needed.
+    let run_packs: Vec<ObjectKey> = match metafile.expect.as_ref().filter(|_| sample.is_some()) {
         Some(run) => {
             let id: crate::ids::RunId = run.id.parse()?;
             let path = crate::store::run_path(&run.host, &run.source, &id, "refs");
@@ -100,7 +101,8 @@ pub fn verify_data(
     report.packs = run_packs.len() as u64;
     let mut chosen: Option<std::collections::HashSet<ObjectKey>> = None;
     let mut sample = sample;
-    if let Some(s) = sample.as_mut() {
+    // (A metafile read from a file has no object list to sample from: all is checked.)
+    if let Some(s) = sample.as_mut().filter(|_| !run_packs.is_empty()) {
         let n = run_packs.len();
         let want = ((n as f64 * s.share).ceil() as usize).clamp(1, n.max(1));
         let mut fresh = Vec::new();
@@ -198,6 +200,9 @@ pub fn verify_data(
         }
     }
     report.packs_checked = fetched.len() as u64;
+    if chosen.is_none() {
+        report.packs = report.packs_checked;
+    }
     if let (Some(s), Some(set)) = (sample, chosen) {
         // Only packs that checked out count as covered: a damaged one is found again.
         let good: Vec<ObjectKey> = set.into_iter().filter(|k| !bad.contains_key(k)).collect();

@@ -22,7 +22,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use crate::keyset::Coverage;
-pub use crate::restore::{verify_against, verify_data, AgainstReport, DataReport, Sample};
+pub use crate::restore::{
+    verify_against, verify_data, AgainstReport, DataOptions, DataReport, Sample,
+};
 
 use crate::error::{Error, Result};
 use crate::ids::{ChunkHash, ObjectKey, RunId};

@@ -697,3 +697,55 @@ fn sampled_verification_covers_every_pack_over_repeated_runs() {
     let next = sample();
     assert_eq!(as_u64(&next, "packs_covered"), per_run, "{next:#}");
 }
+
+/// `verify --data --max-requests`: the check stops before a pack beyond the limit, says
+/// so and counts what it left; capped samples still cover every pack over runs, since
+/// a pack counts as checked only once all of the run's chunks in it were.
+#[test]
+fn capped_verification_stops_at_its_limit_and_capped_samples_still_cover_everything() {
+    let fx = Fixture::with(Settings {
+        pack_size: Some("1MiB".into()),
+        ..Settings::default()
+    });
+    write(&fx.src.join("big"), &pseudo_random(81, 6 << 20));
+    write(&fx.src.join("small"), b"small\n");
+    fx.backup_ok();
+    let check = |extra: &[&str]| {
+        let mut cmd = fx.cmd();
+        cmd.args(["verify", "--data", "--json", "--key"])
+            .arg(&fx.secret_key)
+            .args(["--source", SOURCE])
+            .args(extra);
+        let out = run(cmd).ok();
+        out.json()["data"][0].clone()
+    };
+    let whole = check(&[]);
+    assert_eq!(whole["stopped"], serde_json::Value::Null, "{whole:#}");
+    assert_eq!(as_u64(&whole, "files"), 2, "{whole:#}");
+    let packs = as_u64(&whole, "packs");
+    assert_eq!(
+        as_u64(&whole, "requests"),
+        packs,
+        "one request per pack: {whole:#}"
+    );
+
+    let capped = check(&["--max-requests", "2"]);
+    assert_eq!(capped["stopped"], "--max-requests 2 reached", "{capped:#}");
+    assert_eq!(as_u64(&capped, "requests"), 2, "{capped:#}");
+    assert_eq!(as_u64(&capped, "files_unchecked"), 2, "{capped:#}");
+    assert_eq!(as_u64(&capped, "failed"), 0, "{capped:#}");
+    let by_bytes = check(&["--max-bytes", "1"]);
+    assert_eq!(as_u64(&by_bytes, "requests"), 1, "{by_bytes:#}");
+
+    let mut covered = 0;
+    for round in 1..=packs {
+        let r = check(&["--sample", "100%", "--max-requests", "2"]);
+        let now = as_u64(&r, "packs_covered");
+        assert!(now > covered, "round {round} covered nothing new: {r:#}");
+        covered = now;
+        if covered == packs {
+            return;
+        }
+    }
+    panic!("capped samples never covered all {packs} packs");
+}

@@ -114,7 +114,8 @@ pub enum Command {
     /// --data --key FILE fetches, decrypts and checks every chunk of the newest run of
     /// each source (or --source, --host, --run), as restore checks them, writing nothing,
     /// and names every file that would not restore whole; --sample 5% checks a share of
-    /// the packs, those earlier samples did not check first. --against PATH --key FILE
+    /// the packs, those earlier samples did not check first; --max-bytes and
+    /// --max-requests cap what one run fetches. --against PATH --key FILE
     /// compares one run (--run, or the newest of --source) with the tree at PATH, as
     /// duplicity's verify does, and lists every difference.
     ///
@@ -346,6 +347,12 @@ pub struct VerifyArgs {
     /// runs cover every pack
     #[arg(long, value_name = "PERCENT", requires = "data", value_parser = percent)]
     pub sample: Option<f64>,
+    /// --data: stop once this much was fetched from the target (e.g. 10GiB; cost on S3)
+    #[arg(long, value_name = "SIZE", requires = "data", value_parser = coffer::parse_size)]
+    pub max_bytes: Option<u64>,
+    /// --data: stop once this many requests were made to the target
+    #[arg(long, value_name = "N", requires = "data")]
+    pub max_requests: Option<u64>,
     /// With the key: compare a run (--run, or the newest of --source) with the tree at
     /// PATH: type, content, link target, mode, owner, mtime, and what is only here
     #[arg(long, value_name = "PATH", requires = "key", conflicts_with = "data")]

@@ -801,7 +801,11 @@ fn verify_runs(
             .sample
             .zip(coverage.as_mut())
             .map(|(share, coverage)| coffer::verify::Sample { share, coverage });
-        let report = coffer::verify::verify_data(store, source, decryptor, sample, &bar)?;
+        let mut opts = coffer::verify::DataOptions::default();
+        opts.sample = sample;
+        opts.max_bytes = a.max_bytes;
+        opts.max_requests = a.max_requests;
+        let report = coffer::verify::verify_data(store, source, decryptor, opts, &bar)?;
         if !a.json {
             for p in &report.problems {
                 eprintln!(
@@ -829,6 +833,14 @@ fn verify_runs(
                     report.packs
                 ))
             );
+            if let Some(why) = &report.stopped {
+                println!(
+                    "  stopped: {why} ({} fetched in {} requests); {} files were not checked",
+                    output::bytes(report.bytes_fetched),
+                    report.requests,
+                    report.files_unchecked
+                );
+            }
         }
         reports.push(report);
     }

@@ -23,7 +23,7 @@ mod job;
 mod packs;
 mod verify;
 
-pub use verify::{verify_against, verify_data, AgainstReport, DataReport, Sample};
+pub use verify::{verify_against, verify_data, AgainstReport, DataOptions, DataReport, Sample};
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};

@@ -18,6 +18,9 @@ pub(super) struct PackCache {
     held: u64,
     /// A ranged read's bytes: (object, start offset, bytes).
     window: Option<(ObjectKey, u64, Bytes)>,
+    /// Bytes fetched from the target so far, and the requests that fetched them.
+    read: u64,
+    requests: u64,
 }
 
 /// Packs larger than this are read in ranges.
@@ -42,7 +45,19 @@ impl PackCache {
             packs: std::collections::VecDeque::new(),
             held: 0,
             window: None,
+            read: 0,
+            requests: 0,
         }
+    }
+
+    /// Bytes fetched from the target so far.
+    pub(super) fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
+    /// Requests made to the target so far.
+    pub(super) fn requests(&self) -> u64 {
+        self.requests
     }
 
     /// The stored bytes of chunk `c` (its OpenPGP message); `ahead` is `c` and the rest
@@ -70,7 +85,9 @@ impl PackCache {
         }
         let path = store::data_path(&c.object);
         if !self.ranged {
+            self.requests += 1;
             if let Some(pack) = store.get_small(&path, WHOLE_PACK_LIMIT)? {
+                self.read += pack.len() as u64;
                 let b = slice(&pack, c.offset, c.length).ok_or_else(truncated)?;
                 self.held += pack.len() as u64;
                 self.packs.push_back((c.object, pack));
@@ -95,7 +112,9 @@ impl PackCache {
             }
             span_end = next_end;
         }
+        self.requests += 1;
         let bytes = store.get_range(&path, c.offset..span_end)?;
+        self.read += bytes.len() as u64;
         let b = slice(&bytes, 0, c.length).ok_or_else(truncated)?;
         self.window = Some((c.object, c.offset, bytes));
         Ok(b)

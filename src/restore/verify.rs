@@ -30,6 +30,18 @@ pub struct Sample<'a> {
     pub coverage: &'a mut crate::keyset::Coverage,
 }
 
+/// How `verify --data` runs.
+#[derive(Default)]
+#[non_exhaustive]
+pub struct DataOptions<'a> {
+    /// Check only a share of the run's packs.
+    pub sample: Option<Sample<'a>>,
+    /// Stop once this many bytes were fetched from the target.
+    pub max_bytes: Option<u64>,
+    /// Stop once this many requests were made to the target.
+    pub max_requests: Option<u64>,
+}
+
 /// What `verify --data` found in one run.
 #[derive(Debug, Clone, Default, Serialize)]
 #[non_exhaustive]
@@ -45,6 +57,15 @@ pub struct DataReport {
     pub packs_covered: Option<u64>,
     /// Chunks left out because their pack was not in the sample.
     pub chunks_skipped: u64,
+    /// Bytes fetched from the target.
+    pub bytes_fetched: u64,
+    /// Requests that fetched them.
+    pub requests: u64,
+    /// Why the check stopped before the end (`--max-bytes`, `--max-requests`); the
+    /// files after that point were not checked.
+    pub stopped: Option<String>,
+    /// Files not checked because it stopped.
+    pub files_unchecked: u64,
     /// Files whose every byte checked out.
     pub files: u64,
     /// Their bytes.
@@ -78,9 +99,14 @@ pub fn verify_data(
     store: &Reader,
     source: &MetafileSource,
     decryptor: &Decryptor,
-    sample: Option<Sample<'_>>,
+    opts: DataOptions<'_>,
     progress: &dyn Progress,
 ) -> Result<DataReport> {
+    let DataOptions {
+        sample,
+        max_bytes,
+        max_requests,
+    } = opts;
     let started = Instant::now();
     let opts = RestoreOptions::new(".");
     let (metafile, checked) = fetch_and_check(store, source, decryptor, &opts, progress)?;
@@ -128,6 +154,23 @@ pub fn verify_data(
         fresh.truncate(want);
         chosen = Some(fresh.into_iter().collect());
     }
+    // With a sample and a limit, a pack counts as checked only once all of this run's
+    // chunks in it were: how many there are, from a first pass over the listing (it is
+    // on this machine).
+    let mut pending: HashMap<ObjectKey, u64> = HashMap::new();
+    if let Some(set) = chosen
+        .as_ref()
+        .filter(|_| max_bytes.is_some() || max_requests.is_some())
+    {
+        let mut first = metafile.open(decryptor)?;
+        while let Some(entry) = first.next_entry()? {
+            if let Kind::File { chunks, .. } = &entry.kind {
+                for c in chunks.iter().filter(|c| set.contains(&c.object)) {
+                    *pending.entry(c.object).or_default() += 1;
+                }
+            }
+        }
+    }
     progress.phase(&format!("verify {}", checked.run), None);
     let mut listing = metafile.open(decryptor)?;
     let mut fetched: std::collections::HashSet<ObjectKey> = Default::default();
@@ -138,6 +181,10 @@ pub fn verify_data(
         let Kind::File { size, hash, chunks } = &entry.kind else {
             continue;
         };
+        if report.stopped.is_some() {
+            report.files_unchecked += 1;
+            continue;
+        }
         let mut whole = blake3::Hasher::new();
         let mut got = 0u64;
         let mut failure: Option<String> = None;
@@ -148,6 +195,13 @@ pub fn verify_data(
                 partial = true;
                 continue;
             }
+            // A limit is checked before each chunk of a pack not fetched yet (one large
+            // file cannot overrun it; what was fetched is used).
+            let new_pack = !fetched.contains(&c.object);
+            if let Some(why) = limit_reached(&packs, max_bytes, max_requests).filter(|_| new_pack) {
+                report.stopped = Some(why);
+                break;
+            }
             fetched.insert(c.object);
             if let Some(e) = bad.get(&c.object) {
                 failure = Some(e.to_string());
@@ -156,6 +210,9 @@ pub fn verify_data(
             let checked = packs
                 .message(store, c, &chunks[i..])
                 .and_then(|message| open_chunk(decryptor, c, &message));
+            if let Some(n) = pending.get_mut(&c.object) {
+                *n = n.saturating_sub(1);
+            }
             match checked {
                 Ok(data) => {
                     whole.update(&data);
@@ -179,6 +236,10 @@ pub fn verify_data(
                 }
             }
         }
+        if report.stopped.is_some() && failure.is_none() {
+            report.files_unchecked += 1; // stopped inside this file
+            continue;
+        }
         if failure.is_none()
             && !partial
             && (got != *size || ChunkHash(*whole.finalize().as_bytes()) != *hash)
@@ -200,12 +261,18 @@ pub fn verify_data(
         }
     }
     report.packs_checked = fetched.len() as u64;
+    report.bytes_fetched = packs.bytes_read();
+    report.requests = packs.requests();
     if chosen.is_none() {
         report.packs = report.packs_checked;
     }
     if let (Some(s), Some(set)) = (sample, chosen) {
         // Only packs that checked out count as covered: a damaged one is found again.
-        let good: Vec<ObjectKey> = set.into_iter().filter(|k| !bad.contains_key(k)).collect();
+        let good: Vec<ObjectKey> = set
+            .into_iter()
+            .filter(|k| !bad.contains_key(k))
+            .filter(|k| report.stopped.is_none() || pending.get(k) == Some(&0))
+            .collect();
         s.coverage.record(&good)?;
         let mut covered = 0;
         for k in &run_packs {
@@ -216,6 +283,20 @@ pub fn verify_data(
     progress.done();
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Which limit, if any, the fetches so far have reached.
+fn limit_reached(
+    packs: &PackCache,
+    max_bytes: Option<u64>,
+    max_requests: Option<u64>,
+) -> Option<String> {
+    if let Some(m) = max_bytes.filter(|&m| packs.bytes_read() >= m) {
+        return Some(format!("--max-bytes {m} reached"));
+    }
+    max_requests
+        .filter(|&m| packs.requests() >= m)
+        .map(|m| format!("--max-requests {m} reached"))
 }
 
 /// What `verify --against` found: a run compared with a tree on this machine.

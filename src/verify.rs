@@ -225,7 +225,10 @@ pub fn verify_storage(
                     ),
                 ));
             } else if opts.read_data {
-                match hash_of(store, &m.location) {
+                match store
+                    .stream(&m.location)
+                    .and_then(|r| hash_stream(r, m.location.to_string()))
+                {
                     Ok((hash, n)) => {
                         report.bytes_read += n;
                         if hash != key.0 {
@@ -290,14 +293,12 @@ pub fn verify_storage(
     if opts.read_data {
         progress.phase("reading the metafiles", None);
         for (run, name, digest) in metafiles {
-            let mut hasher = blake3::Hasher::new();
-            let n = std::io::copy(
-                &mut store.metafile_reader(run)?,
-                &mut HashWriter(&mut hasher),
-            )
-            .map_err(|e| Error::io(format!("metafile of run {name}"), e))?;
+            let (hash, n) = hash_stream(
+                store.metafile_reader(run)?,
+                format!("metafile of run {name}"),
+            )?;
             report.bytes_read += n;
-            if *hasher.finalize().as_bytes() != digest.hash.0 || n != digest.bytes {
+            if hash != digest.hash.0 || n != digest.bytes {
                 bad_runs.insert(name.clone());
                 report.found(Finding {
                     kind: "metafile",
@@ -321,35 +322,14 @@ pub fn verify_storage(
     Ok(report)
 }
 
-/// BLAKE3 of an object's bytes, streamed, and how many bytes it has.
-fn hash_of(store: &Reader, path: &object_store::path::Path) -> Result<([u8; 32], u64)> {
+/// BLAKE3 of what `reader` yields, streamed, and how many bytes it yielded; `what` names
+/// it in an error.
+fn hash_stream(reader: impl Read, what: String) -> Result<([u8; 32], u64)> {
     let mut hasher = blake3::Hasher::new();
-    let mut reader = store.stream(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let got = reader
-            .read(&mut buf)
-            .map_err(|e| Error::io(path.to_string(), e))?;
-        if got == 0 {
-            return Ok((*hasher.finalize().as_bytes(), n));
-        }
-        hasher.update(&buf[..got]);
-        n += got as u64;
-    }
-}
-
-/// Feeds what is written to a hasher.
-struct HashWriter<'a>(&'a mut blake3::Hasher);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    hasher
+        .update_reader(reader)
+        .map_err(|e| Error::io(what, e))?;
+    Ok((*hasher.finalize().as_bytes(), hasher.count()))
 }
 
 #[cfg(test)]

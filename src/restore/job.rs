@@ -6,7 +6,6 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::Arc;
 
 use nix::sys::stat::{makedev, Mode, SFlag};
 
@@ -17,7 +16,6 @@ use super::packs::PackCache;
 use super::{check_path, is_ancestor_of, selected, Checked, RestoreOptions, RestoreStats};
 use crate::error::Error;
 use crate::format::metafile::{ChunkRef, Entry, Kind, Meta};
-use crate::ids::ObjectKey;
 use crate::progress::{Problem, Progress};
 use crate::source::os;
 use crate::store::Reader;
@@ -57,9 +55,6 @@ pub(super) struct Job<'a> {
     pub borrowed: HashMap<Vec<u8>, Vec<u8>>,
     /// Borrowed targets already restored: target path -> the link path holding the data.
     relocated: HashMap<Vec<u8>, Vec<u8>>,
-    /// Objects that cannot be had (missing, damaged, refused): every file that needs one
-    /// fails with the same cause, without asking the target again.
-    bad_objects: HashMap<ObjectKey, Arc<Error>>,
     packs: PackCache,
     /// Directories whose recorded metadata is applied at the end.
     dirs: Vec<(Vec<u8>, Meta)>,
@@ -93,7 +88,6 @@ impl<'a> Job<'a> {
             pool,
             borrowed: checked.borrowed,
             relocated: HashMap::new(),
-            bad_objects: HashMap::new(),
             packs: PackCache::new(!opts.paths.is_empty()),
             dirs: Vec::new(),
             links: Vec::new(),
@@ -454,26 +448,9 @@ impl<'a> Job<'a> {
         c: &ChunkRef,
         ahead: &[ChunkRef],
     ) -> std::result::Result<bytes::Bytes, Failure> {
-        if let Some(e) = self.bad_objects.get(&c.object) {
-            return Err(Failure::Stored(e.clone()));
-        }
-        match self.packs.message(self.store, c, ahead) {
-            Ok(b) => Ok(b),
-            Err(e) => {
-                let e = Arc::new(match e {
-                    Error::NotFound(_) => {
-                        Error::NotFound(format!("object {} is missing from the target", c.object))
-                    }
-                    e => e,
-                });
-                // What may work the next time (a dropped connection, once the store's
-                // own retries are spent) is asked again by the next file that needs it.
-                if !e.is_retryable() {
-                    self.bad_objects.insert(c.object, e.clone());
-                }
-                Err(Failure::Stored(e))
-            }
-        }
+        self.packs
+            .message(self.store, c, ahead)
+            .map_err(Failure::Stored)
     }
 
     /// Hard links, then symbolic links, then directory metadata (deepest first), each

@@ -1,6 +1,8 @@
 //! Fetching chunk messages from packs: whole packs cached for a full restore, ranged
 //! reads for a filtered one.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
@@ -21,6 +23,9 @@ pub(super) struct PackCache {
     /// Bytes fetched from the target so far, and the requests that fetched them.
     read: u64,
     requests: u64,
+    /// Objects that cannot be had (missing, damaged, refused): every chunk that needs one
+    /// fails with the same cause, without asking the target again.
+    bad: std::collections::HashMap<ObjectKey, Arc<Error>>,
 }
 
 /// Packs larger than this are read in ranges.
@@ -47,6 +52,7 @@ impl PackCache {
             window: None,
             read: 0,
             requests: 0,
+            bad: Default::default(),
         }
     }
 
@@ -61,13 +67,33 @@ impl PackCache {
     }
 
     /// The stored bytes of chunk `c` (its OpenPGP message); `ahead` is `c` and the rest
-    /// of its file.
+    /// of its file. A missing object is named as such; an object that failed for good
+    /// fails again at once, while what may work the next time (a dropped connection, once
+    /// the store's own retries are spent) is asked again by the next chunk that needs it.
     pub(super) fn message(
         &mut self,
         store: &Reader,
         c: &ChunkRef,
         ahead: &[ChunkRef],
-    ) -> Result<Bytes> {
+    ) -> std::result::Result<Bytes, Arc<Error>> {
+        if let Some(e) = self.bad.get(&c.object) {
+            return Err(e.clone());
+        }
+        self.fetch(store, c, ahead).map_err(|e| {
+            let e = Arc::new(match e {
+                Error::NotFound(_) => {
+                    Error::NotFound(format!("object {} is missing from the target", c.object))
+                }
+                e => e,
+            });
+            if !e.is_retryable() {
+                self.bad.insert(c.object, e.clone());
+            }
+            e
+        })
+    }
+
+    fn fetch(&mut self, store: &Reader, c: &ChunkRef, ahead: &[ChunkRef]) -> Result<Bytes> {
         let truncated = || Error::Corrupt {
             what: format!("object {}", c.object),
             reason: "truncated: a chunk lies beyond its end".into(),

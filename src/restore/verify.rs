@@ -174,9 +174,9 @@ pub fn verify_data(
     progress.phase(&format!("verify {}", checked.run), None);
     let mut listing = metafile.open(decryptor)?;
     let mut fetched: std::collections::HashSet<ObjectKey> = Default::default();
+    // Packs a chunk failed in: never recorded as checked, so a sample finds them again.
+    let mut damaged: std::collections::HashSet<ObjectKey> = Default::default();
     let mut packs = PackCache::new(false);
-    // An object that failed for good fails every file that needs it, without asking again.
-    let mut bad: HashMap<ObjectKey, Arc<Error>> = HashMap::new();
     while let Some(entry) = listing.next_entry()? {
         let Kind::File { size, hash, chunks } = &entry.kind else {
             continue;
@@ -203,13 +203,9 @@ pub fn verify_data(
                 break;
             }
             fetched.insert(c.object);
-            if let Some(e) = bad.get(&c.object) {
-                failure = Some(e.to_string());
-                break;
-            }
             let checked = packs
                 .message(store, c, &chunks[i..])
-                .and_then(|message| open_chunk(decryptor, c, &message));
+                .and_then(|message| open_chunk(decryptor, c, &message).map_err(Arc::new));
             if let Some(n) = pending.get_mut(&c.object) {
                 *n = n.saturating_sub(1);
             }
@@ -221,16 +217,7 @@ pub fn verify_data(
                     progress.bytes(data.len() as u64);
                 }
                 Err(e) => {
-                    let e = Arc::new(match e {
-                        Error::NotFound(_) => Error::NotFound(format!(
-                            "object {} is missing from the target",
-                            c.object
-                        )),
-                        e => e,
-                    });
-                    if !e.is_retryable() {
-                        bad.insert(c.object, e.clone());
-                    }
+                    damaged.insert(c.object);
                     failure = Some(e.to_string());
                     break;
                 }
@@ -270,7 +257,7 @@ pub fn verify_data(
         // Only packs that checked out count as covered: a damaged one is found again.
         let good: Vec<ObjectKey> = set
             .into_iter()
-            .filter(|k| !bad.contains_key(k))
+            .filter(|k| !damaged.contains(k))
             .filter(|k| report.stopped.is_none() || pending.get(k) == Some(&0))
             .collect();
         s.coverage.record(&good)?;

@@ -201,8 +201,16 @@ pub fn verify_storage(
         },
         None,
     );
+    // Objects whose size or bytes are wrong, named with their runs below; memory stays
+    // bounded: beyond what can be listed, they are only counted.
     let mut wrong: Vec<(ObjectKey, &'static str, String)> = Vec::new();
-    let mut scan_failed = None;
+    let mut note = |report: &mut VerifyReport, item: (ObjectKey, &'static str, String)| {
+        if wrong.len() < 2 * MAX_FINDINGS {
+            wrong.push(item);
+        } else {
+            report.findings_more += 1;
+        }
+    };
     store.list_data(PAGE, |page| {
         for m in page {
             let Some(key) = crate::gc::data_key(&m.location) else {
@@ -215,47 +223,42 @@ pub fn verify_storage(
                 report.objects_referenced += 1;
             }
             if m.size < MIN_OBJECT_BYTES {
-                wrong.push((
-                    key,
-                    "size",
-                    format!(
-                        "{} is {} bytes, smaller than any pack: it was truncated or \
+                note(
+                    &mut report,
+                    (
+                        key,
+                        "size",
+                        format!(
+                            "{} is {} bytes, smaller than any pack: it was truncated or \
                          replaced",
-                        m.location, m.size
+                            m.location, m.size
+                        ),
                     ),
-                ));
+                );
             } else if opts.read_data {
-                match store
-                    .stream(&m.location)
-                    .and_then(|r| hash_stream(r, m.location.to_string()))
-                {
-                    Ok((hash, n)) => {
-                        report.bytes_read += n;
-                        if hash != key.0 {
-                            wrong.push((
-                                key,
-                                "hash",
-                                format!(
-                                    "{}: its bytes do not hash to its name (BLAKE3 {}): \
+                let (hash, n) = hash_stream(store.stream(&m.location)?, m.location.to_string())?;
+                report.bytes_read += n;
+                if hash != key.0 {
+                    note(
+                        &mut report,
+                        (
+                            key,
+                            "hash",
+                            format!(
+                                "{}: its bytes do not hash to its name (BLAKE3 {}): \
                                      it was damaged or overwritten; a versioned bucket \
                                      keeps the earlier version",
-                                    m.location,
-                                    ChunkHash(hash).to_hex()
-                                ),
-                            ));
-                        }
-                    }
-                    Err(e) if scan_failed.is_none() => scan_failed = Some(e),
-                    Err(_) => {}
+                                m.location,
+                                ChunkHash(hash).to_hex()
+                            ),
+                        ),
+                    );
                 }
             }
             progress.bytes(m.size);
         }
         Ok(())
     })?;
-    if let Some(e) = scan_failed {
-        return Err(e);
-    }
 
     // Referenced objects that are not there, and wrong ones, with the runs they break.
     let (missing, more) = referenced.unseen(MAX_FINDINGS)?;

@@ -184,52 +184,56 @@ fn judge(
     max_age: Option<Duration>,
     warn_age: Option<Duration>,
 ) -> SourceStatus {
-    let mut health = Health::Ok;
-    let mut reasons = Vec::new();
-    let mut raise = |h: Health, why: String, health: &mut Health| {
-        *health = (*health).max(h);
-        reasons.push(why);
-    };
     // Runs are in stored order; the newest that checks out counts.
     let last = runs.iter().rev().find(|r| r.status.is_ok());
     let age = last.map(|r| (now - r.stored_at()).to_std().unwrap_or(Duration::ZERO));
-    match (last, age) {
-        (None, _) if runs.is_empty() => {
-            raise(Health::Critical, "no run on the target".into(), &mut health)
-        }
-        (None, _) => raise(
+    let flagged = runs.iter().filter(|r| !r.status.is_ok()).count();
+    let mut s = SourceStatus {
+        target: target.to_string(),
+        host,
+        source,
+        health: Health::Ok,
+        reasons: Vec::new(),
+        runs: runs.len() as u64,
+        runs_ok: (runs.len() - flagged) as u64,
+        last_complete: last.map(|r| r.stored.clone()),
+        last_complete_run: last.map(|r| r.id.clone()),
+        age_secs: age.map(|a| a.as_secs()),
+        max_age_secs: max_age.map(|m| m.as_secs()),
+        recipient_expires: None,
+        last_complete_at: last.map(|r| r.stored_at()),
+    };
+    match age {
+        None if runs.is_empty() => s.raise(Health::Critical, "no run on the target".into()),
+        None => s.raise(
             Health::Critical,
             format!("none of its {} runs checks out", runs.len()),
-            &mut health,
         ),
-        (Some(_), Some(age)) => {
+        Some(age) => {
             if let Some(max) = max_age.filter(|&m| age > m) {
-                raise(
+                s.raise(
                     Health::Critical,
                     format!(
                         "the newest complete run is {} old, more than max-age {}",
                         humantime(round(age)),
                         humantime(max)
                     ),
-                    &mut health,
                 );
             } else if let Some(warn) = warn_age.filter(|&w| age > w) {
-                raise(
+                s.raise(
                     Health::Warning,
                     format!(
                         "the newest complete run is {} old, more than warn-age {}",
                         humantime(round(age)),
                         humantime(warn)
                     ),
-                    &mut health,
                 );
             }
         }
-        (Some(_), None) => {}
     }
-    let flagged: Vec<&&RunInfo> = runs.iter().filter(|r| !r.status.is_ok()).collect();
-    if let Some(newest) = runs.last().filter(|r| !r.status.is_ok()) {
-        raise(
+    let newest_flagged = runs.last().filter(|r| !r.status.is_ok());
+    if let Some(newest) = newest_flagged {
+        s.raise(
             Health::Warning,
             format!(
                 "the newest run {} is {}: {}",
@@ -237,34 +241,15 @@ fn judge(
                 newest.status.word(),
                 newest.status.reason().unwrap_or("")
             ),
-            &mut health,
         );
     }
-    if flagged.len() > usize::from(runs.last().is_some_and(|r| !r.status.is_ok())) {
-        raise(
+    if flagged > usize::from(newest_flagged.is_some()) {
+        s.raise(
             Health::Warning,
-            format!(
-                "{} runs are suspicious or damaged (`coffer runs` says why)",
-                flagged.len()
-            ),
-            &mut health,
+            format!("{flagged} runs are suspicious or damaged (`coffer runs` says why)"),
         );
     }
-    SourceStatus {
-        target: target.to_string(),
-        host,
-        source,
-        health,
-        reasons,
-        runs: runs.len() as u64,
-        runs_ok: (runs.len() - flagged.len()) as u64,
-        last_complete: last.map(|r| r.stored.clone()),
-        last_complete_run: last.map(|r| r.id.clone()),
-        age_secs: age.map(|a| a.as_secs()),
-        max_age_secs: max_age.map(|m| m.as_secs()),
-        recipient_expires: None,
-        last_complete_at: last.map(|r| r.stored_at()),
-    }
+    s
 }
 
 /// Ages are shown to the second (in minutes beyond an hour).

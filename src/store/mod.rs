@@ -434,28 +434,22 @@ impl Reader {
 }
 
 impl Admin {
-    /// Lists the data objects (`data/`) in batches of up to `batch`, streaming, and
-    /// deletes the objects each call of `f` returns before listing further. Memory is
-    /// bounded by the batch, however many objects the target holds.
+    /// Lists the data objects (`data/`) in batches of up to `batch`, as
+    /// [`Reader::list_data`] does, and deletes the objects each call of `f` returns
+    /// before handing on the next batch. Memory is bounded by the batches, however many
+    /// objects the target holds.
     pub(crate) fn scan_data(
         &self,
         batch: usize,
         mut f: impl FnMut(&[object_store::ObjectMeta]) -> Result<Vec<StorePath>>,
     ) -> Result<()> {
-        use futures::StreamExt;
-        let store = self.core.inner.clone();
-        let prefix = StorePath::from("data");
-        runtime().block_on(async move {
-            let mut pages = store.list(Some(&prefix)).try_chunks(batch);
-            while let Some(page) = pages.next().await {
-                let page =
-                    page.map_err(|e| self.core.map_err(&StorePath::from("data/"), "list", e.1))?;
-                let doomed = f(&page)?;
-                if !doomed.is_empty() {
-                    self.delete_all(doomed).await?;
-                }
+        self.list_data(batch, |page| {
+            let doomed = f(page)?;
+            if doomed.is_empty() {
+                Ok(())
+            } else {
+                self.delete(doomed)
             }
-            Ok(())
         })
     }
 

@@ -1,0 +1,310 @@
+//! The checking commands: `status` (keyless monitoring, with the monitoring-plugin exit
+//! codes and a Prometheus file) and `verify` (`--storage` without a key; `--data`,
+//! `--against` with it).
+
+use super::*;
+
+pub(super) fn status(config: Option<&Path>, a: StatusArgs) -> Result<u8> {
+    use coffer::status::{self, Health};
+    // Whatever stops the check is UNKNOWN (3) for the monitoring system, not an error.
+    let json = a.json;
+    let unknown = |e: anyhow::Error| -> Result<u8> {
+        let message = error_text(&e);
+        if json {
+            let out = serde_json::json!({"health": "UNKNOWN", "exit_status": 3,
+                "sources": [], "unreadable": [{"target": null, "error": message}]});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            println!("COFFER UNKNOWN - {}", output::escape_line(&message));
+        }
+        Ok(Health::Unknown.exit_status())
+    };
+    let (cfg, targets) = match read_targets(config, a.target.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return unknown(e),
+    };
+    let mut opts = status::StatusOptions::new();
+    opts.max_age = a.max_age;
+    opts.warn_age = a.warn_age;
+    let now = chrono::Utc::now();
+    let mut sources = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut up = Vec::new();
+    for t in &targets {
+        let mut opts = opts.clone();
+        if let Some(c) = &cfg {
+            for s in c.sources.values() {
+                if let Some(m) = s.max_age {
+                    opts.max_age_of.insert(s.name.clone(), m);
+                }
+                if s.targets.contains(&t.name) {
+                    opts.expected.push((c.host.clone(), s.name.clone()));
+                }
+            }
+        }
+        let checked = Store::open(t, false).map(|s| s.reader()).and_then(|store| {
+            let mut runs = store.list_runs()?;
+            coffer::runs::check(&store, &mut runs)?;
+            Ok(runs)
+        });
+        match checked {
+            Ok(runs) => {
+                up.push((t.name.clone(), true));
+                let mut found = status::of_runs(&t.name, &runs, now, &opts);
+                // The config's own sources: their recipients must stay usable.
+                if let Some(c) = &cfg {
+                    for s in found.iter_mut().filter(|s| s.host == c.host) {
+                        if let Some(src) = c.sources.get(&s.source) {
+                            s.check_recipients(&src.recipients);
+                        }
+                    }
+                }
+                sources.extend(found);
+            }
+            Err(e) => {
+                up.push((t.name.clone(), false));
+                unreadable.push((t.name.clone(), e.to_string()));
+            }
+        }
+    }
+    let health = status::overall(&sources, unreadable.len());
+    if let Some(file) = &a.prometheus {
+        write_atomically(file, status::prometheus(&sources, &up).as_bytes())?;
+    }
+    if json {
+        let out = serde_json::json!({
+            "health": health, "exit_status": health.exit_status(), "sources": sources,
+            "unreadable": unreadable.iter()
+                .map(|(t, e)| serde_json::json!({"target": t, "error": e}))
+                .collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", output::status_report(health, &sources, &unreadable));
+    }
+    Ok(health.exit_status())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, renamed over
+/// it: a reader sees the old file or the new one, never half of one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".coffer-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("making {} readable", tmp.path().display()))?;
+    }
+    tmp.persist(path)
+        .with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+pub(super) fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
+    let (cfg, targets) = read_targets(config, a.target.as_deref())?;
+    let tmp_dir = match &cfg {
+        Some(c) => c.state_dir.join("tmp"),
+        None => std::env::temp_dir(),
+    };
+    let decryptor = match &a.key {
+        Some(key) if a.data || a.against.is_some() => {
+            let pass_file = a.passphrase_file.clone();
+            Some(coffer::load_secret_keys(key, &mut || {
+                passphrase(
+                    pass_file.as_deref(),
+                    "Passphrase for the secret key: ",
+                    false,
+                )
+                .map_err(|e| coffer::Error::Usage(e.to_string()))
+            })?)
+        }
+        _ => None,
+    };
+    let mut all = Vec::new();
+    let mut data_reports = Vec::new();
+    let mut against_reports = Vec::new();
+    for t in &targets {
+        let store = Store::open(t, false)?.reader();
+        if let (Some(d), Some(root)) = (&decryptor, &a.against) {
+            if a.run.is_none() && a.source.is_none() {
+                bail!("--against compares one run: give --source S (its newest run) or --run ID");
+            }
+            let chosen = MetafileSource::Run {
+                host: a.host.clone(),
+                source: a.source.clone(),
+                id: a.run.clone(),
+            };
+            let bar = Bar::new("verify", a.json);
+            let r = coffer::verify::verify_against(&store, &chosen, d, root, &tmp_dir, &bar)?;
+            if !a.json {
+                for p in &r.problems {
+                    eprintln!(
+                        "coffer verify: {}: {}",
+                        p.path
+                            .as_deref()
+                            .map_or_else(String::new, output::escape_line),
+                        output::escape_line(&p.message)
+                    );
+                }
+                println!(
+                    "{}: verify --against {}: {}: {} entries, {} the same, {} differences",
+                    store.name(),
+                    root.display(),
+                    r.run,
+                    r.entries,
+                    r.same,
+                    r.differences
+                );
+            }
+            against_reports.push(r);
+        } else if let Some(d) = decryptor.as_ref().filter(|_| a.data) {
+            let coverage = match (a.sample, &cfg) {
+                (None, _) => None,
+                (Some(_), Some(c)) => Some(coffer::verify::Coverage::open(&c.state_dir, &t.url)?),
+                (Some(_), None) => bail!(
+                    "--sample records what it checked in the config's state directory: give \
+                     a config (-c FILE) that names the target"
+                ),
+            };
+            data_reports.extend(verify_runs(&store, d, &a, coverage)?);
+        }
+        if !a.storage {
+            continue;
+        }
+        let mut opts = coffer::verify::VerifyOptions::new(&tmp_dir);
+        opts.read_data = a.read_data;
+        let bar = Bar::new("verify", a.json);
+        let report = coffer::verify::verify_storage(&store, &opts, &bar)?;
+        if !a.json {
+            for f in &report.findings {
+                eprintln!(
+                    "coffer verify: {}: {} ({}): {}",
+                    t.name,
+                    f.kind,
+                    if f.runs.is_empty() {
+                        "no run".to_string()
+                    } else {
+                        f.runs.join(", ")
+                    },
+                    output::escape_line(&f.message)
+                );
+            }
+            print!("{}", output::verify_summary(&report));
+        }
+        all.push(report);
+    }
+    if a.json {
+        if a.data || a.against.is_some() {
+            let out = serde_json::json!({"storage": all, "data": data_reports,
+                "against": against_reports});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        }
+    }
+    Ok(
+        if all.iter().all(|r| r.clean())
+            && data_reports.iter().all(|r| r.clean())
+            && against_reports.iter().all(|r| r.clean())
+        {
+            EXIT_OK
+        } else {
+            EXIT_FOUND
+        },
+    )
+}
+
+/// `verify --data` on one target: the run asked for, or the newest run of each (host,
+/// source) that the filters leave.
+fn verify_runs(
+    store: &coffer::Reader,
+    decryptor: &coffer::Decryptor,
+    a: &VerifyArgs,
+    mut coverage: Option<coffer::verify::Coverage>,
+) -> Result<Vec<coffer::verify::DataReport>> {
+    let chosen: Vec<MetafileSource> = if a.run.is_some() {
+        vec![MetafileSource::Run {
+            host: a.host.clone(),
+            source: a.source.clone(),
+            id: a.run.clone(),
+        }]
+    } else {
+        let mut groups = std::collections::BTreeSet::new();
+        for r in store.list_runs()? {
+            if a.source.as_ref().is_none_or(|s| *s == r.source)
+                && a.host.as_ref().is_none_or(|h| *h == r.host)
+            {
+                groups.insert((r.host, r.source));
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(host, source)| MetafileSource::Run {
+                host: Some(host),
+                source: Some(source),
+                id: None,
+            })
+            .collect()
+    };
+    let mut reports = Vec::new();
+    for source in &chosen {
+        let bar = Bar::new("verify", a.json);
+        let sample = a
+            .sample
+            .zip(coverage.as_mut())
+            .map(|(share, coverage)| coffer::verify::Sample { share, coverage });
+        let mut opts = coffer::verify::DataOptions::default();
+        opts.sample = sample;
+        opts.max_bytes = a.max_bytes;
+        opts.max_requests = a.max_requests;
+        let report = coffer::verify::verify_data(store, source, decryptor, opts, &bar)?;
+        if !a.json {
+            for p in &report.problems {
+                eprintln!(
+                    "coffer verify: {}: {}: {}",
+                    report.run,
+                    p.path
+                        .as_deref()
+                        .map_or_else(String::new, output::escape_line),
+                    output::escape_line(&p.message)
+                );
+            }
+            println!(
+                "{}: verify --data: {}: {} files ({}) and {} chunks in {} of {} packs \
+                 checked, {} would not restore whole{}",
+                store.name(),
+                report.run,
+                report.files,
+                output::bytes(report.bytes),
+                report.chunks,
+                report.packs_checked,
+                report.packs,
+                report.failed,
+                report.packs_covered.map_or_else(String::new, |c| format!(
+                    "; this round of samples has checked {c} of the {} packs",
+                    report.packs
+                ))
+            );
+            if let Some(why) = &report.stopped {
+                println!(
+                    "  stopped: {why} ({} fetched in {} requests); {} files were not checked",
+                    output::bytes(report.bytes_fetched),
+                    report.requests,
+                    report.files_unchecked
+                );
+            }
+        }
+        reports.push(report);
+    }
+    Ok(reports)
+}

@@ -211,14 +211,7 @@ fn backups_never_remove_or_replace_a_version() {
     t.backup(Cred::PutOnly).ok();
     write(&t.fx.src.join("new.txt"), b"one more file\n");
     t.backup(Cred::PutOnly).ok();
-    let v = t.aws_json(&[
-        "s3api",
-        "list-object-versions",
-        "--bucket",
-        &t.s3().bucket,
-        "--prefix",
-        &format!("{}/", t.prefix),
-    ]);
+    let v = t.versions();
     assert!(
         v["DeleteMarkers"].as_array().is_none_or(|a| a.is_empty()),
         "{v}"

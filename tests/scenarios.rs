@@ -163,14 +163,7 @@ fn deletes_are_markers_over_kept_versions(
     garbage: &BTreeSet<String>,
     pruned: &str,
 ) {
-    let v = t.aws_json(&[
-        "s3api",
-        "list-object-versions",
-        "--bucket",
-        &t.s3().bucket,
-        "--prefix",
-        &format!("{}/", t.prefix),
-    ]);
+    let v = t.versions();
     let name_of = |o: &serde_json::Value| -> String {
         o["Key"]
             .as_str()

@@ -375,18 +375,22 @@ impl Decryptor {
     }
 }
 
+/// A fresh key pair's two halves, for the tests of this module and its readers.
+#[cfg(test)]
+pub(crate) fn test_pair() -> (Encryptor, Decryptor) {
+    let key = generate_key("test", KeyAlgorithm::Cv25519, None).unwrap();
+    let certs = keys::parse_certs_for_test(&key.public_armored);
+    let enc = Encryptor::from_certs(&certs).unwrap();
+    let dec = keys::decryptor_from_bytes(&key.secret_armored, None).unwrap();
+    (enc, dec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{self, Read};
 
-    fn pair() -> (Encryptor, Decryptor) {
-        let key = generate_key("test", KeyAlgorithm::Cv25519, None).unwrap();
-        let certs = keys::parse_certs_for_test(&key.public_armored);
-        let enc = Encryptor::from_certs(&certs).unwrap();
-        let dec = keys::decryptor_from_bytes(&key.secret_armored, None).unwrap();
-        (enc, dec)
-    }
+    use super::test_pair as pair;
 
     #[test]
     fn chunk_roundtrip_shares_session() {

@@ -86,6 +86,14 @@ pub struct S3 {
 }
 
 impl S3 {
+    /// The access key and secret of `cred`.
+    pub fn keys(&self, cred: Cred) -> &(String, String) {
+        match cred {
+            Cred::PutOnly => &self.put,
+            Cred::Admin => &self.admin,
+        }
+    }
+
     pub fn from_env() -> S3 {
         let path = std::env::var("COFFER_TEST_S3_ENV").unwrap_or_else(|_| {
             panic!(
@@ -241,10 +249,7 @@ impl On {
         let Some(s3) = &self.s3 else {
             return Vec::new();
         };
-        let (k, s) = match cred {
-            Cred::PutOnly => &s3.put,
-            Cred::Admin => &s3.admin,
-        };
+        let (k, s) = s3.keys(cred);
         vec![
             ("AWS_ACCESS_KEY_ID", k.clone()),
             ("AWS_SECRET_ACCESS_KEY", s.clone()),
@@ -525,13 +530,22 @@ impl On {
             .collect()
     }
 
+    /// Every version and delete marker under the prefix (a versioned bucket).
+    pub fn versions(&self) -> serde_json::Value {
+        self.aws_json(&[
+            "s3api",
+            "list-object-versions",
+            "--bucket",
+            &self.s3().bucket,
+            "--prefix",
+            &format!("{}/", self.prefix),
+        ])
+    }
+
     /// The AWS CLI with `cred`.
     pub fn aws(&self, cred: Cred, args: &[&str]) -> std::process::Output {
         let s3 = self.s3();
-        let (k, s) = match cred {
-            Cred::PutOnly => &s3.put,
-            Cred::Admin => &s3.admin,
-        };
+        let (k, s) = s3.keys(cred);
         std::process::Command::new(&s3.aws_cli)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())

@@ -283,20 +283,14 @@ impl Decryptor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{generate_key, keys, Encryptor, KeyAlgorithm, PackSession};
+    use crate::crypto::PackSession;
     use openpgp::serialize::stream::{
         Compressor, Encryptor as SqEncryptor, LiteralWriter, Message,
     };
     use openpgp::types::{CompressionAlgorithm, DataFormat};
     use std::io::Write;
 
-    fn pair() -> (Encryptor, Decryptor) {
-        let key = generate_key("test", KeyAlgorithm::Cv25519, None).unwrap();
-        let certs = keys::parse_certs_for_test(&key.public_armored);
-        let enc = Encryptor::from_certs(&certs).unwrap();
-        let dec = keys::decryptor_from_bytes(&key.secret_armored, None).unwrap();
-        (enc, dec)
-    }
+    use crate::crypto::test_pair as pair;
 
     /// What a crafted message holds inside its literal packet, from the outside in.
     #[derive(Clone, Copy)]

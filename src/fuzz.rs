@@ -216,7 +216,8 @@ proptest! {
         let digest = refs::MetafileDigest { hash: ChunkHash::of(b"m"), bytes: 9, pieces: 1 };
         let mut keys = vec![ObjectKey::of(b"a"), ObjectKey::of(b"b")];
         keys.sort();
-        refs::write(&mut v2, &name, &bounds, &digest, keys.clone()).unwrap();
+        let chain = refs::Chain::start().unwrap();
+        refs::write(&mut v2, &name, &bounds, &digest, &chain, keys.clone()).unwrap();
         let v1 = format!(
             "coffer-refs 1\ndedup-max-age 1\nmax-run-time 2\n{}\n{}\nend 2\n",
             keys[0], keys[1]

@@ -336,10 +336,13 @@ fn group_runs(objects: Vec<RunObject>) -> BTreeMap<RunKey, RunFiles> {
         let entry = runs
             .entry((o.host.clone(), o.source.clone(), o.id.to_string()))
             .or_default();
-        if o.ext == "meta" {
-            entry.pieces.push(o);
-        } else {
-            entry.refs = Some(o);
+        match o.ext.as_str() {
+            "meta" => entry.pieces.push(o),
+            "refs" => entry.refs = Some(o),
+            // A signature goes with its run's other pieces; prune's records of deleted
+            // runs are prune's to keep or drop.
+            "sig" => entry.pieces.push(o),
+            _ => {}
         }
     }
     runs

@@ -78,6 +78,16 @@ CREATE TABLE IF NOT EXISTS last_runs (
     run TEXT NOT NULL,
     PRIMARY KEY (target, source)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chains (
+    url TEXT NOT NULL,
+    host TEXT NOT NULL,
+    source TEXT NOT NULL,
+    chain TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    refs BLOB NOT NULL,
+    meta BLOB NOT NULL,
+    PRIMARY KEY (url, host, source)
+) WITHOUT ROWID;
 ";
 
 /// What identifies an unchanged file: if all of these match the last run, it is not read.
@@ -380,6 +390,71 @@ impl Index {
             tx.execute(
                 "INSERT OR REPLACE INTO last_runs (target, source, run) VALUES (?1, ?2, ?3)",
                 params![target, source, run],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The chain position of the last run this index committed for `host` and `source`
+    /// to the target at `url`, with the digests of that run's object list and metafile:
+    /// what the next run records as its predecessor. `None`: start a new chain.
+    pub fn chain_head(
+        &self,
+        url: &str,
+        host: &str,
+        source: &str,
+    ) -> Result<Option<(crate::format::refs::Chain, crate::format::refs::Link)>> {
+        let row: Option<(String, i64, Vec<u8>, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT chain, seq, refs, meta FROM chains
+                 WHERE url = ?1 AND host = ?2 AND source = ?3",
+                params![url, host, source],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((id, seq, refs, meta)) = row else {
+            return Ok(None);
+        };
+        let hash = |b: Vec<u8>| <[u8; 32]>::try_from(b).ok().map(ChunkHash);
+        match (u64::try_from(seq).ok(), hash(refs), hash(meta)) {
+            (Some(seq @ 1..), Some(refs), Some(metafile)) => Ok(Some((
+                crate::format::refs::Chain {
+                    id,
+                    seq,
+                    previous: None,
+                },
+                crate::format::refs::Link { refs, metafile },
+            ))),
+            // A damaged row: a new chain is what a lost index would give too.
+            _ => Ok(None),
+        }
+    }
+
+    /// Records the run just committed as the head of its chain (see [`Index::chain_head`]).
+    pub fn record_chain_head(
+        &mut self,
+        url: &str,
+        host: &str,
+        source: &str,
+        chain: &crate::format::refs::Chain,
+        link: &crate::format::refs::Link,
+    ) -> Result<()> {
+        let seq = i64::try_from(chain.seq).unwrap_or(i64::MAX);
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO chains (url, host, source, chain, seq, refs, meta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    url,
+                    host,
+                    source,
+                    chain.id,
+                    seq,
+                    &link.refs.0[..],
+                    &link.metafile.0[..]
+                ],
             )?;
             Ok(())
         })

@@ -80,6 +80,7 @@
 mod backup;
 pub mod bench;
 mod cancel;
+pub mod chain;
 mod chunker;
 mod config;
 mod crypto;
@@ -118,12 +119,13 @@ pub use retention::Retention;
 
 // Keys: the public half encrypts, the secret half decrypts.
 pub use crypto::{
-    generate_key, generate_key_with, load_recipients, load_secret_keys, Decryptor, Encryptor,
-    Expiry, GeneratedKey, KeyAlgorithm, DEFAULT_KEY_LIFETIME,
+    generate_key, generate_key_with, generate_signing_key, load_recipients, load_secret_keys,
+    Decryptor, Encryptor, Expiry, GeneratedKey, KeyAlgorithm, Signers, SigningKey, Verdict,
+    DEFAULT_KEY_LIFETIME,
 };
 
 // Targets, and what each kind of handle may do there.
-pub use store::{Admin, Creator, Reader, RunInfo, Store};
+pub use store::{Admin, Creator, ObjectList, Reader, RunInfo, Store};
 
 // What is stored (docs/FORMAT.md), and the names in it.
 pub use format::{metafile, refs};

@@ -39,6 +39,10 @@ pub struct PruneItem {
     pub pieces: u32,
     /// The rules that keep it; empty when it is deleted.
     pub reasons: Vec<String>,
+    /// The record left when it is deleted, so that the chain stays walkable (set by
+    /// [`plan_records`] where a kept run needs it).
+    #[serde(skip)]
+    pub(crate) tombstone: Option<crate::chain::Tombstone>,
 }
 
 /// A group of runs (one host, one source) and its policy.
@@ -69,6 +73,10 @@ pub struct PruneReport {
     pub kept: u64,
     /// Runs deleted (or that would be, in a dry run).
     pub deleted: u64,
+    /// Records of runs deleted earlier that no kept run needs any more (deleted too).
+    pub records_dropped: u64,
+    #[serde(skip)]
+    stale_records: Vec<object_store::path::Path>,
 }
 
 /// Decides, without touching the target, which runs to keep. `policy_for(host, source)`
@@ -141,6 +149,7 @@ pub fn plan(
                 keep: d.keep,
                 reasons: d.reasons,
                 pieces: r.pieces.len() as u32,
+                tombstone: None,
             })
             .collect();
         report.kept += items.iter().filter(|i| i.keep).count() as u64;
@@ -162,8 +171,66 @@ pub fn plan(
     Ok(report)
 }
 
-/// Deletes the runs `report` does not keep: each one's metafile first (the run stops
-/// existing), then the rest of its pieces, then its object list.
+/// Decides which records of deleted runs ([`crate::chain::Tombstone`]) the chains need
+/// once `report` is carried out: a record is needed where it fills a gap between two
+/// kept runs of its chain. The runs to be deleted get a record where so needed; the
+/// records already on the target that are no longer needed are dropped.
+pub fn plan_records(
+    report: &mut PruneReport,
+    runs: &[RunInfo],
+    tombstones: &[crate::chain::Tombstone],
+) {
+    use std::collections::BTreeMap;
+    // The kept, chained runs: (host, source, chain) -> their numbers.
+    let kept: std::collections::HashSet<(&str, &str, &str)> = report
+        .groups
+        .iter()
+        .flat_map(|g| &g.runs)
+        .filter(|i| i.keep)
+        .map(|i| (i.host.as_str(), i.source.as_str(), i.run.as_str()))
+        .collect();
+    let mut seqs: BTreeMap<(String, String, String), Vec<u64>> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.status.is_ok()) {
+        if let (Some(c), true) = (&r.chain, kept.contains(&(&r.host, &r.source, &r.id))) {
+            seqs.entry((r.host.clone(), r.source.clone(), c.id.clone()))
+                .or_default()
+                .push(c.seq);
+        }
+    }
+    let needed = |host: &str, source: &str, chain: &crate::format::refs::Chain| {
+        seqs.get(&(host.to_string(), source.to_string(), chain.id.clone()))
+            .is_some_and(|s| s.iter().any(|&k| k < chain.seq) && s.iter().any(|&k| k > chain.seq))
+    };
+    let by_id: BTreeMap<(&str, &str, &str), &RunInfo> = runs
+        .iter()
+        .map(|r| ((r.host.as_str(), r.source.as_str(), r.id.as_str()), r))
+        .collect();
+    for item in report.groups.iter_mut().flat_map(|g| g.runs.iter_mut()) {
+        if item.keep {
+            continue;
+        }
+        item.tombstone = by_id
+            .get(&(item.host.as_str(), item.source.as_str(), item.run.as_str()))
+            .and_then(|r| crate::chain::Tombstone::of(r))
+            .filter(|t| needed(&t.host, &t.source, &t.chain));
+    }
+    for t in tombstones {
+        let still_run = by_id.contains_key(&(t.host.as_str(), t.source.as_str(), t.run.as_str()));
+        if !still_run && !needed(&t.host, &t.source, &t.chain) {
+            if let Ok(id) = t.run.parse::<RunId>() {
+                report
+                    .stale_records
+                    .push(run_path(&t.host, &t.source, &id, "pruned"));
+            }
+        }
+    }
+    report.records_dropped = report.stale_records.len() as u64;
+}
+
+/// Deletes the runs `report` does not keep: each one leaves its record first (where
+/// [`plan_records`] decided one is needed), then its metafile goes (the run stops
+/// existing), then the rest of its pieces, its signature and its object list. Last,
+/// the records no kept run needs any more.
 ///
 /// # Errors
 ///
@@ -178,14 +245,21 @@ pub fn execute(store: &Admin, report: &PruneReport, progress: &dyn Progress) -> 
     progress.phase("deleting runs", Some(doomed.len() as u64));
     for r in doomed {
         let id: RunId = r.run.parse()?;
+        if let Some(t) = &r.tombstone {
+            crate::chain::put_tombstone(store, t)?;
+        }
         store.delete(vec![piece_path(&r.host, &r.source, &id, 1)])?;
         let rest: Vec<_> = (2..=r.pieces.max(1))
             .map(|n| piece_path(&r.host, &r.source, &id, n))
             .collect();
         store.delete(rest)?;
-        store.delete(vec![run_path(&r.host, &r.source, &id, "refs")])?;
+        store.delete(vec![
+            run_path(&r.host, &r.source, &id, "refs.sig"),
+            run_path(&r.host, &r.source, &id, "refs"),
+        ])?;
         progress.bytes(1);
     }
+    store.delete(report.stale_records.clone())?;
     progress.done();
     Ok(())
 }
@@ -194,22 +268,8 @@ pub fn execute(store: &Admin, report: &PruneReport, progress: &dyn Progress) -> 
 mod tests {
     use super::*;
 
-    /// A run stored when its id says it started, and ok.
     fn run(host: &str, source: &str, id: &str) -> RunInfo {
-        let at = id.parse::<RunId>().unwrap().time().unwrap();
-        RunInfo {
-            host: host.into(),
-            source: source.into(),
-            id: id.into(),
-            time: String::new(),
-            stored: String::new(),
-            metafile_bytes: 1,
-            status: crate::runs::RunStatus::Ok,
-            stored_at: at,
-            claimed_at: at,
-            refs_bytes: Some(1),
-            pieces: vec![(1, 1)],
-        }
+        RunInfo::for_test(host, source, id)
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::crypto::{Signers, Verdict, MAX_SIGNATURE_BYTES};
 use crate::format::refs::{self, MAX_MAX_RUN_TIME};
 use crate::ids::RunId;
 use crate::retention::humantime;
@@ -113,10 +114,12 @@ pub(crate) fn from_listing(objects: Vec<RunObject>) -> Option<RunInfo> {
     let mut pieces: Vec<(u32, u64)> = Vec::new();
     let mut first: Option<&RunObject> = None;
     let mut refs_bytes = None;
+    let mut sig_bytes = None;
     for o in &objects {
         match (o.ext.as_str(), o.piece) {
             ("meta", 1) => first = Some(o),
             ("refs", _) => refs_bytes = Some(o.size),
+            ("sig", _) => sig_bytes = Some(o.size),
             _ => {}
         }
         if o.ext == "meta" {
@@ -152,6 +155,11 @@ pub(crate) fn from_listing(objects: Vec<RunObject>) -> Option<RunInfo> {
         claimed_at: claimed,
         refs_bytes,
         pieces,
+        sig_bytes,
+        signature: Signature::None,
+        chain: None,
+        refs_hash: None,
+        metafile_digest: None,
     })
 }
 
@@ -163,14 +171,97 @@ pub(crate) fn from_listing(objects: Vec<RunObject>) -> Option<RunInfo> {
 /// # Errors
 ///
 /// The target cannot be read. What is wrong with a run is its status, not an error.
-pub fn check(store: &Reader, runs: &mut [RunInfo]) -> crate::error::Result<()> {
+pub fn check(store: &Reader, runs: &mut [RunInfo], trust: &Trust) -> crate::error::Result<()> {
     for run in runs.iter_mut().filter(|r| r.status.is_ok()) {
-        run.status = check_one(store, run)?;
+        run.status = check_one(store, run, trust)?;
     }
     Ok(())
 }
 
-fn check_one(store: &Reader, run: &RunInfo) -> crate::error::Result<RunStatus> {
+/// Whether, and by whom, a run is signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[serde(tag = "state", content = "by", rename_all = "lowercase")]
+pub enum Signature {
+    /// It has no signature (or it was not looked at).
+    #[default]
+    None,
+    /// It has one, but no signer is trusted for its source, so it was not checked.
+    Unchecked,
+    /// Made by the trusted certificate with this fingerprint.
+    Good(String),
+    /// It has one that is not a good signature of a trusted signer.
+    Bad(String),
+}
+
+impl Signature {
+    /// A word for tables: `no`, `unchecked`, `good`, `BAD`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Signature::None => "no",
+            Signature::Unchecked => "unchecked",
+            Signature::Good(_) => "good",
+            Signature::Bad(_) => "BAD",
+        }
+    }
+}
+
+/// Whose signatures count, per source: what [`check`] requires of runs.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    default: Signers,
+    by_source: std::collections::BTreeMap<String, Signers>,
+    allow_unsigned: bool,
+}
+
+impl Trust {
+    /// No signer trusted: runs need no signature (signatures are left unchecked).
+    pub fn none() -> Trust {
+        Trust::default()
+    }
+
+    /// Runs of every source must be signed by one of `signers` (unless they are empty).
+    pub fn new(signers: Signers) -> Trust {
+        Trust {
+            default: signers,
+            ..Trust::default()
+        }
+    }
+
+    /// Runs of `source` must be signed by one of `signers` instead.
+    #[must_use]
+    pub fn with_source(mut self, source: &str, signers: Signers) -> Trust {
+        self.by_source.insert(source.to_string(), signers);
+        self
+    }
+
+    /// Accepts runs that are unsigned or signed by others (each still shows its
+    /// [`Signature`]): `--allow-unsigned`.
+    #[must_use]
+    pub fn allow_unsigned(mut self, allow: bool) -> Trust {
+        self.allow_unsigned = allow;
+        self
+    }
+
+    /// Whether unsigned runs are accepted.
+    pub fn allows_unsigned(&self) -> bool {
+        self.allow_unsigned
+    }
+
+    fn signers(&self, source: &str) -> &Signers {
+        self.by_source.get(source).unwrap_or(&self.default)
+    }
+
+    /// Whether runs of `source` must be signed (and `--allow-unsigned` was not given).
+    pub fn requires(&self, source: &str) -> bool {
+        !self.allow_unsigned && !self.signers(source).is_empty()
+    }
+}
+
+/// The largest object list read whole (about four million packs, 64 TiB at the default
+/// pack size): a longer one is damaged or planted.
+pub const MAX_REFS_BYTES: u64 = 256 << 20;
+
+fn check_one(store: &Reader, run: &mut RunInfo, trust: &Trust) -> crate::error::Result<RunStatus> {
     let id: RunId = run.id.parse()?;
     let refs_path = run_path(&run.host, &run.source, &id, "refs");
     let head = store.get_range(
@@ -217,6 +308,60 @@ fn check_one(store: &Reader, run: &RunInfo) -> crate::error::Result<RunStatus> {
                 m.bytes,
                 m.pieces
             )));
+        }
+    }
+    run.metafile_digest = header.metafile;
+    let signers = trust.signers(&run.source);
+    let refs_bytes = run.refs_bytes.unwrap_or(0);
+    // A chained or signed list is read whole: its digest links the next run to it, and
+    // the signature covers all of it.
+    if header.chain.is_some() || (run.sig_bytes.is_some() && !signers.is_empty()) {
+        if refs_bytes > MAX_REFS_BYTES {
+            return Ok(RunStatus::Damaged(format!(
+                "its object list is {refs_bytes} bytes, more than any run needs"
+            )));
+        }
+        let whole = if refs_bytes <= head.len() as u64 {
+            head
+        } else {
+            store.get_range(&refs_path, 0..refs_bytes)?
+        };
+        run.refs_hash = Some(crate::ids::ChunkHash::of(&whole));
+        run.chain = header.chain.clone();
+        run.signature = match run.sig_bytes {
+            None => Signature::None,
+            Some(_) if signers.is_empty() => Signature::Unchecked,
+            Some(n) => {
+                let sig_path = run_path(&run.host, &run.source, &id, "refs.sig");
+                let sig = store.get_range(&sig_path, 0..n.min(MAX_SIGNATURE_BYTES + 1))?;
+                let not_after = std::time::SystemTime::from(run.stored_at) + CLOCK_TOLERANCE;
+                match signers.check(&sig, &whole, not_after) {
+                    Verdict::Good(fpr) => Signature::Good(fpr),
+                    Verdict::Bad(why) => Signature::Bad(why),
+                }
+            }
+        };
+    } else if run.sig_bytes.is_some() {
+        run.signature = Signature::Unchecked;
+    }
+    if trust.requires(&run.source) {
+        match &run.signature {
+            Signature::Good(_) => {}
+            Signature::Bad(why) => {
+                return Ok(RunStatus::Suspicious(format!(
+                    "{why}; runs of source {} must be signed by a trusted signer \
+                     (--allow-unsigned accepts it anyway)",
+                    run.source
+                )))
+            }
+            _ => {
+                return Ok(RunStatus::Suspicious(format!(
+                    "it is not signed, but runs of source {} must be signed by a trusted \
+                     signer: it may have been forged by someone holding only the public \
+                     key (--allow-unsigned accepts it anyway)",
+                    run.source
+                )))
+            }
         }
     }
     let first = piece_path(&run.host, &run.source, &id, 1);

@@ -8,7 +8,9 @@
 //! convention (Nagios, Icinga): OK, WARNING, CRITICAL, UNKNOWN. [`prometheus`] writes the
 //! same as a node_exporter textfile-collector file.
 //!
-//! Signatures and the run chain join these checks with the trust issue's later steps.
+//! Where signers are trusted, unsigned runs do not check out; breaks in a source's run
+//! chain ([`crate::chain`]) are warnings, and a rollback (the newest run an earlier check
+//! saw is gone) is critical.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -108,6 +110,10 @@ pub struct SourceStatus {
     /// When the first of its recipient certificates expires, if within 30 days (checked
     /// when the config names the source's recipients).
     pub recipient_expires: Option<String>,
+    /// The newest complete run's signature.
+    pub signature: Option<crate::runs::Signature>,
+    /// Breaks found in the source's run chain.
+    pub chain_findings: u64,
     #[serde(skip)]
     last_complete_at: Option<DateTime<Utc>>,
 }
@@ -139,6 +145,69 @@ impl SourceStatus {
                 }
                 self.recipient_expires = soonest.map(|t| DateTime::<Utc>::from(t).to_rfc3339());
             }
+        }
+    }
+
+    /// Adds what the certificates trusted to sign the source's runs say: WARNING when
+    /// one expires within 30 days or cannot be read (its runs will stop checking out:
+    /// a signature made after the key expired is not good).
+    pub fn check_signers(&mut self, signers: &[std::path::PathBuf]) {
+        if signers.is_empty() {
+            return;
+        }
+        match crate::crypto::Signers::load(signers) {
+            Err(e) => self.raise(Health::Warning, format!("its signers cannot be read: {e}")),
+            Ok(list) => {
+                let soon = std::time::SystemTime::now() + crate::backup::EXPIRY_WARNING;
+                for (path, cert) in list.certs() {
+                    let expires = cert
+                        .with_policy(&*crate::crypto::POLICY, None)
+                        .ok()
+                        .and_then(|v| v.primary_key().key_expiration_time());
+                    match expires {
+                        Some(t) if t <= std::time::SystemTime::now() => self.raise(
+                            Health::Critical,
+                            format!(
+                                "signer certificate {} ({}) expired on {}: new runs signed \
+                                 with it do not check out",
+                                cert.fingerprint(),
+                                crate::text::path(path),
+                                DateTime::<Utc>::from(t).format("%Y-%m-%d")
+                            ),
+                        ),
+                        Some(t) if t <= soon => self.raise(
+                            Health::Warning,
+                            format!(
+                                "signer certificate {} ({}) expires on {}: extend it \
+                                 (gpg --quick-set-expire) and give the hosts and this \
+                                 machine the new certificate",
+                                cert.fingerprint(),
+                                crate::text::path(path),
+                                DateTime::<Utc>::from(t).format("%Y-%m-%d")
+                            ),
+                        ),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds the breaks found in the source's chain: a rollback is CRITICAL, the others
+    /// WARNING.
+    pub fn add_chain_findings(&mut self, findings: &[crate::chain::Finding]) {
+        let mine: Vec<&crate::chain::Finding> = findings
+            .iter()
+            .filter(|f| (&f.host, &f.source) == (&self.host, &self.source))
+            .collect();
+        for f in mine {
+            self.chain_findings += 1;
+            let health = if f.kind == crate::chain::Kind::Rollback {
+                Health::Critical
+            } else {
+                Health::Warning
+            };
+            self.raise(health, format!("{}: {}", f.kind.word(), f.message));
         }
     }
 
@@ -201,6 +270,8 @@ fn judge(
         age_secs: age.map(|a| a.as_secs()),
         max_age_secs: max_age.map(|m| m.as_secs()),
         recipient_expires: None,
+        signature: last.map(|r| r.signature.clone()),
+        chain_findings: 0,
         last_complete_at: last.map(|r| r.stored_at()),
     };
     match age {
@@ -319,6 +390,31 @@ pub fn prometheus(sources: &[SourceStatus], targets: &[(String, bool)]) -> Strin
                 s.last_complete_at
                     .map(|t| (labels(s), t.timestamp().to_string()))
             })
+            .collect(),
+    );
+    family(
+        "coffer_last_complete_run_signed",
+        "Whether the newest run of the source that checks out carries a good signature of \
+         a trusted signer (1) or not (0).",
+        sources
+            .iter()
+            .filter_map(|s| {
+                s.signature.as_ref().map(|sig| {
+                    (
+                        labels(s),
+                        u8::from(matches!(sig, crate::runs::Signature::Good(_))).to_string(),
+                    )
+                })
+            })
+            .collect(),
+    );
+    family(
+        "coffer_chain_problems",
+        "Breaks found in the source's run chain (deleted, forked, swapped or restarted \
+         runs, rollbacks).",
+        sources
+            .iter()
+            .map(|s| (labels(s), s.chain_findings.to_string()))
             .collect(),
     );
     family(

@@ -12,9 +12,12 @@
 //! - with `read_data`, every data object's bytes hash to its name (BLAKE3), and every
 //!   metafile hashes to the digest its object list records; each object is read once.
 //!
+//! - signatures where signers are trusted, and every host's and source's chain
+//!   ([`crate::chain`]): deleted, forked, swapped and restarted chains are findings, and
+//!   so is a rollback against what the last check saw, when a state directory is given.
+//!
 //! Memory stays bounded: the referenced keys go into a temporary key set
-//! (src/keyset.rs), the listing and each object are streamed. Signatures and the run
-//! chain are checked here once runs carry them (the trust issue's later steps).
+//! (src/keyset.rs), the listing and each object are streamed.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -48,6 +51,13 @@ pub struct VerifyOptions {
     pub read_data: bool,
     /// Where the temporary key set goes.
     pub tmp_dir: PathBuf,
+    /// Whose signatures runs must carry.
+    pub trust: crate::runs::Trust,
+    /// Where the newest run each check saw is kept (`None`: rollbacks are not looked
+    /// for).
+    pub state_dir: Option<PathBuf>,
+    /// The target's URL (what [`crate::chain::Seen`] keys its records by).
+    pub url: String,
 }
 
 impl VerifyOptions {
@@ -56,6 +66,9 @@ impl VerifyOptions {
         VerifyOptions {
             read_data: false,
             tmp_dir: tmp_dir.into(),
+            trust: crate::runs::Trust::none(),
+            state_dir: None,
+            url: String::new(),
         }
     }
 }
@@ -64,10 +77,12 @@ impl VerifyOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Finding {
-    /// `run` (a run failed its keyless checks), `list` (an object list cannot be read
-    /// whole), `missing` (a referenced object is not there), `size` (an object's size
-    /// cannot be a pack's), `hash` (an object's bytes do not hash to its name),
-    /// `metafile` (a metafile does not hash to what its object list records).
+    /// `run` (a run failed its keyless checks, its signature included), `list` (an
+    /// object list cannot be read whole), `missing` (a referenced object is not there),
+    /// `size` (an object's size cannot be a pack's), `hash` (an object's bytes do not
+    /// hash to its name), `metafile` (a metafile does not hash to what its object list
+    /// records), the chain's `deleted`, `fork`, `swapped`, `restart` and `rollback`
+    /// ([`crate::chain::Kind`]), `record` (a record prune left is malformed).
     pub kind: &'static str,
     /// The object concerned, if one is (`data/xx/…` or a run's key).
     pub object: Option<String>,
@@ -141,9 +156,34 @@ pub fn verify_storage(
         ..Default::default()
     };
     progress.phase("checking the runs", None);
-    let mut runs = store.list_runs()?;
-    crate::runs::check(store, &mut runs)?;
+    let history = crate::chain::history(store, &opts.trust, |_, _| true)?;
+    let runs = history.runs;
     report.runs = runs.len() as u64;
+    let mut chain_findings = history.findings;
+    if let Some(dir) = &opts.state_dir {
+        let mut seen = crate::chain::Seen::open(dir)?;
+        chain_findings.extend(seen.check(&opts.url, &runs, &history.tombstones)?);
+    }
+    for f in chain_findings {
+        report.found(Finding {
+            kind: f.kind.word(),
+            object: None,
+            runs: f
+                .runs
+                .iter()
+                .map(|r| format!("{}/{}/{r}", f.host, f.source))
+                .collect(),
+            message: f.message,
+        });
+    }
+    for p in history.problems {
+        report.found(Finding {
+            kind: "record",
+            object: None,
+            runs: Vec::new(),
+            message: p,
+        });
+    }
 
     std::fs::create_dir_all(&opts.tmp_dir).map_err(|e| Error::io(&opts.tmp_dir, e))?;
     let tmp = tempfile::Builder::new()

@@ -47,9 +47,16 @@ fn prune_keeps_exactly_what_the_rules_say() {
         let meta = dir(host).join(format!("{id}.meta"));
         std::fs::copy(dir(HOST).join(format!("{real}.meta")), &meta).unwrap();
         let refs = std::fs::read_to_string(dir(HOST).join(format!("{real}.refs"))).unwrap();
-        let refs = refs
+        // Copies are forks of one chain: plant them as runs of an older coffer, whose
+        // object lists (version 2) had no chain line.
+        let refs: String = refs
             .replace(&format!("\nrun {real}\n"), &format!("\nrun {id}\n"))
-            .replace(&format!("\nhost {HOST}\n"), &format!("\nhost {host}\n"));
+            .replace(&format!("\nhost {HOST}\n"), &format!("\nhost {host}\n"))
+            .replace("coffer-refs 3\n", "coffer-refs 2\n")
+            .lines()
+            .filter(|l| !l.starts_with("chain "))
+            .map(|l| format!("{l}\n"))
+            .collect();
         write(&dir(host).join(format!("{id}.refs")), refs.as_bytes());
         let started = chrono::NaiveDateTime::parse_from_str(&id[..16], "%Y%m%dT%H%M%SZ")
             .unwrap()

@@ -297,7 +297,7 @@ fn backup_restores_with_gpg_and_coreutils_alone() {
     let run_dir = tgt.join("runs/test+20host/home");
     let metafile = only_file(&run_dir, ".meta");
     let refs = std::fs::read_to_string(only_file(&run_dir, ".refs")).unwrap();
-    assert!(refs.starts_with("coffer-refs 2\n"), "{refs}");
+    assert!(refs.starts_with("coffer-refs 3\n"), "{refs}");
     // The object list records the stored metafile's BLAKE3 and size (what b3sum says),
     // so anyone can check it without a key.
     let stored = std::fs::read(&metafile).unwrap();

@@ -336,7 +336,10 @@ fn a_large_metafile_goes_up_in_create_only_pieces_with_the_put_only_credential()
             HOST,
             SOURCE,
             &id,
-            bytes::Bytes::from_static(refs),
+            coffer::ObjectList {
+                text: bytes::Bytes::from_static(refs),
+                signature: None,
+            },
             &mut file,
             data.len() as u64,
         )

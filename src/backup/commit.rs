@@ -47,6 +47,10 @@ pub(super) struct Commit<'a> {
     pub source: &'a str,
     pub run: &'a RunId,
     pub start_time: DateTime<Utc>,
+    /// The run's place in its chain (docs/FORMAT.md section 6).
+    pub chain: &'a refs::Chain,
+    /// Signs the object list, if the host has a signing key.
+    pub signing_key: Option<&'a mut crate::crypto::SigningKey>,
 }
 
 impl Commit<'_> {
@@ -78,10 +82,19 @@ impl Commit<'_> {
             &name,
             &bounds,
             &digest,
+            self.chain,
             metafile.referenced.iter().copied(),
         )
         .map_err(|e| Error::io("object list", e))?;
         stats.bytes_stored += list.len() as u64;
+        let signature = match self.signing_key {
+            Some(key) => Some(bytes::Bytes::from(key.sign_detached(&list)?)),
+            None => None,
+        };
+        let link = refs::Link {
+            refs: crate::ids::ChunkHash::of(&list),
+            metafile: metafile.hash,
+        };
         // Wall-clock time: a suspended machine's monotonic clock stands still, gc's does not.
         let took = (Utc::now() - self.start_time).to_std().unwrap_or_default();
         if took > self.target.max_run_time {
@@ -104,7 +117,10 @@ impl Commit<'_> {
             self.host,
             self.source,
             self.run,
-            list.into(),
+            crate::store::ObjectList {
+                text: list.into(),
+                signature,
+            },
             &mut metafile.file,
             metafile.bytes,
         )?;
@@ -113,7 +129,9 @@ impl Commit<'_> {
             self.source,
             self.run.as_str(),
             metafile.referenced.iter().copied(),
-        )
+        )?;
+        self.index
+            .record_chain_head(&self.target.url, self.host, self.source, self.chain, &link)
     }
 }
 

@@ -179,6 +179,11 @@ pub fn backup(
 ) -> Result<BackupStats> {
     let started = Instant::now();
     let encryptor = load_recipients(&source.recipients)?;
+    let mut signing_key = config
+        .signing_key
+        .as_deref()
+        .map(crate::crypto::SigningKey::load)
+        .transpose()?;
     let mut stats = BackupStats {
         source: source.name.clone(),
         target: target.name.clone(),
@@ -211,6 +216,10 @@ pub fn backup(
     )?;
     let presence = Arc::new(reuse::Presence::new(reader));
     let run = commit::next_run_id(&index, target_id, &source.name, start_time)?;
+    let chain = match index.chain_head(&target.url, &config.host, &source.name)? {
+        Some((head, link)) => head.next(link),
+        None => crate::format::refs::Chain::start()?,
+    };
     // gc's safety rule: reuse only what gc cannot have deleted (see index.rs).
     let horizon = start_time.timestamp() - target.dedup_max_age.as_secs() as i64;
     index.set_dedup_horizon(horizon);
@@ -218,7 +227,13 @@ pub fn backup(
     writer_index.set_dedup_horizon(horizon);
     let rules = IgnoreRules::new(&source.ignore)?;
     let walker = source::walk(&source.path, source.one_file_system, rules)?;
-    let header = header(config, source, &run, start_time, keyset);
+    let mut header = header(config, source, &run, start_time, keyset);
+    header.fields.push(("chain".into(), chain.field()));
+    if let Some(k) = &signing_key {
+        header
+            .fields
+            .push(("signer".into(), k.fingerprint().to_string()));
+    }
     let tmp_dir = config.state_dir.join("tmp");
     std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
         .create(&tmp_dir)
@@ -294,6 +309,8 @@ pub fn backup(
         source: &source.name,
         run: &run,
         start_time,
+        chain: &chain,
+        signing_key: signing_key.as_mut(),
     }
     .finish(output.metafile, &mut stats)?;
     stats.run = run.to_string();

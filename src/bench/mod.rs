@@ -327,6 +327,7 @@ fn whole_backups(
             chunking: DEFAULT_CHUNKING,
             retention: crate::retention::Retention::default(),
             max_age: None,
+            signers: Vec::new(),
         };
         let where_to = match into {
             Destination::Memory => "into memory",
@@ -341,6 +342,8 @@ fn whole_backups(
             file: PathBuf::from("(coffer bench)"),
             host: "bench".into(),
             state_dir: state_dir.clone(),
+            signing_key: None,
+            signers: Vec::new(),
             sources: Default::default(),
             targets: Default::default(),
         };

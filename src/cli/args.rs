@@ -51,6 +51,17 @@ pub enum Command {
     ///
     /// The key is an OpenPGP v4 key that GnuPG 2.2 imports (`gpg --import`). Keep the
     /// secret key (NAME.key.asc) away from the hosts that back up.
+    ///
+    /// With --sign-only it makes a host's signing key instead: NAME.sign.key.asc (on the
+    /// host, mode 0600, unprotected since backups sign unattended; it can sign runs and
+    /// cannot decrypt anything) and NAME.sign.pub.asc (for whoever restores, verifies,
+    /// prunes or monitors: their `signers`).
+    ///
+    ///   coffer keygen --out /root/keys --name admin
+    ///   coffer keygen --sign-only --out /etc/coffer --name web1
+    ///     # config on web1:       signing_key = "/etc/coffer/web1.sign.key.asc"
+    ///     # config elsewhere:     signers = ["/etc/coffer/web1.sign.pub.asc"]
+    #[command(verbatim_doc_comment)]
     Keygen(KeygenArgs),
     /// Set up a target on purpose: create a file:// target's folder.
     ///
@@ -235,6 +246,10 @@ pub struct KeygenArgs {
     /// Read the passphrase from the first line of this file
     #[arg(long, value_name = "FILE", conflicts_with = "no_passphrase")]
     pub passphrase_file: Option<PathBuf>,
+    /// Make a host's signing key (Ed25519, sign only, no passphrase):
+    /// NAME.sign.key.asc and NAME.sign.pub.asc
+    #[arg(long, conflicts_with_all = ["passphrase_file", "no_passphrase"])]
+    pub sign_only: bool,
 }
 
 #[derive(Debug, Args)]
@@ -278,6 +293,19 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// Whose signatures runs must carry (restore, verify, prune, status, runs).
+#[derive(Debug, Args, Clone, Default)]
+pub struct TrustArgs {
+    /// Trust only runs signed by this certificate (repeatable) [default: the config's
+    /// `signers`; none: runs need no signature]
+    #[arg(long, value_name = "FILE")]
+    pub signer: Vec<PathBuf>,
+    /// Accept runs that are unsigned or signed by a key that is not trusted (their
+    /// signature state is still shown)
+    #[arg(long)]
+    pub allow_unsigned: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct RunsArgs {
     /// Target name from the config, or a target URL [default: every target]
@@ -293,6 +321,8 @@ pub struct RunsArgs {
     /// of its metafile (two small reads per run) to check it
     #[arg(long)]
     pub no_check: bool,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Print JSON
     #[arg(long)]
     pub json: bool,
@@ -312,6 +342,12 @@ pub struct StatusArgs {
     /// Also write the status to FILE in Prometheus text format (replaced atomically)
     #[arg(long, value_name = "FILE")]
     pub prometheus: Option<std::path::PathBuf>,
+    /// Forget the newest runs earlier checks saw on the targets (after a rollback was
+    /// looked into and the target accepted as it is); this check records them anew
+    #[arg(long)]
+    pub accept_rollback: bool,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Print JSON
     #[arg(long)]
     pub json: bool,
@@ -363,6 +399,8 @@ pub struct VerifyArgs {
     /// Target name from the config, or a target URL [default: every target]
     #[arg(long, value_name = "T")]
     pub target: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Print JSON
     #[arg(long)]
     pub json: bool,
@@ -382,6 +420,8 @@ pub struct PruneArgs {
     /// Print what would be kept and deleted, and why; delete nothing
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Print JSON
     #[arg(long)]
     pub json: bool,
@@ -448,6 +488,8 @@ pub struct RestoreArgs {
     /// Do not set recorded owners, even as root [default: set them when run as root]
     #[arg(long)]
     pub no_owner: bool,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Print the statistics as JSON
     #[arg(long)]
     pub json: bool,

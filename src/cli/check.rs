@@ -23,6 +23,10 @@ pub(super) fn status(config: Option<&Path>, a: StatusArgs) -> Result<u8> {
         Ok(t) => t,
         Err(e) => return unknown(e),
     };
+    let trust = match trust(cfg.as_ref(), &a.trust) {
+        Ok(t) => t,
+        Err(e) => return unknown(e),
+    };
     let mut opts = status::StatusOptions::new();
     opts.max_age = a.max_age;
     opts.warn_age = a.warn_age;
@@ -43,19 +47,33 @@ pub(super) fn status(config: Option<&Path>, a: StatusArgs) -> Result<u8> {
             }
         }
         let checked = Store::open(t, false).map(|s| s.reader()).and_then(|store| {
-            let mut runs = store.list_runs()?;
-            coffer::runs::check(&store, &mut runs)?;
-            Ok(runs)
+            let mut h = coffer::chain::history(&store, &trust, |_, _| true)?;
+            // The newest run each check saw is kept in the config's state directory:
+            // without one, rollbacks cannot be told.
+            if let Some(c) = &cfg {
+                let mut seen = coffer::chain::Seen::open(&c.state_dir)?;
+                if a.accept_rollback {
+                    seen.forget(&t.url)?;
+                }
+                let found = seen.check(&t.url, &h.runs, &h.tombstones)?;
+                h.findings.extend(found);
+            }
+            Ok(h)
         });
         match checked {
-            Ok(runs) => {
+            Ok(h) => {
                 up.push((t.name.clone(), true));
-                let mut found = status::of_runs(&t.name, &runs, now, &opts);
-                // The config's own sources: their recipients must stay usable.
+                let mut found = status::of_runs(&t.name, &h.runs, now, &opts);
+                for s in &mut found {
+                    s.add_chain_findings(&h.findings);
+                }
+                // The config's own sources: their recipients and signers must stay
+                // usable.
                 if let Some(c) = &cfg {
                     for s in found.iter_mut().filter(|s| s.host == c.host) {
                         if let Some(src) = c.sources.get(&s.source) {
                             s.check_recipients(&src.recipients);
+                            s.check_signers(&src.signers);
                         }
                     }
                 }
@@ -112,6 +130,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 pub(super) fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
     let (cfg, targets) = read_targets(config, a.target.as_deref())?;
+    let trust = trust(cfg.as_ref(), &a.trust)?;
     let tmp_dir = match &cfg {
         Some(c) => c.state_dir.join("tmp"),
         None => std::env::temp_dir(),
@@ -145,7 +164,8 @@ pub(super) fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
                 id: a.run.clone(),
             };
             let bar = Bar::new("verify", a.json);
-            let r = coffer::verify::verify_against(&store, &chosen, d, root, &tmp_dir, &bar)?;
+            let r =
+                coffer::verify::verify_against(&store, &chosen, d, root, &tmp_dir, &trust, &bar)?;
             if !a.json {
                 for p in &r.problems {
                     eprintln!(
@@ -176,13 +196,16 @@ pub(super) fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
                      a config (-c FILE) that names the target"
                 ),
             };
-            data_reports.extend(verify_runs(&store, d, &a, coverage)?);
+            data_reports.extend(verify_runs(&store, d, &a, &trust, coverage)?);
         }
         if !a.storage {
             continue;
         }
         let mut opts = coffer::verify::VerifyOptions::new(&tmp_dir);
         opts.read_data = a.read_data;
+        opts.trust = trust.clone();
+        opts.state_dir = cfg.as_ref().map(|c| c.state_dir.clone());
+        opts.url = t.url.clone();
         let bar = Bar::new("verify", a.json);
         let report = coffer::verify::verify_storage(&store, &opts, &bar)?;
         if !a.json {
@@ -230,6 +253,7 @@ fn verify_runs(
     store: &coffer::Reader,
     decryptor: &coffer::Decryptor,
     a: &VerifyArgs,
+    trust: &coffer::runs::Trust,
     mut coverage: Option<coffer::verify::Coverage>,
 ) -> Result<Vec<coffer::verify::DataReport>> {
     let chosen: Vec<MetafileSource> = if a.run.is_some() {
@@ -267,6 +291,7 @@ fn verify_runs(
         opts.sample = sample;
         opts.max_bytes = a.max_bytes;
         opts.max_requests = a.max_requests;
+        opts.trust = trust.clone();
         let report = coffer::verify::verify_data(store, source, decryptor, opts, &bar)?;
         if !a.json {
             for p in &report.problems {

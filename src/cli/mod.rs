@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use args::{
     BackupArgs, BenchArgs, Cli, Command, GcArgs, InitArgs, KeygenArgs, PruneArgs, RestoreArgs,
-    RunsArgs, StatusArgs, VerifyArgs,
+    RunsArgs, StatusArgs, TrustArgs, VerifyArgs,
 };
 use output::Bar;
 
@@ -136,6 +136,18 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The config given, or the default one if it exists (commands that also work with a
+/// target URL alone).
+fn optional_config(explicit: Option<&Path>) -> Result<Option<Config>> {
+    if explicit.is_some() {
+        return load_config(explicit).map(Some);
+    }
+    match coffer::config_path(None) {
+        Ok(p) if p.exists() => Ok(Some(Config::load(&p)?)),
+        _ => Ok(None),
+    }
+}
+
 fn load_config(explicit: Option<&Path>) -> Result<Config> {
     let path = coffer::config_path(explicit)?;
     Ok(Config::load(&path)?)
@@ -187,8 +199,9 @@ fn keygen(a: KeygenArgs) -> Result<u8> {
     if a.name.is_empty() || a.name.contains('/') {
         bail!("--name must be a plain file name");
     }
-    let public = a.out.join(format!("{}.pub.asc", a.name));
-    let secret = a.out.join(format!("{}.key.asc", a.name));
+    let infix = if a.sign_only { ".sign" } else { "" };
+    let public = a.out.join(format!("{}{infix}.pub.asc", a.name));
+    let secret = a.out.join(format!("{}{infix}.key.asc", a.name));
     for p in [&public, &secret] {
         if p.exists() {
             bail!(
@@ -197,7 +210,7 @@ fn keygen(a: KeygenArgs) -> Result<u8> {
             );
         }
     }
-    let pass = if a.no_passphrase {
+    let pass = if a.no_passphrase || a.sign_only {
         None
     } else {
         Some(passphrase(
@@ -207,12 +220,16 @@ fn keygen(a: KeygenArgs) -> Result<u8> {
         )?)
     };
     let lifetime = key_lifetime(&a.expires)?;
-    let key = coffer::generate_key_with(
-        &a.name,
-        algorithm,
-        pass.as_deref().map(|s| s.as_str()),
-        lifetime,
-    )?;
+    let key = if a.sign_only {
+        coffer::generate_signing_key(&a.name, algorithm, lifetime)?
+    } else {
+        coffer::generate_key_with(
+            &a.name,
+            algorithm,
+            pass.as_deref().map(|s| s.as_str()),
+            lifetime,
+        )?
+    };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     write_new(&public, &key.public_armored, 0o644)?;
     write_new(&secret, &key.secret_armored, 0o600)?;
@@ -225,6 +242,19 @@ fn keygen(a: KeygenArgs) -> Result<u8> {
             fpr = key.fingerprint
         ),
         None => println!("expires     never"),
+    }
+    if a.sign_only {
+        println!(
+            "signing key {}  (on the host only: signing_key = \"{}\"; keep it mode 0600)",
+            secret.display(),
+            secret.display()
+        );
+        println!(
+            "certificate {}  (for restore, verify, prune and status: signers = [\"{}\"])",
+            public.display(),
+            public.display()
+        );
+        return Ok(EXIT_OK);
     }
     println!(
         "public key  {}  (copy to the hosts that back up)",
@@ -365,22 +395,42 @@ fn read_targets(
     Ok((Some(cfg), targets))
 }
 
+/// Whose signatures count: `--signer` files, else the config's `signers` (per source).
+fn trust(cfg: Option<&Config>, a: &TrustArgs) -> Result<coffer::runs::Trust> {
+    let trust = if !a.signer.is_empty() {
+        coffer::runs::Trust::new(coffer::Signers::load(&a.signer)?)
+    } else if let Some(c) = cfg {
+        let mut t = coffer::runs::Trust::new(coffer::Signers::load(&c.signers)?);
+        for s in c.sources.values() {
+            t = t.with_source(&s.name, coffer::Signers::load(&s.signers)?);
+        }
+        t
+    } else {
+        coffer::runs::Trust::none()
+    };
+    Ok(trust.allow_unsigned(a.allow_unsigned))
+}
+
 fn runs(config: Option<&Path>, a: RunsArgs) -> Result<u8> {
-    let (_, targets) = read_targets(config, a.target.as_deref())?;
+    let (cfg, targets) = read_targets(config, a.target.as_deref())?;
+    let trust = trust(cfg.as_ref(), &a.trust)?;
     let mut all = Vec::new();
+    let mut breaks = Vec::new();
     for t in &targets {
         let store = Store::open(t, false)?.reader();
-        let mut runs: Vec<coffer::RunInfo> = store
-            .list_runs()?
-            .into_iter()
-            .filter(|r| {
-                a.source.as_ref().is_none_or(|s| *s == r.source)
-                    && a.host.as_ref().is_none_or(|h| *h == r.host)
-            })
-            .collect();
-        if !a.no_check {
-            coffer::runs::check(&store, &mut runs)?;
-        }
+        let keep = |host: &str, source: &str| {
+            a.source.as_ref().is_none_or(|s| s == source)
+                && a.host.as_ref().is_none_or(|h| h == host)
+        };
+        let runs = if a.no_check {
+            let mut runs = store.list_runs()?;
+            runs.retain(|r| keep(&r.host, &r.source));
+            runs
+        } else {
+            let h = coffer::chain::history(&store, &trust, keep)?;
+            breaks.extend(h.findings.into_iter().map(|f| (t.name.clone(), f)));
+            h.runs
+        };
         all.extend(runs.into_iter().map(|r| (t.name.clone(), r)));
     }
     let flagged = all.iter().filter(|(_, r)| !r.status.is_ok()).count();
@@ -389,16 +439,40 @@ fn runs(config: Option<&Path>, a: RunsArgs) -> Result<u8> {
         let list: Vec<_> = all
             .iter()
             .map(|(t, r)| {
+                let chain: Vec<_> = breaks
+                    .iter()
+                    .filter(|(bt, f)| {
+                        bt == t
+                            && f.host == r.host
+                            && f.source == r.source
+                            && f.runs.contains(&r.id)
+                    })
+                    .map(|(_, f)| serde_json::json!({"kind": f.kind, "message": f.message}))
+                    .collect();
                 serde_json::json!({"target": t, "host": r.host, "source": r.source,
                 "run": r.id, "time": r.time, "stored": r.stored,
-                "metafile_bytes": r.metafile_bytes, "status": r.status})
+                "metafile_bytes": r.metafile_bytes, "status": r.status,
+                "signature": r.signature, "chain": chain})
             })
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
     } else {
         write!(out, "{}", output::runs_table(&all))?;
+        for (t, f) in &breaks {
+            eprintln!(
+                "coffer runs: {t}: {}/{}: chain {}: {}",
+                output::escape_line(&f.host),
+                f.source,
+                f.kind.word(),
+                output::escape_line(&f.message)
+            );
+        }
     }
-    Ok(if flagged > 0 { EXIT_PARTIAL } else { EXIT_OK })
+    Ok(if flagged > 0 || !breaks.is_empty() {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
 }
 
 fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
@@ -423,6 +497,7 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
         .map_err(|e| coffer::Error::Usage(e.to_string()))
     })?;
     let mut opts = RestoreOptions::new(&a.to);
+    opts.trust = trust(optional_config(config)?.as_ref(), &a.trust)?;
     opts.cancel = interrupt_flag();
     opts.overwrite = a.overwrite;
     opts.setid = a.setid;
@@ -483,17 +558,20 @@ fn prune(config: Option<&Path>, a: PruneArgs) -> Result<u8> {
         }
         cfg.as_ref()?.sources.get(source).map(|s| s.retention)
     };
+    let trust = trust(cfg.as_ref(), &a.trust)?;
     let mut reports = Vec::new();
     for t in &targets {
         let store = Store::open(t, false)?.admin();
-        let mut runs: Vec<coffer::RunInfo> = store
-            .list_runs()?
-            .into_iter()
-            .filter(|r| a.source.is_empty() || a.source.contains(&r.source))
-            .collect();
-        // Only runs that check out count toward the rules (two small reads per run).
-        coffer::runs::check(&store, &mut runs)?;
-        let mut report = coffer::prune::plan(&t.name, &runs, &policy_for)?;
+        // Only runs that check out (signatures and chain included) count toward the
+        // rules: a few small reads per run.
+        let history = coffer::chain::history(&store, &trust, |_, source| {
+            a.source.is_empty() || a.source.iter().any(|s| s == source)
+        })?;
+        for p in &history.problems {
+            eprintln!("coffer prune: {}: {}", t.name, output::escape_line(p));
+        }
+        let mut report = coffer::prune::plan(&t.name, &history.runs, &policy_for)?;
+        coffer::prune::plan_records(&mut report, &history.runs, &history.tombstones);
         report.dry_run = a.dry_run;
         if !a.json {
             print!("{}", output::prune_report(&report));

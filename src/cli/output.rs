@@ -456,8 +456,10 @@ impl Progress for Bar {
 
 /// The `coffer runs` table: columns as wide as their widest value.
 pub fn runs_table(runs: &[(String, coffer::RunInfo)]) -> String {
-    let head = ["TARGET", "HOST", "SOURCE", "RUN", "STORED", "STATUS"];
-    let rows: Vec<[String; 6]> = runs
+    let head = [
+        "TARGET", "HOST", "SOURCE", "RUN", "STORED", "SIGNED", "STATUS",
+    ];
+    let rows: Vec<[String; 7]> = runs
         .iter()
         .map(|(t, r)| {
             [
@@ -466,6 +468,7 @@ pub fn runs_table(runs: &[(String, coffer::RunInfo)]) -> String {
                 r.source.clone(),
                 r.id.clone(),
                 r.stored.clone(),
+                r.signature.word().to_string(),
                 match r.status.reason() {
                     Some(why) => format!("{}: {}", r.status.word(), why),
                     None => r.status.word().to_string(),

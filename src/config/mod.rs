@@ -41,6 +41,8 @@ pub const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
 pub struct RawConfig {
     host: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
+    signing_key: Option<Spanned<String>>,
+    signers: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     source: BTreeMap<Spanned<String>, RawSource>,
     #[serde(default)]
@@ -68,6 +70,7 @@ struct RawSource {
     keep_yearly: Option<Spanned<u32>>,
     keep_within: Option<Spanned<Dur>>,
     max_age: Option<Spanned<Dur>>,
+    signers: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +128,10 @@ pub struct SourceConfig {
     pub retention: crate::retention::Retention,
     /// `coffer status` calls the source critical when its newest complete run is older.
     pub max_age: Option<std::time::Duration>,
+    /// Certificates whose signatures this source's runs must carry (the source's own
+    /// `signers`, else the file's): restore, verify, prune and status refuse or flag
+    /// other runs. Empty: runs need no signature.
+    pub signers: Vec<PathBuf>,
 }
 
 /// A validated target.
@@ -241,6 +248,11 @@ pub struct Config {
     pub host: String,
     /// Local state (SQLite index).
     pub state_dir: PathBuf,
+    /// The host's signing key (it signs every run), if any.
+    pub signing_key: Option<PathBuf>,
+    /// The file-wide `signers` (each source's [`SourceConfig::signers`] already holds
+    /// what applies to it).
+    pub signers: Vec<PathBuf>,
     /// Sources by name, in name order.
     pub sources: BTreeMap<String, SourceConfig>,
     /// Targets by name.

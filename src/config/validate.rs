@@ -76,6 +76,11 @@ impl Config {
             Some(s) => ctx.path(s)?,
             None => default_state_dir()?,
         };
+        let signing_key = raw.signing_key.as_ref().map(|k| ctx.path(k)).transpose()?;
+        let signers = match &raw.signers {
+            Some(list) => Self::validate_signers(list, ctx)?,
+            None => Vec::new(),
+        };
         let mut targets = BTreeMap::new();
         for (name, t) in raw.target {
             if !valid_name(name.get_ref()) {
@@ -211,16 +216,32 @@ impl Config {
             if !valid_name(name.get_ref()) {
                 return ctx.err(name.span(), bad_name("source", name.get_ref()));
             }
-            let source = Self::validate_source(name.get_ref(), s, &targets, ctx)?;
+            let mut source = Self::validate_source(name.get_ref(), s, &targets, ctx)?;
+            if source.signers.is_empty() {
+                source.signers = signers.clone();
+            }
             sources.insert(name.into_inner(), source);
         }
         Ok(Config {
             file: ctx.file.to_path_buf(),
             host,
             state_dir,
+            signing_key,
+            signers,
             sources,
             targets,
         })
+    }
+
+    fn validate_signers(list: &[Spanned<String>], ctx: &Ctx<'_>) -> Result<Vec<PathBuf>> {
+        if list.is_empty() {
+            return Err(Error::Config(format!(
+                "{}: signers is empty; list the certificates whose signatures runs must \
+                 carry (signers = [\"/etc/coffer/web1.sign.pub.asc\"]), or leave it out",
+                ctx.file.display()
+            )));
+        }
+        list.iter().map(|p| ctx.path(p)).collect()
     }
 
     fn validate_source(
@@ -336,6 +357,10 @@ impl Config {
             chunking,
             retention,
             max_age,
+            signers: match &s.signers {
+                Some(list) => Self::validate_signers(list, ctx)?,
+                None => Vec::new(),
+            },
         })
     }
 

@@ -102,13 +102,13 @@ pub fn generate_key_with(
     })
 }
 
-fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
+pub(super) fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
     std::fs::read(path)
         .map(Zeroizing::new)
         .map_err(|e| Error::io(path, e))
 }
 
-fn parse_certs(path: &Path, bytes: &[u8]) -> Result<Vec<Cert>> {
+pub(super) fn parse_certs(path: &Path, bytes: &[u8]) -> Result<Vec<Cert>> {
     let parser = CertParser::from_bytes(bytes).map_err(|e| Error::Key {
         path: path.to_path_buf(),
         reason: format!("not an OpenPGP key file: {e}"),

@@ -13,6 +13,7 @@
 
 pub(crate) mod keys;
 mod read;
+mod sign;
 mod stream;
 
 pub use keys::{
@@ -20,6 +21,7 @@ pub use keys::{
     DEFAULT_KEY_LIFETIME,
 };
 pub use read::check_framing;
+pub use sign::{generate_signing_key, Signers, SigningKey, Verdict, MAX_SIGNATURE_BYTES};
 pub use stream::MessageWriter;
 
 use std::collections::HashMap;

@@ -5,20 +5,23 @@
 //! `prune`, `runs` and monitoring work without a secret key.
 //!
 //! ```text
-//! coffer-refs 2
+//! coffer-refs 3
 //! run <id>                        header: "KEY SP VALUE" lines (values percent-encoded)
 //! host <host>
 //! source <source>
 //! dedup-max-age <seconds>         the backup's `dedup_max_age` setting
 //! max-run-time <seconds>          the backup's `max_run_time` setting
 //! metafile <blake3> <bytes> <pieces>
+//! chain <id> <seq> <prev-refs> <prev-meta>
+//!                                 the run's place in its host's and source's chain;
+//!                                 `-` `-` for the first run of a chain
 //!                                 an empty line ends the header
 //! <64 hex digits>                 one line per object, sorted, unique
 //! end <count>
 //! ```
 //!
-//! Version 1 (still read) had the two settings as its only header lines and no empty
-//! line. Everything here comes from the target, so nothing is trusted: lines are bounded,
+//! Version 2 (still read) had no chain line; version 1 had the two settings as its only
+//! header lines and no empty line. Everything here comes from the target, so nothing is trusted: lines are bounded,
 //! numbers checked, and [`Bounds::plausible`] says which settings a valid config could have made.
 
 use std::io::{BufRead, Read, Write};
@@ -30,7 +33,7 @@ use crate::format::metafile::decimal;
 use crate::ids::{ChunkHash, ObjectKey};
 
 /// The version this code writes.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// No line of an object list is longer (header values included).
 const MAX_LINE: usize = 4096;
 
@@ -84,6 +87,66 @@ pub struct RunName {
     pub source: String,
 }
 
+/// A run's place in the chain of its host's and source's runs (version 3 on): the
+/// chain a host started (a random id; a host that lost its local state starts a new
+/// one), the run's number in it (from 1), and the digests of the run before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// The chain's id: 32 lowercase hex digits.
+    pub id: String,
+    /// The run's sequence number in the chain, from 1.
+    pub seq: u64,
+    /// The run before it (`None` exactly when `seq` is 1).
+    pub previous: Option<Link>,
+}
+
+/// What a run records of its predecessor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// BLAKE3 of the predecessor's whole object list, as stored.
+    pub refs: ChunkHash,
+    /// BLAKE3 of the predecessor's whole stored metafile.
+    pub metafile: ChunkHash,
+}
+
+impl Chain {
+    /// A new chain: a random id, sequence number 1.
+    ///
+    /// # Errors
+    ///
+    /// The system's random source fails.
+    pub fn start() -> Result<Chain> {
+        let mut r = [0u8; 16];
+        getrandom::fill(&mut r).map_err(|e| Error::Internal(format!("random chain id: {e}")))?;
+        Ok(Chain {
+            id: hex::encode(r),
+            seq: 1,
+            previous: None,
+        })
+    }
+
+    /// The chain line's value: `<id> <seq> <prev-refs> <prev-meta>` (`-` `-` for the
+    /// first run); the metafile's header records the same as its `chain` field.
+    pub fn field(&self) -> String {
+        let (refs, meta) = self
+            .previous
+            .map_or(("-".to_string(), "-".to_string()), |l| {
+                (l.refs.to_string(), l.metafile.to_string())
+            });
+        format!("{} {} {refs} {meta}", self.id, self.seq)
+    }
+
+    /// The run after the one this chain position describes, whose object list and
+    /// metafile had these digests.
+    pub fn next(&self, link: Link) -> Chain {
+        Chain {
+            id: self.id.clone(),
+            seq: self.seq.saturating_add(1),
+            previous: Some(link),
+        }
+    }
+}
+
 /// An object list's header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -95,6 +158,8 @@ pub struct Header {
     pub name: Option<RunName>,
     /// The stored metafile (`None` in version 1).
     pub metafile: Option<MetafileDigest>,
+    /// The run's place in its chain (`None` before version 3).
+    pub chain: Option<Chain>,
 }
 
 /// Writes an object list; `keys` must be sorted and unique.
@@ -103,6 +168,7 @@ pub fn write(
     name: &RunName,
     bounds: &Bounds,
     metafile: &MetafileDigest,
+    chain: &Chain,
     keys: impl IntoIterator<Item = ObjectKey>,
 ) -> std::io::Result<()> {
     writeln!(out, "coffer-refs {VERSION}")?;
@@ -116,6 +182,7 @@ pub fn write(
         "metafile {} {} {}",
         metafile.hash, metafile.bytes, metafile.pieces
     )?;
+    writeln!(out, "chain {}", chain.field())?;
     writeln!(out)?;
     let mut n = 0u64;
     for k in keys {
@@ -174,6 +241,32 @@ pub fn read_each(
         count += 1;
         each(key)?;
     }
+}
+
+/// `<id> <seq> <prev-refs> <prev-meta>`: the first run of a chain (seq 1) and only it
+/// has `-` for both digests.
+pub(crate) fn parse_chain(line: &str) -> Option<Chain> {
+    let f: Vec<&str> = line.split(' ').collect();
+    let [id, seq, refs, meta] = f[..] else {
+        return None;
+    };
+    if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let seq = decimal(seq).filter(|&s| s >= 1)?;
+    let previous = match (refs, meta) {
+        ("-", "-") if seq == 1 => None,
+        _ if seq > 1 => Some(Link {
+            refs: refs.parse().ok()?,
+            metafile: meta.parse().ok()?,
+        }),
+        _ => return None,
+    };
+    Some(Chain {
+        id: id.to_string(),
+        seq,
+        previous,
+    })
 }
 
 /// Bounded lines of an object list.
@@ -240,7 +333,7 @@ impl<R: BufRead> Lines<R> {
             .next_opt()?
             .ok_or_else(|| self.corrupt("empty".into()))?;
         let version = match first.strip_prefix("coffer-refs ").map(decimal) {
-            Some(Some(v @ (1 | 2))) => v as u32,
+            Some(Some(v @ (1..=3))) => v as u32,
             Some(Some(v)) if v > u64::from(VERSION) => {
                 return Err(self.corrupt(format!(
                     "format {first:?} is newer than this coffer understands; upgrade coffer"
@@ -259,6 +352,7 @@ impl<R: BufRead> Lines<R> {
                 },
                 name: None,
                 metafile: None,
+                chain: None,
             });
         }
         let mut fields: Vec<(String, String)> = Vec::new();
@@ -311,6 +405,15 @@ impl<R: BufRead> Lines<R> {
             }),
             _ => return Err(self.corrupt(format!("bad metafile line {metafile:?}"))),
         };
+        let chain = if version >= 3 {
+            let line = get("chain")?;
+            Some(
+                parse_chain(line)
+                    .ok_or_else(|| self.corrupt(format!("bad chain line {line:?}")))?,
+            )
+        } else {
+            None
+        };
         Ok(Header {
             version,
             bounds: Bounds {
@@ -323,6 +426,7 @@ impl<R: BufRead> Lines<R> {
                 source: text("source")?,
             }),
             metafile: digest,
+            chain,
         })
     }
 
@@ -361,17 +465,37 @@ mod tests {
         }
     }
 
+    fn chain() -> Chain {
+        Chain::start().unwrap().next(Link {
+            refs: ChunkHash::of(b"r"),
+            metafile: ChunkHash::of(b"m"),
+        })
+    }
+
     #[test]
     fn roundtrip_and_truncation() {
         let mut keys = vec![ObjectKey::of(b"a"), ObjectKey::of(b"b")];
         keys.sort();
         let mut buf = Vec::new();
-        write(&mut buf, &name(), &BOUNDS, &digest(), keys.clone()).unwrap();
+        write(
+            &mut buf,
+            &name(),
+            &BOUNDS,
+            &digest(),
+            &chain(),
+            keys.clone(),
+        )
+        .unwrap();
         let (header, back) = read(&buf[..], "r").unwrap();
         assert_eq!(back, keys);
         assert_eq!(header.bounds, BOUNDS);
         assert_eq!(header.name, Some(name()));
         assert_eq!(header.metafile, Some(digest()));
+        let c = header.chain.unwrap();
+        assert_eq!(
+            (c.seq, c.previous.unwrap().metafile),
+            (2, ChunkHash::of(b"m"))
+        );
         assert_eq!(BOUNDS.min_grace(), Duration::from_secs(67));
         let mut unsorted = Vec::new();
         write(
@@ -379,6 +503,7 @@ mod tests {
             &name(),
             &BOUNDS,
             &digest(),
+            &chain(),
             keys.iter().rev().copied(),
         )
         .unwrap();
@@ -399,9 +524,37 @@ mod tests {
         assert_eq!((header.version, header.bounds), (1, BOUNDS));
         assert_eq!(header.metafile, None);
         assert_eq!(keys, [key]);
-        let newer = v1.replace("coffer-refs 1", "coffer-refs 3");
+        let newer = v1.replace("coffer-refs 1", "coffer-refs 4");
         let err = read(newer.as_bytes(), "r").unwrap_err().to_string();
         assert!(err.contains("upgrade coffer"), "{err}");
+    }
+
+    #[test]
+    fn chain_lines_are_checked() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let h = ChunkHash::of(b"x");
+        assert!(parse_chain(&format!("{id} 1 - -")).is_some());
+        assert!(parse_chain(&format!("{id} 2 {h} {h}")).is_some());
+        for bad in [
+            format!("{id} 0 - -"),
+            format!("{id} 2 - -"),
+            format!("{id} 1 {h} {h}"),
+            format!("{id} 2 {h} -"),
+            format!("{} 1 - -", id.to_uppercase()),
+            format!("{id}0 1 - -"),
+            format!("{id} 1 - - x"),
+            format!("{id} 99999999999999999999 {h} {h}"),
+        ] {
+            assert!(parse_chain(&bad).is_none(), "{bad}");
+        }
+        // Version 2 lists (no chain line) are still read; version 3 ones need it.
+        let v2 = format!(
+            "coffer-refs 2\nrun r\nhost h\nsource s\ndedup-max-age 1\nmax-run-time 1\n\
+             metafile {h} 1 1\n\nend 0\n"
+        );
+        assert_eq!(read(v2.as_bytes(), "r").unwrap().0.chain, None);
+        let v3 = v2.replace("coffer-refs 2", "coffer-refs 3");
+        assert!(read(v3.as_bytes(), "r").is_err());
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct RestoreOptions {
     pub devices: bool,
     /// Stops the restore when set (SIGINT, say): files being written are removed.
     pub cancel: crate::cancel::Cancel,
+    /// Whose signatures runs must carry: a run they require and lack is refused.
+    pub trust: crate::runs::Trust,
 }
 
 impl RestoreOptions {
@@ -246,7 +248,20 @@ fn fetch_and_check(
     };
     if let Some(id) = id {
         let runs = runs_of(store, host, source, true)?;
-        let run = select_id(store, runs, id)?;
+        let mut run = select_id(store, runs, id)?;
+        crate::runs::check(store, std::slice::from_mut(&mut run), &opts.trust)?;
+        if opts.trust.requires(&run.source)
+            && !matches!(run.signature, crate::runs::Signature::Good(_))
+        {
+            return Err(Error::Corrupt {
+                what: format!("run {}/{}/{}", run.host, run.source, run.id),
+                reason: format!(
+                    "{}; restore refuses a run that no trusted signer signed \
+                     (--allow-unsigned restores it anyway)",
+                    run.status.reason().unwrap_or("it is not signed")
+                ),
+            });
+        }
         if let Some(reason) = run.status.reason() {
             progress.warn(&format!(
                 "run {} is {}: {reason}; restoring it because it was asked for",
@@ -264,7 +279,10 @@ fn fetch_and_check(
         ));
     };
     let mut runs = runs_of(store, host, Some(source), false)?;
-    crate::runs::check(store, &mut runs)?;
+    crate::runs::check(store, &mut runs, &opts.trust)?;
+    // Swapped and forked runs are not taken (deletions are verify's and status's to
+    // report: without prune's records a gap proves nothing here).
+    crate::chain::walk(&mut runs, &[]);
     let mut skipped = Vec::new();
     for run in runs.into_iter().rev() {
         if !run.status.is_ok() {
@@ -434,6 +452,31 @@ fn fetch_run(store: &Reader, run: store::RunInfo) -> Result<Fetched> {
     } else {
         spool(&what, store.metafile_reader(&run)?)?
     };
+    // The object list records the stored metafile's digest (and, signed, vouches for
+    // it): a metafile replaced under the run's name is refused before it is decrypted.
+    if let Some(want) = run.metafile_digest {
+        let got = match &bytes {
+            Bytes::Memory(b) => crate::ids::ChunkHash::of(b),
+            Bytes::File(f) => {
+                let mut h = blake3::Hasher::new();
+                let mut f = f;
+                std::io::Seek::rewind(&mut f).map_err(|e| Error::io(&what, e))?;
+                h.update_reader(&mut f).map_err(|e| Error::io(&what, e))?;
+                std::io::Seek::rewind(&mut f).map_err(|e| Error::io(&what, e))?;
+                h.finalize().into()
+            }
+        };
+        if got != want.hash {
+            return Err(Error::Corrupt {
+                what,
+                reason: format!(
+                    "its BLAKE3 is {got}, but its object list records {}: it was replaced \
+                     or damaged after the run was stored",
+                    want.hash
+                ),
+            });
+        }
+    }
     Ok(Fetched {
         what,
         bytes,

@@ -40,6 +40,8 @@ pub struct DataOptions<'a> {
     pub max_bytes: Option<u64>,
     /// Stop once this many requests were made to the target.
     pub max_requests: Option<u64>,
+    /// Whose signatures the run must carry.
+    pub trust: crate::runs::Trust,
 }
 
 /// What `verify --data` found in one run.
@@ -106,9 +108,11 @@ pub fn verify_data(
         sample,
         max_bytes,
         max_requests,
+        trust,
     } = opts;
     let started = Instant::now();
-    let opts = RestoreOptions::new(".");
+    let mut opts = RestoreOptions::new(".");
+    opts.trust = trust;
     let (metafile, checked) = fetch_and_check(store, source, decryptor, &opts, progress)?;
     let mut report = DataReport {
         run: checked.run.clone(),
@@ -334,11 +338,13 @@ pub fn verify_against(
     decryptor: &Decryptor,
     root: &std::path::Path,
     tmp_dir: &std::path::Path,
+    trust: &crate::runs::Trust,
     progress: &dyn Progress,
 ) -> Result<AgainstReport> {
     use std::os::unix::ffi::OsStrExt;
     let started = Instant::now();
-    let opts = RestoreOptions::new(".");
+    let mut opts = RestoreOptions::new(".");
+    opts.trust = trust.clone();
     let (metafile, checked) = fetch_and_check(store, source, decryptor, &opts, progress)?;
     let mut report = AgainstReport {
         run: checked.run.clone(),

@@ -45,6 +45,21 @@ pub struct RunInfo {
     /// Piece numbers listed and their sizes, in order.
     #[serde(skip)]
     pub(crate) pieces: Vec<(u32, u64)>,
+    /// Its signature's size (`<id>.refs.sig`), if it has one.
+    #[serde(skip)]
+    pub(crate) sig_bytes: Option<u64>,
+    /// Whether, and by whom, it is signed ([`crate::runs::check`] finds out).
+    pub signature: crate::runs::Signature,
+    /// Its place in its host's and source's chain, as its object list records it
+    /// (object lists from version 3 on; known once checked).
+    #[serde(skip)]
+    pub(crate) chain: Option<crate::format::refs::Chain>,
+    /// BLAKE3 of its whole object list (known once checked, for chained runs).
+    #[serde(skip)]
+    pub(crate) refs_hash: Option<crate::ids::ChunkHash>,
+    /// The stored metafile as its object list records it (known once checked).
+    #[serde(skip)]
+    pub(crate) metafile_digest: Option<crate::format::refs::MetafileDigest>,
 }
 
 impl RunInfo {
@@ -56,6 +71,30 @@ impl RunInfo {
     /// When the target stored the run's metafile.
     pub fn stored_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.stored_at
+    }
+
+    /// A run stored when its id says it started, and ok (for tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(host: &str, source: &str, id: &str) -> RunInfo {
+        let at = id.parse::<RunId>().unwrap().time().unwrap();
+        RunInfo {
+            host: host.into(),
+            source: source.into(),
+            id: id.into(),
+            time: String::new(),
+            stored: String::new(),
+            metafile_bytes: 1,
+            status: crate::runs::RunStatus::Ok,
+            stored_at: at,
+            claimed_at: at,
+            refs_bytes: Some(1),
+            pieces: vec![(1, 1)],
+            sig_bytes: None,
+            signature: crate::runs::Signature::None,
+            chain: None,
+            refs_hash: None,
+            metafile_digest: None,
+        }
     }
 }
 
@@ -107,7 +146,8 @@ pub fn piece_path(host: &str, source: &str, id: &RunId, n: u32) -> StorePath {
     }
 }
 
-/// Key of a run's metafile (`ext` = "meta") or object list (`ext` = "refs").
+/// Key of a run's metafile (`ext` = "meta"), object list (`refs`), its signature
+/// (`refs.sig`) or the record prune leaves of a deleted run (`pruned`).
 pub fn run_path(host: &str, source: &str, id: &RunId, ext: &str) -> StorePath {
     StorePath::from(format!(
         "runs/{}/{}/{}.{ext}",
@@ -126,7 +166,8 @@ pub struct RunObject {
     pub source: String,
     /// Run id.
     pub id: RunId,
-    /// "meta" (a metafile piece) or "refs".
+    /// "meta" (a metafile piece), "refs", "sig" (the object list's signature) or
+    /// "pruned" (what prune left of a run it deleted).
     pub ext: String,
     /// For a metafile piece, its number (1 for `<id>.meta`).
     pub piece: u32,
@@ -149,6 +190,8 @@ impl RunObject {
         let (ext, piece) = match ext {
             "meta" => ("meta", 1),
             "refs" => ("refs", 0),
+            "refs.sig" => ("sig", 0),
+            "pruned" => ("pruned", 0),
             _ => {
                 let n = ext.strip_prefix("meta.")?;
                 let piece: u32 = n.parse().ok().filter(|&p| p >= 2 && n.len() == 4)?;

@@ -57,6 +57,16 @@ pub struct Store {
     core: Core,
 }
 
+/// A run's object list as stored: its text and, from a host with a signing key, its
+/// detached signature.
+#[derive(Debug, Clone)]
+pub struct ObjectList {
+    /// `<run>.refs`.
+    pub text: Bytes,
+    /// `<run>.refs.sig`.
+    pub signature: Option<Bytes>,
+}
+
 /// What every handle shares: the object store, the target's name, the piece size.
 #[derive(Clone, Debug)]
 struct Core {
@@ -177,7 +187,7 @@ impl Creator {
         host: &str,
         source: &str,
         id: &RunId,
-        refs: Bytes,
+        list: ObjectList,
         metafile: &mut std::fs::File,
         bytes: u64,
     ) -> Result<()> {
@@ -202,7 +212,10 @@ impl Creator {
         for n in 2..=pieces {
             piece(n)?;
         }
-        self.put_new(&run_path(host, source, id, "refs"), refs)?;
+        if let Some(sig) = list.signature {
+            self.put_new(&run_path(host, source, id, "refs.sig"), sig)?;
+        }
+        self.put_new(&run_path(host, source, id, "refs"), list.text)?;
         // The commit point: the run exists once its metafile's first piece is stored.
         piece(1)
     }
@@ -359,9 +372,24 @@ impl Reader {
     /// The target cannot be listed (a credential without the right: [`Error::Store`]
     /// says which).
     pub fn list_runs(&self) -> Result<Vec<RunInfo>> {
+        Ok(self.list_history()?.0)
+    }
+
+    /// Like [`Reader::list_runs`], and also the records prune left of the runs it
+    /// deleted (`<run>.pruned`, [`crate::chain::Tombstone`]), from the same LIST.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reader::list_runs`].
+    pub(crate) fn list_history(&self) -> Result<(Vec<RunInfo>, Vec<RunObject>)> {
         let mut groups: std::collections::BTreeMap<(String, String, String), Vec<RunObject>> =
             Default::default();
+        let mut pruned = Vec::new();
         for o in self.list_run_objects()? {
+            if o.ext == "pruned" {
+                pruned.push(o);
+                continue;
+            }
             groups
                 .entry((o.host.clone(), o.source.clone(), o.id.to_string()))
                 .or_default()
@@ -380,7 +408,7 @@ impl Reader {
                 &b.id,
             ))
         });
-        Ok(runs)
+        Ok((runs, pruned))
     }
 
     /// Every metafile piece and object list under `runs/` (other objects there are
@@ -434,6 +462,14 @@ impl Reader {
 }
 
 impl Admin {
+    /// A create-only put of a record prune or gc leaves (blocking).
+    pub(crate) fn put_create(&self, path: &StorePath, bytes: Bytes) -> Result<PutOutcome> {
+        Creator {
+            core: self.reader.core.clone(),
+        }
+        .put_create(path, bytes)
+    }
+
     /// Lists the data objects (`data/`) in batches of up to `batch`, as
     /// [`Reader::list_data`] does, and deletes the objects each call of `f` returns
     /// before handing on the next batch. Memory is bounded by the batches, however many
@@ -553,13 +589,17 @@ mod tests {
             max_run_time: std::time::Duration::from_secs(60),
         };
         let mut refs = Vec::new();
-        crate::format::refs::write(&mut refs, &name, &bounds, &digest, []).unwrap();
+        let chain = crate::format::refs::Chain::start().unwrap();
+        crate::format::refs::write(&mut refs, &name, &bounds, &digest, &chain, []).unwrap();
         creator
             .put_run(
                 host,
                 source,
                 &id,
-                refs.into(),
+                ObjectList {
+                    text: refs.into(),
+                    signature: None,
+                },
                 &mut file,
                 message.len() as u64,
             )
@@ -568,7 +608,7 @@ mod tests {
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].pieces.len(), 4);
         assert_eq!(runs[0].metafile_bytes, message.len() as u64);
-        crate::runs::check(&reader, &mut runs).unwrap();
+        crate::runs::check(&reader, &mut runs, &crate::runs::Trust::none()).unwrap();
         assert!(runs[0].status.is_ok(), "{:?}", runs[0].status);
         let mut back = Vec::new();
         reader

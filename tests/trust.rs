@@ -1,0 +1,384 @@
+//! Signed, hash-chained runs against every kind of target (tests/util/target.rs), each
+//! step playing the attacker: a run forged by someone holding only the public encryption
+//! key (unsigned, or signed by a key of their own) is refused by restore and flagged by
+//! `runs`, `status` and `verify`; a run deleted from the middle of the chain, the newest
+//! runs deleted (a rollback), and an old run replayed are reported by `verify --storage`
+//! and `status` with no secret key; prune's deletions are not. What coffer signs is
+//! checked by `gpg --verify`. Backups use the put-only credential, everything else the
+//! admin's (standing in for the monitor's read-only one).
+
+mod util;
+
+use std::path::{Path, PathBuf};
+
+use util::target::{Cred, Kind, On};
+use util::*;
+
+per_kind!(signed_chained_runs_resist_forgery_deletion_and_rollback);
+
+/// `coffer keygen --sign-only`: the signing key and its certificate.
+fn signing_key(t: &On, name: &str) -> (PathBuf, PathBuf) {
+    let dir = t.fx.path("sign");
+    let mut cmd = coffer(&t.fx.home);
+    cmd.args(["keygen", "--sign-only", "--name", name, "--out"])
+        .arg(&dir);
+    let out = run(cmd).ok();
+    assert!(out.stdout.contains("signing_key = "), "{out}");
+    (
+        dir.join(format!("{name}.sign.key.asc")),
+        dir.join(format!("{name}.sign.pub.asc")),
+    )
+}
+
+/// A copy of the fixture's config with `top` lines before the sources and its own state
+/// directory (another machine: a forger's, or the monitor's).
+fn config_with(t: &On, name: &str, top: &str) -> PathBuf {
+    let text = std::fs::read_to_string(&t.fx.config).unwrap();
+    let state = t.fx.path(&format!("state-{name}"));
+    let text = text.replacen(
+        &format!("state_dir = {}", toml_str(&t.fx.state)),
+        &format!("state_dir = {}\n{top}", toml_str(&state)),
+        1,
+    );
+    assert!(text.contains(top), "{text}");
+    let path = t.fx.path(&format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn with(t: &On, config: &Path, cred: Cred, args: &[&str]) -> Out {
+    let mut cmd = t.with_cred(coffer(&t.fx.home), cred);
+    cmd.arg("-c").arg(config).args(args);
+    run(cmd)
+}
+
+fn run_keys(t: &On, run: &str) -> Vec<String> {
+    let prefix = format!("runs/{HOST}/{SOURCE}/{run}.");
+    t.keys()
+        .into_iter()
+        .filter(|k| k.starts_with(&prefix))
+        .collect()
+}
+
+fn signed_chained_runs_resist_forgery_deletion_and_rollback(kind: Kind) {
+    let t = On::new(kind, "trust");
+    let (sign_key, sign_cert) = signing_key(&t, "web1");
+    // The host signs; the monitor and the admin trust only that signer.
+    let host = config_with(
+        &t,
+        "host",
+        &format!("signing_key = {}", toml_str(&sign_key)),
+    );
+    let admin = config_with(
+        &t,
+        "admin",
+        &format!("signers = [{}]", toml_str(&sign_cert)),
+    );
+    let target = t.target();
+    let status = |args: &[&str]| {
+        let mut all = vec!["status", "--target", target];
+        all.extend_from_slice(args);
+        with(&t, &admin, Cred::Admin, &all)
+    };
+    let verify = || {
+        with(
+            &t,
+            &admin,
+            Cred::Admin,
+            &["verify", "--storage", "--target", target],
+        )
+    };
+
+    let mut runs = Vec::new();
+    for i in 0..4 {
+        std::fs::write(t.fx.src.join("file"), format!("version {i}\n")).unwrap();
+        runs.push(t.backup_run(&host));
+    }
+    let listed = with(
+        &t,
+        &admin,
+        Cred::Admin,
+        &["runs", "--json", "--target", target],
+    )
+    .expect(0)
+    .json();
+    for r in listed.as_array().unwrap() {
+        assert_eq!(r["signature"]["state"], "good", "{listed}");
+        assert_eq!(r["status"]["state"], "ok", "{listed}");
+    }
+    // The object list's detached signature, as gpg checks it.
+    let gpg = Gpg::new();
+    gpg.run(&[OsStr::new("--import"), sign_cert.as_os_str()], None);
+    let dir = t.fx.path("gpg-check");
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = format!("runs/{HOST}/{SOURCE}/{}", runs[1]);
+    std::fs::write(dir.join("refs"), t.download(&format!("{base}.refs"))).unwrap();
+    std::fs::write(
+        dir.join("refs.sig"),
+        t.download(&format!("{base}.refs.sig")),
+    )
+    .unwrap();
+    let out = gpg
+        .cmd()
+        .args(["--status-fd", "1", "--verify"])
+        .arg(dir.join("refs.sig"))
+        .arg(dir.join("refs"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("[GNUPG:] GOODSIG"),
+        "{said}"
+    );
+    let refs = String::from_utf8(t.download(&format!("{base}.refs"))).unwrap();
+    assert!(
+        refs.starts_with("coffer-refs 3\n") && refs.contains("\nchain "),
+        "{refs}"
+    );
+    // ... and a changed list does not pass.
+    std::fs::write(
+        dir.join("refs"),
+        refs.replace("max-run-time", "max-run-tima"),
+    )
+    .unwrap();
+    let out = gpg
+        .cmd()
+        .args(["--verify"])
+        .arg(dir.join("refs.sig"))
+        .arg(dir.join("refs"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "gpg accepted an altered object list");
+
+    status(&["--max-age", "1h"]).expect(0); // the monitor records what it saw
+
+    // A forger with the public key (and the put-only credential) plants a newer run:
+    // unsigned, then signed by a key of their own.
+    let (forger_key, _) = signing_key(&t, "mallory");
+    let unsigned = config_with(&t, "forger", "");
+    let stranger = config_with(
+        &t,
+        "stranger",
+        &format!("signing_key = {}", toml_str(&forger_key)),
+    );
+    std::fs::write(t.fx.src.join("file"), "evil\n").unwrap();
+    let forged = [t.backup_run(&unsigned), t.backup_run(&stranger)];
+    let listed = with(
+        &t,
+        &admin,
+        Cred::Admin,
+        &["runs", "--json", "--target", target],
+    )
+    .expect(3)
+    .json();
+    let state_of = |id: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["run"] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {listed}"))
+            .clone()
+    };
+    let r = state_of(&forged[0]);
+    assert_eq!(r["status"]["state"], "suspicious", "{r}");
+    assert!(
+        r["status"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not signed"),
+        "{r}"
+    );
+    let r = state_of(&forged[1]);
+    assert_eq!(r["signature"]["state"], "bad", "{r}");
+    assert!(
+        r["status"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("none of the trusted signers"),
+        "{r}"
+    );
+    // restore takes the newest signed run, and refuses a forged one by name.
+    let to = t.fx.path("restored");
+    let restore = |config: &Path, extra: &[&str], to: &Path| {
+        let mut cmd = t.with_cred(coffer(&t.fx.home), Cred::Admin);
+        cmd.arg("-c")
+            .arg(config)
+            .arg("restore")
+            .arg("--key")
+            .arg(&t.fx.secret_key)
+            .args(["--source", SOURCE, "--target", target])
+            .args(extra)
+            .arg("--to")
+            .arg(to);
+        run(cmd)
+    };
+    restore(&admin, &[], &to).expect(0);
+    assert_eq!(std::fs::read(to.join("file")).unwrap(), b"version 3\n");
+    for id in &forged {
+        let out = restore(&admin, &["--run", id], &t.fx.path(&format!("r-{id}")));
+        assert_ne!(out.code, Some(0), "{out}");
+        let out = out.stderr_has("no trusted signer");
+        assert!(
+            !t.fx.path(&format!("r-{id}")).join("file").exists(),
+            "{out}"
+        );
+    }
+    let anyway = t.fx.path("anyway");
+    restore(&admin, &["--run", &forged[0], "--allow-unsigned"], &anyway).expect(0);
+    assert_eq!(std::fs::read(anyway.join("file")).unwrap(), b"evil\n");
+    // The monitor sees the newest run is not one it trusts.
+    let out = status(&["--max-age", "1h"]).expect(1);
+    assert!(
+        out.stdout.contains(&forged[0]) || out.stdout.contains(&forged[1]),
+        "{out}"
+    );
+    for id in &forged {
+        for k in run_keys(&t, id) {
+            t.remove(&k);
+        }
+    }
+    status(&["--max-age", "1h"]).expect(0);
+
+    // A run deleted from the middle of the chain.
+    let middle: Vec<(String, Vec<u8>)> = run_keys(&t, &runs[1])
+        .into_iter()
+        .map(|k| {
+            let bytes = t.download(&k);
+            (k, bytes)
+        })
+        .collect();
+    assert_eq!(middle.len(), 3, "meta, refs and refs.sig: {middle:?}");
+    for (k, _) in &middle {
+        t.remove(k);
+    }
+    let out = verify().expect(4).stderr_has("deleted");
+    assert!(
+        out.stderr.contains(&runs[0]) && out.stderr.contains(&runs[2]),
+        "{out}"
+    );
+    let out = status(&["--max-age", "1h"]).expect(1);
+    assert!(out.stdout.contains("deleted"), "{out}");
+    // Put back (a versioned bucket keeps it): whole again.
+    for (k, bytes) in middle.iter().rev() {
+        t.overwrite(k, bytes);
+    }
+    verify().expect(0);
+
+    // A run swapped for another run's content under its name.
+    let refs_key = format!("runs/{HOST}/{SOURCE}/{}.refs", runs[2]);
+    let genuine = t.download(&refs_key);
+    let other = String::from_utf8(t.download(&format!("runs/{HOST}/{SOURCE}/{}.refs", runs[1])))
+        .unwrap()
+        .replace(&runs[1], &runs[2]);
+    t.overwrite(&refs_key, other.as_bytes());
+    let out = verify().expect(4);
+    assert!(out.stderr.contains(&runs[2]), "{out}");
+    t.overwrite(&refs_key, &genuine);
+    // The signature still covers the genuine list.
+    verify().expect(0);
+
+    // Rollback: the newest run deleted (or the whole target replaced by an older copy).
+    let newest: Vec<(String, Vec<u8>)> = run_keys(&t, &runs[3])
+        .into_iter()
+        .map(|k| {
+            let bytes = t.download(&k);
+            (k, bytes)
+        })
+        .collect();
+    for (k, _) in &newest {
+        t.remove(k);
+    }
+    let out = status(&["--max-age", "1h"]).expect(2);
+    assert!(
+        out.stdout.starts_with("COFFER CRITICAL - ") && out.stdout.contains("rollback"),
+        "{out}"
+    );
+    assert!(out.stdout.contains(&runs[3]), "{out}");
+    let out = verify().expect(4).stderr_has("rollback");
+    assert!(out.stderr.contains(&runs[3]), "{out}");
+    // Replaying it under a new id does not help: its list names the old run.
+    let replay = util::forge::run_id(chrono::Utc::now().timestamp() + 5, "0000cafe");
+    for (k, bytes) in newest.iter().rev() {
+        t.overwrite(&k.replace(&runs[3], &replay), bytes);
+    }
+    let out = status(&["--max-age", "1h"]).expect(2);
+    assert!(out.stdout.contains("rollback"), "{out}");
+    for (k, _) in &newest {
+        t.remove(&k.replace(&runs[3], &replay));
+    }
+    // Put back, all is well; deleted again, a person looks and accepts the target as
+    // it is.
+    for (k, bytes) in newest.iter().rev() {
+        t.overwrite(k, bytes);
+    }
+    status(&["--max-age", "1h"]).expect(0);
+    for (k, _) in &newest {
+        t.remove(k);
+    }
+    status(&["--max-age", "1h"]).expect(2);
+    status(&["--max-age", "1h", "--accept-rollback"]).expect(0);
+    for (k, bytes) in newest.iter().rev() {
+        t.overwrite(k, bytes);
+    }
+    status(&["--max-age", "1h"]).expect(0);
+
+    // prune's own deletions are not deletions behind its back: it leaves a record of a
+    // run it deletes between two it keeps, and none of the runs before the oldest kept.
+    std::fs::write(t.fx.src.join("file"), "version 4\n").unwrap();
+    runs.push(t.backup_run(&host));
+    let rules: &[&str] = match kind {
+        Kind::S3 => &["--keep-last", "2"],
+        Kind::Folder => {
+            // The stored time of a folder's object is its mtime: spread the runs over
+            // the next days (ahead of the ids' claims by less than max_run_time allows)
+            // so that keeping the newest run of the two latest days keeps runs 2 and 4.
+            // Noon UTC of the days ahead, so that no run crosses midnight.
+            let noon = chrono::Utc::now().timestamp() / 86_400 * 86_400 + 43_200;
+            for (i, days) in [(0, 1), (1, 1), (2, 2), (3, 3), (4, 3)] {
+                let when = noon + days * 86_400 + i as i64 * 60;
+                let meta =
+                    t.fx.target
+                        .join(format!("runs/{HOST}/{SOURCE}/{}.meta", runs[i]));
+                let ok = std::process::Command::new("touch")
+                    .arg("-d")
+                    .arg(format!("@{when}"))
+                    .arg(&meta)
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+            }
+            &["--keep-daily", "2"]
+        }
+    };
+    {
+        let _lock = t.deletes_lock();
+        let mut args = vec!["prune", "--target", target, "--json"];
+        args.extend_from_slice(rules);
+        let out = with(&t, &admin, Cred::Admin, &args).expect(0);
+        assert_eq!(out.json()[0]["deleted"], 3, "{out}");
+    }
+    let records: Vec<String> = t
+        .keys()
+        .into_iter()
+        .filter(|k| k.ends_with(".pruned"))
+        .collect();
+    match kind {
+        Kind::S3 => assert!(records.is_empty(), "{records:?}"),
+        Kind::Folder => assert_eq!(
+            records,
+            [format!("runs/{HOST}/{SOURCE}/{}.pruned", runs[3])],
+            "a record of the run between the kept ones"
+        ),
+    }
+    verify().expect(0);
+    status(&["--max-age", "30d"]).expect(0);
+    if kind == Kind::Folder {
+        // Without the record, the gap is a deletion.
+        t.remove(&records[0]);
+        verify().expect(4).stderr_has("deleted");
+    }
+    restore(&admin, &[], &t.fx.path("after-prune")).expect(0);
+}
+
+use std::ffi::OsStr;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# restore-with-gpg.sh [--setid] [--devices] TARGET_DIR METAFILE DEST
+# restore-with-gpg.sh [--setid] [--devices] [--signer CERT] TARGET_DIR METAFILE DEST
 #
 # Restores one coffer run without coffer: with GnuPG, b3sum and coreutils only. It is
 # the procedure of docs/FORMAT.md ("Restoring without coffer") written out, and
@@ -13,6 +13,10 @@
 #               script resolves paths, so nobody else may write below it meanwhile)
 #   --setid     keep the setuid and setgid bits of files (default: dropped, and named)
 #   --devices   create device nodes (default: not created, and named)
+#   --signer CERT  require the run's object list to carry a good signature by this
+#               certificate (the host's NAME.sign.pub.asc; repeatable), checked with gpgv
+#               against a keyring of these certificates alone; the metafile is then
+#               bound to it through the BLAKE3 the list records
 #
 # gpg decrypts with the secret keys of the current keyring ($GNUPGHOME, else ~/.gnupg):
 # import the key first, e.g. `gpg --import admin.key.asc` (a passphrase is asked by
@@ -32,17 +36,22 @@ set -euo pipefail
 export LC_ALL=C # bytes are bytes: no locale may reinterpret file names
 
 me=restore-with-gpg
-setid='' devices=''
+setid='' devices='' signers=()
 while [[ ${1:-} == --* ]]; do
     case $1 in
     --setid) setid=yes ;;
     --devices) devices=yes ;;
+    --signer)
+        [[ $# -ge 2 ]] || { echo "$me: --signer needs a certificate file" >&2; exit 2; }
+        signers+=("$2")
+        shift
+        ;;
     *) echo "$me: unknown option $1" >&2; exit 2 ;;
     esac
     shift
 done
 if [[ $# -ne 3 ]]; then
-    echo "usage: $0 [--setid] [--devices] TARGET_DIR METAFILE DEST" >&2
+    echo "usage: $0 [--setid] [--devices] [--signer CERT] TARGET_DIR METAFILE DEST" >&2
     exit 2
 fi
 target=$1 metafile=$2 dest=$3
@@ -93,6 +102,19 @@ pieces=("$metafile".[0-9][0-9][0-9][0-9])
 shopt -u nullglob
 cat -- "$metafile" "${pieces[@]}" >"$work/stored.meta"
 refs=${metafile%.meta}.refs
+if [[ ${#signers[@]} -gt 0 ]]; then
+    # Only these certificates: a keyring of their own, so that no key of the user's
+    # keyring vouches for a run.
+    for c in "${signers[@]}"; do
+        gpg --batch -q --dearmor <"$c" >>"$work/signers.gpg" || die "$c: not an OpenPGP certificate"
+    done
+    [[ -f $refs && -f $refs.sig ]] || die "$refs.sig: the run is not signed (its object list or signature is missing)"
+    gpgv --keyring "$work/signers.gpg" --status-fd 4 "$refs.sig" "$refs" \
+        4>"$work/gpgv.status" 2>"$work/gpgv.err" &&
+        grep -q '^\[GNUPG:\] VALIDSIG ' -- "$work/gpgv.status" ||
+        die "$refs: no good signature by the signers given ($(head -n 1 -- "$work/gpgv.err"))"
+    grep -q '^metafile [0-9a-f]\{64\} ' -- "$refs" || die "$refs records no metafile digest"
+fi
 if [[ -f $refs ]] && read -r recorded < <(sed -n 's/^metafile \([0-9a-f]\{64\}\) .*/\1/p' -- "$refs"); then
     [[ $(b3sum --no-names <"$work/stored.meta") == "$recorded" ]] ||
         die "$metafile does not match the BLAKE3 its object list $refs records (damaged, truncated or replaced)"

@@ -274,11 +274,17 @@ fn backup_restores_with_gpg_and_coreutils_alone() {
     ok(Command::new(env!("CARGO_BIN_EXE_coffer"))
         .args(["keygen", "--name", "admin", "--no-passphrase", "--out"])
         .arg(&keys));
+    for name in ["host", "stranger"] {
+        ok(Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .args(["keygen", "--sign-only", "--name", name, "--out"])
+            .arg(&keys));
+    }
     let config = root.join("coffer.toml");
     std::fs::write(
         &config,
         format!(
-            "state_dir = \"{root}/state\"\nhost = \"test host\"\n\n\
+            "state_dir = \"{root}/state\"\nhost = \"test host\"\n\
+             signing_key = \"{root}/keys/host.sign.key.asc\"\n\n\
              [source.home]\npath = \"{root}/src\"\nrecipients = [\"{root}/keys/admin.pub.asc\"]\n\
              targets = [\"usb\"]\nchunk_min = 4096\nchunk_avg = 16384\nchunk_max = 65536\n\n\
              [target.usb]\nurl = \"file://{root}/tgt\"\n",
@@ -343,6 +349,30 @@ fn backup_restores_with_gpg_and_coreutils_alone() {
     let out = gnupg.restore(&tgt, &metafile, &dest);
     assert!(out.status.success(), "restore failed:\n{}", stderr(&out));
     assert_same_tree(&src, &dest);
+
+    // 1b. With --signer: the host's certificate passes, a stranger's does not.
+    let signed = |cert: &str, dest: &Path| {
+        run(Command::new("bash")
+            .arg(script())
+            .arg("--signer")
+            .arg(keys.join(cert))
+            .args([&tgt, &metafile, dest])
+            .env("GNUPGHOME", &gnupg.0))
+    };
+    let dest1b = root.join("restored-signed");
+    let out = signed("host.sign.pub.asc", &dest1b);
+    assert!(
+        out.status.success(),
+        "signed restore failed:\n{}",
+        stderr(&out)
+    );
+    assert_same_tree(&src, &dest1b);
+    let out = signed("stranger.sign.pub.asc", &root.join("restored-stranger"));
+    assert!(
+        !out.status.success() && stderr(&out).contains("no good signature"),
+        "a stranger's certificate vouched for the run:\n{}",
+        stderr(&out)
+    );
 
     // 2. One flipped byte in a chunk of big.bin: the script fails and names the file,
     //    which is not written at all; the other files are restored.

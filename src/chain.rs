@@ -239,6 +239,11 @@ pub struct Finding {
     pub message: String,
 }
 
+/// The nodes of `nodes` that are present runs (not prune's records).
+fn present(nodes: &[Node]) -> impl Iterator<Item = &Node> {
+    nodes.iter().filter(|n| n.present.is_some())
+}
+
 /// One position of a chain: a present run (by index into the runs) or a tombstone.
 #[derive(Clone)]
 struct Node {
@@ -282,12 +287,13 @@ fn nodes(
                 stored: r.stored_at,
             });
     }
+    let existing: std::collections::HashSet<(&str, &str, &str)> = runs
+        .iter()
+        .map(|r| (r.host.as_str(), r.source.as_str(), r.id.as_str()))
+        .collect();
     for t in tombstones {
         // A tombstone of a run that still exists adds nothing.
-        if runs
-            .iter()
-            .any(|r| (&r.host, &r.source, &r.id) == (&t.host, &t.source, &t.run))
-        {
+        if existing.contains(&(t.host.as_str(), t.source.as_str(), t.run.as_str())) {
             continue;
         }
         groups
@@ -329,7 +335,7 @@ pub fn walk(runs: &mut [RunInfo], tombstones: &[Tombstone]) -> Vec<Finding> {
         // prune's records are left is history.
         let mut order: Vec<(&String, &Vec<Node>)> = chains
             .iter()
-            .filter(|(_, n)| n.iter().any(|n| n.present.is_some()))
+            .filter(|(_, n)| present(n).next().is_some())
             .collect();
         order.sort_by_key(|(id, n)| (n.iter().map(|n| n.stored).min(), *id));
         for (pos, (id, nodes)) in order.iter().enumerate() {
@@ -443,6 +449,10 @@ pub fn walk(runs: &mut [RunInfo], tombstones: &[Tombstone]) -> Vec<Finding> {
     findings
 }
 
+fn seen_err(path: &Path, e: rusqlite::Error) -> Error {
+    crate::keyset::key_set_err(path, "the record of the runs earlier checks saw", e)
+}
+
 /// The newest run each host and source had when last checked, kept in local state
 /// (`state_dir/monitor.sqlite`), per target URL: how a check notices a rollback.
 pub struct Seen {
@@ -459,11 +469,7 @@ impl Seen {
     pub fn open(state_dir: &Path) -> Result<Seen> {
         crate::state::prepare_state_dir(state_dir)?;
         let path = state_dir.join("monitor.sqlite");
-        let fail = |e: rusqlite::Error| Error::Index {
-            path: path.clone(),
-            message: e.to_string(),
-            source: None,
-        };
+        let fail = |e| seen_err(&path, e);
         let conn = rusqlite::Connection::open(&path).map_err(fail)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(fail)?;
@@ -480,11 +486,7 @@ impl Seen {
     }
 
     fn err(&self, e: rusqlite::Error) -> Error {
-        Error::Index {
-            path: self.path.clone(),
-            message: e.to_string(),
-            source: None,
-        }
+        seen_err(&self.path, e)
     }
 
     /// Compares what is on the target at `url` now with what the last check saw, reports
@@ -527,28 +529,6 @@ impl Seen {
                 }
             }
         }
-        // Per group: the chain of the run stored last, and in it the run with the highest
-        // number (a run put back later is stored later, but is not newer).
-        let mut newest: BTreeMap<Group, &RunInfo> = BTreeMap::new();
-        for r in runs
-            .iter()
-            .filter(|r| r.status.is_ok() && r.chain.is_some())
-        {
-            newest.insert((r.host.clone(), r.source.clone()), r); // runs are oldest first
-        }
-        for (group, best) in newest.iter_mut() {
-            let chain = best.chain.as_ref().map(|c| c.id.clone());
-            for r in runs
-                .iter()
-                .filter(|r| r.status.is_ok() && (&r.host, &r.source) == (&group.0, &group.1))
-            {
-                if let (Some(c), Some(b)) = (&r.chain, &best.chain) {
-                    if Some(&c.id) == chain.as_ref() && c.seq > b.seq {
-                        *best = r;
-                    }
-                }
-            }
-        }
         let empty = BTreeMap::new();
         for (group, (chain, seq, refs, run)) in &last {
             let chains = groups.get(group).unwrap_or(&empty);
@@ -573,19 +553,24 @@ impl Seen {
             }
         }
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| Error::Index {
-            path,
-            message: e.to_string(),
-            source: None,
-        })?;
-        for (group, r) in newest {
+        let tx = self.conn.transaction().map_err(|e| seen_err(&path, e))?;
+        for (group, chains) in &groups {
             if findings
                 .iter()
                 .any(|f| (&f.host, &f.source) == (&group.0, &group.1))
             {
                 continue; // keep reporting it until a person looks
             }
-            let (Some(chain), Some(refs)) = (&r.chain, r.refs_hash) else {
+            // The chain of the run stored last, and in it the run with the highest number
+            // (a run put back later is stored later, but is not newer).
+            let latest = chains
+                .iter()
+                .filter_map(|(id, nodes)| present(nodes).map(|n| n.stored).max().map(|t| (t, id)))
+                .max();
+            let Some((_, chain)) = latest else {
+                continue;
+            };
+            let Some(head) = present(&chains[chain]).max_by_key(|n| n.seq) else {
                 continue;
             };
             tx.execute(
@@ -595,23 +580,15 @@ impl Seen {
                     url,
                     group.0,
                     group.1,
-                    chain.id,
-                    i64::try_from(chain.seq).unwrap_or(i64::MAX),
-                    &refs.0[..],
-                    r.id
+                    chain,
+                    i64::try_from(head.seq).unwrap_or(i64::MAX),
+                    &head.link.refs.0[..],
+                    head.run
                 ],
             )
-            .map_err(|e| Error::Index {
-                path: self.path.clone(),
-                message: e.to_string(),
-                source: None,
-            })?;
+            .map_err(|e| seen_err(&path, e))?;
         }
-        tx.commit().map_err(|e| Error::Index {
-            path: self.path.clone(),
-            message: e.to_string(),
-            source: None,
-        })?;
+        tx.commit().map_err(|e| seen_err(&path, e))?;
         Ok(findings)
     }
 

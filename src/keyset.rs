@@ -25,7 +25,7 @@ pub(crate) struct KeySet {
 }
 
 /// An error of the temporary key set (`what`) at `path`.
-fn key_set_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
+pub(crate) fn key_set_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
     Error::Index {
         path: path.to_path_buf(),
         message: format!("{what}: {e}"),

@@ -10,12 +10,14 @@
 //!   pieces are all there; the time it claims lies between [`CLOCK_TOLERANCE`] after and
 //!   the longest valid `max_run_time` plus that tolerance before the time the target
 //!   stored it;
-//! - reading its object list's header and the start of its metafile ([`check`], two small
-//!   requests): the list is well formed and names this run, its settings are ones a valid
-//!   config could have made, the claimed time fits the run's own `max_run_time`, the
-//!   metafile's stored size and piece count are what the list records, and the metafile
-//!   starts as an encrypted message (PKESK packets, then an SEIPD packet);
-//! - `coffer verify --storage` (later) hashes the whole metafile against the list.
+//! - reading its object list, its signature if it has one, and the start of its metafile
+//!   ([`check`], two or three small requests): the list is well formed and names this
+//!   run, its settings are ones a valid config could have made, the claimed time fits the
+//!   run's own `max_run_time`, the metafile's stored size and piece count are what the
+//!   list records, the signature is good where signers are trusted ([`Trust`]), and the
+//!   metafile starts as an encrypted message (PKESK packets, then an SEIPD packet);
+//! - [`crate::chain`] walks the chains of the runs that pass;
+//! - `coffer verify --storage` hashes the whole metafile against the list.
 //!
 //! A run that fails is [`RunStatus::Suspicious`] (it may have been planted) or
 //! [`RunStatus::Damaged`] (it cannot be restored whole); either way it never counts as
@@ -163,8 +165,8 @@ pub(crate) fn from_listing(objects: Vec<RunObject>) -> Option<RunInfo> {
     })
 }
 
-/// Reads each run's object list header and the start of its metafile (two small
-/// requests per run) and updates its status; runs found wrong from the listing alone
+/// Reads each run's object list, its signature (where it has one) and the start of its
+/// metafile (two or three small requests per run) and updates its status; runs found wrong from the listing alone
 /// keep their status. Requests that fail (the credential may not read, the target is
 /// unreachable) are errors: an unchecked run must not pass as checked.
 ///
@@ -242,11 +244,6 @@ impl Trust {
         self
     }
 
-    /// Whether unsigned runs are accepted.
-    pub fn allows_unsigned(&self) -> bool {
-        self.allow_unsigned
-    }
-
     fn signers(&self, source: &str) -> &Signers {
         self.by_source.get(source).unwrap_or(&self.default)
     }
@@ -264,9 +261,17 @@ pub const MAX_REFS_BYTES: u64 = 256 << 20;
 fn check_one(store: &Reader, run: &mut RunInfo, trust: &Trust) -> crate::error::Result<RunStatus> {
     let id: RunId = run.id.parse()?;
     let refs_path = run_path(&run.host, &run.source, &id, "refs");
+    // The list is read whole in one request (a chained or signed list is needed whole:
+    // its digest links the next run to it, and the signature covers all of it); only
+    // one larger than any run needs is read no further than its header.
+    let refs_bytes = run.refs_bytes.unwrap_or(0);
     let head = store.get_range(
         &refs_path,
-        0..run.refs_bytes.unwrap_or(0).min(REFS_HEADER_PREFIX),
+        0..if refs_bytes > MAX_REFS_BYTES {
+            REFS_HEADER_PREFIX
+        } else {
+            refs_bytes
+        },
     )?;
     let header = match refs::read_header(&head[..], &format!("object list {refs_path}")) {
         Ok(h) => h,
@@ -312,20 +317,13 @@ fn check_one(store: &Reader, run: &mut RunInfo, trust: &Trust) -> crate::error::
     }
     run.metafile_digest = header.metafile;
     let signers = trust.signers(&run.source);
-    let refs_bytes = run.refs_bytes.unwrap_or(0);
-    // A chained or signed list is read whole: its digest links the next run to it, and
-    // the signature covers all of it.
     if header.chain.is_some() || (run.sig_bytes.is_some() && !signers.is_empty()) {
         if refs_bytes > MAX_REFS_BYTES {
             return Ok(RunStatus::Damaged(format!(
                 "its object list is {refs_bytes} bytes, more than any run needs"
             )));
         }
-        let whole = if refs_bytes <= head.len() as u64 {
-            head
-        } else {
-            store.get_range(&refs_path, 0..refs_bytes)?
-        };
+        let whole = head;
         run.refs_hash = Some(crate::ids::ChunkHash::of(&whole));
         run.chain = header.chain.clone();
         run.signature = match run.sig_bytes {

@@ -60,6 +60,17 @@ fn run_keys(t: &On, run: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every object of `run` with its bytes, to delete and later put back.
+fn saved(t: &On, run: &str) -> Vec<(String, Vec<u8>)> {
+    run_keys(t, run)
+        .into_iter()
+        .map(|k| {
+            let bytes = t.download(&k);
+            (k, bytes)
+        })
+        .collect()
+}
+
 fn signed_chained_runs_resist_forgery_deletion_and_rollback(kind: Kind) {
     let t = On::new(kind, "trust");
     let (sign_key, sign_cert) = signing_key(&t, "web1");
@@ -80,6 +91,16 @@ fn signed_chained_runs_resist_forgery_deletion_and_rollback(kind: Kind) {
         all.extend_from_slice(args);
         with(&t, &admin, Cred::Admin, &all)
     };
+    let runs_json = |code: i32| {
+        with(
+            &t,
+            &admin,
+            Cred::Admin,
+            &["runs", "--json", "--target", target],
+        )
+        .expect(code)
+        .json()
+    };
     let verify = || {
         with(
             &t,
@@ -94,14 +115,7 @@ fn signed_chained_runs_resist_forgery_deletion_and_rollback(kind: Kind) {
         std::fs::write(t.fx.src.join("file"), format!("version {i}\n")).unwrap();
         runs.push(t.backup_run(&host));
     }
-    let listed = with(
-        &t,
-        &admin,
-        Cred::Admin,
-        &["runs", "--json", "--target", target],
-    )
-    .expect(0)
-    .json();
+    let listed = runs_json(0);
     for r in listed.as_array().unwrap() {
         assert_eq!(r["signature"]["state"], "good", "{listed}");
         assert_eq!(r["status"]["state"], "ok", "{listed}");
@@ -118,13 +132,15 @@ fn signed_chained_runs_resist_forgery_deletion_and_rollback(kind: Kind) {
         t.download(&format!("{base}.refs.sig")),
     )
     .unwrap();
-    let out = gpg
-        .cmd()
-        .args(["--status-fd", "1", "--verify"])
-        .arg(dir.join("refs.sig"))
-        .arg(dir.join("refs"))
-        .output()
-        .unwrap();
+    let gpg_verify = || {
+        gpg.cmd()
+            .args(["--status-fd", "1", "--verify"])
+            .arg(dir.join("refs.sig"))
+            .arg(dir.join("refs"))
+            .output()
+            .unwrap()
+    };
+    let out = gpg_verify();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && said.contains("[GNUPG:] GOODSIG"),
@@ -141,14 +157,10 @@ fn signed_chained_runs_resist_forgery_deletion_and_rollback(kind: Kind) {
         refs.replace("max-run-time", "max-run-tima"),
     )
     .unwrap();
-    let out = gpg
-        .cmd()
-        .args(["--verify"])
-        .arg(dir.join("refs.sig"))
-        .arg(dir.join("refs"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "gpg accepted an altered object list");
+    assert!(
+        !gpg_verify().status.success(),
+        "gpg accepted an altered object list"
+    );
 
     status(&["--max-age", "1h"]).expect(0); // the monitor records what it saw
 
@@ -163,14 +175,7 @@ fn signed_chained_runs_resist_forgery_deletion_and_rollback(kind: Kind) {
     );
     std::fs::write(t.fx.src.join("file"), "evil\n").unwrap();
     let forged = [t.backup_run(&unsigned), t.backup_run(&stranger)];
-    let listed = with(
-        &t,
-        &admin,
-        Cred::Admin,
-        &["runs", "--json", "--target", target],
-    )
-    .expect(3)
-    .json();
+    let listed = runs_json(3);
     let state_of = |id: &str| {
         listed
             .as_array()
@@ -241,13 +246,7 @@ fn signed_chained_runs_resist_forgery_deletion_and_rollback(kind: Kind) {
     status(&["--max-age", "1h"]).expect(0);
 
     // A run deleted from the middle of the chain.
-    let middle: Vec<(String, Vec<u8>)> = run_keys(&t, &runs[1])
-        .into_iter()
-        .map(|k| {
-            let bytes = t.download(&k);
-            (k, bytes)
-        })
-        .collect();
+    let middle = saved(&t, &runs[1]);
     assert_eq!(middle.len(), 3, "meta, refs and refs.sig: {middle:?}");
     for (k, _) in &middle {
         t.remove(k);
@@ -279,13 +278,7 @@ fn signed_chained_runs_resist_forgery_deletion_and_rollback(kind: Kind) {
     verify().expect(0);
 
     // Rollback: the newest run deleted (or the whole target replaced by an older copy).
-    let newest: Vec<(String, Vec<u8>)> = run_keys(&t, &runs[3])
-        .into_iter()
-        .map(|k| {
-            let bytes = t.download(&k);
-            (k, bytes)
-        })
-        .collect();
+    let newest = saved(&t, &runs[3]);
     for (k, _) in &newest {
         t.remove(k);
     }

@@ -64,6 +64,21 @@ pub fn generate_key_with(
     passphrase: Option<&str>,
     lifetime: Option<std::time::Duration>,
 ) -> Result<GeneratedKey> {
+    generate(
+        CertBuilder::general_purpose(Some(user_id)).set_password(passphrase.map(Password::from)),
+        algorithm,
+        lifetime,
+    )
+}
+
+/// Generates the key `builder` describes (its user ids, subkeys and passphrase) as every
+/// key coffer makes is: OpenPGP v4 (RFC 4880 profile), advertising SEIPD v1 only,
+/// created at the current whole second, valid for `lifetime`, ASCII-armored.
+pub(super) fn generate(
+    builder: CertBuilder<'_>,
+    algorithm: KeyAlgorithm,
+    lifetime: Option<std::time::Duration>,
+) -> Result<GeneratedKey> {
     // Whole seconds, as OpenPGP records times: a key made "until" a date ends exactly then.
     let now = std::time::SystemTime::now();
     let secs = now
@@ -77,7 +92,7 @@ pub fn generate_key_with(
         KeyAlgorithm::Rsa4096 => CipherSuite::RSA4k,
     };
     let fail = |e: openpgp::anyhow::Error| Error::crypto("key generation", e);
-    let (cert, _revocation) = CertBuilder::general_purpose(Some(user_id))
+    let (cert, _revocation) = builder
         .set_cipher_suite(suite)
         .set_profile(openpgp::Profile::RFC4880)
         .map_err(fail)?
@@ -85,7 +100,6 @@ pub fn generate_key_with(
         .map_err(fail)?
         .set_creation_time(created)
         .set_validity_period(lifetime.map(|l| l + now.duration_since(created).unwrap_or_default()))
-        .set_password(passphrase.map(Password::from))
         .generate()
         .map_err(fail)?;
     let public_armored = cert.armored().to_vec().map_err(fail)?;

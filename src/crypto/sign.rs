@@ -18,12 +18,11 @@ use openpgp::packet::signature::SignatureBuilder;
 use openpgp::packet::Packet;
 use openpgp::parse::Parse;
 use openpgp::policy::Policy;
-use openpgp::serialize::{Serialize, SerializeInto};
-use openpgp::types::{Features, SignatureType};
+use openpgp::serialize::Serialize;
+use openpgp::types::SignatureType;
 use openpgp::Cert;
-use zeroize::Zeroizing;
 
-use super::keys::{parse_certs, read_key_file, GeneratedKey, KeyAlgorithm};
+use super::keys::{generate, parse_certs, read_key_file, GeneratedKey, KeyAlgorithm};
 use super::POLICY;
 use crate::error::{Error, Result};
 
@@ -288,41 +287,11 @@ pub fn generate_signing_key(
     algorithm: KeyAlgorithm,
     lifetime: Option<std::time::Duration>,
 ) -> Result<GeneratedKey> {
-    let now = std::time::SystemTime::now();
-    let secs = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| Error::Usage("the clock is before 1970".into()))?
-        .as_secs();
-    let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    let fail = |e: openpgp::anyhow::Error| Error::crypto("key generation", e);
-    let (cert, _revocation) = CertBuilder::new()
-        .add_userid(user_id)
-        .set_cipher_suite(match algorithm {
-            KeyAlgorithm::Cv25519 => CipherSuite::Cv25519,
-            KeyAlgorithm::Rsa3072 => CipherSuite::RSA3k,
-            KeyAlgorithm::Rsa4096 => CipherSuite::RSA4k,
-        })
-        .set_profile(openpgp::Profile::RFC4880)
-        .map_err(fail)?
-        .set_features(Features::empty().set_seipdv1())
-        .map_err(fail)?
-        .set_creation_time(created)
-        .set_validity_period(lifetime.map(|l| l + now.duration_since(created).unwrap_or_default()))
-        .add_signing_subkey()
-        .generate()
-        .map_err(fail)?;
-    let public_armored = cert.armored().to_vec().map_err(fail)?;
-    let secret_armored = Zeroizing::new(cert.as_tsk().armored().to_vec().map_err(fail)?);
-    let expires = cert
-        .with_policy(&*POLICY, None)
-        .ok()
-        .and_then(|v| v.primary_key().key_expiration_time());
-    Ok(GeneratedKey {
-        public_armored,
-        secret_armored,
-        fingerprint: cert.fingerprint().to_hex(),
-        expires,
-    })
+    generate(
+        CertBuilder::new().add_userid(user_id).add_signing_subkey(),
+        algorithm,
+        lifetime,
+    )
 }
 
 #[cfg(test)]

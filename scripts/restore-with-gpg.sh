@@ -36,7 +36,7 @@ set -euo pipefail
 export LC_ALL=C # bytes are bytes: no locale may reinterpret file names
 
 me=restore-with-gpg
-setid='' devices='' signers=()
+setid='' devices='' signers=() keyring=()
 while [[ ${1:-} == --* ]]; do
     case $1 in
     --setid) setid=yes ;;
@@ -81,9 +81,16 @@ trap 'rm -rf -- "$work"' EXIT
 # decrypt IN OUT MAX: gpg -d of the message IN into OUT, at most MAX bytes of output.
 # Accepted only if gpg reports a decryption (DECRYPTION_OKAY) with an intact integrity
 # check (GOODMDC): a plaintext message decrypts to nothing of the sort. Sets `why`.
+# A signed message (a metafile of a host with a signing key) is checked too: a bad
+# signature (BADSIG) is refused; one gpg cannot check for want of the signer's
+# certificate (NO_PUBKEY, exit status 2) is left to the checks against the object list.
 decrypt() {
-    local status=$work/gpg.status
-    if ! gpg --batch -q --status-fd 4 --max-output "$3" -d <"$1" >"$2" 2>"$work/gpg.err" 4>"$status"; then
+    local status=$work/gpg.status rc=0
+    gpg --batch -q --status-fd 4 --max-output "$3" "${keyring[@]}" -d <"$1" >"$2" \
+        2>"$work/gpg.err" 4>"$status" || rc=$?
+    if [[ $rc -ne 0 ]] && ! { [[ $rc -eq 2 ]] &&
+        grep -q '^\[GNUPG:\] NO_PUBKEY ' -- "$status" &&
+        grep -q '^\[GNUPG:\] DECRYPTION_OKAY' -- "$status"; }; then
         why="gpg cannot decrypt it: $(head -n 1 -- "$work/gpg.err")"
         return 1
     fi
@@ -91,6 +98,10 @@ decrypt() {
         ! grep -q '^\[GNUPG:\] GOODMDC' -- "$status" ||
         grep -q '^\[GNUPG:\] \(BADMDC\|DECRYPTION_FAILED\|NODATA\)' -- "$status"; then
         why="not an encrypted message with an intact integrity check (it may have been planted)"
+        return 1
+    fi
+    if grep -q '^\[GNUPG:\] \(BADSIG\|EXPKEYSIG\|REVKEYSIG\)' -- "$status"; then
+        why="its signature does not check out ($(grep -m1 '^\[GNUPG:\] \(BADSIG\|EXPKEYSIG\|REVKEYSIG\)' -- "$status" | cut -d' ' -f2-))"
         return 1
     fi
 }
@@ -107,7 +118,11 @@ if [[ ${#signers[@]} -gt 0 ]]; then
     # keyring vouches for a run.
     for c in "${signers[@]}"; do
         gpg --batch -q --dearmor <"$c" >>"$work/signers.gpg" || die "$c: not an OpenPGP certificate"
+        # Primary fingerprints, which gpg's VALIDSIG names last.
+        gpg --batch --with-colons --import-options show-only --import <"$c" 2>/dev/null |
+            awk -F: '$1 == "pub" { p = 1 } $1 == "fpr" && p { print $10; p = 0 }' >>"$work/signers.fpr"
     done
+    keyring=(--keyring "$work/signers.gpg")
     [[ -f $refs && -f $refs.sig ]] || die "$refs.sig: the run is not signed (its object list or signature is missing)"
     gpgv --keyring "$work/signers.gpg" --status-fd 4 "$refs.sig" "$refs" \
         4>"$work/gpgv.status" 2>"$work/gpgv.err" &&
@@ -123,6 +138,13 @@ fi
 metafile_max=$(($(stat -c %s -- "$work/stored.meta") * 1100 + (1 << 20)))
 decrypt "$work/stored.meta" "$work/metafile" "$metafile_max" ||
     die "$metafile: $why (is the secret key in the keyring?)"
+# A signed metafile (gpg reported a signature: NEWSIG) must be signed by a signer given.
+if [[ ${#signers[@]} -gt 0 ]] && grep -q '^\[GNUPG:\] NEWSIG' -- "$work/gpg.status"; then
+    signed_by=$(awk '$2 == "VALIDSIG" { print $NF }' "$work/gpg.status")
+    [[ -n $signed_by ]] && grep -qxF -- "$signed_by" "$work/signers.fpr" ||
+        die "$metafile: its signature is not a good one by the signers given"
+fi
+keyring=() # chunks are not signed
 exec 3<"$work/metafile" # the listing is read line by line from fd 3
 
 lineno=0

@@ -236,7 +236,7 @@ proptest! {
                 let session = enc.session().unwrap();
                 let chunk = session.encrypt(b"chunk data").unwrap();
                 let big = session.encrypt(&[7u8; 10_000]).unwrap();
-                let mut w = enc.message_writer(Vec::new()).unwrap();
+                let mut w = enc.message_writer(Vec::new(), None).unwrap();
                 w.write_all(&metafile_text()).unwrap();
                 (dec, vec![chunk, big, w.finish().unwrap()])
             };
@@ -245,7 +245,7 @@ proptest! {
             let bytes = pick(seeds, &i);
             let _ = dec.open_chunk("fuzz", &bytes);
             let _ = crate::crypto::check_framing(&bytes);
-            if let Ok(r) = dec.metafile_reader("fuzz", std::io::Cursor::new(bytes)) {
+            if let Ok(r) = dec.metafile_reader("fuzz", std::io::Cursor::new(bytes), &Default::default()) {
                 let mut text = Vec::new();
                 let _ = r.take(1 << 20).read_to_end(&mut text);
             }

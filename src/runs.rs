@@ -248,6 +248,16 @@ impl Trust {
         self.by_source.get(source).unwrap_or(&self.default)
     }
 
+    /// Whom a metafile's own signature must come from: the source's signers, or none
+    /// (signatures only parsed) with `--allow-unsigned`.
+    pub(crate) fn metafile_signers(&self, source: &str) -> Signers {
+        if self.allow_unsigned {
+            Signers::default()
+        } else {
+            self.signers(source).clone()
+        }
+    }
+
     /// Whether runs of `source` must be signed (and `--allow-unsigned` was not given).
     pub fn requires(&self, source: &str) -> bool {
         !self.allow_unsigned && !self.signers(source).is_empty()

@@ -318,7 +318,18 @@ fn backup_restores_with_gpg_and_coreutils_alone() {
     ok(gnupg.gpg().arg("--import").arg(keys.join("admin.key.asc")));
 
     // The plaintext listing, to check the big file has several chunks and to find one.
-    let listing = ok(gnupg.gpg().arg("-d").arg(&metafile)).stdout;
+    // The metafile is signed by the host: without its certificate gpg decrypts it, says
+    // it cannot check the signature (NO_PUBKEY) and exits 2; with it, GOODSIG and 0.
+    let out = run(gnupg.gpg().args(["--status-fd", "2", "-d"]).arg(&metafile));
+    let said = stderr(&out);
+    assert!(
+        out.status.code() == Some(2)
+            && said.contains("[GNUPG:] NO_PUBKEY ")
+            && said.contains("[GNUPG:] DECRYPTION_OKAY")
+            && said.contains("[GNUPG:] GOODMDC"),
+        "{said}"
+    );
+    let listing = out.stdout;
     let listing = String::from_utf8(listing).expect("the listing is ASCII");
     let lines: Vec<&str> = listing.lines().collect();
     let at = lines
@@ -373,6 +384,17 @@ fn backup_restores_with_gpg_and_coreutils_alone() {
         "a stranger's certificate vouched for the run:\n{}",
         stderr(&out)
     );
+    ok(gnupg
+        .gpg()
+        .arg("--import")
+        .arg(keys.join("host.sign.pub.asc")));
+    let out = ok(gnupg.gpg().args(["--status-fd", "2", "-d"]).arg(&metafile));
+    assert!(
+        stderr(&out).contains("[GNUPG:] GOODSIG "),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(out.stdout, listing.as_bytes());
 
     // 2. One flipped byte in a chunk of big.bin: the script fails and names the file,
     //    which is not written at all; the other files are restored.

@@ -162,6 +162,40 @@ fn signed_chained_runs_resist_forgery_deletion_and_rollback(kind: Kind) {
         "gpg accepted an altered object list"
     );
 
+    // The metafile is signed inside its encryption: `gpg -d` checks the signature while
+    // it decrypts (GOODSIG by the host's signing key, intact MDC).
+    gpg.run(&[OsStr::new("--import"), t.fx.secret_key.as_os_str()], None);
+    let meta = t.download(&format!("{base}.meta"));
+    let out = gpg
+        .cmd()
+        .args(["--status-fd", "2", "-d"])
+        .write_stdin(meta.clone())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    for needed in ["DECRYPTION_OKAY", "GOODMDC", "GOODSIG", "VALIDSIG"] {
+        assert!(
+            out.status.success() && said.contains(&format!("[GNUPG:] {needed}")),
+            "gpg -d did not say {needed}: {said}"
+        );
+    }
+    let sign_fpr = String::from_utf8(gpg.run(
+        &[
+            "--with-colons".as_ref(),
+            "--list-keys".as_ref(),
+            "web1".as_ref(),
+        ],
+        None,
+    ))
+    .unwrap();
+    let primary = sign_fpr
+        .lines()
+        .find_map(|l| l.strip_prefix("fpr:::::::::"))
+        .map(|f| f.trim_end_matches(':'))
+        .unwrap();
+    assert!(said.contains(&format!(" {primary}\n")), "{said}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("coffer-metafile 1\n"));
+
     status(&["--max-age", "1h"]).expect(0); // the monitor records what it saw
 
     // A forger with the public key (and the put-only credential) plants a newer run:

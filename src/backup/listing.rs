@@ -72,10 +72,12 @@ pub(super) struct Written {
 }
 
 impl Listing {
-    /// Starts the metafile (in an unlinked temporary file in `tmp_dir`) with `header`.
+    /// Starts the metafile (in an unlinked temporary file in `tmp_dir`) with `header`,
+    /// signed by `signer` if given.
     pub fn create(
         tmp_dir: &std::path::Path,
         encryptor: &Encryptor,
+        signer: Option<&crate::crypto::SigningKey>,
         header: &Header,
     ) -> Result<Self> {
         let file = tempfile::tempfile_in(tmp_dir).map_err(|e| Error::io(tmp_dir, e))?;
@@ -84,7 +86,7 @@ impl Listing {
             hasher: blake3::Hasher::new(),
             bytes: 0,
         };
-        let enc = encryptor.message_writer(sink)?;
+        let enc = encryptor.message_writer(sink, signer)?;
         let writer = metafile::Writer::new(BufWriter::with_capacity(1 << 16, enc), header)
             .map_err(temporary)?;
         Ok(Listing {

@@ -242,7 +242,7 @@ pub fn backup(
             _ => Err(e),
         })
         .map_err(|e| Error::io(&tmp_dir, e))?;
-    let listing = listing::Listing::create(&tmp_dir, &encryptor, &header)?;
+    let listing = listing::Listing::create(&tmp_dir, &encryptor, signing_key.as_ref(), &header)?;
 
     // This run's flag: a stage that fails stops this run, not the command's others.
     let cancel = opts.cancel.child();

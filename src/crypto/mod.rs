@@ -211,12 +211,15 @@ impl Encryptor {
 
     /// A writer that encrypts everything written to it into `sink` as one OpenPGP message
     /// (compressed with DEFLATE, OpenPGP algorithm 1, inside the encryption; `gpg -d`
-    /// undoes it by itself). Call [`MessageWriter::finish`] to write the last packets.
+    /// undoes it by itself), signed by `signer` if given (see [`SigningKey`]). Call
+    /// [`MessageWriter::finish`] to write the last packets.
     pub(crate) fn message_writer<W: Write + Send + Sync>(
         &self,
         sink: W,
+        signer: Option<&SigningKey>,
     ) -> Result<MessageWriter<W>> {
-        MessageWriter::new(sink, &self.session()?)
+        let signer = signer.map(SigningKey::message_signer).transpose()?;
+        MessageWriter::new(sink, &self.session()?, signer)
     }
 }
 
@@ -464,13 +467,15 @@ mod tests {
             noise.clone(),
         ];
         for text in texts {
-            let mut w = enc.message_writer(Vec::new()).unwrap();
+            let mut w = enc.message_writer(Vec::new(), None).unwrap();
             // In uneven writes, as a BufWriter hands them on.
             for piece in text.chunks(10_000) {
                 w.write_all(piece).unwrap();
             }
             let out = w.finish().unwrap();
-            let mut r = dec.metafile_reader("m", io::Cursor::new(&out)).unwrap();
+            let mut r = dec
+                .metafile_reader("m", io::Cursor::new(&out), &Signers::default())
+                .unwrap();
             let mut plain = Vec::new();
             r.read_to_end(&mut plain).unwrap();
             assert!(plain == text, "{} bytes", text.len());
@@ -479,7 +484,7 @@ mod tests {
             bad[n] ^= 1;
             let mut plain = Vec::new();
             let read = dec
-                .metafile_reader("bad", io::Cursor::new(bad))
+                .metafile_reader("bad", io::Cursor::new(bad), &Signers::default())
                 .and_then(|mut r| r.read_to_end(&mut plain).map_err(|e| Error::io("m", e)));
             assert!(read.is_err(), "a flipped byte in {} bytes", text.len());
         }

@@ -13,13 +13,15 @@ use std::sync::Arc;
 use sequoia_openpgp as openpgp;
 
 use openpgp::cert::prelude::*;
+use openpgp::crypto::hash;
 use openpgp::crypto::KeyPair;
+use openpgp::packet::one_pass_sig::OnePassSig3;
 use openpgp::packet::signature::SignatureBuilder;
-use openpgp::packet::Packet;
+use openpgp::packet::{key, Key, Packet, Signature};
 use openpgp::parse::Parse;
 use openpgp::policy::Policy;
-use openpgp::serialize::Serialize;
-use openpgp::types::SignatureType;
+use openpgp::serialize::{MarshalInto, Serialize};
+use openpgp::types::{HashAlgorithm, SignatureType};
 use openpgp::Cert;
 
 use super::keys::{generate, parse_certs, read_key_file, GeneratedKey, KeyAlgorithm};
@@ -147,6 +149,22 @@ impl SigningKey {
         &self.fingerprint
     }
 
+    /// A signer for one message (the metafile).
+    ///
+    /// # Errors
+    ///
+    /// The hash algorithm is not available.
+    pub(crate) fn message_signer(&self) -> Result<MessageSigner> {
+        let hash = MESSAGE_HASH
+            .context()
+            .map_err(|e| Error::crypto("hashing the metafile", e))?
+            .for_signature(4);
+        Ok(MessageSigner {
+            pair: self.pair.clone(),
+            hash,
+        })
+    }
+
     /// A detached, ASCII-armored signature over `data` (what `gpg --verify SIG DATA`
     /// checks).
     ///
@@ -226,14 +244,38 @@ impl Signers {
     /// signature must not claim to be made after `not_after` (the time the target
     /// stored the run, plus the clock tolerance).
     pub fn check(&self, sig: &[u8], data: &[u8], not_after: std::time::SystemTime) -> Verdict {
-        let bad = |s: &str| Verdict::Bad(s.to_string());
-        if sig.len() as u64 > MAX_SIGNATURE_BYTES {
-            return bad("its signature is larger than any signature coffer writes");
-        }
-        let sig = match Packet::from_bytes(sig) {
-            Ok(Packet::Signature(s)) => s,
-            Ok(_) | Err(_) => return bad("its signature file is not an OpenPGP signature"),
+        let sig = match parse_signature(sig) {
+            Ok(sig) => sig,
+            Err(why) => return Verdict::Bad(why.into()),
         };
+        self.check_with(&sig, not_after, "the object list", |sig, key| {
+            sig.verify_message(key, data).is_ok()
+        })
+    }
+
+    /// Checks the signature packet a metafile ends with against the hash of its text
+    /// (see [`MessageSigner`]); `what` names the metafile.
+    pub(crate) fn check_hash(&self, sig: &Signature, hash: hash::Context, what: &str) -> Verdict {
+        // The metafile's run was stored when its object list was (that signature is
+        // checked against the stored time); here the key's validity is what counts.
+        let not_after = std::time::SystemTime::now() + std::time::Duration::from_secs(86_400);
+        let mut hash = Some(hash);
+        self.check_with(sig, not_after, what, |sig, key| {
+            hash.take().is_some_and(|h| sig.verify_hash(key, h).is_ok())
+        })
+    }
+
+    fn check_with(
+        &self,
+        sig: &Signature,
+        not_after: std::time::SystemTime,
+        what: &str,
+        mut verify: impl FnMut(&Signature, &Key<key::PublicParts, key::UnspecifiedRole>) -> bool,
+    ) -> Verdict {
+        let bad = |s: &str| Verdict::Bad(s.to_string());
+        if sig.typ() != SignatureType::Binary {
+            return bad("its signature is not a signature over a document");
+        }
         let Some(made) = sig.signature_creation_time() else {
             return bad("its signature records no creation time");
         };
@@ -241,7 +283,7 @@ impl Signers {
             return bad("its signature claims to be made after the target stored the run");
         }
         if POLICY
-            .signature(&sig, openpgp::policy::HashAlgoSecurity::CollisionResistance)
+            .signature(sig, openpgp::policy::HashAlgoSecurity::CollisionResistance)
             .is_err()
         {
             return bad("its signature uses an algorithm the standard policy rejects");
@@ -255,12 +297,11 @@ impl Signers {
                 if !issuers.iter().any(|h| h.aliases(ka.key().key_handle())) {
                     continue;
                 }
-                if sig.verify_message(ka.key(), data).is_ok() {
+                if verify(sig, ka.key().role_as_unspecified()) {
                     return Verdict::Good(cert.fingerprint().to_hex());
                 }
                 return bad(&format!(
-                    "its signature, by the key of {}, does not match the object list: it \
-                     was altered",
+                    "its signature, by the key of {}, does not match {what}: it was altered",
                     cert.fingerprint()
                 ));
             }
@@ -272,6 +313,58 @@ impl Signers {
             "it is signed by {by}, which is none of the trusted signers (or was not valid \
              when the signature was made)"
         ))
+    }
+}
+
+/// Parses one signature packet (armored or binary, as read from a target: untrusted).
+pub(crate) fn parse_signature(bytes: &[u8]) -> std::result::Result<Signature, &'static str> {
+    if bytes.len() as u64 > MAX_SIGNATURE_BYTES {
+        return Err("its signature is larger than any signature coffer writes");
+    }
+    match Packet::from_bytes(bytes) {
+        Ok(Packet::Signature(s)) => Ok(s),
+        Ok(_) | Err(_) => Err("its signature is not an OpenPGP signature packet"),
+    }
+}
+
+/// The hash a metafile's signature is made with (what GnuPG and sequoia choose).
+pub(crate) const MESSAGE_HASH: HashAlgorithm = HashAlgorithm::SHA512;
+
+/// Signs one message as it is written: the one-pass signature packet goes before the
+/// literal packet, the text goes through [`MessageSigner::update`], and the signature
+/// packet after it (RFC 4880 section 11.3: a signed message, what `gpg -d` checks while
+/// it decrypts).
+pub(crate) struct MessageSigner {
+    pair: KeyPair,
+    hash: hash::Context,
+}
+
+impl MessageSigner {
+    /// The one-pass signature packet.
+    pub(crate) fn one_pass_packet(&self) -> Result<Vec<u8>> {
+        let mut ops = OnePassSig3::new(SignatureType::Binary);
+        ops.set_hash_algo(MESSAGE_HASH);
+        ops.set_pk_algo(self.pair.public().pk_algo());
+        ops.set_issuer(self.pair.public().keyid());
+        ops.set_last(true);
+        Packet::from(ops)
+            .to_vec()
+            .map_err(|e| Error::crypto("serializing the one-pass signature", e))
+    }
+
+    /// Hashes literal data as it is written.
+    pub(crate) fn update(&mut self, data: &[u8]) {
+        self.hash.update(data);
+    }
+
+    /// The signature packet over everything [`MessageSigner::update`] saw.
+    pub(crate) fn finish(mut self) -> Result<Vec<u8>> {
+        let sig = SignatureBuilder::new(SignatureType::Binary)
+            .sign_hash(&mut self.pair, self.hash)
+            .map_err(|e| Error::crypto("signing the metafile", e))?;
+        Packet::from(sig)
+            .to_vec()
+            .map_err(|e| Error::crypto("serializing the signature", e))
     }
 }
 
@@ -348,6 +441,88 @@ mod tests {
                 Verdict::Bad(_)
             ));
         }
+    }
+
+    fn read(dec: &crate::crypto::Decryptor, message: &[u8], signers: &Signers) -> Result<Vec<u8>> {
+        use std::io::Read;
+        let mut r = dec.metafile_reader("metafile m", std::io::Cursor::new(message), signers)?;
+        let mut text = Vec::new();
+        r.read_to_end(&mut text).map_err(|e| Error::Corrupt {
+            what: "metafile m".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(text)
+    }
+
+    #[test]
+    fn signed_metafiles_are_read_and_their_signer_checked() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (enc, dec) = crate::crypto::test_pair();
+        let mine = generate_signing_key("web1", KeyAlgorithm::Cv25519, None).unwrap();
+        let other = generate_signing_key("mallory", KeyAlgorithm::Cv25519, None).unwrap();
+        let (secret, public) = key_file(dir.path(), &mine, "web1");
+        let (other_secret, other_public) = key_file(dir.path(), &other, "mallory");
+        let key = SigningKey::load(&secret).unwrap();
+        let trusted = Signers::load(&[public]).unwrap();
+        let text = crate::prng::noise(300_000, 7);
+        let write = |signer: Option<&SigningKey>| {
+            let mut w = enc.message_writer(Vec::new(), signer).unwrap();
+            w.write_all(&text).unwrap();
+            w.finish().unwrap()
+        };
+        let signed = write(Some(&key));
+        assert_eq!(read(&dec, &signed, &trusted).unwrap(), text);
+        assert_eq!(read(&dec, &signed, &Signers::default()).unwrap(), text);
+        // An unsigned metafile is read: the signed object list vouches for it by digest.
+        assert_eq!(read(&dec, &write(None), &trusted).unwrap(), text);
+        // A stranger's signature is refused where signers are named.
+        let forged = write(Some(&SigningKey::load(&other_secret).unwrap()));
+        let err = read(&dec, &forged, &trusted).unwrap_err().to_string();
+        assert!(err.contains("none of the trusted signers"), "{err}");
+        let strangers = Signers::load(&[other_public]).unwrap();
+        assert!(read(&dec, &signed, &strangers).is_err());
+        for cut in (0..signed.len())
+            .step_by(97)
+            .chain(signed.len() - 200..signed.len())
+        {
+            assert!(
+                read(&dec, &signed[..cut], &trusted).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn signed_messages_from_sequoias_own_writer_are_read() {
+        use openpgp::serialize::stream::{
+            Compressor, Encryptor as SqEncryptor, LiteralWriter, Message, Signer,
+        };
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (enc, dec) = crate::crypto::test_pair();
+        let mine = generate_signing_key("web1", KeyAlgorithm::Cv25519, None).unwrap();
+        let (secret, public) = key_file(dir.path(), &mine, "web1");
+        let key = SigningKey::load(&secret).unwrap();
+        let trusted = Signers::load(&[public]).unwrap();
+        let session = enc.session().unwrap();
+        let mut out = session.header.clone();
+        {
+            let m = Message::new(&mut out);
+            let m = SqEncryptor::with_session_key(m, crate::crypto::SYMMETRIC, session.sk.clone())
+                .unwrap()
+                .build()
+                .unwrap();
+            let m = Compressor::new(m)
+                .algo(openpgp::types::CompressionAlgorithm::Zip)
+                .build()
+                .unwrap();
+            let m = Signer::new(m, key.pair.clone()).unwrap().build().unwrap();
+            let mut lit = LiteralWriter::new(m).build().unwrap();
+            lit.write_all(b"coffer-metafile 1\n").unwrap();
+            lit.finalize().unwrap();
+        }
+        assert_eq!(read(&dec, &out, &trusted).unwrap(), b"coffer-metafile 1\n");
     }
 
     #[test]

@@ -269,7 +269,7 @@ fn fetch_and_check(
                 run.status.word()
             ));
         }
-        let metafile = fetch_run(store, run)?;
+        let metafile = fetch_run(store, run, &opts.trust)?;
         let checked = metafile.check(decryptor, &opts.paths)?;
         return Ok((metafile, checked));
     }
@@ -290,7 +290,7 @@ fn fetch_and_check(
             continue;
         }
         let id = run.id.clone();
-        let attempt = fetch_run(store, run).and_then(|m| {
+        let attempt = fetch_run(store, run, &opts.trust).and_then(|m| {
             let c = m.check(decryptor, &opts.paths)?;
             Ok((m, c))
         });
@@ -345,6 +345,8 @@ struct Fetched {
     bytes: Bytes,
     plaintext_ok: bool,
     expect: Option<store::RunInfo>,
+    /// Whom the metafile's own signature (if it has one) must come from.
+    signers: crate::crypto::Signers,
 }
 
 /// What the check pass learned.
@@ -380,7 +382,7 @@ impl Fetched {
         let text: Box<dyn BufRead + Send + Sync> = if plaintext {
             Box::new(raw)
         } else {
-            let r = decryptor.metafile_reader(&self.what, raw)?;
+            let r = decryptor.metafile_reader(&self.what, raw, &self.signers)?;
             Box::new(BufReader::with_capacity(1 << 16, r))
         };
         let reader = metafile::Reader::new(text, &self.what)?;
@@ -435,12 +437,13 @@ fn fetch_file(path: &std::path::Path) -> Result<Fetched> {
         bytes: Bytes::File(std::fs::File::open(path).map_err(|e| Error::io(path, e))?),
         plaintext_ok: true,
         expect: None,
+        signers: crate::crypto::Signers::default(),
     })
 }
 
 /// A run's metafile from the target: it must be encrypted to us and describe the run it
 /// is stored as, since anyone who can write to the target could plant one.
-fn fetch_run(store: &Reader, run: store::RunInfo) -> Result<Fetched> {
+fn fetch_run(store: &Reader, run: store::RunInfo, trust: &crate::runs::Trust) -> Result<Fetched> {
     let id: RunId = run.id.parse()?;
     let path = store::run_path(&run.host, &run.source, &id, "meta");
     let what = format!("metafile {path}");
@@ -477,11 +480,13 @@ fn fetch_run(store: &Reader, run: store::RunInfo) -> Result<Fetched> {
             });
         }
     }
+    let signers = trust.metafile_signers(&run.source);
     Ok(Fetched {
         what,
         bytes,
         plaintext_ok: false,
         expect: Some(run),
+        signers,
     })
 }
 

@@ -565,7 +565,7 @@ mod tests {
             crate::crypto::generate_key("t", crate::crypto::KeyAlgorithm::Cv25519, None).unwrap();
         let certs = crate::crypto::keys::parse_certs_for_test(&key.public_armored);
         let enc = crate::crypto::Encryptor::from_certs(&certs).unwrap();
-        let mut w = enc.message_writer(Vec::new()).unwrap();
+        let mut w = enc.message_writer(Vec::new(), None).unwrap();
         w.write_all(&crate::prng::noise(200_000, 9)).unwrap();
         let message = w.finish().unwrap();
         let mut file = tempfile::tempfile().unwrap();

@@ -8,7 +8,8 @@
 //!   one literal data packet and the MDC, and nothing after it;
 //! - a **metafile** must be exactly PKESK packets, then one SEIPD v1 packet holding one
 //!   compressed data packet (algorithm 1, DEFLATE) holding one literal data packet, then
-//!   the MDC, and nothing after it.
+//!   the MDC, and nothing after it; or, signed, the compressed packet holds a one-pass
+//!   signature packet, the literal packet and one signature packet (section 4.1).
 //!
 //! Anything else is refused before its content is used: a bare (unencrypted) literal
 //! packet, a compressed packet outside the encryption, SED without MDC, AEAD, signatures,
@@ -30,7 +31,7 @@ use openpgp::packet::PKESK;
 use openpgp::parse::buffered_reader;
 use openpgp::KeyHandle;
 
-use super::{Decryptor, SYMMETRIC};
+use super::{Decryptor, Signers, SYMMETRIC};
 
 mod packets;
 mod stream;
@@ -110,10 +111,15 @@ impl Decryptor {
     /// Streams the text of a metafile message (docs/FORMAT.md section 4.1) from
     /// `source`. The reader reports end of input only once the MDC and the message's
     /// structure checked out; any failure is an I/O error that says what was wrong.
+    ///
+    /// A signed metafile (a one-pass signature packet before the literal packet, the
+    /// signature after it) is read too; its signature must then be made by one of
+    /// `signers`, unless there are none (it is then only parsed).
     pub(crate) fn metafile_reader<'a, R: Read + Send + Sync + 'a>(
         &self,
         what: &str,
         mut source: R,
+        signers: &Signers,
     ) -> Result<MetafileStream<'a>> {
         let corrupt = |e: io::Error| Error::Corrupt {
             what: what.to_string(),
@@ -181,7 +187,12 @@ impl Decryptor {
         }
         let mut deflate =
             flate2::bufread::DeflateDecoder::new(io::BufReader::with_capacity(1 << 16, compressed));
-        let (tag, len) = stream_header(&mut deflate).map_err(corrupt)?;
+        let (mut tag, mut len) = stream_header(&mut deflate).map_err(corrupt)?;
+        let mut signed = None;
+        if tag == 4 {
+            signed = Some(Signed::start(&mut deflate, len, signers, what).map_err(corrupt)?);
+            (tag, len) = stream_header(&mut deflate).map_err(corrupt)?;
+        }
         expect_tag(tag, 11, "a metafile's compressed packet").map_err(corrupt)?;
         let mut literal = Body::new(deflate, len, false);
         // Format, file name length, file name, date.
@@ -198,6 +209,7 @@ impl Decryptor {
         }
         Ok(MetafileStream {
             literal,
+            signed,
             done: false,
         })
     }
@@ -327,7 +339,11 @@ mod tests {
     }
 
     fn read_metafile(dec: &Decryptor, message: &[u8]) -> Result<Vec<u8>> {
-        let mut r = dec.metafile_reader("metafile", io::Cursor::new(message.to_vec()))?;
+        let mut r = dec.metafile_reader(
+            "metafile",
+            io::Cursor::new(message.to_vec()),
+            &Signers::default(),
+        )?;
         let mut text = Vec::new();
         r.read_to_end(&mut text).map_err(|e| Error::Corrupt {
             what: "metafile".into(),
@@ -405,7 +421,7 @@ mod tests {
             dec.open_chunk("chunk", &chunk),
             "after the encrypted packet",
         );
-        let mut w = enc.message_writer(Vec::new()).unwrap();
+        let mut w = enc.message_writer(Vec::new(), None).unwrap();
         w.write_all(b"listing").unwrap();
         let mut meta = w.finish().unwrap();
         assert_eq!(read_metafile(&dec, &meta).unwrap(), b"listing");
@@ -424,7 +440,7 @@ mod tests {
         let (enc, dec) = pair();
         let session = enc.session().unwrap();
         let chunk = session.encrypt(&[5u8; 300]).unwrap();
-        let mut w = enc.message_writer(Vec::new()).unwrap();
+        let mut w = enc.message_writer(Vec::new(), None).unwrap();
         w.write_all(&[b'a'; 3000]).unwrap();
         let meta = w.finish().unwrap();
         for cut in 0..chunk.len() {

@@ -6,8 +6,14 @@ use std::io::{self, BufRead, Read};
 
 use sequoia_openpgp as openpgp;
 
+use openpgp::crypto::hash;
 use openpgp::crypto::symmetric::Decryptor as Cfb;
+use openpgp::types::HashAlgorithm;
+use openpgp::{KeyHandle, KeyID};
 use sha1::Digest;
+
+use crate::crypto::sign::parse_signature;
+use crate::crypto::{Signers, Verdict, MAX_SIGNATURE_BYTES};
 
 use super::super::MDC_HEADER;
 use super::packets::*;
@@ -180,16 +186,114 @@ pub(super) type Inflate<'a> = flate2::bufread::DeflateDecoder<io::BufReader<Body
 
 /// The text of a metafile (see [`crate::Decryptor::metafile_reader`]). Its end of input means
 /// the whole message checked out: the literal packet was the compressed packet's only
-/// content, the DEFLATE stream filled that packet, the MDC matched and nothing followed
+/// content (or, signed, came between a one-pass signature and a signature that checked
+/// out), the DEFLATE stream filled that packet, the MDC matched and nothing followed
 /// the encrypted packet.
 pub(crate) struct MetafileStream<'a> {
     pub(super) literal: Body<Inflate<'a>>,
+    pub(super) signed: Option<Signed>,
     pub(super) done: bool,
+}
+
+/// A signed metafile's one-pass signature, and the hash of its text so far.
+pub(super) struct Signed {
+    hash: hash::Context,
+    issuer: KeyID,
+    signers: Signers,
+    what: String,
+}
+
+/// The length of a version 3 one-pass signature packet's body.
+const ONE_PASS_LEN: usize = 13;
+
+impl Signed {
+    /// Reads the one-pass signature packet (its header read: `len`) from `r`.
+    pub(super) fn start(
+        r: &mut impl Read,
+        len: Len,
+        signers: &Signers,
+        what: &str,
+    ) -> io::Result<Signed> {
+        if len != Len::Definite(ONE_PASS_LEN) {
+            return Err(refused("a one-pass signature packet of the wrong length"));
+        }
+        let mut body = [0u8; ONE_PASS_LEN];
+        r.read_exact(&mut body).map_err(truncated)?;
+        let [version, typ, algo, _pk, issuer @ .., last] = body;
+        if version != 3 || typ != 0 || last == 0 {
+            return Err(refused(
+                "a one-pass signature other than one over a document, version 3, alone",
+            ));
+        }
+        let algo = HashAlgorithm::from(algo);
+        if !matches!(
+            algo,
+            HashAlgorithm::SHA256 | HashAlgorithm::SHA384 | HashAlgorithm::SHA512
+        ) {
+            return Err(refused(format!(
+                "a signature made with {algo} (coffer reads SHA-256, SHA-384 and SHA-512)"
+            )));
+        }
+        let hash = algo.context().map_err(io::Error::other)?.for_signature(4);
+        Ok(Signed {
+            hash,
+            issuer: KeyID::from_bytes(&issuer),
+            signers: signers.clone(),
+            what: what.to_string(),
+        })
+    }
+
+    /// Reads the signature packet that ends the compressed packet and checks it.
+    fn finish(self, r: &mut impl Read) -> io::Result<()> {
+        let mut header = Vec::with_capacity(6);
+        let (tag, len) = read_header(
+            &mut || {
+                let b = read_byte(r)?;
+                header.push(b);
+                Ok(b)
+            },
+            |_| false,
+        )
+        .map_err(truncated)?;
+        expect_tag(tag, 2, "a signed metafile's end")?;
+        let Len::Definite(n) = len else {
+            return Err(refused("a signature packet of no definite length"));
+        };
+        if n as u64 > MAX_SIGNATURE_BYTES {
+            return Err(refused("a signature larger than any coffer writes"));
+        }
+        let mut packet = header;
+        let start = packet.len();
+        packet.resize(start + n, 0);
+        r.read_exact(&mut packet[start..]).map_err(truncated)?;
+        let sig = parse_signature(&packet).map_err(refused)?;
+        let issuer = KeyHandle::from(self.issuer.clone());
+        if !sig.get_issuers().iter().any(|h| h.aliases(&issuer)) {
+            return Err(refused(
+                "the signature's issuer is not the one its one-pass packet names",
+            ));
+        }
+        if sig.hash_algo() != self.hash.algo() {
+            return Err(refused(
+                "the signature's hash is not the one its one-pass packet names",
+            ));
+        }
+        if self.signers.is_empty() {
+            return Ok(());
+        }
+        match self.signers.check_hash(&sig, self.hash, &self.what) {
+            Verdict::Good(_) => Ok(()),
+            Verdict::Bad(why) => Err(refused(format!("the metafile's signature: {why}"))),
+        }
+    }
 }
 
 impl MetafileStream<'_> {
     pub(super) fn finish(&mut self) -> io::Result<()> {
         let deflate = &mut self.literal.inner;
+        if let Some(signed) = self.signed.take() {
+            signed.finish(deflate)?;
+        }
         let mut probe = [0u8; 1];
         if deflate.read(&mut probe)? != 0 {
             return Err(refused(
@@ -217,6 +321,8 @@ impl Read for MetafileStream<'_> {
         let n = self.literal.read(buf)?;
         if n == 0 {
             self.finish()?;
+        } else if let Some(signed) = &mut self.signed {
+            signed.hash.update(&buf[..n]);
         }
         Ok(n)
     }

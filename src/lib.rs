@@ -108,7 +108,7 @@ pub mod verify;
 // Commands.
 pub use backup::{backup, backup_all, BackupOptions, BackupStats};
 pub use bench::{bench, BenchInput, BenchReport};
-pub use restore::{restore, MetafileSource, RestoreOptions, RestoreStats};
+pub use restore::{restore, MetafileSource, RecoveredPack, RestoreOptions, RestoreStats};
 
 // Configuration.
 pub use config::{

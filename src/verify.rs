@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::ids::{ChunkHash, ObjectKey, RunId};
 use crate::keyset::{name_missing, KeySet};
 use crate::progress::Progress;
-use crate::store::{run_path, Reader};
+use crate::store::{run_path, Reader, Recovery};
 
 /// Data objects listed per page.
 const PAGE: usize = 1000;
@@ -279,6 +279,13 @@ pub fn verify_storage(
                 let (hash, n) = hash_stream(store.stream(&m.location)?, m.location.to_string())?;
                 report.bytes_read += n;
                 if hash != key.0 {
+                    let recovery = match store.recover(&key)? {
+                        Recovery::Found(r) => {
+                            report.bytes_read += r.fetched;
+                            r.advice("")
+                        }
+                        Recovery::NotFound(why) => why,
+                    };
                     note(
                         &mut report,
                         (
@@ -286,8 +293,7 @@ pub fn verify_storage(
                             "hash",
                             format!(
                                 "{}: its bytes do not hash to its name (BLAKE3 {}): \
-                                     it was damaged or overwritten; a versioned bucket \
-                                     keeps the earlier version",
+                                     it was damaged or overwritten; {recovery}",
                                 m.location,
                                 ChunkHash(hash).to_hex()
                             ),

@@ -23,6 +23,7 @@ per_kind!(
     ctrl_c_stops_a_backup_cleanly_and_the_next_one_completes,
     verify_finds_what_is_missing_wrong_or_damaged_with_and_without_a_key,
     status_says_fresh_stale_broken_or_unknown_as_monitoring_expects,
+    an_overwritten_pack_is_named_and_on_a_versioned_bucket_its_earlier_version_restores,
 );
 
 fn backup_restore_and_runs(kind: Kind) {
@@ -600,6 +601,141 @@ fn verify_finds_what_is_missing_wrong_or_damaged_with_and_without_a_key(kind: Ki
         .stderr_has("missing")
         .stderr_has(&run1);
     assert!(out.stdout.contains("PROBLEMS FOUND"), "{out}");
+}
+
+/// A put-only credential can overwrite an object (PutObject without a condition; the
+/// README's bucket policy is what refuses it). The host plays the attacker here: it
+/// replaces a pack with bytes of the same size. `verify --storage --read-data` names the
+/// object and, on a versioned bucket, the earlier version that matches its name and the
+/// command that makes it current again; restore and `verify --data` read that version and
+/// say so. A folder keeps no versions: the file in the pack fails, named.
+fn an_overwritten_pack_is_named_and_on_a_versioned_bucket_its_earlier_version_restores(kind: Kind) {
+    let t = On::new(kind, "overwrite");
+    write(&t.fx.src.join("big"), &pseudo_random(80, 3 << 20));
+    write(&t.fx.src.join("small"), b"small\n");
+    t.backup_run(&t.fx.config);
+    let name = t.data_names().into_iter().next().unwrap();
+    let object = format!("data/{}/{name}", &name[..2]);
+    let size = t.download(&object).len();
+    t.overwrite_as(Cred::PutOnly, &object, &pseudo_random(81, size));
+    let earlier = (kind == Kind::S3).then(|| {
+        let full = format!("{}/{object}", t.prefix);
+        let versions = t.versions();
+        let old: Vec<String> = versions["Versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["Key"] == full.as_str() && v["IsLatest"] == false)
+            .map(|v| v["VersionId"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            old.len(),
+            1,
+            "the bucket kept the pack's first version: {versions:#}"
+        );
+        old[0].clone()
+    });
+
+    // Without the key: the object is named, with what to do about it.
+    let storage = || {
+        t.coffer(
+            Cred::Admin,
+            &[
+                "verify",
+                "--storage",
+                "--read-data",
+                "--json",
+                "--target",
+                t.target(),
+            ],
+        )
+    };
+    let out = storage().expect(4);
+    let findings = out.json()[0]["findings"].clone();
+    assert_eq!(findings.as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(findings[0]["kind"], "hash", "{out}");
+    assert_eq!(findings[0]["object"], object.as_str(), "{out}");
+    let message = findings[0]["message"].as_str().unwrap().to_string();
+    match &earlier {
+        Some(version) => {
+            assert!(message.contains(version.as_str()), "{out}");
+            assert!(message.contains("aws s3api copy-object"), "{out}");
+        }
+        None => assert!(message.contains("keeps no earlier versions"), "{out}"),
+    }
+
+    // With the key: restore reads the earlier version where there is one.
+    let key = t.fx.secret_key.to_str().unwrap().to_string();
+    let dest = t.fx.path("restored");
+    let restore = t.coffer(
+        Cred::Admin,
+        &[
+            "restore",
+            "--json",
+            "--key",
+            &key,
+            "--source",
+            SOURCE,
+            "--target",
+            t.target(),
+            "--to",
+            dest.to_str().unwrap(),
+        ],
+    );
+    let data = t.coffer(
+        Cred::Admin,
+        &[
+            "verify",
+            "--data",
+            "--json",
+            "--key",
+            &key,
+            "--target",
+            t.target(),
+        ],
+    );
+    let data = data.expect(4);
+    let d = data.json()["data"][0].clone();
+    match &earlier {
+        Some(version) => {
+            let restore = restore.ok().stderr_has(&object).stderr_has(version);
+            assert_same_tree(&t.fx.src, &dest);
+            let json = restore.json();
+            assert_eq!(json["recovered"][0]["object"], object.as_str(), "{restore}");
+            assert_eq!(
+                json["recovered"][0]["version"],
+                version.as_str(),
+                "{restore}"
+            );
+            assert_eq!(d["failed"], 0, "every file checks out: {data}");
+            assert_eq!(d["recovered"][0]["version"], version.as_str(), "{data}");
+        }
+        None => {
+            restore
+                .expect(EXIT_PARTIAL)
+                .stderr_has(&object)
+                .stderr_has("overwritten or damaged");
+            assert!(d["failed"].as_u64().unwrap() >= 1, "{data}");
+            assert_eq!(d["recovered"], serde_json::json!([]), "{data}");
+            return;
+        }
+    }
+
+    // The advised command, run as printed, makes the target whole again.
+    let advised = message
+        .split('`')
+        .find(|part| part.starts_with("aws s3api copy-object"))
+        .unwrap();
+    let args: Vec<String> = advised
+        .split_whitespace()
+        .skip(1)
+        .map(|a| a.trim_matches('\'').to_string())
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    t.aws_json(&args);
+    assert_eq!(blake3::hash(&t.download(&object)).to_hex().as_str(), name);
+    let out = storage().ok();
+    assert_eq!(out.json()[0]["findings"], serde_json::json!([]), "{out}");
 }
 
 /// `coffer status`, keyless, with the admin's credential standing in for a monitoring

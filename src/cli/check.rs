@@ -294,6 +294,13 @@ fn verify_runs(
         opts.trust = trust.clone();
         let report = coffer::verify::verify_data(store, source, decryptor, opts, &bar)?;
         if !a.json {
+            for r in &report.recovered {
+                eprintln!(
+                    "coffer verify: {}: {}",
+                    report.run,
+                    output::escape_line(&r.message)
+                );
+            }
             for p in &report.problems {
                 eprintln!(
                     "coffer verify: {}: {}: {}",

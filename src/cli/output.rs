@@ -98,6 +98,13 @@ pub fn restore_summary(s: &RestoreStats) -> String {
     if s.identical > 0 {
         left_out += &format!(", {} already there and identical", s.identical);
     }
+    if !s.recovered.is_empty() {
+        left_out += &format!(
+            "; {} overwritten packs read from an earlier version (the target needs repair: \
+             see the warnings above)",
+            s.recovered.len()
+        );
+    }
     format!(
         "restored run {}: {} files ({}), {} other entries, {} failed{left_out}, {:.2}s\n",
         s.run,

@@ -55,7 +55,7 @@ pub(super) struct Job<'a> {
     pub borrowed: HashMap<Vec<u8>, Vec<u8>>,
     /// Borrowed targets already restored: target path -> the link path holding the data.
     relocated: HashMap<Vec<u8>, Vec<u8>>,
-    packs: PackCache,
+    pub packs: PackCache,
     /// Directories whose recorded metadata is applied at the end.
     dirs: Vec<(Vec<u8>, Meta)>,
     links: Vec<(Vec<u8>, Deferred)>,

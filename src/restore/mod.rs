@@ -23,6 +23,7 @@ mod job;
 mod packs;
 mod verify;
 
+pub use packs::RecoveredPack;
 pub use verify::{verify_against, verify_data, AgainstReport, DataOptions, DataReport, Sample};
 
 use std::collections::{HashMap, HashSet};
@@ -118,6 +119,10 @@ pub struct RestoreStats {
     pub elapsed_secs: f64,
     /// Path and reason of each failure (first 1000).
     pub problems: Vec<crate::progress::Problem>,
+    /// Packs whose stored bytes did not match their name, restored from an earlier
+    /// version that does (a versioned S3 bucket): the files are whole, but the target
+    /// needs repair (each says how).
+    pub recovered: Vec<RecoveredPack>,
 }
 
 /// Restores a run into `opts.to`.
@@ -203,6 +208,10 @@ pub fn restore(
             // metadata (they were created 0700), and nothing half written remains.
             job.finish_dirs();
         }
+        for r in job.packs.recovered() {
+            progress.warn(&r.message);
+        }
+        job.stats.recovered = job.packs.recovered().to_vec();
         listed.and(drained)?;
         opts.cancel.check()?;
         Ok::<RestoreStats, Error>(job.stats)

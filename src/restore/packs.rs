@@ -26,6 +26,23 @@ pub(super) struct PackCache {
     /// Objects that cannot be had (missing, damaged, refused): every chunk that needs one
     /// fails with the same cause, without asking the target again.
     bad: std::collections::HashMap<ObjectKey, Arc<Error>>,
+    /// Whole packs whose stored bytes did not match their name, read from an earlier
+    /// version that does.
+    recovered: Vec<RecoveredPack>,
+}
+
+/// A pack whose stored bytes did not hash to its name, read from an earlier version of
+/// it that does (a versioned S3 bucket; docs/FORMAT.md section 7).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveredPack {
+    /// The pack's key, `data/xx/<name>`.
+    pub object: String,
+    /// The version used.
+    pub version: String,
+    /// When the store kept that version, as it says.
+    pub stored: String,
+    /// For people: what happened, and the command that makes the version current again.
+    pub message: String,
 }
 
 /// Packs larger than this are read in ranges.
@@ -53,7 +70,13 @@ impl PackCache {
             read: 0,
             requests: 0,
             bad: Default::default(),
+            recovered: Vec::new(),
         }
+    }
+
+    /// The packs read from an earlier version so far.
+    pub(super) fn recovered(&self) -> &[RecoveredPack] {
+        &self.recovered
     }
 
     /// Bytes fetched from the target so far.
@@ -114,6 +137,7 @@ impl PackCache {
             self.requests += 1;
             if let Some(pack) = store.get_small(&path, WHOLE_PACK_LIMIT)? {
                 self.read += pack.len() as u64;
+                let pack = self.matching(store, &c.object, pack)?;
                 let b = slice(&pack, c.offset, c.length).ok_or_else(truncated)?;
                 self.held += pack.len() as u64;
                 self.packs.push_back((c.object, pack));
@@ -124,7 +148,10 @@ impl PackCache {
                 return Ok(b);
             }
         }
-        // The following chunks of this file that continue this one in the same pack.
+        // The following chunks of this file that continue this one in the same pack. A
+        // range cannot be checked against the pack's name: a chunk read from an
+        // overwritten pack fails its own check instead (restore, without paths, reads
+        // whole packs and can fall back on an earlier version).
         let mut span_end = end;
         for next in ahead.iter().skip(1) {
             let Some(next_end) = next.offset.checked_add(next.length) else {
@@ -144,5 +171,40 @@ impl PackCache {
         let b = slice(&bytes, 0, c.length).ok_or_else(truncated)?;
         self.window = Some((c.object, c.offset, bytes));
         Ok(b)
+    }
+
+    /// `pack` if its bytes hash to its name; else an earlier version of it that does,
+    /// where the target keeps one (noted in [`PackCache::recovered`]); else an error
+    /// that says the pack was overwritten or damaged and what was looked at.
+    fn matching(&mut self, store: &Reader, key: &ObjectKey, pack: Bytes) -> Result<Bytes> {
+        if blake3::hash(&pack).as_bytes() == &key.0 {
+            return Ok(pack);
+        }
+        match store.recover(key)? {
+            store::Recovery::Found(r) => {
+                self.requests += r.requests;
+                self.read += r.fetched;
+                let object = store::data_path(key).to_string();
+                if !self.recovered.iter().any(|p| p.object == object) {
+                    self.recovered.push(RecoveredPack {
+                        message: format!(
+                            "{object}: its stored bytes do not hash to its name (it was \
+                             overwritten or damaged); {}",
+                            r.advice(" and was read instead")
+                        ),
+                        object,
+                        version: r.version,
+                        stored: r.stored,
+                    });
+                }
+                Ok(r.bytes)
+            }
+            store::Recovery::NotFound(why) => Err(Error::Corrupt {
+                what: format!("object {}", store::data_path(key)),
+                reason: format!(
+                    "its bytes do not hash to its name: it was overwritten or damaged; {why}"
+                ),
+            }),
+        }
     }
 }

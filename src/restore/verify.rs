@@ -78,6 +78,10 @@ pub struct DataReport {
     pub failed: u64,
     /// Each such file, with the reason (the first 1000).
     pub problems: Vec<Problem>,
+    /// Packs whose stored bytes did not match their name, checked from an earlier
+    /// version that does (a versioned S3 bucket): restorable, but the target needs
+    /// repair (each says how), so the report is not clean.
+    pub recovered: Vec<super::RecoveredPack>,
     /// Seconds.
     pub elapsed_secs: f64,
 }
@@ -85,7 +89,7 @@ pub struct DataReport {
 impl DataReport {
     /// Whether every file checked out.
     pub fn clean(&self) -> bool {
-        self.failed == 0
+        self.failed == 0 && self.recovered.is_empty()
     }
 }
 
@@ -251,6 +255,14 @@ pub fn verify_data(
             }
         }
     }
+    report.recovered = packs.recovered().to_vec();
+    // A recovered pack is not covered: it is found again until the target is repaired.
+    damaged.extend(
+        report
+            .recovered
+            .iter()
+            .filter_map(|r| crate::gc::data_key(&r.object.as_str().into())),
+    );
     report.packs_checked = fetched.len() as u64;
     report.bytes_fetched = packs.bytes_read();
     report.requests = packs.requests();

@@ -29,6 +29,7 @@ mod io;
 pub(crate) mod layout;
 mod limit;
 mod open;
+mod versions;
 
 pub(crate) use io::{is_refusal, map_store_error, put_create, runtime};
 use io::{Chained, StreamReader};
@@ -67,13 +68,58 @@ pub struct ObjectList {
     pub signature: Option<Bytes>,
 }
 
-/// What every handle shares: the object store, the target's name, the piece size.
+/// What every handle shares: the object store, the target's name, the piece size, and
+/// on S3 what lists object versions.
 #[derive(Clone, Debug)]
 struct Core {
     inner: Arc<dyn ObjectStore>,
     name: String,
     metafile_piece: u64,
+    versions: Option<Arc<versions::S3Versions>>,
 }
+
+/// An earlier version of an object whose bytes hash to its name.
+#[derive(Debug, Clone)]
+pub(crate) struct Recovered {
+    /// The version's id.
+    pub version: String,
+    /// When the store kept it, as it says.
+    pub stored: String,
+    /// Its bytes.
+    pub bytes: Bytes,
+    /// The AWS CLI command that makes it current again.
+    pub repair: String,
+    /// Requests made to find it, and bytes fetched (its own included).
+    pub requests: u64,
+    pub fetched: u64,
+}
+
+impl Recovered {
+    /// For people: which version matched, `what` was done with it, and how to make it
+    /// current again.
+    pub fn advice(&self, what: &str) -> String {
+        format!(
+            "its earlier version {} (stored {}) matches its name{what}: make it current \
+             again with `{}`",
+            self.version, self.stored, self.repair
+        )
+    }
+}
+
+/// What looking for an earlier, matching version of a damaged object found.
+#[derive(Debug)]
+pub(crate) enum Recovery {
+    /// A version that matches.
+    Found(Recovered),
+    /// None does: `.0` says what was looked at, for people.
+    NotFound(String),
+}
+
+/// The largest earlier version `recover` reads into memory: the largest pack a restore
+/// reads whole.
+const MAX_RECOVERED_BYTES: u64 = 64 << 20;
+/// Earlier versions fetched at most, newest first, when looking for one that matches.
+const MAX_VERSIONS_TRIED: usize = 16;
 
 impl Core {
     fn map_err(&self, what: &StorePath, op: &str, e: object_store::Error) -> Error {
@@ -115,11 +161,13 @@ impl Store {
     /// A URL that cannot be used, unknown options, a missing folder, credentials that
     /// cannot be read ([`Error::Store`]).
     pub fn open(target: &TargetConfig, create: bool) -> Result<Store> {
+        let (inner, versions) = open::open(target, create)?;
         Ok(Store {
             core: Core {
-                inner: open::open(target, create)?,
+                inner,
                 name: target.name.clone(),
                 metafile_piece: METAFILE_PIECE,
+                versions,
             },
         })
     }
@@ -425,6 +473,105 @@ impl Reader {
 }
 
 impl Reader {
+    /// Looks for an earlier version of the data object `key` whose bytes hash to its
+    /// name, for one whose stored bytes do not (overwritten, or damaged in place). Only
+    /// S3 keeps versions coffer can read (a versioned bucket, and a credential with
+    /// s3:ListBucketVersions and s3:GetObjectVersion); the newest
+    /// [`MAX_VERSIONS_TRIED`] earlier versions of at most [`MAX_RECOVERED_BYTES`] are fetched and
+    /// hashed. Nothing the listing says is trusted: a version is taken only if its bytes
+    /// match.
+    ///
+    /// # Errors
+    ///
+    /// Only for a version that cannot be fetched for a reason that may pass (a dropped
+    /// connection); a refused or failed listing is a [`Recovery::NotFound`] that says so.
+    pub(crate) fn recover(&self, key: &ObjectKey) -> Result<Recovery> {
+        use object_store::GetOptions;
+        let Some(versions) = &self.core.versions else {
+            return Ok(Recovery::NotFound(
+                "this kind of target keeps no earlier versions of an object".into(),
+            ));
+        };
+        let path = data_path(key);
+        let listed = match runtime().block_on(versions.list(path.as_ref())) {
+            Ok(v) => v,
+            Err(versions::VersionsError::Refused(why)) => {
+                return Ok(Recovery::NotFound(format!(
+                    "the credential may not list object versions ({why}): one with \
+                     s3:ListBucketVersions and s3:GetObjectVersion can look for an earlier \
+                     version that matches"
+                )))
+            }
+            Err(versions::VersionsError::Other(why)) => {
+                return Ok(Recovery::NotFound(format!(
+                    "its earlier versions could not be listed: {why}"
+                )))
+            }
+        };
+        let earlier: Vec<_> = listed.iter().filter(|v| !v.latest).collect();
+        if earlier.is_empty() {
+            return Ok(Recovery::NotFound(
+                "the bucket keeps no earlier version of it (turn versioning on: README, \
+                 'Overwrite protection')"
+                    .into(),
+            ));
+        }
+        let (mut tried, mut fetched) = (0, 0);
+        for v in earlier
+            .iter()
+            .filter(|v| v.size <= MAX_RECOVERED_BYTES)
+            .take(MAX_VERSIONS_TRIED)
+        {
+            tried += 1;
+            let store = self.core.inner.clone();
+            let (p, id) = (path.clone(), v.id.clone());
+            let got = runtime().block_on(async move {
+                let options = GetOptions {
+                    version: Some(id),
+                    ..Default::default()
+                };
+                let result = store.get_opts(&p, options).await?;
+                // The listing's size is the store's word: the response's is checked too.
+                if result.meta.size > MAX_RECOVERED_BYTES {
+                    return Ok(None);
+                }
+                result.bytes().await.map(Some)
+            });
+            let bytes = match got {
+                Ok(Some(b)) => b,
+                Ok(None) => continue,
+                Err(e) => {
+                    let e = self.core.map_err(&path, "read a version of", e);
+                    if e.is_retryable() {
+                        return Err(e);
+                    }
+                    continue;
+                }
+            };
+            fetched += bytes.len() as u64;
+            if blake3::hash(&bytes).as_bytes() == &key.0 {
+                let full = versions.bucket_key(path.as_ref());
+                let bucket = &versions.bucket;
+                return Ok(Recovery::Found(Recovered {
+                    repair: format!(
+                        "aws s3api copy-object --bucket {bucket} --key '{full}' \
+                         --copy-source '{bucket}/{full}?versionId={}'",
+                        v.id
+                    ),
+                    version: v.id.clone(),
+                    stored: v.stored.clone(),
+                    bytes,
+                    requests: 1 + tried,
+                    fetched,
+                }));
+            }
+        }
+        Ok(Recovery::NotFound(format!(
+            "none of its {} earlier versions checked ({tried} fetched) matches its name",
+            earlier.len()
+        )))
+    }
+
     /// Lists the data objects (`data/`) in pages of up to `page`, streaming, handing each
     /// page to `f` on the calling thread (so `f` may read objects). Memory is bounded by
     /// two pages, however many objects the target holds.

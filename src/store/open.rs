@@ -17,36 +17,49 @@ use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 
+use super::versions::S3Versions;
 use crate::config::TargetConfig;
 use crate::error::{Error, Result};
 
-pub(super) fn open(target: &TargetConfig, create: bool) -> Result<Arc<dyn ObjectStore>> {
+/// The store for `target`, and on S3 what lists object versions there.
+pub(super) type Opened = (Arc<dyn ObjectStore>, Option<Arc<S3Versions>>);
+
+pub(super) fn open(target: &TargetConfig, create: bool) -> Result<Opened> {
     let fail = |message: String| Error::Store {
         target: target.name.clone(),
         message,
         source: None,
     };
     let url = url::Url::parse(&target.url).map_err(|e| fail(format!("bad URL: {e}")))?;
+    let prefix = url.path().trim_matches('/');
+    let mut versions = None;
     let store: Arc<dyn ObjectStore> = match url.scheme() {
-        "file" => return open_local(target, &url, create),
+        "file" => return Ok((open_local(target, &url, create)?, None)),
         // `TargetConfig::in_memory` (coffer bench); config validation refuses the scheme.
         // Every open is a new, empty store, dropped with the last handle.
         "memory" if target.url == crate::config::MEMORY_URL => {
-            return Ok(Arc::new(object_store::memory::InMemory::new()))
+            return Ok((Arc::new(object_store::memory::InMemory::new()), None))
         }
-        "s3" | "s3a" => Arc::new(s3(target).map_err(|e| fail(e.to_string()))?),
+        "s3" | "s3a" => {
+            let builder = s3(target).map_err(|e| fail(e.to_string()))?;
+            let s3 = Arc::new(builder.clone().build().map_err(|e| fail(e.to_string()))?);
+            versions = Some(Arc::new(
+                S3Versions::new(s3.clone(), &builder, &url).map_err(|e| fail(e.to_string()))?,
+            ));
+            s3
+        }
         "gs" => Arc::new(gcs(target).map_err(|e| fail(e.to_string()))?),
         "az" | "azure" | "abfs" | "abfss" => {
             Arc::new(azure(target).map_err(|e| fail(e.to_string()))?)
         }
         other => return Err(fail(format!("unsupported scheme {other:?}"))),
     };
-    let prefix = url.path().trim_matches('/');
-    Ok(if prefix.is_empty() {
+    let store = if prefix.is_empty() {
         store
     } else {
         Arc::new(PrefixStore::new(store, prefix))
-    })
+    };
+    Ok((store, versions))
 }
 
 fn open_local(target: &TargetConfig, url: &url::Url, create: bool) -> Result<Arc<dyn ObjectStore>> {
@@ -109,7 +122,8 @@ fn unknown_option(key: &str) -> object_store::Error {
     }
 }
 
-fn s3(target: &TargetConfig) -> object_store::Result<object_store::aws::AmazonS3> {
+/// The builder of the target's S3 store, every setting applied.
+fn s3(target: &TargetConfig) -> object_store::Result<AmazonS3Builder> {
     let mut b = AmazonS3Builder::from_env().with_url(&target.url);
     for (k, v) in CLIENT_TIMEOUTS {
         b = b.with_config(AmazonS3ConfigKey::Client(k), v);
@@ -147,7 +161,7 @@ fn s3(target: &TargetConfig) -> object_store::Result<object_store::aws::AmazonS3
             }
         }
     }
-    b.with_retry(retry(target)).build()
+    Ok(b.with_retry(retry(target)))
 }
 
 fn gcs(target: &TargetConfig) -> object_store::Result<object_store::gcp::GoogleCloudStorage> {

@@ -479,13 +479,18 @@ impl On {
     /// Replaces an object's bytes behind coffer's back (the admin credential on S3: a
     /// versioned bucket keeps the old version).
     pub fn overwrite(&self, key: &str, bytes: &[u8]) {
+        self.overwrite_as(Cred::Admin, key, bytes);
+    }
+
+    /// Replaces an object's bytes with `cred` (on a folder, behind coffer's back).
+    pub fn overwrite_as(&self, cred: Cred, key: &str, bytes: &[u8]) {
         match self.kind {
             Kind::Folder => std::fs::write(self.fx.target.join(key), bytes).unwrap(),
             Kind::S3 => {
                 let file = self.fx.path("overwrite.tmp");
                 std::fs::write(&file, bytes).unwrap();
                 let out = self.aws(
-                    Cred::Admin,
+                    cred,
                     &["s3", "cp", file.to_str().unwrap(), &self.s3_url(key)],
                 );
                 assert!(

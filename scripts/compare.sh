@@ -1,8 +1,8 @@
 #!/bin/sh
 # Compares coffer with restic and borg on one tree, in alternating rounds, warm cache:
 #   scripts/compare.sh TREE WORKDIR [ROUNDS]
-# Needs restic and borgbackup (apt-get install restic borgbackup) and a release build
-# (cargo build --release). Prints "<tool> <step> <seconds> [<user> <sys>] <peak KB>"; coffer's
+# Needs a release build (cargo build --release); restic and borg (apt-get install restic
+# borgbackup) are measured where installed, and left out, said once, where not. Prints "<tool> <step> <seconds> [<user> <sys>] <peak KB>"; coffer's
 # steps also include a full restore, verify --data (every chunk decrypted and checked,
 # nothing written) and verify --storage --read-data (every object hashed, no key).
 set -eu
@@ -32,11 +32,18 @@ for i in $(seq "$ROUNDS"); do
   rm -rf "$W/out"; sync
   /usr/bin/time -f "coffer verify-data %e %U %S %M" "$C" -c "$W/c.toml" verify --data --key "$W/keys/coffer.key.asc" --source tree > /dev/null
   /usr/bin/time -f "coffer verify-storage %e %U %S %M" "$C" -c "$W/c.toml" verify --storage --read-data > /dev/null
-  rm -rf "$W/rrepo"; restic init -q --repo "$W/rrepo" > /dev/null; warm
-  /usr/bin/time -f "restic first %e %U %S %M" restic -q --repo "$W/rrepo" backup "$TREE" > /dev/null
-  /usr/bin/time -f "restic rerun %e %M" restic -q --repo "$W/rrepo" backup "$TREE" > /dev/null
-  rm -rf "$W/brepo"; borg init -e repokey "$W/brepo" > /dev/null 2>&1; warm
-  /usr/bin/time -f "borg first %e %U %S %M" borg create "$W/brepo::a" "$TREE" > /dev/null
-  /usr/bin/time -f "borg rerun %e %M" borg create "$W/brepo::b" "$TREE" > /dev/null
+  if command -v restic >/dev/null; then
+    rm -rf "$W/rrepo"; restic init -q --repo "$W/rrepo" > /dev/null; warm
+    /usr/bin/time -f "restic first %e %U %S %M" restic -q --repo "$W/rrepo" backup "$TREE" > /dev/null
+    /usr/bin/time -f "restic rerun %e %M" restic -q --repo "$W/rrepo" backup "$TREE" > /dev/null
+  fi
+  if command -v borg >/dev/null; then
+    rm -rf "$W/brepo"; borg init -e repokey "$W/brepo" > /dev/null 2>&1; warm
+    /usr/bin/time -f "borg first %e %U %S %M" borg create "$W/brepo::a" "$TREE" > /dev/null
+    /usr/bin/time -f "borg rerun %e %M" borg create "$W/brepo::b" "$TREE" > /dev/null
+  fi
 done
-du -sm "$W/repo" "$W/rrepo" "$W/brepo"
+for tool in restic borg; do
+  command -v "$tool" >/dev/null || echo "$tool is not installed: left out" >&2
+done
+du -sm "$W/repo" $( [ -d "$W/rrepo" ] && echo "$W/rrepo") $( [ -d "$W/brepo" ] && echo "$W/brepo")

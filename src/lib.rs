@@ -59,7 +59,9 @@
 //! assert_eq!(runs.len(), 1);
 //! let decryptor = coffer::load_secret_keys(&secret, &mut || unreachable!("no passphrase"))?;
 //! let to = dir.path().join("restored");
-//! let what = coffer::MetafileSource::Run { host: None, source: Some("etc".into()), id: None };
+//! let what = coffer::MetafileSource::Run {
+//!     host: None, source: Some("etc".into()), id: None, at: None,
+//! };
 //! let opts = coffer::RestoreOptions::new(&to);
 //! coffer::restore(&reader, &what, &decryptor, &opts, &coffer::NoProgress)?;
 //! assert_eq!(std::fs::read(to.join("hello.txt")).unwrap(), b"hello");
@@ -104,11 +106,13 @@ pub mod status;
 mod store;
 mod text;
 pub mod verify;
+mod when;
 
 // Commands.
 pub use backup::{backup, backup_all, BackupOptions, BackupStats};
 pub use bench::{bench, BenchInput, BenchReport};
 pub use restore::{restore, MetafileSource, RecoveredPack, RestoreOptions, RestoreStats};
+pub use when::parse_when;
 
 // Configuration.
 pub use config::{

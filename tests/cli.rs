@@ -289,6 +289,71 @@ fn incremental_backup_stores_only_what_changed() {
 // ---------------------------------------------------------------------------------------
 // 8. Restore options, listing runs, run ids
 
+/// `--at WHEN` chooses the newest run that started at or before WHEN (inclusive, by the
+/// time the run claims): a time, a date (the whole day), an age; before the first run it
+/// fails naming the oldest run; nonsense is refused saying what to write.
+#[test]
+fn at_chooses_the_newest_run_at_or_before_a_time() {
+    let fx = Fixture::new();
+    let mut runs = Vec::new();
+    for v in ["one\n", "two\n", "three\n"] {
+        write(&fx.src.join("v"), v.as_bytes());
+        runs.push(as_str(&fx.backup_ok(), "run").to_string());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let listed = fx.runs();
+    let time = |id: &str| {
+        let r = listed.iter().find(|r| r["run"] == id).expect("listed");
+        chrono::DateTime::parse_from_rfc3339(r["time"].as_str().unwrap()).unwrap()
+    };
+    let z = |t: chrono::DateTime<chrono::FixedOffset>| {
+        t.to_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    };
+    let restored = |at: &str| {
+        let dest = fx.path(&format!("at-{}", at.replace([':', ' '], "_")));
+        fx.restore(&dest, &osargs(&["--at", at])).ok();
+        std::fs::read_to_string(dest.join("v")).unwrap()
+    };
+    let second = time(&runs[1]);
+    assert_eq!(restored(&z(second)), "two\n", "at its own start time");
+    assert_eq!(
+        restored(&z(second - chrono::Duration::seconds(1))),
+        "one\n",
+        "a second before"
+    );
+    assert_eq!(restored("now"), "three\n");
+    assert_eq!(restored("0s"), "three\n");
+    let day = time(&runs[2]).to_utc().format("%Y-%m-%d").to_string();
+    assert_eq!(restored(&day), "three\n", "a date is the whole day");
+
+    let early = fx.path("early");
+    let out = fx
+        .restore(&early, &osargs(&["--at", "3D"]))
+        .expect(EXIT_ERROR)
+        .stderr_has("started at or before")
+        .stderr_has(&runs[0]);
+    assert!(!early.join("v").exists(), "{out}");
+    fx.restore(&early, &osargs(&["--at", "yesterday"]))
+        .expect(2)
+        .stderr_has("3D");
+    fx.restore(&early, &osargs(&["--at", "now", "--run", &runs[0]]))
+        .expect(2);
+
+    // verify --data chooses the same way.
+    let verify = |at: &str| {
+        let mut cmd = fx.cmd();
+        cmd.args(["verify", "--data", "--json", "--key"])
+            .arg(&fx.secret_key)
+            .args(["--at", at]);
+        run(cmd)
+    };
+    let out = verify(&z(second)).ok();
+    assert_eq!(out.json()["data"][0]["run"], runs[1].as_str(), "{out}");
+    verify("3D")
+        .expect(EXIT_ERROR)
+        .stderr_has("started at or before");
+}
+
 #[test]
 fn restore_does_not_overwrite_without_the_flag() {
     let fx = Fixture::new();

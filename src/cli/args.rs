@@ -378,6 +378,11 @@ pub struct VerifyArgs {
     /// --data: this run (its id, or a prefix only one run's id has)
     #[arg(long, value_name = "ID")]
     pub run: Option<String>,
+    /// --data, --against: the newest run that started at or before WHEN: an age (3D,
+    /// 2W, 1M, 12h), a date (2026-11-20: up to the end of that day, UTC) or a time
+    /// (2026-11-20T04:00Z)
+    #[arg(long, value_name = "WHEN", conflicts_with = "run", value_parser = when)]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
     /// --data: check only this share of each run's packs (e.g. 5%), those not checked
     /// by earlier samples first (recorded in the state directory), so that repeated
     /// runs cover every pack
@@ -466,6 +471,17 @@ pub struct RestoreArgs {
     /// Restore this run (see `coffer runs`): its id, or a prefix only one run's id has
     #[arg(long, value_name = "ID", conflicts_with = "index")]
     pub run: Option<String>,
+    /// Restore the newest run of --source that started at or before WHEN: an age (3D =
+    /// three days ago, 2W, 1M, 12h), a date (2026-11-20: up to the end of that day, UTC)
+    /// or a time (2026-11-20T04:00Z)
+    #[arg(
+        long,
+        value_name = "WHEN",
+        requires = "source",
+        conflicts_with_all = ["run", "index"],
+        value_parser = when
+    )]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
     /// Only consider runs made by this host
     #[arg(long, value_name = "H", conflicts_with = "index")]
     pub host: Option<String>,
@@ -496,6 +512,11 @@ pub struct RestoreArgs {
     /// Restore only these paths (relative to the source root) and what is below them
     #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+}
+
+/// `--at`: a point in time, ages counted back from now.
+fn when(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    coffer::parse_when(s, chrono::Utc::now()).map_err(|e| e.to_string())
 }
 
 /// `--sample`: a percentage in (0, 100], with or without `%`; the share as a fraction.

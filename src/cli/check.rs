@@ -156,12 +156,16 @@ pub(super) fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
         let store = Store::open(t, false)?.reader();
         if let (Some(d), Some(root)) = (&decryptor, &a.against) {
             if a.run.is_none() && a.source.is_none() {
-                bail!("--against compares one run: give --source S (its newest run) or --run ID");
+                bail!(
+                    "--against compares one run: give --source S (its newest run, or the \
+                     newest --at WHEN) or --run ID"
+                );
             }
             let chosen = MetafileSource::Run {
                 host: a.host.clone(),
                 source: a.source.clone(),
                 id: a.run.clone(),
+                at: a.at,
             };
             let bar = Bar::new("verify", a.json);
             let r =
@@ -261,12 +265,18 @@ fn verify_runs(
             host: a.host.clone(),
             source: a.source.clone(),
             id: a.run.clone(),
+            at: None,
         }]
     } else {
         let mut groups = std::collections::BTreeSet::new();
         for r in store.list_runs()? {
+            // With --at, only the (host, source) pairs that have a run by then.
+            let by_then = a.at.is_none_or(|at| {
+                chrono::DateTime::parse_from_rfc3339(&r.time).is_ok_and(|t| t <= at)
+            });
             if a.source.as_ref().is_none_or(|s| *s == r.source)
                 && a.host.as_ref().is_none_or(|h| *h == r.host)
+                && by_then
             {
                 groups.insert((r.host, r.source));
             }
@@ -277,9 +287,22 @@ fn verify_runs(
                 host: Some(host),
                 source: Some(source),
                 id: None,
+                at: a.at,
             })
             .collect()
     };
+    if let (Some(at), true) = (a.at, chosen.is_empty()) {
+        return Err(coffer::Error::NotFound(format!(
+            "no run{} on target {} started at or before {}; `coffer runs` lists them",
+            a.source
+                .as_ref()
+                .map(|s| format!(" of source {s:?}"))
+                .unwrap_or_default(),
+            store.name(),
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ))
+        .into());
+    }
     let mut reports = Vec::new();
     for source in &chosen {
         let bar = Bar::new("verify", a.json);

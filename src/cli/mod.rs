@@ -484,6 +484,7 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
             host: a.host.clone(),
             source: source.clone(),
             id: a.run.clone(),
+            at: a.at,
         },
         (None, _) => bail!("give --source S (and perhaps --run ID), --run ID, or --index FILE"),
     };

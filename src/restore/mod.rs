@@ -56,6 +56,9 @@ pub enum MetafileSource {
         source: Option<String>,
         /// A specific run: its id, or a prefix of it that only one run's id has.
         id: Option<String>,
+        /// Without `id`: the newest run that started at or before this time (and checks
+        /// out), instead of the newest of all ([`crate::parse_when`] reads `--at`).
+        at: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// A metafile on disk: as stored (encrypted), or already decrypted.
     File(PathBuf),
@@ -245,15 +248,18 @@ fn fetch_and_check(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<(Fetched, Checked)> {
-    let (host, source, id) = match source {
+    let (host, source, id, at) = match source {
         MetafileSource::File(path) => {
             let metafile = fetch_file(path)?;
             let checked = metafile.check(decryptor, &opts.paths)?;
             return Ok((metafile, checked));
         }
-        MetafileSource::Run { host, source, id } => {
-            (host.as_deref(), source.as_deref(), id.as_deref())
-        }
+        MetafileSource::Run {
+            host,
+            source,
+            id,
+            at,
+        } => (host.as_deref(), source.as_deref(), id.as_deref(), *at),
     };
     if let Some(id) = id {
         let runs = runs_of(store, host, source, true)?;
@@ -288,6 +294,9 @@ fn fetch_and_check(
         ));
     };
     let mut runs = runs_of(store, host, Some(source), false)?;
+    if let Some(at) = at {
+        runs = at_or_before(store, runs, at)?;
+    }
     crate::runs::check(store, &mut runs, &opts.trust)?;
     // Swapped and forked runs are not taken (deletions are verify's and status's to
     // report: without prune's records a gap proves nothing here).
@@ -323,9 +332,11 @@ fn fetch_and_check(
         }
     }
     Err(Error::NotFound(format!(
-        "no run of source {source:?}{} on target {} checks out{}; `coffer runs` lists them \
-         with what is wrong, and --run ID restores one anyway",
+        "no run of source {source:?}{}{} on target {} checks out{}; `coffer runs` lists \
+         them with what is wrong, and --run ID restores one anyway",
         host.map(|h| format!(" from host {h:?}"))
+            .unwrap_or_default(),
+        at.map(|t| format!(" made at or before {}", rfc3339(t)))
             .unwrap_or_default(),
         store.name(),
         if skipped.is_empty() {
@@ -564,6 +575,33 @@ fn runs_of(
         )));
     }
     Ok(runs)
+}
+
+/// The runs among `runs` (oldest first) that started at or before `at`, by the time each
+/// claims; none is an error that names the runs nearest to `at`.
+fn at_or_before(
+    store: &Reader,
+    runs: Vec<store::RunInfo>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<store::RunInfo>> {
+    let (before, after): (Vec<_>, Vec<_>) = runs.into_iter().partition(|r| r.claimed_at <= at);
+    if before.is_empty() {
+        let first = after.iter().min_by_key(|r| r.claimed_at);
+        return Err(Error::NotFound(format!(
+            "no run on target {} started at or before {}{}",
+            store.name(),
+            rfc3339(at),
+            first.map_or_else(String::new, |r| format!(
+                "; the oldest run of {}/{} is {} ({}): give a later --at, or --run ID",
+                r.host, r.source, r.id, r.time
+            ))
+        )));
+    }
+    Ok(before)
+}
+
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// The run `id` (or the one run whose id starts with it) among `runs`.

@@ -111,7 +111,9 @@ mod when;
 // Commands.
 pub use backup::{backup, backup_all, BackupOptions, BackupStats};
 pub use bench::{bench, BenchInput, BenchReport};
-pub use restore::{restore, MetafileSource, RecoveredPack, RestoreOptions, RestoreStats};
+pub use restore::{
+    cat, restore, CatStats, MetafileSource, RecoveredPack, RestoreOptions, RestoreStats,
+};
 pub use when::parse_when;
 
 // Configuration.

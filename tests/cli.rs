@@ -8,6 +8,7 @@
 
 mod util;
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{symlink, MetadataExt};
@@ -288,6 +289,101 @@ fn incremental_backup_stores_only_what_changed() {
 
 // ---------------------------------------------------------------------------------------
 // 8. Restore options, listing runs, run ids
+
+/// `coffer cat`: one file's bytes to standard output, checked, nothing on disk; a hard
+/// link is followed, a directory or a symlink refused saying what it is. With a damaged
+/// pack under the end of the file, what reached standard output is a prefix of the file
+/// (each chunk is checked before it is written), the exit status is 1 and the error names
+/// the file.
+#[test]
+fn cat_writes_one_file_checked_and_names_it_when_it_is_damaged() {
+    let fx = Fixture::with(Settings {
+        pack_size: Some("1MiB".into()),
+        ..Settings::default()
+    });
+    let head = pseudo_random(90, 3 << 20);
+    std::fs::create_dir_all(fx.src.join("etc")).unwrap();
+    write(&fx.src.join("etc/head"), &head);
+    write(&fx.src.join("etc/conf"), b"listen 80;\n");
+    std::fs::hard_link(fx.src.join("etc/conf"), fx.src.join("etc/conf.link")).unwrap();
+    symlink("conf", fx.src.join("etc/conf.sym")).unwrap();
+    write(&fx.src.join("empty"), b"");
+    fx.backup_ok();
+    let cat = |path: &str, extra: &[&str]| {
+        let mut cmd = fx.cmd();
+        cmd.args(["cat", "--key"])
+            .arg(&fx.secret_key)
+            .args(["--source", SOURCE])
+            .args(extra)
+            .arg(path);
+        cmd.output().expect("coffer runs")
+    };
+    let ok = |path: &str| {
+        let out = cat(path, &[]);
+        assert!(
+            out.status.success(),
+            "cat {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    assert!(ok("etc/head") == head, "a file of many chunks and packs");
+    assert_eq!(ok("./etc/conf"), b"listen 80;\n");
+    assert_eq!(
+        ok("etc/conf.link"),
+        b"listen 80;\n",
+        "a hard link is followed"
+    );
+    assert_eq!(ok("empty"), b"");
+    let refused = |path: &str, code: i32, says: &str| {
+        let out = cat(path, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "cat {path}: {err}");
+        assert!(err.contains(says), "cat {path}: {err}");
+        assert!(out.stdout.is_empty(), "cat {path}");
+    };
+    refused("etc", 1, "is a directory");
+    refused("etc/conf.sym", 1, "symbolic link to conf");
+    refused("etc/nothing", 1, "etc/nothing");
+    refused("../x", 1, "path");
+
+    // The same start, and more: the file's later chunks go to packs of the second run.
+    let before: BTreeSet<PathBuf> = fx.objects().into_iter().collect();
+    let mut longer = head.clone();
+    longer.extend(pseudo_random(91, 2 << 20));
+    write(&fx.src.join("etc/head"), &longer);
+    fx.backup_ok();
+    let new: Vec<PathBuf> = fx
+        .objects()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert!(!new.is_empty());
+    for pack in &new {
+        let mut bytes = read(pack);
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        std::fs::write(pack, &bytes).unwrap();
+    }
+    let out = cat("etc/head", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(EXIT_ERROR), "{err}");
+    assert!(err.contains("etc/head"), "the file is named: {err}");
+    assert!(
+        !out.stdout.is_empty() && out.stdout.len() < longer.len(),
+        "{} bytes out",
+        out.stdout.len()
+    );
+    assert!(
+        longer.starts_with(&out.stdout),
+        "only checked bytes, in order"
+    );
+}
 
 /// `--at WHEN` chooses the newest run that started at or before WHEN (inclusive, by the
 /// time the run claims): a time, a date (the whole day), an age; before the first run it

@@ -156,6 +156,17 @@ pub enum Command {
     /// the exit status is 3.
     #[command(verbatim_doc_comment)]
     Restore(RestoreArgs),
+    /// Write one file of a run to standard output, checked as restore checks it.
+    ///
+    /// Nothing is written to disk. Each chunk is decrypted and checked against its
+    /// BLAKE3 before it is written, and the whole file at the end; if a chunk is missing
+    /// or damaged, the bytes before it have been written, the error names the file and
+    /// the exit status is 1 (so `coffer cat ... > file && use file` never uses a bad one).
+    ///
+    ///   coffer cat --key admin.key.asc --source etc nginx/nginx.conf
+    ///   coffer cat --key admin.key.asc --source db --at 1D db.sql | mysql shop
+    #[command(verbatim_doc_comment)]
+    Cat(CatArgs),
     /// Measure how fast each stage of a backup, and a whole backup, runs on this machine.
     ///
     /// The input (PATH, or generated data) is read into memory first, at most 1 GiB, so
@@ -512,6 +523,37 @@ pub struct RestoreArgs {
     /// Restore only these paths (relative to the source root) and what is below them
     #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    /// Secret key file (from `coffer keygen`, or `gpg --export-secret-keys --armor`)
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Read the key's passphrase from the first line of this file
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Target name from the config, or a target URL [default: the source's only target]
+    #[arg(long, value_name = "T")]
+    pub target: Option<String>,
+    /// The newest run of this source (or --run, --at)
+    #[arg(long, value_name = "S", required_unless_present = "run")]
+    pub source: Option<String>,
+    /// This run (see `coffer runs`): its id, or a prefix only one run's id has
+    #[arg(long, value_name = "ID")]
+    pub run: Option<String>,
+    /// The newest run of --source that started at or before WHEN (3D, 2026-11-20,
+    /// 2026-11-20T04:00Z; see `coffer restore --help`)
+    #[arg(long, value_name = "WHEN", requires = "source", conflicts_with = "run", value_parser = when)]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only consider runs made by this host
+    #[arg(long, value_name = "H")]
+    pub host: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// The file, relative to the source root
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
 }
 
 /// `--at`: a point in time, ages counted back from now.

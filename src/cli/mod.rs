@@ -15,8 +15,8 @@ use coffer::{Config, MetafileSource, RestoreOptions, Store, TargetConfig};
 use zeroize::Zeroizing;
 
 use args::{
-    BackupArgs, BenchArgs, Cli, Command, GcArgs, InitArgs, KeygenArgs, PruneArgs, RestoreArgs,
-    RunsArgs, StatusArgs, TrustArgs, VerifyArgs,
+    BackupArgs, BenchArgs, CatArgs, Cli, Command, GcArgs, InitArgs, KeygenArgs, PruneArgs,
+    RestoreArgs, RunsArgs, StatusArgs, TrustArgs, VerifyArgs,
 };
 use output::Bar;
 
@@ -54,6 +54,7 @@ pub fn run() -> ExitCode {
         Command::Backup(_) => "backup",
         Command::Runs(_) => "runs",
         Command::Restore(_) => "restore",
+        Command::Cat(_) => "cat",
         Command::Bench(_) => "bench",
         Command::Prune(_) => "prune",
         Command::Gc(_) => "gc",
@@ -64,6 +65,7 @@ pub fn run() -> ExitCode {
         Command::Backup(a) => a.json,
         Command::Runs(a) => a.json,
         Command::Restore(a) => a.json,
+        Command::Cat(_) => false,
         Command::Bench(a) => a.json,
         Command::Prune(a) => a.json,
         Command::Gc(a) => a.json,
@@ -77,6 +79,7 @@ pub fn run() -> ExitCode {
         Command::Backup(a) => backup(cli.config.as_deref(), a),
         Command::Runs(a) => runs(cli.config.as_deref(), a),
         Command::Restore(a) => restore(cli.config.as_deref(), a),
+        Command::Cat(a) => cat(cli.config.as_deref(), a),
         Command::Bench(a) => bench(a),
         Command::Prune(a) => prune(cli.config.as_deref(), a),
         Command::Gc(a) => gc(cli.config.as_deref(), a),
@@ -476,7 +479,7 @@ fn runs(config: Option<&Path>, a: RunsArgs) -> Result<u8> {
 }
 
 fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
-    let target = restore_target(config, &a)?;
+    let target = restore_target(config, a.target.as_deref(), a.source.as_deref())?;
     let store = Store::open(&target, false)?.reader();
     let source = match (&a.index, &a.source) {
         (Some(file), _) => MetafileSource::File(file.clone()),
@@ -529,6 +532,42 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
             EXIT_OK
         },
     )
+}
+
+fn cat(config: Option<&Path>, a: CatArgs) -> Result<u8> {
+    let target = restore_target(config, a.target.as_deref(), a.source.as_deref())?;
+    let store = Store::open(&target, false)?.reader();
+    let source = MetafileSource::Run {
+        host: a.host.clone(),
+        source: a.source.clone(),
+        id: a.run.clone(),
+        at: a.at,
+    };
+    let pass_file = a.passphrase_file.clone();
+    let decryptor = coffer::load_secret_keys(&a.key, &mut || {
+        passphrase(
+            pass_file.as_deref(),
+            "Passphrase for the secret key: ",
+            false,
+        )
+        .map_err(|e| coffer::Error::Usage(e.to_string()))
+    })?;
+    let trust = trust(optional_config(config)?.as_ref(), &a.trust)?;
+    let path = a.path.as_os_str().as_bytes();
+    let path = path.strip_prefix(b"./").unwrap_or(path);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    // No progress bar: standard output is the file, and standard error is for problems.
+    coffer::cat(
+        &store,
+        &source,
+        &decryptor,
+        path,
+        trust,
+        &mut out,
+        &coffer::NoProgress,
+    )?;
+    Ok(EXIT_OK)
 }
 
 fn bench(a: BenchArgs) -> Result<u8> {
@@ -622,15 +661,21 @@ fn gc(config: Option<&Path>, a: GcArgs) -> Result<u8> {
     Ok(if problems { EXIT_PARTIAL } else { EXIT_OK })
 }
 
-fn restore_target(config: Option<&Path>, a: &RestoreArgs) -> Result<TargetConfig> {
-    if let Some(t) = a.target.as_deref().filter(|t| t.contains("://")) {
+/// The target a restore-side command reads: `--target` (a name or a URL), else the
+/// source's only target, else the config's only one.
+fn restore_target(
+    config: Option<&Path>,
+    target: Option<&str>,
+    source: Option<&str>,
+) -> Result<TargetConfig> {
+    if let Some(t) = target.filter(|t| t.contains("://")) {
         return Ok(TargetConfig::from_url(t)?);
     }
     let cfg = load_config(config)?;
-    if let Some(t) = &a.target {
+    if let Some(t) = target {
         return Ok(cfg.target(t)?);
     }
-    let candidates: Vec<String> = match a.source.as_ref().and_then(|s| cfg.sources.get(s)) {
+    let candidates: Vec<String> = match source.and_then(|s| cfg.sources.get(s)) {
         Some(s) => s.targets.clone(),
         None => cfg.targets.keys().cloned().collect(),
     };

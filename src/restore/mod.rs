@@ -16,6 +16,7 @@
 //! [`packs`] fetches chunk messages, [`job`] is the pass over the listing, [`dest`] the
 //! destination's handles.
 
+mod cat;
 mod dest;
 mod failure;
 mod files;
@@ -23,6 +24,7 @@ mod job;
 mod packs;
 mod verify;
 
+pub use cat::{cat, CatStats};
 pub use packs::RecoveredPack;
 pub use verify::{verify_against, verify_data, AgainstReport, DataOptions, DataReport, Sample};
 

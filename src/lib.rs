@@ -112,8 +112,10 @@ mod when;
 pub use backup::{backup, backup_all, BackupOptions, BackupStats};
 pub use bench::{bench, BenchInput, BenchReport};
 pub use restore::{
-    cat, restore, CatStats, MetafileSource, RecoveredPack, RestoreOptions, RestoreStats,
+    cat, ls, restore, CatStats, Listed, LsOptions, MetafileSource, RecoveredPack, RestoreOptions,
+    RestoreStats,
 };
+pub use text::escape as escape_name;
 pub use when::parse_when;
 
 // Configuration.

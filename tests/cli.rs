@@ -385,6 +385,121 @@ fn cat_writes_one_file_checked_and_names_it_when_it_is_damaged() {
     );
 }
 
+/// `coffer ls`: what is directly in a path, or all below it with -R; one line per entry
+/// whatever the name holds (a newline, bytes that are not UTF-8: escaped), and in --json
+/// the exact bytes, percent-encoded; -l as `tar tv` shows entries; a path the run does
+/// not hold fails by name after the others were listed.
+#[test]
+fn ls_lists_entries_one_line_each_whatever_their_names_hold() {
+    use std::os::unix::ffi::OsStrExt;
+    let fx = Fixture::new();
+    let odd = std::ffi::OsStr::from_bytes(b"bad\xffname");
+    std::fs::create_dir_all(fx.src.join("etc/sub")).unwrap();
+    write(&fx.src.join("etc/two\nlines"), b"x");
+    write(&fx.src.join("etc").join(odd), b"yy");
+    write(&fx.src.join("etc/sub/deep"), b"zzz");
+    write(&fx.src.join("top"), b"t");
+    symlink("top", fx.src.join("etc/link")).unwrap();
+    std::fs::hard_link(fx.src.join("top"), fx.src.join("etc/hard")).unwrap();
+    fx.backup_ok();
+    let ls = |args: &[&str]| {
+        let mut cmd = fx.cmd();
+        cmd.args(["ls", "--key"])
+            .arg(&fx.secret_key)
+            .args(["--source", SOURCE])
+            .args(args);
+        run(cmd)
+    };
+    let lines = |out: &Out| out.stdout.lines().map(str::to_string).collect::<Vec<_>>();
+    let root = ls(&[]).ok();
+    assert_eq!(lines(&root), ["etc", "top"], "{root}");
+    let etc = ls(&["etc/"]).ok();
+    assert_eq!(
+        lines(&etc),
+        [
+            "etc/bad\\xFFname",
+            "etc/hard",
+            "etc/link",
+            "etc/sub",
+            "etc/two\\nlines"
+        ],
+        "{etc}"
+    );
+    let all = ls(&["-R"]).ok();
+    assert_eq!(lines(&all).len(), 8, "{all}");
+    assert!(lines(&all).contains(&"etc/sub/deep".to_string()), "{all}");
+    let file = ls(&["etc/sub/deep"]).ok();
+    assert_eq!(lines(&file), ["etc/sub/deep"], "a file shows itself");
+
+    // --json: one object per line, the exact bytes percent-encoded.
+    let json = ls(&["-R", "--json", "etc"]).ok();
+    let decode = |s: &str| -> Vec<u8> {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        out
+    };
+    let objects: Vec<serde_json::Value> = json
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let paths: Vec<Vec<u8>> = objects
+        .iter()
+        .map(|o| decode(o["path"].as_str().unwrap()))
+        .collect();
+    assert!(paths.contains(&b"etc/two\nlines".to_vec()), "{json}");
+    assert!(paths.contains(&b"etc/bad\xffname".to_vec()), "{json}");
+    let deep = objects
+        .iter()
+        .find(|o| o["path"] == "etc/sub/deep")
+        .unwrap();
+    assert_eq!(deep["type"], "file");
+    assert_eq!(deep["size"], 3);
+    let meta = std::fs::metadata(fx.src.join("etc/sub/deep")).unwrap();
+    assert_eq!(deep["mtime"], meta.mtime(), "{deep}");
+    assert_eq!(deep["mode"], meta.mode() & 0o7777, "{deep}");
+    let link = objects.iter().find(|o| o["path"] == "etc/link").unwrap();
+    assert_eq!(
+        (&link["type"], &link["target"]),
+        (&"symlink".into(), &"top".into())
+    );
+
+    // -l: mode, owner, size, time, targets.
+    let long = ls(&["-l", "etc"]).ok();
+    let line = |name: &str| {
+        lines(&long)
+            .into_iter()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name}: {long}"))
+    };
+    assert!(line("etc/link").starts_with('l'), "{long}");
+    assert!(line("etc/link").ends_with("etc/link -> top"), "{long}");
+    // `top` is listed after `etc/hard`, so it is the further name.
+    let top = ls(&["-l", "top"]).ok();
+    assert!(
+        top.stdout.trim_end().ends_with(" top link to etc/hard"),
+        "{top}"
+    );
+    assert!(top.stdout.starts_with('h'), "{top}");
+    assert!(line("etc/sub").starts_with("drwx"), "{long}");
+    assert!(line("two").contains(" 1 "), "size 1: {long}");
+
+    let out = ls(&["etc", "nothing/here"])
+        .expect(EXIT_ERROR)
+        .stderr_has("\"nothing/here\"");
+    assert_eq!(lines(&out).len(), 5, "the others are listed: {out}");
+}
+
 /// `--at WHEN` chooses the newest run that started at or before WHEN (inclusive, by the
 /// time the run claims): a time, a date (the whole day), an age; before the first run it
 /// fails naming the oldest run; nonsense is refused saying what to write.

@@ -167,6 +167,17 @@ pub enum Command {
     ///   coffer cat --key admin.key.asc --source db --at 1D db.sql | mysql shop
     #[command(verbatim_doc_comment)]
     Cat(CatArgs),
+    /// List the entries of a run (what is directly in each PATH, or all below with -R).
+    ///
+    /// Only the metafile is read, streamed: memory does not grow with the run. Names
+    /// are shown escaped on one line each (control characters and bytes that are not
+    /// UTF-8 as \xNN); --json prints one object per line with the path percent-encoded
+    /// exactly as in the metafile (docs/FORMAT.md 4.5). Times are UTC.
+    ///
+    ///   coffer ls --key admin.key.asc --source etc -l nginx
+    ///   coffer ls --key admin.key.asc --source home --at 2026-11-20 -R --json alice
+    #[command(verbatim_doc_comment)]
+    Ls(LsArgs),
     /// Measure how fast each stage of a backup, and a whole backup, runs on this machine.
     ///
     /// The input (PATH, or generated data) is read into memory first, at most 1 GiB, so
@@ -525,8 +536,9 @@ pub struct RestoreArgs {
     pub paths: Vec<PathBuf>,
 }
 
+/// Which run a browsing command reads, and the key that opens it.
 #[derive(Debug, Args)]
-pub struct CatArgs {
+pub struct ChosenRun {
     /// Secret key file (from `coffer keygen`, or `gpg --export-secret-keys --armor`)
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
@@ -551,9 +563,33 @@ pub struct CatArgs {
     pub host: Option<String>,
     #[command(flatten)]
     pub trust: TrustArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    #[command(flatten)]
+    pub chosen: ChosenRun,
     /// The file, relative to the source root
     #[arg(value_name = "PATH")]
     pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub chosen: ChosenRun,
+    /// Long listing: type and mode, owner/group, size, mtime (UTC), link targets
+    #[arg(short = 'l', long = "long")]
+    pub long: bool,
+    /// Everything below the paths, not only what is directly in them
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// One JSON object per line
+    #[arg(long)]
+    pub json: bool,
+    /// Paths relative to the source root [default: the root]
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
 }
 
 /// `--at`: a point in time, ages counted back from now.

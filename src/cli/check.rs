@@ -137,15 +137,7 @@ pub(super) fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
     };
     let decryptor = match &a.key {
         Some(key) if a.data || a.against.is_some() => {
-            let pass_file = a.passphrase_file.clone();
-            Some(coffer::load_secret_keys(key, &mut || {
-                passphrase(
-                    pass_file.as_deref(),
-                    "Passphrase for the secret key: ",
-                    false,
-                )
-                .map_err(|e| coffer::Error::Usage(e.to_string()))
-            })?)
+            Some(super::secret_key(key, a.passphrase_file.as_deref())?)
         }
         _ => None,
     };

@@ -15,8 +15,8 @@ use coffer::{Config, MetafileSource, RestoreOptions, Store, TargetConfig};
 use zeroize::Zeroizing;
 
 use args::{
-    BackupArgs, BenchArgs, CatArgs, Cli, Command, GcArgs, InitArgs, KeygenArgs, PruneArgs,
-    RestoreArgs, RunsArgs, StatusArgs, TrustArgs, VerifyArgs,
+    BackupArgs, BenchArgs, CatArgs, ChosenRun, Cli, Command, GcArgs, InitArgs, KeygenArgs, LsArgs,
+    PruneArgs, RestoreArgs, RunsArgs, StatusArgs, TrustArgs, VerifyArgs,
 };
 use output::Bar;
 
@@ -55,6 +55,7 @@ pub fn run() -> ExitCode {
         Command::Runs(_) => "runs",
         Command::Restore(_) => "restore",
         Command::Cat(_) => "cat",
+        Command::Ls(_) => "ls",
         Command::Bench(_) => "bench",
         Command::Prune(_) => "prune",
         Command::Gc(_) => "gc",
@@ -66,6 +67,7 @@ pub fn run() -> ExitCode {
         Command::Runs(a) => a.json,
         Command::Restore(a) => a.json,
         Command::Cat(_) => false,
+        Command::Ls(a) => a.json,
         Command::Bench(a) => a.json,
         Command::Prune(a) => a.json,
         Command::Gc(a) => a.json,
@@ -80,6 +82,7 @@ pub fn run() -> ExitCode {
         Command::Runs(a) => runs(cli.config.as_deref(), a),
         Command::Restore(a) => restore(cli.config.as_deref(), a),
         Command::Cat(a) => cat(cli.config.as_deref(), a),
+        Command::Ls(a) => ls(cli.config.as_deref(), a),
         Command::Bench(a) => bench(a),
         Command::Prune(a) => prune(cli.config.as_deref(), a),
         Command::Gc(a) => gc(cli.config.as_deref(), a),
@@ -491,15 +494,7 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
         },
         (None, _) => bail!("give --source S (and perhaps --run ID), --run ID, or --index FILE"),
     };
-    let pass_file = a.passphrase_file.clone();
-    let decryptor = coffer::load_secret_keys(&a.key, &mut || {
-        passphrase(
-            pass_file.as_deref(),
-            "Passphrase for the secret key: ",
-            false,
-        )
-        .map_err(|e| coffer::Error::Usage(e.to_string()))
-    })?;
+    let decryptor = secret_key(&a.key, a.passphrase_file.as_deref())?;
     let mut opts = RestoreOptions::new(&a.to);
     opts.trust = trust(optional_config(config)?.as_ref(), &a.trust)?;
     opts.cancel = interrupt_flag();
@@ -509,15 +504,7 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
     if a.no_owner {
         opts.owners = Some(false);
     }
-    opts.paths = a
-        .paths
-        .iter()
-        .map(|p| {
-            let b = p.as_os_str().as_bytes();
-            let b = b.strip_prefix(b"./").unwrap_or(b);
-            b.strip_suffix(b"/").unwrap_or(b).to_vec()
-        })
-        .collect();
+    opts.paths = a.paths.iter().map(|p| relative_path(p)).collect();
     let bar = Bar::new("restore", a.json);
     let stats = coffer::restore(&store, &source, &decryptor, &opts, &bar)?;
     if a.json {
@@ -534,27 +521,41 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
     )
 }
 
-fn cat(config: Option<&Path>, a: CatArgs) -> Result<u8> {
-    let target = restore_target(config, a.target.as_deref(), a.source.as_deref())?;
+/// The secret key at `key`, its passphrase (if it has one) from `pass_file`, else
+/// `$COFFER_PASSPHRASE`, else a prompt.
+pub(crate) fn secret_key(key: &Path, pass_file: Option<&Path>) -> Result<coffer::Decryptor> {
+    Ok(coffer::load_secret_keys(key, &mut || {
+        passphrase(pass_file, "Passphrase for the secret key: ", false)
+            .map_err(|e| coffer::Error::Usage(e.to_string()))
+    })?)
+}
+
+/// The store, run, key and trust a browsing command (`cat`, `ls`) reads with.
+fn open_chosen(
+    config: Option<&Path>,
+    c: &ChosenRun,
+) -> Result<(
+    coffer::Reader,
+    MetafileSource,
+    coffer::Decryptor,
+    coffer::runs::Trust,
+)> {
+    let target = restore_target(config, c.target.as_deref(), c.source.as_deref())?;
     let store = Store::open(&target, false)?.reader();
     let source = MetafileSource::Run {
-        host: a.host.clone(),
-        source: a.source.clone(),
-        id: a.run.clone(),
-        at: a.at,
+        host: c.host.clone(),
+        source: c.source.clone(),
+        id: c.run.clone(),
+        at: c.at,
     };
-    let pass_file = a.passphrase_file.clone();
-    let decryptor = coffer::load_secret_keys(&a.key, &mut || {
-        passphrase(
-            pass_file.as_deref(),
-            "Passphrase for the secret key: ",
-            false,
-        )
-        .map_err(|e| coffer::Error::Usage(e.to_string()))
-    })?;
-    let trust = trust(optional_config(config)?.as_ref(), &a.trust)?;
-    let path = a.path.as_os_str().as_bytes();
-    let path = path.strip_prefix(b"./").unwrap_or(path);
+    let decryptor = secret_key(&c.key, c.passphrase_file.as_deref())?;
+    let trust = trust(optional_config(config)?.as_ref(), &c.trust)?;
+    Ok((store, source, decryptor, trust))
+}
+
+fn cat(config: Option<&Path>, a: CatArgs) -> Result<u8> {
+    let (store, source, decryptor, trust) = open_chosen(config, &a.chosen)?;
+    let path = relative_path(&a.path);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     // No progress bar: standard output is the file, and standard error is for problems.
@@ -562,12 +563,50 @@ fn cat(config: Option<&Path>, a: CatArgs) -> Result<u8> {
         &store,
         &source,
         &decryptor,
-        path,
+        &path,
         trust,
         &mut out,
         &coffer::NoProgress,
     )?;
     Ok(EXIT_OK)
+}
+
+fn ls(config: Option<&Path>, a: LsArgs) -> Result<u8> {
+    let (store, source, decryptor, trust) = open_chosen(config, &a.chosen)?;
+    let mut opts = coffer::LsOptions::default();
+    opts.trust = trust;
+    opts.recursive = a.recursive;
+    opts.paths = a.paths.iter().map(|p| relative_path(p)).collect();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let to_io = |e: std::io::Error| coffer::Error::io("standard output", e);
+    coffer::ls(
+        &store,
+        &source,
+        &decryptor,
+        opts,
+        &coffer::NoProgress,
+        &mut |e| {
+            let line = if a.json {
+                serde_json::to_string(e).map_err(|j| to_io(j.into()))?
+            } else if a.long {
+                output::ls_long(e)
+            } else {
+                coffer::escape_name(&e.raw_path)
+            };
+            writeln!(out, "{line}").map_err(to_io)
+        },
+    )?;
+    out.flush()?;
+    Ok(EXIT_OK)
+}
+
+/// A path given on the command line, as the metafile writes paths: relative, no `./`
+/// in front or `/` behind.
+fn relative_path(p: &Path) -> Vec<u8> {
+    let b = p.as_os_str().as_bytes();
+    let b = b.strip_prefix(b"./").unwrap_or(b);
+    b.strip_suffix(b"/").unwrap_or(b).to_vec()
 }
 
 fn bench(a: BenchArgs) -> Result<u8> {

@@ -524,3 +524,61 @@ pub fn escape_line(s: &str) -> String {
     }
     o
 }
+
+/// `coffer ls -l`: one entry as `tar tv` shows it, in UTC, the name escaped.
+pub fn ls_long(e: &coffer::Listed) -> String {
+    let kind = match e.kind {
+        "dir" => 'd',
+        "symlink" => 'l',
+        "hardlink" => 'h',
+        "fifo" => 'p',
+        "chardev" => 'c',
+        "blockdev" => 'b',
+        _ => '-',
+    };
+    let mut mode = String::with_capacity(10);
+    mode.push(kind);
+    for (shift, special, set, unset) in [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ] {
+        let bits = (e.mode >> shift) & 7;
+        mode.push(if bits & 4 != 0 { 'r' } else { '-' });
+        mode.push(if bits & 2 != 0 { 'w' } else { '-' });
+        let x = bits & 1 != 0;
+        mode.push(match (e.mode & special != 0, x) {
+            (true, true) => set,
+            (true, false) => unset,
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
+    }
+    let name = |raw: &Option<Vec<u8>>, id: u32| {
+        raw.as_deref()
+            .map_or_else(|| id.to_string(), coffer::escape_name)
+    };
+    let size = match e.device {
+        Some((major, minor)) => format!("{major},{minor}"),
+        None => e.size.to_string(),
+    };
+    let time = chrono::DateTime::from_timestamp(e.mtime, 0).map_or_else(
+        || e.mtime.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+    );
+    let mut line = format!(
+        "{mode} {}/{} {size:>12} {time} {}",
+        name(&e.raw_names.0, e.uid),
+        name(&e.raw_names.1, e.gid),
+        coffer::escape_name(&e.raw_path)
+    );
+    if let Some(t) = &e.raw_target {
+        line.push_str(if e.kind == "hardlink" {
+            " link to "
+        } else {
+            " -> "
+        });
+        line.push_str(&coffer::escape_name(t));
+    }
+    line
+}

@@ -21,10 +21,12 @@ mod dest;
 mod failure;
 mod files;
 mod job;
+mod ls;
 mod packs;
 mod verify;
 
 pub use cat::{cat, CatStats};
+pub use ls::{ls, Listed, LsOptions};
 pub use packs::RecoveredPack;
 pub use verify::{verify_against, verify_data, AgainstReport, DataOptions, DataReport, Sample};
 

@@ -500,6 +500,68 @@ fn ls_lists_entries_one_line_each_whatever_their_names_hold() {
     assert_eq!(lines(&out).len(), 5, "the others are listed: {out}");
 }
 
+/// `coffer find`: a file's history across runs (--all-runs, newest first, with its size
+/// in each), by name glob, path glob or regex; by default only the newest run.
+#[test]
+fn find_names_the_runs_that_hold_a_path() {
+    let fx = Fixture::new();
+    std::fs::create_dir_all(fx.src.join("etc/nginx")).unwrap();
+    write(&fx.src.join("etc/nginx/nginx.conf"), b"a\n");
+    write(&fx.src.join("etc/other\nname.conf"), b"o");
+    let first = as_str(&fx.backup_ok(), "run").to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    write(&fx.src.join("etc/nginx/nginx.conf"), b"abc\n");
+    let second = as_str(&fx.backup_ok(), "run").to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::remove_file(fx.src.join("etc/nginx/nginx.conf")).unwrap();
+    let third = as_str(&fx.backup_ok(), "run").to_string();
+    let find = |args: &[&str]| {
+        let mut cmd = fx.cmd();
+        cmd.args(["find", "--key"]).arg(&fx.secret_key).args(args);
+        run(cmd)
+    };
+    let history = find(&["--all-runs", "--json", "nginx.conf"]).ok();
+    let found: Vec<(String, u64)> = history
+        .stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["entry"]["path"], "etc/nginx/nginx.conf", "{history}");
+            (
+                v["run"].as_str().unwrap().to_string(),
+                v["entry"]["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [(second.clone(), 4), (first.clone(), 2)],
+        "{history}"
+    );
+    let newest = find(&["nginx.conf"]).ok();
+    assert_eq!(
+        newest.stdout, "",
+        "the newest run ({third}) has none: {newest}"
+    );
+    let by_path = find(&["--all-runs", "etc/*/*.conf"]).ok();
+    assert_eq!(by_path.stdout.lines().count(), 2, "{by_path}");
+    assert!(by_path
+        .stdout
+        .lines()
+        .all(|l| l.ends_with("etc/nginx/nginx.conf")));
+    let odd = find(&["other*"]).ok();
+    assert!(odd.stdout.starts_with(&third), "{odd}");
+    assert!(
+        odd.stdout.trim_end().ends_with("etc/other\\nname.conf"),
+        "{odd}"
+    );
+    let regex = find(&["--all-runs", "--regex", r"^etc/nginx/.*\.conf$"]).ok();
+    assert_eq!(regex.stdout.lines().count(), 2, "{regex}");
+    find(&["--regex", "("])
+        .expect(EXIT_ERROR)
+        .stderr_has("--regex");
+}
+
 /// `--at WHEN` chooses the newest run that started at or before WHEN (inclusive, by the
 /// time the run claims): a time, a date (the whole day), an age; before the first run it
 /// fails naming the oldest run; nonsense is refused saying what to write.

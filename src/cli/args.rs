@@ -178,6 +178,20 @@ pub enum Command {
     ///   coffer ls --key admin.key.asc --source home --at 2026-11-20 -R --json alice
     #[command(verbatim_doc_comment)]
     Ls(LsArgs),
+    /// Find paths in runs: which runs hold a path that matches, with its size and mtime.
+    ///
+    /// PATTERN is a glob (`*`, `?`, `[...]`, `**`); without a `/` it matches the last
+    /// component of each path (as find -name does), with one the whole path relative to
+    /// the source root. --regex takes a regular expression over the whole path instead.
+    /// The newest run of each source is searched, or every run with --all-runs (a
+    /// file's history), newest first; only metafiles are read. A run that cannot be read
+    /// is named and the exit status is 3.
+    ///
+    ///   coffer find --key admin.key.asc nginx.conf
+    ///   coffer find --key admin.key.asc --source etc --all-runs 'nginx/*.conf'
+    ///   coffer find --key admin.key.asc --regex '^home/[^/]+/\.ssh/' --json
+    #[command(verbatim_doc_comment)]
+    Find(FindArgs),
     /// Measure how fast each stage of a backup, and a whole backup, runs on this machine.
     ///
     /// The input (PATH, or generated data) is read into memory first, at most 1 GiB, so
@@ -590,6 +604,39 @@ pub struct LsArgs {
     /// Paths relative to the source root [default: the root]
     #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// Secret key file (from `coffer keygen`, or `gpg --export-secret-keys --armor`)
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Read the key's passphrase from the first line of this file
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Target name from the config, or a target URL [default: the source's only target]
+    #[arg(long, value_name = "T")]
+    pub target: Option<String>,
+    /// Only this source's runs [default: every source]
+    #[arg(long, value_name = "S")]
+    pub source: Option<String>,
+    /// Only runs made by this host
+    #[arg(long, value_name = "H")]
+    pub host: Option<String>,
+    /// Every run, newest first, not only the newest of each source
+    #[arg(long)]
+    pub all_runs: bool,
+    /// PATTERN is a regular expression over the whole path
+    #[arg(long)]
+    pub regex: bool,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// One JSON object per line: the run, and the entry as `coffer ls --json` gives it
+    #[arg(long)]
+    pub json: bool,
+    /// What to look for
+    #[arg(value_name = "PATTERN")]
+    pub pattern: String,
 }
 
 /// `--at`: a point in time, ages counted back from now.

@@ -2,6 +2,7 @@
 
 mod args;
 mod check;
+mod find;
 mod output;
 
 use std::io::{IsTerminal, Write};
@@ -56,6 +57,7 @@ pub fn run() -> ExitCode {
         Command::Restore(_) => "restore",
         Command::Cat(_) => "cat",
         Command::Ls(_) => "ls",
+        Command::Find(_) => "find",
         Command::Bench(_) => "bench",
         Command::Prune(_) => "prune",
         Command::Gc(_) => "gc",
@@ -68,6 +70,7 @@ pub fn run() -> ExitCode {
         Command::Restore(a) => a.json,
         Command::Cat(_) => false,
         Command::Ls(a) => a.json,
+        Command::Find(a) => a.json,
         Command::Bench(a) => a.json,
         Command::Prune(a) => a.json,
         Command::Gc(a) => a.json,
@@ -83,6 +86,7 @@ pub fn run() -> ExitCode {
         Command::Restore(a) => restore(cli.config.as_deref(), a),
         Command::Cat(a) => cat(cli.config.as_deref(), a),
         Command::Ls(a) => ls(cli.config.as_deref(), a),
+        Command::Find(a) => find::find(cli.config.as_deref(), a),
         Command::Bench(a) => bench(a),
         Command::Prune(a) => prune(cli.config.as_deref(), a),
         Command::Gc(a) => gc(cli.config.as_deref(), a),

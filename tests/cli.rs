@@ -562,6 +562,117 @@ fn find_names_the_runs_that_hold_a_path() {
         .stderr_has("--regex");
 }
 
+/// `coffer dump | tar -x` gives back the tree: names with a newline, bytes that are not
+/// UTF-8 and more than 100 bytes, a long symlink target, hard links, a fifo, modes,
+/// owners and (whole-second) mtimes. A hard link whose file is outside the paths dumped
+/// arrives as the file. A damaged pack stops the archive short: coffer exits 1 naming
+/// the file and tar fails, so it never unpacks as if whole.
+#[test]
+fn dump_piped_into_tar_gives_back_the_tree() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::process::Stdio;
+    let fx = Fixture::new();
+    let t = fx.src.join("t");
+    let long_dir = t.join("d".repeat(60)).join("e".repeat(60));
+    std::fs::create_dir_all(&long_dir).unwrap();
+    std::fs::create_dir_all(t.join("sub")).unwrap();
+    write(&t.join("two\nlines"), b"x");
+    write(&t.join(std::ffi::OsStr::from_bytes(b"bad\xffname")), b"yy");
+    write(&long_dir.join("f".repeat(90)), &pseudo_random(95, 2 << 20));
+    write(&t.join("empty"), b"");
+    write(&t.join("aaa"), b"linked\n");
+    std::fs::hard_link(t.join("aaa"), t.join("sub/h3")).unwrap();
+    write(&t.join("h1"), b"pair\n");
+    std::fs::hard_link(t.join("h1"), t.join("h2")).unwrap();
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap()
+    };
+    mode(&t.join("h1"), 0o751);
+    symlink("z".repeat(200), t.join("far")).unwrap();
+    nix::unistd::mkfifo(
+        &t.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    let mut all: Vec<PathBuf> = walkdir(&t);
+    all.sort();
+    for (i, p) in all.iter().rev().enumerate() {
+        set_mtime(p, 1_700_000_000 + i as i64, 0);
+    }
+    set_mtime(&t, 1_699_999_000, 0);
+    fx.backup_ok();
+
+    let dump = |paths: &[&str], into: &Path| {
+        std::fs::create_dir_all(into).unwrap();
+        let mut coffer = std::process::Command::new(coffer_bin())
+            .env_clear()
+            .env("HOME", &fx.home)
+            .arg("-c")
+            .arg(&fx.config)
+            .args(["dump", "--key"])
+            .arg(&fx.secret_key)
+            .args(["--source", SOURCE])
+            .args(paths)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let tar = std::process::Command::new("tar")
+            .args(["-x", "-p", "-C"])
+            .arg(into)
+            .stdin(coffer.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        let coffer = coffer.wait_with_output().unwrap();
+        (coffer, tar)
+    };
+    let dest = fx.path("untarred");
+    let (coffer, tar) = dump(&["t"], &dest);
+    let err = String::from_utf8_lossy(&coffer.stderr);
+    assert!(coffer.status.success(), "{err}");
+    assert!(
+        tar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tar.stderr)
+    );
+    assert_same_tree(&t, &dest.join("t"));
+
+    let part = fx.path("part");
+    let (coffer, tar) = dump(&["t/sub"], &part);
+    assert!(coffer.status.success() && tar.status.success());
+    assert_eq!(
+        read(&part.join("t/sub/h3")),
+        b"linked\n",
+        "the file, not a link"
+    );
+    assert!(!part.join("t/aaa").exists());
+
+    for pack in fx.objects() {
+        let mut bytes = read(&pack);
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        std::fs::write(&pack, &bytes).unwrap();
+    }
+    let (coffer, tar) = dump(&["t"], &fx.path("damaged"));
+    let err = String::from_utf8_lossy(&coffer.stderr);
+    assert_eq!(coffer.status.code(), Some(EXIT_ERROR), "{err}");
+    assert!(err.contains("file t/"), "the file is named: {err}");
+    assert!(!tar.status.success(), "tar saw a whole archive");
+}
+
+/// Every path below `root` (not `root` itself), symlinks not followed.
+fn walkdir(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).unwrap() {
+        let p = e.unwrap().path();
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            out.extend(walkdir(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
 /// `--at WHEN` chooses the newest run that started at or before WHEN (inclusive, by the
 /// time the run claims): a time, a date (the whole day), an age; before the first run it
 /// fails naming the oldest run; nonsense is refused saying what to write.

@@ -178,6 +178,18 @@ pub enum Command {
     ///   coffer ls --key admin.key.asc --source home --at 2026-11-20 -R --json alice
     #[command(verbatim_doc_comment)]
     Ls(LsArgs),
+    /// Write a run, or paths of it, to standard output as a tar archive.
+    ///
+    /// Names (any bytes), modes, owners, mtimes, symlinks, hard links, fifos and devices
+    /// go in as tar keeps them; each file's content is checked as restore checks it
+    /// while it is written. A chunk that does not check out stops the archive short,
+    /// names the file and exits 1: tar -x then reports the archive truncated, so a
+    /// damaged dump never unpacks as if whole. Standard output must not be a terminal.
+    ///
+    ///   coffer dump --key admin.key.asc --source etc nginx | tar -x -C /tmp/etc
+    ///   coffer dump --key admin.key.asc --source home --at 3D alice | ssh host tar -x
+    #[command(verbatim_doc_comment)]
+    Dump(DumpArgs),
     /// Find paths in runs: which runs hold a path that matches, with its size and mtime.
     ///
     /// PATTERN is a glob (`*`, `?`, `[...]`, `**`); without a `/` it matches the last
@@ -586,6 +598,15 @@ pub struct CatArgs {
     /// The file, relative to the source root
     #[arg(value_name = "PATH")]
     pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    #[command(flatten)]
+    pub chosen: ChosenRun,
+    /// Paths relative to the source root, with all below them [default: the whole run]
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

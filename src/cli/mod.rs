@@ -16,8 +16,8 @@ use coffer::{Config, MetafileSource, RestoreOptions, Store, TargetConfig};
 use zeroize::Zeroizing;
 
 use args::{
-    BackupArgs, BenchArgs, CatArgs, ChosenRun, Cli, Command, GcArgs, InitArgs, KeygenArgs, LsArgs,
-    PruneArgs, RestoreArgs, RunsArgs, StatusArgs, TrustArgs, VerifyArgs,
+    BackupArgs, BenchArgs, CatArgs, ChosenRun, Cli, Command, DumpArgs, GcArgs, InitArgs,
+    KeygenArgs, LsArgs, PruneArgs, RestoreArgs, RunsArgs, StatusArgs, TrustArgs, VerifyArgs,
 };
 use output::Bar;
 
@@ -57,6 +57,7 @@ pub fn run() -> ExitCode {
         Command::Restore(_) => "restore",
         Command::Cat(_) => "cat",
         Command::Ls(_) => "ls",
+        Command::Dump(_) => "dump",
         Command::Find(_) => "find",
         Command::Bench(_) => "bench",
         Command::Prune(_) => "prune",
@@ -70,6 +71,7 @@ pub fn run() -> ExitCode {
         Command::Restore(a) => a.json,
         Command::Cat(_) => false,
         Command::Ls(a) => a.json,
+        Command::Dump(_) => false,
         Command::Find(a) => a.json,
         Command::Bench(a) => a.json,
         Command::Prune(a) => a.json,
@@ -86,6 +88,7 @@ pub fn run() -> ExitCode {
         Command::Restore(a) => restore(cli.config.as_deref(), a),
         Command::Cat(a) => cat(cli.config.as_deref(), a),
         Command::Ls(a) => ls(cli.config.as_deref(), a),
+        Command::Dump(a) => dump(cli.config.as_deref(), a),
         Command::Find(a) => find::find(cli.config.as_deref(), a),
         Command::Bench(a) => bench(a),
         Command::Prune(a) => prune(cli.config.as_deref(), a),
@@ -568,6 +571,30 @@ fn cat(config: Option<&Path>, a: CatArgs) -> Result<u8> {
         &source,
         &decryptor,
         &path,
+        trust,
+        &mut out,
+        &coffer::NoProgress,
+    )?;
+    Ok(EXIT_OK)
+}
+
+fn dump(config: Option<&Path>, a: DumpArgs) -> Result<u8> {
+    use std::io::IsTerminal as _;
+    if std::io::stdout().is_terminal() {
+        bail!(
+            "standard output is a terminal: pipe the archive into tar (coffer dump ... | tar \
+             -x) or redirect it to a file"
+        );
+    }
+    let (store, source, decryptor, trust) = open_chosen(config, &a.chosen)?;
+    let paths: Vec<Vec<u8>> = a.paths.iter().map(|p| relative_path(p)).collect();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    coffer::dump(
+        &store,
+        &source,
+        &decryptor,
+        &paths,
         trust,
         &mut out,
         &coffer::NoProgress,

@@ -103,38 +103,134 @@ pub fn cat(
         }
     };
     progress.phase(&format!("cat {shown} from {}", checked.run), Some(size));
-    let corrupt = |reason: String| Error::Corrupt {
-        what: format!("file {shown} of run {}", checked.run),
-        reason,
-    };
     let mut packs = PackCache::new(true);
-    let mut whole = blake3::Hasher::new();
-    let mut written = 0u64;
-    for (i, c) in chunks.iter().enumerate() {
-        let data = packs
-            .message(store, c, &chunks[i..])
-            .map_err(|e| corrupt(e.to_string()))
-            .and_then(|message| {
-                open_chunk(decryptor, c, &message).map_err(|e| corrupt(e.to_string()))
-            })?;
-        whole.update(&data);
-        out.write_all(&data)
-            .map_err(|e| Error::io("standard output", e))?;
-        written = written.saturating_add(data.len() as u64);
-        progress.bytes(data.len() as u64);
-    }
+    let what = format!("file {shown} of run {}", checked.run);
+    let mut content = Content::new(store, decryptor, &mut packs, what, size, hash, &chunks);
+    let written = copy(&mut content, out, progress)?;
     out.flush().map_err(|e| Error::io("standard output", e))?;
-    if written != size || ChunkHash(*whole.finalize().as_bytes()) != hash {
-        return Err(corrupt(format!(
-            "its content ({written} bytes) does not match its recorded size ({size}) and \
-             BLAKE3"
-        )));
-    }
     progress.done();
+    drop(content);
     Ok(CatStats {
         run: checked.run,
         bytes: written,
         requests: packs.requests(),
         bytes_fetched: packs.bytes_read(),
     })
+}
+
+/// A file's content as a reader: each chunk fetched, decrypted and checked before its
+/// bytes are handed out, and at the end the whole file's size and BLAKE3 (an error
+/// instead of the end if they do not match). Errors are [`Error`]s inside the
+/// `io::Error` (see [`copy`]).
+pub(super) struct Content<'a> {
+    store: &'a Reader,
+    decryptor: &'a Decryptor,
+    packs: &'a mut PackCache,
+    what: String,
+    size: u64,
+    hash: ChunkHash,
+    chunks: &'a [crate::format::metafile::ChunkRef],
+    next: usize,
+    buf: Vec<u8>,
+    pos: usize,
+    whole: blake3::Hasher,
+    got: u64,
+}
+
+impl<'a> Content<'a> {
+    pub(super) fn new(
+        store: &'a Reader,
+        decryptor: &'a Decryptor,
+        packs: &'a mut PackCache,
+        what: String,
+        size: u64,
+        hash: ChunkHash,
+        chunks: &'a [crate::format::metafile::ChunkRef],
+    ) -> Self {
+        Content {
+            store,
+            decryptor,
+            packs,
+            what,
+            size,
+            hash,
+            chunks,
+            next: 0,
+            buf: Vec::new(),
+            pos: 0,
+            whole: blake3::Hasher::new(),
+            got: 0,
+        }
+    }
+
+    fn corrupt(&self, reason: String) -> std::io::Error {
+        std::io::Error::other(Error::Corrupt {
+            what: self.what.clone(),
+            reason,
+        })
+    }
+}
+
+impl std::io::Read for Content<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            let Some(c) = self.chunks.get(self.next) else {
+                if self.got != self.size
+                    || ChunkHash(*self.whole.finalize().as_bytes()) != self.hash
+                {
+                    return Err(self.corrupt(format!(
+                        "its content ({} bytes) does not match its recorded size ({}) and \
+                         BLAKE3",
+                        self.got, self.size
+                    )));
+                }
+                return Ok(0);
+            };
+            let data = self
+                .packs
+                .message(self.store, c, &self.chunks[self.next..])
+                .map_err(|e| e.to_string())
+                .and_then(|m| open_chunk(self.decryptor, c, &m).map_err(|e| e.to_string()))
+                .map_err(|reason| self.corrupt(reason))?;
+            self.next += 1;
+            self.whole.update(&data);
+            self.got = self.got.saturating_add(data.len() as u64);
+            self.buf = data;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The [`Error`] an `io::Error` from [`Content`] carries, or the error of writing to
+/// standard output.
+pub(super) fn unwrap_io(e: std::io::Error) -> Error {
+    if !e.get_ref().is_some_and(|i| i.is::<Error>()) {
+        return Error::io("standard output", e);
+    }
+    match e.into_inner().map(|i| i.downcast::<Error>()) {
+        Some(Ok(ours)) => *ours,
+        Some(Err(other)) => Error::io("standard output", std::io::Error::other(other)),
+        None => Error::io("standard output", std::io::Error::other("failed")),
+    }
+}
+
+/// Copies `content` to `out`, counting progress; its bytes.
+fn copy(content: &mut Content<'_>, out: &mut dyn Write, progress: &dyn Progress) -> Result<u64> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut written = 0u64;
+    loop {
+        let n = content.read(&mut buf).map_err(unwrap_io)?;
+        if n == 0 {
+            return Ok(written);
+        }
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io("standard output", e))?;
+        written += n as u64;
+        progress.bytes(n as u64);
+    }
 }

@@ -115,8 +115,55 @@ pub fn ls(
     progress: &dyn Progress,
     each: &mut dyn FnMut(&Listed) -> Result<()>,
 ) -> Result<String> {
-    let mut paths = Vec::with_capacity(opts.paths.len());
-    for p in &opts.paths {
+    walk(
+        store,
+        source,
+        decryptor,
+        &opts.paths,
+        opts.recursive,
+        opts.trust,
+        progress,
+        &mut |entry, _| each(&Listed::of(entry)),
+    )
+}
+
+/// The run a [`walk`] reads, for a callback that needs more of it.
+pub(super) struct Walked<'a> {
+    /// The metafile, to read again (a hard link's target).
+    pub metafile: &'a super::Fetched,
+    /// The run's id.
+    pub run: &'a str,
+    paths: &'a [Vec<u8>],
+}
+
+impl Walked<'_> {
+    /// Whether a recursive walk hands out `path`.
+    pub fn covers(&self, path: &[u8]) -> bool {
+        self.paths.iter().any(|p| {
+            p.is_empty()
+                || path == p.as_slice()
+                || path
+                    .strip_prefix(p.as_slice())
+                    .is_some_and(|rest| rest.starts_with(b"/"))
+        })
+    }
+}
+
+/// Hands the entries of the run that `paths` select (see [`ls`]; the root itself never)
+/// to `each`, in the metafile's order; the run's id.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn walk(
+    store: &Reader,
+    source: &MetafileSource,
+    decryptor: &Decryptor,
+    asked: &[Vec<u8>],
+    recursive: bool,
+    trust: crate::runs::Trust,
+    progress: &dyn Progress,
+    each: &mut dyn FnMut(Entry, &Walked<'_>) -> Result<()>,
+) -> Result<String> {
+    let mut paths = Vec::with_capacity(asked.len());
+    for p in asked {
         super::check_path(p).map_err(|r| Error::Usage(format!("path {:?}: {r}", os(p))))?;
         paths.push(if p == b"." { Vec::new() } else { p.clone() });
     }
@@ -124,8 +171,13 @@ pub fn ls(
         paths.push(Vec::new());
     }
     let mut restore_opts = RestoreOptions::new(".");
-    restore_opts.trust = opts.trust;
+    restore_opts.trust = trust;
     let (metafile, checked) = fetch_and_check(store, source, decryptor, &restore_opts, progress)?;
+    let walked = Walked {
+        metafile: &metafile,
+        run: &checked.run,
+        paths: &paths,
+    };
     let mut found = vec![false; paths.len()];
     let mut listing = metafile.open(decryptor)?;
     while let Some(entry) = listing.next_entry()? {
@@ -144,18 +196,18 @@ pub fn ls(
             } else if path == p.as_slice() {
                 found[i] = true;
                 // A directory asked for shows what is in it; anything else itself.
-                show |= !matches!(entry.kind, Kind::Dir) || opts.recursive;
+                show |= !matches!(entry.kind, Kind::Dir) || recursive;
                 None
             } else {
                 path.strip_prefix(p.as_slice())
                     .and_then(|rest| rest.strip_prefix(b"/"))
             };
             if let Some(rest) = inside {
-                show |= opts.recursive || !rest.contains(&b'/');
+                show |= recursive || !rest.contains(&b'/');
             }
         }
         if show {
-            each(&Listed::of(entry))?;
+            each(entry, &walked)?;
         }
     }
     let missing: Vec<String> = paths

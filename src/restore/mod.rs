@@ -18,6 +18,7 @@
 
 mod cat;
 mod dest;
+mod dump;
 mod failure;
 mod files;
 mod job;
@@ -26,6 +27,7 @@ mod packs;
 mod verify;
 
 pub use cat::{cat, CatStats};
+pub use dump::{dump, DumpStats};
 pub use ls::{ls, Listed, LsOptions};
 pub use packs::RecoveredPack;
 pub use verify::{verify_against, verify_data, AgainstReport, DataOptions, DataReport, Sample};

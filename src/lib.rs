@@ -112,8 +112,8 @@ mod when;
 pub use backup::{backup, backup_all, BackupOptions, BackupStats};
 pub use bench::{bench, BenchInput, BenchReport};
 pub use restore::{
-    cat, dump, ls, restore, CatStats, DumpStats, Listed, LsOptions, MetafileSource, RecoveredPack,
-    RestoreOptions, RestoreStats,
+    cat, diff, dump, ls, restore, CatStats, Change, Compared, DumpStats, Listed, LsOptions,
+    MetafileSource, RecoveredPack, RestoreOptions, RestoreStats,
 };
 pub use text::escape as escape_name;
 pub use when::parse_when;

@@ -673,6 +673,75 @@ fn walkdir(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `coffer diff`: added, removed, changed (content, metadata) between two runs from their
+/// metafiles alone, whichever order the runs are given in; one run alone is compared
+/// with the newest; paths narrow it.
+#[test]
+fn diff_says_what_changed_between_two_runs() {
+    let fx = Fixture::new();
+    std::fs::create_dir_all(fx.src.join("c")).unwrap();
+    write(&fx.src.join("a"), b"one");
+    write(&fx.src.join("b"), b"gone soon");
+    write(&fx.src.join("c/d"), b"same");
+    set_mtime(&fx.src.join("a"), 1_700_000_000, 0);
+    let first = as_str(&fx.backup_ok(), "run").to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    write(&fx.src.join("a"), b"two");
+    set_mtime(&fx.src.join("a"), 1_700_000_000, 0);
+    std::fs::remove_file(fx.src.join("b")).unwrap();
+    write(&fx.src.join("new\nline"), b"e");
+    std::fs::set_permissions(
+        fx.src.join("c/d"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let second = as_str(&fx.backup_ok(), "run").to_string();
+    let diff = |args: &[&str]| {
+        let mut cmd = fx.cmd();
+        cmd.args(["diff", "--key"]).arg(&fx.secret_key).args(args);
+        run(cmd)
+    };
+    let lines = |out: &Out| -> Vec<String> {
+        out.stdout
+            .lines()
+            .filter(|l| !l.starts_with("+ .") && !l.starts_with("U .") && *l != "U c (mtime)")
+            .map(str::to_string)
+            .collect()
+    };
+    let out = diff(&["--run", &first, "--run", &second]).ok();
+    assert_eq!(
+        lines(&out),
+        ["M a (content)", "- b", "U c/d (mode)", "+ new\\nline"],
+        "{out}"
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("from run {first} to run {second}")),
+        "{out}"
+    );
+    let reversed = diff(&["--run", &second, "--run", &first]).ok();
+    assert_eq!(
+        lines(&reversed),
+        lines(&out),
+        "the older run is the old side"
+    );
+    let with_newest = diff(&["--source", SOURCE, "--run", &first]).ok();
+    assert_eq!(lines(&with_newest), lines(&out));
+    let narrowed = diff(&["--run", &first, "--run", &second, "c"]).ok();
+    assert_eq!(lines(&narrowed), ["U c/d (mode)"], "{narrowed}");
+    let json = diff(&["--run", &first, "--run", &second, "--json", "a"]).ok();
+    let v: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
+    assert_eq!(v["change"], "changed", "{json}");
+    assert_eq!(v["what"], serde_json::json!(["content"]), "{json}");
+    assert_eq!(
+        (v["old"]["size"].as_u64(), v["new"]["size"].as_u64()),
+        (Some(3), Some(3))
+    );
+    diff(&["--run", &first, "--run", &second, "--run", &first])
+        .expect(EXIT_ERROR)
+        .stderr_has("two runs");
+}
+
 /// `--at WHEN` chooses the newest run that started at or before WHEN (inclusive, by the
 /// time the run claims): a time, a date (the whole day), an age; before the first run it
 /// fails naming the oldest run; nonsense is refused saying what to write.

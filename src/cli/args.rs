@@ -190,6 +190,20 @@ pub enum Command {
     ///   coffer dump --key admin.key.asc --source home --at 3D alice | ssh host tar -x
     #[command(verbatim_doc_comment)]
     Dump(DumpArgs),
+    /// What changed between two runs: added, removed, changed (content, metadata).
+    ///
+    /// Give the two runs with --run and --at (twice, or one of each), in any order: the
+    /// older is compared with the newer. One alone is compared with the newest run.
+    /// Only the two metafiles are read (content is compared by each file's recorded
+    /// size and BLAKE3). Each line is `+ PATH` (added), `- PATH` (removed), `M PATH`
+    /// (content, type or link target changed) or `U PATH` (only metadata), with what
+    /// changed in parentheses; --json prints one object per line.
+    ///
+    ///   coffer diff --key admin.key.asc --source etc --at 1D
+    ///   coffer diff --key admin.key.asc --source etc --at 2W --at 1W nginx
+    ///   coffer diff --key admin.key.asc --run 20261120T0400 --run 20261121T0400 --json
+    #[command(verbatim_doc_comment)]
+    Diff(DiffArgs),
     /// Find paths in runs: which runs hold a path that matches, with its size and mtime.
     ///
     /// PATTERN is a glob (`*`, `?`, `[...]`, `**`); without a `/` it matches the last
@@ -598,6 +612,40 @@ pub struct CatArgs {
     /// The file, relative to the source root
     #[arg(value_name = "PATH")]
     pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Secret key file (from `coffer keygen`, or `gpg --export-secret-keys --armor`)
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Read the key's passphrase from the first line of this file
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Target name from the config, or a target URL [default: the source's only target]
+    #[arg(long, value_name = "T")]
+    pub target: Option<String>,
+    /// The source whose runs to compare (needed with --at, or without --run)
+    #[arg(long, value_name = "S")]
+    pub source: Option<String>,
+    /// Only consider runs made by this host
+    #[arg(long, value_name = "H")]
+    pub host: Option<String>,
+    /// A run to compare (its id, or a prefix only one run's id has); up to twice
+    #[arg(long, value_name = "ID")]
+    pub run: Vec<String>,
+    /// The newest run of --source that started at or before WHEN (see `coffer restore
+    /// --help`); up to twice
+    #[arg(long, value_name = "WHEN", requires = "source", value_parser = when)]
+    pub at: Vec<chrono::DateTime<chrono::Utc>>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// One JSON object per line
+    #[arg(long)]
+    pub json: bool,
+    /// Only these paths and what is below them
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

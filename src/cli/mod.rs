@@ -16,7 +16,7 @@ use coffer::{Config, MetafileSource, RestoreOptions, Store, TargetConfig};
 use zeroize::Zeroizing;
 
 use args::{
-    BackupArgs, BenchArgs, CatArgs, ChosenRun, Cli, Command, DumpArgs, GcArgs, InitArgs,
+    BackupArgs, BenchArgs, CatArgs, ChosenRun, Cli, Command, DiffArgs, DumpArgs, GcArgs, InitArgs,
     KeygenArgs, LsArgs, PruneArgs, RestoreArgs, RunsArgs, StatusArgs, TrustArgs, VerifyArgs,
 };
 use output::Bar;
@@ -58,6 +58,7 @@ pub fn run() -> ExitCode {
         Command::Cat(_) => "cat",
         Command::Ls(_) => "ls",
         Command::Dump(_) => "dump",
+        Command::Diff(_) => "diff",
         Command::Find(_) => "find",
         Command::Bench(_) => "bench",
         Command::Prune(_) => "prune",
@@ -72,6 +73,7 @@ pub fn run() -> ExitCode {
         Command::Cat(_) => false,
         Command::Ls(a) => a.json,
         Command::Dump(_) => false,
+        Command::Diff(a) => a.json,
         Command::Find(a) => a.json,
         Command::Bench(a) => a.json,
         Command::Prune(a) => a.json,
@@ -89,6 +91,7 @@ pub fn run() -> ExitCode {
         Command::Cat(a) => cat(cli.config.as_deref(), a),
         Command::Ls(a) => ls(cli.config.as_deref(), a),
         Command::Dump(a) => dump(cli.config.as_deref(), a),
+        Command::Diff(a) => diff(cli.config.as_deref(), a),
         Command::Find(a) => find::find(cli.config.as_deref(), a),
         Command::Bench(a) => bench(a),
         Command::Prune(a) => prune(cli.config.as_deref(), a),
@@ -575,6 +578,60 @@ fn cat(config: Option<&Path>, a: CatArgs) -> Result<u8> {
         &mut out,
         &coffer::NoProgress,
     )?;
+    Ok(EXIT_OK)
+}
+
+fn diff(config: Option<&Path>, a: DiffArgs) -> Result<u8> {
+    let run = |id: Option<String>, at| MetafileSource::Run {
+        host: a.host.clone(),
+        source: a.source.clone(),
+        id,
+        at,
+    };
+    let mut chosen: Vec<MetafileSource> =
+        a.run.iter().map(|id| run(Some(id.clone()), None)).collect();
+    chosen.extend(a.at.iter().map(|t| run(None, Some(*t))));
+    if chosen.is_empty() && a.source.is_none() {
+        bail!("give the runs to compare (--run ID, --at WHEN: twice, or once to compare with the newest run of --source)");
+    }
+    if chosen.len() > 2 {
+        bail!("diff compares two runs: give --run and --at twice at most in all");
+    }
+    while chosen.len() < 2 {
+        chosen.push(run(None, None));
+    }
+    let target = restore_target(config, a.target.as_deref(), a.source.as_deref())?;
+    let store = Store::open(&target, false)?.reader();
+    let decryptor = secret_key(&a.key, a.passphrase_file.as_deref())?;
+    let trust = trust(optional_config(config)?.as_ref(), &a.trust)?;
+    let paths: Vec<Vec<u8>> = a.paths.iter().map(|p| relative_path(p)).collect();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let to_io = |e: std::io::Error| coffer::Error::io("standard output", e);
+    let compared = coffer::diff(
+        &store,
+        &chosen[0],
+        &chosen[1],
+        &decryptor,
+        &paths,
+        trust,
+        &coffer::NoProgress,
+        &mut |c| {
+            let line = if a.json {
+                serde_json::to_string(c).map_err(|j| to_io(j.into()))?
+            } else {
+                output::diff_line(c)
+            };
+            writeln!(out, "{line}").map_err(to_io)
+        },
+    )?;
+    out.flush()?;
+    if !a.json {
+        eprintln!(
+            "coffer diff: from run {} to run {}",
+            compared.old, compared.new
+        );
+    }
     Ok(EXIT_OK)
 }
 

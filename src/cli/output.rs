@@ -582,3 +582,24 @@ pub fn ls_long(e: &coffer::Listed) -> String {
     }
     line
 }
+
+/// `coffer diff`: `+ PATH`, `- PATH`, `M PATH (what)` or `U PATH (what)`, the name
+/// escaped.
+pub fn diff_line(c: &coffer::Change) -> String {
+    let name = coffer::escape_name(c.raw_path());
+    match c.change {
+        "added" => format!("+ {name}"),
+        "removed" => format!("- {name}"),
+        _ => {
+            let data = c
+                .what
+                .iter()
+                .any(|w| matches!(*w, "content" | "type" | "target" | "device"));
+            format!(
+                "{} {name} ({})",
+                if data { 'M' } else { 'U' },
+                c.what.join(", ")
+            )
+        }
+    }
+}

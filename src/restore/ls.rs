@@ -53,7 +53,7 @@ pub struct Listed {
 }
 
 impl Listed {
-    fn of(entry: Entry) -> Listed {
+    pub(super) fn of(entry: Entry) -> Listed {
         use crate::format::encode_field as enc;
         let (kind, size, target, device) = match &entry.kind {
             Kind::Dir => ("dir", 0, None, None),

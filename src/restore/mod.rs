@@ -18,6 +18,7 @@
 
 mod cat;
 mod dest;
+mod diff;
 mod dump;
 mod failure;
 mod files;
@@ -27,6 +28,7 @@ mod packs;
 mod verify;
 
 pub use cat::{cat, CatStats};
+pub use diff::{diff, Change, Compared};
 pub use dump::{dump, DumpStats};
 pub use ls::{ls, Listed, LsOptions};
 pub use packs::RecoveredPack;

@@ -217,7 +217,14 @@ proptest! {
         let mut keys = vec![ObjectKey::of(b"a"), ObjectKey::of(b"b")];
         keys.sort();
         let chain = refs::Chain::start().unwrap();
-        refs::write(&mut v2, &name, &bounds, &digest, &chain, keys.clone()).unwrap();
+        let stats = refs::RunStats {
+            files: 2,
+            bytes: 10,
+            bytes_new: 10,
+            bytes_stored: 99,
+            seconds: 1,
+        };
+        refs::write(&mut v2, &name, &bounds, &digest, &chain, Some(&stats), keys.clone()).unwrap();
         let v1 = format!(
             "coffer-refs 1\ndedup-max-age 1\nmax-run-time 2\n{}\n{}\nend 2\n",
             keys[0], keys[1]

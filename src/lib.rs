@@ -111,6 +111,7 @@ mod when;
 // Commands.
 pub use backup::{backup, backup_all, BackupOptions, BackupStats};
 pub use bench::{bench, BenchInput, BenchReport};
+pub use format::refs::RunStats;
 pub use restore::{
     cat, diff, dump, ls, restore, CatStats, Change, Compared, DumpStats, Listed, LsOptions,
     MetafileSource, RecoveredPack, RestoreOptions, RestoreStats,

@@ -162,6 +162,7 @@ pub(crate) fn from_listing(objects: Vec<RunObject>) -> Option<RunInfo> {
         chain: None,
         refs_hash: None,
         metafile_digest: None,
+        stats: None,
     })
 }
 
@@ -326,6 +327,7 @@ fn check_one(store: &Reader, run: &mut RunInfo, trust: &Trust) -> crate::error::
         }
     }
     run.metafile_digest = header.metafile;
+    run.stats = header.stats.clone();
     let signers = trust.signers(&run.source);
     if header.chain.is_some() || (run.sig_bytes.is_some() && !signers.is_empty()) {
         if refs_bytes > MAX_REFS_BYTES {

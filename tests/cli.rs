@@ -742,6 +742,47 @@ fn diff_says_what_changed_between_two_runs() {
         .stderr_has("two runs");
 }
 
+/// `coffer runs` shows, without a key, what each run read and stored: the object list's
+/// `stats` line (docs/FORMAT.md 6), which `gpg`-free readers see as plain text.
+#[test]
+fn runs_show_files_bytes_added_and_duration_without_a_key() {
+    let fx = Fixture::new();
+    write(&fx.src.join("a"), &pseudo_random(60, 300_000));
+    write(&fx.src.join("b"), b"bee\n");
+    let first = as_str(&fx.backup_ok(), "run").to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = as_str(&fx.backup_ok(), "run").to_string();
+    let runs = fx.runs();
+    let stats = |id: &str| runs.iter().find(|r| r["run"] == id).expect("listed")["stats"].clone();
+    let s1 = stats(&first);
+    assert_eq!(s1["files"], 2, "{s1}");
+    assert_eq!(s1["bytes"], 300_004, "{s1}");
+    assert_eq!(s1["bytes_new"], 300_004, "{s1}");
+    assert!(s1["bytes_stored"].as_u64().unwrap() > 300_000, "{s1}");
+    assert!(s1["seconds"].is_u64(), "{s1}");
+    let s2 = stats(&second);
+    assert_eq!(
+        (s2["files"].as_u64(), s2["bytes_new"].as_u64()),
+        (Some(2), Some(0)),
+        "{s2}"
+    );
+    let list =
+        std::fs::read_to_string(fx.target.join(format!("runs/{HOST}/{SOURCE}/{first}.refs")))
+            .unwrap();
+    let line = format!(
+        "stats 2 300004 300004 {} {}",
+        s1["bytes_stored"], s1["seconds"]
+    );
+    assert!(list.lines().any(|l| l == line), "{line} in {list}");
+    let mut cmd = coffer(&fx.home);
+    cmd.args(["runs", "--target", &fx.target_url()]);
+    let table = run(cmd).ok();
+    let head = table.stdout.lines().next().unwrap_or("").to_string();
+    for column in ["FILES", "SIZE", "ADDED", "TOOK"] {
+        assert!(head.contains(column), "{table}");
+    }
+}
+
 /// `--at WHEN` chooses the newest run that started at or before WHEN (inclusive, by the
 /// time the run claims): a time, a date (the whole day), an age; before the first run it
 /// fails naming the oldest run; nonsense is refused saying what to write.

@@ -76,6 +76,16 @@ impl Commit<'_> {
             bytes: metafile.bytes,
             pieces,
         };
+        let run_stats = refs::RunStats {
+            files: stats.files,
+            bytes: stats.bytes_total,
+            bytes_new: stats.bytes_new,
+            bytes_stored: stats.bytes_stored,
+            seconds: (Utc::now() - self.start_time)
+                .to_std()
+                .unwrap_or_default()
+                .as_secs(),
+        };
         let mut list = Vec::new();
         refs::write(
             &mut list,
@@ -83,6 +93,7 @@ impl Commit<'_> {
             &bounds,
             &digest,
             self.chain,
+            Some(&run_stats),
             metafile.referenced.iter().copied(),
         )
         .map_err(|e| Error::io("object list", e))?;

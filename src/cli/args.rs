@@ -89,6 +89,10 @@ pub enum Command {
     /// planted) or damaged (it cannot be restored whole), with the reason; such a run is
     /// never restored by default, never counts toward prune's rules and is never deleted
     /// by prune. The exit status is 3 if any run is not ok.
+    ///
+    /// FILES, SIZE, ADDED (bytes of chunks the run stored first) and TOOK come from the
+    /// run's object list, so they need no key either; `-` for runs made before coffer
+    /// recorded them, and for runs not checked (--no-check).
     #[command(verbatim_doc_comment)]
     Runs(RunsArgs),
     /// Is every source backed up, and recently? For monitoring; needs no key.

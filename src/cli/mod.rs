@@ -468,7 +468,7 @@ fn runs(config: Option<&Path>, a: RunsArgs) -> Result<u8> {
                 serde_json::json!({"target": t, "host": r.host, "source": r.source,
                 "run": r.id, "time": r.time, "stored": r.stored,
                 "metafile_bytes": r.metafile_bytes, "status": r.status,
-                "signature": r.signature, "chain": chain})
+                "signature": r.signature, "chain": chain, "stats": r.stats})
             })
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;

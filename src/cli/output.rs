@@ -464,17 +464,25 @@ impl Progress for Bar {
 /// The `coffer runs` table: columns as wide as their widest value.
 pub fn runs_table(runs: &[(String, coffer::RunInfo)]) -> String {
     let head = [
-        "TARGET", "HOST", "SOURCE", "RUN", "STORED", "SIGNED", "STATUS",
+        "TARGET", "HOST", "SOURCE", "RUN", "STORED", "FILES", "SIZE", "ADDED", "TOOK", "SIGNED",
+        "STATUS",
     ];
-    let rows: Vec<[String; 7]> = runs
+    let rows: Vec<[String; 11]> = runs
         .iter()
         .map(|(t, r)| {
+            let stat = |f: &dyn Fn(&coffer::RunStats) -> String| {
+                r.stats.as_ref().map_or_else(|| "-".to_string(), f)
+            };
             [
                 t.clone(),
                 r.host.clone(),
                 r.source.clone(),
                 r.id.clone(),
                 r.stored.clone(),
+                stat(&|s| s.files.to_string()),
+                stat(&|s| bytes(s.bytes)),
+                stat(&|s| bytes(s.bytes_new)),
+                stat(&|s| format!("{}s", s.seconds)),
                 r.signature.word().to_string(),
                 match r.status.reason() {
                     Some(why) => format!("{}: {}", r.status.word(), why),

@@ -160,6 +160,24 @@ pub struct Header {
     pub metafile: Option<MetafileDigest>,
     /// The run's place in its chain (`None` before version 3).
     pub chain: Option<Chain>,
+    /// What the run read and stored (`None` where the list has no `stats` line).
+    pub stats: Option<RunStats>,
+}
+
+/// What a run read and stored, as its object list records it (its `stats` line), so
+/// that `coffer runs` shows it without a key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunStats {
+    /// Regular files in the run.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Bytes of chunks this run stored first (before compression and encryption).
+    pub bytes_new: u64,
+    /// Bytes the run uploaded (packs and metafile, as stored).
+    pub bytes_stored: u64,
+    /// Seconds from the run's start to its commit.
+    pub seconds: u64,
 }
 
 /// Writes an object list; `keys` must be sorted and unique.
@@ -169,6 +187,7 @@ pub fn write(
     bounds: &Bounds,
     metafile: &MetafileDigest,
     chain: &Chain,
+    stats: Option<&RunStats>,
     keys: impl IntoIterator<Item = ObjectKey>,
 ) -> std::io::Result<()> {
     writeln!(out, "coffer-refs {VERSION}")?;
@@ -183,6 +202,13 @@ pub fn write(
         metafile.hash, metafile.bytes, metafile.pieces
     )?;
     writeln!(out, "chain {}", chain.field())?;
+    if let Some(s) = stats {
+        writeln!(
+            out,
+            "stats {} {} {} {} {}",
+            s.files, s.bytes, s.bytes_new, s.bytes_stored, s.seconds
+        )?;
+    }
     writeln!(out)?;
     let mut n = 0u64;
     for k in keys {
@@ -353,6 +379,7 @@ impl<R: BufRead> Lines<R> {
                 name: None,
                 metafile: None,
                 chain: None,
+                stats: None,
             });
         }
         let mut fields: Vec<(String, String)> = Vec::new();
@@ -414,7 +441,29 @@ impl<R: BufRead> Lines<R> {
         } else {
             None
         };
+        // Optional: lists before it have none, and a reader needs none.
+        let stats = match fields.iter().find(|(k, _)| k == "stats") {
+            None => None,
+            Some((_, v)) => {
+                let n: Vec<u64> = v.split(' ').filter_map(decimal).collect();
+                match n[..] {
+                    [files, bytes, bytes_new, bytes_stored, seconds]
+                        if v.split(' ').count() == 5 =>
+                    {
+                        Some(RunStats {
+                            files,
+                            bytes,
+                            bytes_new,
+                            bytes_stored,
+                            seconds,
+                        })
+                    }
+                    _ => return Err(self.corrupt(format!("bad stats line {v:?}"))),
+                }
+            }
+        };
         Ok(Header {
+            stats,
             version,
             bounds: Bounds {
                 dedup_max_age: secs("dedup-max-age")?,
@@ -476,6 +525,13 @@ mod tests {
     fn roundtrip_and_truncation() {
         let mut keys = vec![ObjectKey::of(b"a"), ObjectKey::of(b"b")];
         keys.sort();
+        let stats = RunStats {
+            files: 3,
+            bytes: 4,
+            bytes_new: 5,
+            bytes_stored: 6,
+            seconds: 7,
+        };
         let mut buf = Vec::new();
         write(
             &mut buf,
@@ -483,11 +539,26 @@ mod tests {
             &BOUNDS,
             &digest(),
             &chain(),
+            Some(&stats),
             keys.clone(),
         )
         .unwrap();
         let (header, back) = read(&buf[..], "r").unwrap();
         assert_eq!(back, keys);
+        assert_eq!(header.stats, Some(stats));
+        // Without the line (as lists before it), and with a bad one.
+        let text = String::from_utf8(buf.clone()).unwrap();
+        let without = text.replace("stats 3 4 5 6 7\n", "");
+        assert_eq!(read(without.as_bytes(), "r").unwrap().0.stats, None);
+        for bad in [
+            "stats 3 4 5 6\n",
+            "stats 3 4 5 6 7 8\n",
+            "stats 3 4 5 6 x\n",
+            "stats 3  4 5 6\n",
+        ] {
+            let broken = text.replace("stats 3 4 5 6 7\n", bad);
+            assert!(read(broken.as_bytes(), "r").is_err(), "{bad}");
+        }
         assert_eq!(header.bounds, BOUNDS);
         assert_eq!(header.name, Some(name()));
         assert_eq!(header.metafile, Some(digest()));
@@ -504,6 +575,7 @@ mod tests {
             &BOUNDS,
             &digest(),
             &chain(),
+            None,
             keys.iter().rev().copied(),
         )
         .unwrap();

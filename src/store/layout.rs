@@ -35,6 +35,9 @@ pub struct RunInfo {
     pub metafile_bytes: u64,
     /// What a keyless reader can tell of it.
     pub status: crate::runs::RunStatus,
+    /// What it read and stored, as its object list records it (known once checked;
+    /// `None` for lists that do not record it).
+    pub stats: Option<crate::format::refs::RunStats>,
     #[serde(skip)]
     pub(crate) stored_at: chrono::DateTime<chrono::Utc>,
     #[serde(skip)]
@@ -94,6 +97,7 @@ impl RunInfo {
             chain: None,
             refs_hash: None,
             metafile_digest: None,
+            stats: None,
         }
     }
 }

@@ -737,7 +737,7 @@ mod tests {
         };
         let mut refs = Vec::new();
         let chain = crate::format::refs::Chain::start().unwrap();
-        crate::format::refs::write(&mut refs, &name, &bounds, &digest, &chain, []).unwrap();
+        crate::format::refs::write(&mut refs, &name, &bounds, &digest, &chain, None, []).unwrap();
         creator
             .put_run(
                 host,

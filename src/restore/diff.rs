@@ -236,3 +236,51 @@ impl<'a> Ordered<'a> {
         Ok(Some(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The walk lists a directory's entries right after it, names in byte order: "a",
+    /// then what is in "a", then "a.txt" (although "." sorts before "/" as bytes).
+    #[test]
+    fn walk_order_is_depth_first_by_name() {
+        let walked: [&[u8]; 7] = [b".", b"a", b"a/b", b"a/b/c", b"a/c", b"a.txt", b"b\xff"];
+        for pair in walked.windows(2) {
+            assert_eq!(walk_order(pair[0], pair[1]), Ordering::Less, "{pair:?}");
+            assert_eq!(walk_order(pair[1], pair[0]), Ordering::Greater, "{pair:?}");
+        }
+        assert_eq!(walk_order(b"a/b", b"a/b"), Ordering::Equal);
+        assert!(
+            b"a.txt".as_slice() < b"a/b".as_slice(),
+            "plain byte order differs"
+        );
+    }
+
+    #[test]
+    fn what_changed_is_named_for_each_kind() {
+        let file = |size, seed: &[u8]| Entry {
+            path: b"f".to_vec(),
+            kind: Kind::File {
+                size,
+                hash: crate::ids::ChunkHash::of(seed),
+                chunks: Vec::new(),
+            },
+            meta: Default::default(),
+        };
+        let a = file(1, b"x");
+        assert!(differences(&a, &a.clone()).is_empty());
+        assert_eq!(differences(&a, &file(1, b"y")), ["content"]);
+        let mut moved = a.clone();
+        moved.meta.mode = 0o600;
+        moved.meta.mtime = 5;
+        assert_eq!(differences(&a, &moved), ["mode", "mtime"]);
+        let link = Entry {
+            kind: Kind::Symlink {
+                target: b"t".to_vec(),
+            },
+            ..a.clone()
+        };
+        assert_eq!(differences(&a, &link), ["type"]);
+    }
+}

@@ -1,5 +1,5 @@
 //! Object versions on S3: the earlier versions a versioned bucket keeps of an object
-//! that was overwritten (docs/FORMAT.md section 7). object_store reads a given version
+//! that was overwritten (docs/FORMAT.md sections 7 and 9.1). object_store reads a given version
 //! (`GetOptions::version`) but cannot list them, so the listing is one
 //! ListObjectVersions request, signed with object_store's own SigV4 signer and sent
 //! through its HTTP client: the same credential, endpoint and TLS settings as every

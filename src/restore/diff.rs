@@ -78,15 +78,7 @@ pub fn diff(
     if one.1.run > two.1.run {
         std::mem::swap(&mut one, &mut two);
     }
-    let wanted = |p: &[u8]| {
-        p != b"."
-            && (paths.is_empty()
-                || paths.iter().any(|w| {
-                    p == w.as_slice()
-                        || p.strip_prefix(w.as_slice())
-                            .is_some_and(|r| r.starts_with(b"/"))
-                }))
-    };
+    let wanted = |p: &[u8]| p != b"." && super::selected(paths, p);
     let mut old = Ordered::new(one.0.open(decryptor)?, &one.1.run);
     let mut new = Ordered::new(two.0.open(decryptor)?, &two.1.run);
     let (mut x, mut y) = (old.next()?, new.next()?);

@@ -133,19 +133,14 @@ pub(super) struct Walked<'a> {
     pub metafile: &'a super::Fetched,
     /// The run's id.
     pub run: &'a str,
+    /// The paths asked for, as given.
     paths: &'a [Vec<u8>],
 }
 
 impl Walked<'_> {
     /// Whether a recursive walk hands out `path`.
     pub fn covers(&self, path: &[u8]) -> bool {
-        self.paths.iter().any(|p| {
-            p.is_empty()
-                || path == p.as_slice()
-                || path
-                    .strip_prefix(p.as_slice())
-                    .is_some_and(|rest| rest.starts_with(b"/"))
-        })
+        super::selected(self.paths, path)
     }
 }
 
@@ -176,7 +171,7 @@ pub(super) fn walk(
     let walked = Walked {
         metafile: &metafile,
         run: &checked.run,
-        paths: &paths,
+        paths: asked,
     };
     let mut found = vec![false; paths.len()];
     let mut listing = metafile.open(decryptor)?;

@@ -98,12 +98,8 @@ pub(super) fn find(config: Option<&Path>, a: FindArgs) -> Result<u8> {
     let to_io = |e: std::io::Error| coffer::Error::io("standard output", e);
     let mut failed = 0;
     for r in &runs {
-        let source = MetafileSource::Run {
-            host: Some(r.host.clone()),
-            source: Some(r.source.clone()),
-            id: Some(r.id.clone()),
-            at: None,
-        };
+        // The runs were listed once, above: each is read without listing them again.
+        let source = MetafileSource::Listed(Box::new(r.clone()));
         let mut opts = coffer::LsOptions::default();
         opts.trust = trust.clone();
         opts.recursive = true;

@@ -70,6 +70,9 @@ pub enum MetafileSource {
     },
     /// A metafile on disk: as stored (encrypted), or already decrypted.
     File(PathBuf),
+    /// A run already listed ([`Reader::list_runs`]), so that a command going through
+    /// many runs lists the target once, not once per run. Taken as a run given by id.
+    Listed(Box<store::RunInfo>),
 }
 
 /// How to restore.
@@ -262,6 +265,9 @@ fn fetch_and_check(
             let checked = metafile.check(decryptor, &opts.paths)?;
             return Ok((metafile, checked));
         }
+        MetafileSource::Listed(run) => {
+            return fetch_named(store, (**run).clone(), decryptor, opts, progress)
+        }
         MetafileSource::Run {
             host,
             source,
@@ -271,30 +277,8 @@ fn fetch_and_check(
     };
     if let Some(id) = id {
         let runs = runs_of(store, host, source, true)?;
-        let mut run = select_id(store, runs, id)?;
-        crate::runs::check(store, std::slice::from_mut(&mut run), &opts.trust)?;
-        if opts.trust.requires(&run.source)
-            && !matches!(run.signature, crate::runs::Signature::Good(_))
-        {
-            return Err(Error::Corrupt {
-                what: format!("run {}/{}/{}", run.host, run.source, run.id),
-                reason: format!(
-                    "{}; restore refuses a run that no trusted signer signed \
-                     (--allow-unsigned restores it anyway)",
-                    run.status.reason().unwrap_or("it is not signed")
-                ),
-            });
-        }
-        if let Some(reason) = run.status.reason() {
-            progress.warn(&format!(
-                "run {} is {}: {reason}; restoring it because it was asked for",
-                run.id,
-                run.status.word()
-            ));
-        }
-        let metafile = fetch_run(store, run, &opts.trust)?;
-        let checked = metafile.check(decryptor, &opts.paths)?;
-        return Ok((metafile, checked));
+        let run = select_id(store, runs, id)?;
+        return fetch_named(store, run, decryptor, opts, progress);
     }
     let Some(source) = source else {
         return Err(Error::Usage(
@@ -353,6 +337,40 @@ fn fetch_and_check(
             format!(" (skipped: {})", skipped.join(", "))
         }
     )))
+}
+
+/// Fetches and checks the run asked for by name (an id, or a listed run), whatever the
+/// keyless checks say of it (with a warning if they found something), unless a trusted
+/// signer is required and did not sign it.
+fn fetch_named(
+    store: &Reader,
+    mut run: store::RunInfo,
+    decryptor: &Decryptor,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<(Fetched, Checked)> {
+    crate::runs::check(store, std::slice::from_mut(&mut run), &opts.trust)?;
+    if opts.trust.requires(&run.source) && !matches!(run.signature, crate::runs::Signature::Good(_))
+    {
+        return Err(Error::Corrupt {
+            what: format!("run {}/{}/{}", run.host, run.source, run.id),
+            reason: format!(
+                "{}; restore refuses a run that no trusted signer signed \
+                 (--allow-unsigned restores it anyway)",
+                run.status.reason().unwrap_or("it is not signed")
+            ),
+        });
+    }
+    if let Some(reason) = run.status.reason() {
+        progress.warn(&format!(
+            "run {} is {}: {reason}; restoring it because it was asked for",
+            run.id,
+            run.status.word()
+        ));
+    }
+    let metafile = fetch_run(store, run, &opts.trust)?;
+    let checked = metafile.check(decryptor, &opts.paths)?;
+    Ok((metafile, checked))
 }
 
 /// A metafile's stored bytes, in memory when small and in an unlinked temporary file

@@ -104,6 +104,12 @@ pub enum Error {
         source: Option<Box<rusqlite::Error>>,
     },
 
+    /// The data of a stream source did not arrive whole: its command failed (exited
+    /// with a status other than 0, or was killed), or standard input broke. No run was
+    /// committed.
+    #[error("{0}")]
+    Input(String),
+
     /// The command was interrupted (SIGINT, SIGTERM) and stopped cleanly.
     #[error("interrupted; everything half written was removed")]
     Interrupted,
@@ -146,6 +152,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Corrupt { .. } => "corrupt",
             Error::Index { .. } => "index",
+            Error::Input(_) => "input",
             Error::Interrupted => "interrupted",
             Error::Internal(_) => "internal",
             Error::Usage(_) => "usage",

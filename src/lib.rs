@@ -121,8 +121,8 @@ pub use when::parse_when;
 
 // Configuration.
 pub use config::{
-    config_path, default_state_dir, parse_duration, parse_size, Chunking, Config, InvalidValue,
-    SourceConfig, TargetConfig,
+    config_path, default_state_dir, parse_duration, parse_size, valid_stream_name, Chunking,
+    Config, Input, InvalidValue, SourceConfig, TargetConfig,
 };
 pub use retention::Retention;
 

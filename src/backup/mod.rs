@@ -38,6 +38,7 @@ mod pack;
 mod packer;
 mod read;
 mod reuse;
+mod stream;
 mod upload;
 
 use std::collections::HashMap;
@@ -48,7 +49,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::cancel::Cancel;
-use crate::config::{Config, SourceConfig, TargetConfig};
+use crate::config::{Config, Input, SourceConfig, TargetConfig};
 use crate::crypto::{load_recipients, Encryptor};
 use crate::error::{Error, Result};
 use crate::format::metafile::Header;
@@ -157,6 +158,10 @@ pub struct BackupOptions {
     /// within the run). The way to repair runs whose packs went missing from a target the
     /// host cannot read.
     pub forget_cache: bool,
+    /// Commit a run of a stream source (a command's output, standard input) that gave
+    /// no data at all. By default such a run is refused: an empty dump is what a failed
+    /// one looks like (`cat missing | coffer backup db --stdin` without pipefail).
+    pub allow_empty_stream: bool,
     /// Stops the backup when set (SIGINT, say): nothing is committed.
     pub cancel: Cancel,
 }
@@ -216,7 +221,9 @@ pub fn backup(
     )?;
     let presence = Arc::new(reuse::Presence::new(reader));
     let run = commit::next_run_id(&index, target_id, &source.name, start_time)?;
-    let chain = match index.chain_head(&target.url, &config.host, &source.name)? {
+    let head = index.chain_head(&target.url, &config.host, &source.name)?;
+    let first_run = head.is_none();
+    let chain = match head {
         Some((head, link)) => head.next(link),
         None => crate::format::refs::Chain::start()?,
     };
@@ -225,8 +232,13 @@ pub fn backup(
     index.set_dedup_horizon(horizon);
     let mut writer_index = Index::open(&config.state_dir)?;
     writer_index.set_dedup_horizon(horizon);
-    let rules = IgnoreRules::new(&source.ignore)?;
-    let walker = source::walk(&source.path, source.one_file_system, rules)?;
+    let walker = match &source.input {
+        Input::Tree(path) => {
+            let rules = IgnoreRules::new(&source.ignore)?;
+            Some(source::walk(path, source.one_file_system, rules)?)
+        }
+        _ => None,
+    };
     let mut header = header(config, source, &run, start_time, keyset);
     header.fields.push(("chain".into(), chain.field()));
     if let Some(k) = &signing_key {
@@ -259,6 +271,11 @@ pub fn backup(
         racy_after_ns: start_time.timestamp_nanos_opt().unwrap_or(i64::MAX) - 2_000_000_000,
         presence: presence.clone(),
     })?;
+    // A stream's producer starts last, once everything it could fail on is ready.
+    let stream = match (&walker, source.input.stream_name()) {
+        (None, Some(name)) => Some((stream::Stream::open(&source.input)?, name)),
+        _ => None,
+    };
     progress.phase(&format!("{} -> {}", source.name, target.name), None);
     let (tx, rx) = sync_channel::<packer::Msg>(READ_AHEAD_MESSAGES);
     let (pack_tx, pack_rx) = sync_channel(1);
@@ -288,7 +305,16 @@ pub fn backup(
             progress,
             stats: &mut stats,
         };
-        let read = stopping(&cancel, reader.run(walker));
+        let read = match (walker, stream) {
+            (Some(walker), _) => reader.run(walker),
+            (None, Some((stream, name))) => {
+                reader.run_stream(stream, name, start_time, opts.allow_empty_stream)
+            }
+            (None, None) => Err(Error::Internal(
+                "a source with neither tree nor stream".into(),
+            )),
+        };
+        let read = stopping(&cancel, read);
         drop(reader); // hangs up: the packer finishes
         (read, join(packed), join(uploaded))
     });
@@ -297,6 +323,17 @@ pub fn backup(
     report_missing(&presence, target, &mut stats, progress);
     stats.chunks = output.chunks;
     stats.chunks_new = output.chunks_new;
+    if source.input.path().is_none() {
+        // A stream has no earlier stamp to compare: it is new in the first run this host
+        // made of the source, else it changed if it stored anything new.
+        if first_run {
+            stats.files_new = stats.files;
+        } else if output.chunks_new == 0 {
+            stats.files_unchanged = stats.files;
+        } else {
+            stats.files_changed = stats.files;
+        }
+    }
     stats.bytes_new = output.bytes_new;
     stats.bytes_stored = uploaded.bytes;
     stats.packs_stored = uploaded.created;
@@ -379,7 +416,7 @@ fn header(
             ("host".into(), config.host.clone()),
             ("source".into(), source.name.clone()),
             ("run".into(), run.to_string()),
-            ("root".into(), source.path.to_string_lossy().into_owned()),
+            ("root".into(), root(&source.input)),
             ("started".into(), start_time.to_rfc3339()),
             (
                 "chunker".into(),
@@ -390,6 +427,16 @@ fn header(
             ),
             ("recipients".into(), keyset),
         ],
+    }
+}
+
+/// The metafile's `root` field: the tree's path, or what a stream came from (the
+/// program only: its arguments may hold a password).
+fn root(input: &Input) -> String {
+    match input {
+        Input::Tree(path) => path.to_string_lossy().into_owned(),
+        Input::Command { argv, .. } => format!("command:{}", argv[0]),
+        Input::Stdin { .. } => "stdin:".into(),
     }
 }
 

@@ -17,7 +17,7 @@ use super::BackupStats;
 use crate::cancel::Cancel;
 use crate::chunker::Chunker;
 use crate::config::SourceConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::metafile::{Entry, Kind};
 use crate::ids::ChunkHash;
 use crate::index::{CachedFile, Index};
@@ -309,11 +309,30 @@ impl Reader<'_> {
             }
             Err(e) => return Ok(Err(e)),
         };
+        let reader = source::SparseReader::new(&file, opened.is_sparse());
+        let mut chunker = Chunker::new(reader, self.source.chunking, opened.size);
+        let read = self.chunk_all(&mut chunker)?;
+        // Holes were not read: they count as holes, not as bytes read.
+        let zeros = chunker.reader().zeros;
+        self.stats.bytes_read = self.stats.bytes_read.saturating_sub(zeros);
+        self.stats.bytes_holes += zeros;
+        Ok(read.and_then(|(size, hash)| {
+            self.stamp_after(&file)
+                .map(|after| (size, hash, opened, after))
+        }))
+    }
+
+    /// Cuts everything `chunker` reads into chunks, hashes them and sends them to the
+    /// packer. Returns the size and the whole content's hash; the outer result is the
+    /// packer hanging up, the inner one the input's I/O.
+    #[allow(clippy::type_complexity)]
+    fn chunk_all<R: std::io::Read>(
+        &mut self,
+        chunker: &mut Chunker<R>,
+    ) -> std::result::Result<std::result::Result<(u64, ChunkHash), std::io::Error>, Stopped> {
         let mut size = 0u64;
         let mut whole = blake3::Hasher::new();
         let mut hash = None;
-        let reader = source::SparseReader::new(&file, opened.is_sparse());
-        let mut chunker = Chunker::new(reader, self.source.chunking, opened.size);
         while let Some(data) = chunker.next() {
             let data = match data {
                 Ok(d) => d,
@@ -330,14 +349,100 @@ impl Reader<'_> {
             size += data.len() as u64;
             self.send_chunk(chunk_hash, data)?;
         }
-        let hash = hash.unwrap_or_else(|| whole.finalize().into());
-        // Holes were not read: they count as holes, not as bytes read.
-        let zeros = chunker.reader().zeros;
-        self.stats.bytes_read = self.stats.bytes_read.saturating_sub(zeros);
-        self.stats.bytes_holes += zeros;
-        Ok(self
-            .stamp_after(&file)
-            .map(|after| (size, hash, opened, after)))
+        Ok(Ok((size, hash.unwrap_or_else(|| whole.finalize().into()))))
+    }
+
+    /// Reads a stream source: the run holds its root directory and one file, `name`,
+    /// with what `stream` yields. Returns an error of its own if the stream did not
+    /// arrive whole (its command failed, standard input broke): the run must not be
+    /// committed. A stop because of another stage is `Ok`, as in [`Reader::run`].
+    pub fn run_stream(
+        &mut self,
+        mut stream: super::stream::Stream,
+        name: &str,
+        started: chrono::DateTime<chrono::Utc>,
+        allow_empty: bool,
+    ) -> Result<()> {
+        let stat = |kind: u32, perm: u32| Stat {
+            mode: kind | perm,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            size: 0,
+            mtime: started.timestamp(),
+            mtime_nsec: i64::from(started.timestamp_subsec_nanos()),
+            ctime: 0,
+            ctime_nsec: 0,
+            ino: 0,
+            dev: 0,
+            nlink: 1,
+            rdev: 0,
+            blocks: 0,
+        };
+        let root = self.names.meta(&stat(libc_mode::DIR, 0o700));
+        let meta = self.names.meta(&stat(libc_mode::FILE, 0o600));
+        let what = stream.what();
+        if self
+            .send(Msg::Entry(Entry {
+                path: b".".to_vec(),
+                kind: Kind::Dir,
+                meta: root,
+            }))
+            .is_err()
+        {
+            return Ok(());
+        }
+        self.stats.other_entries += 1;
+        self.stats.files += 1;
+        self.progress.item(&what);
+        let cancel = self.cancel;
+        let mut chunker = Chunker::new(stream.reader(cancel), self.source.chunking, u64::MAX);
+        let read = match self.chunk_all(&mut chunker) {
+            Ok(r) => r,
+            Err(Stopped) => return Ok(()),
+        };
+        drop(chunker);
+        let (size, hash) = match read {
+            Ok(r) => r,
+            Err(_) if self.cancel.is_cancelled() => return Ok(()),
+            Err(e) => {
+                let _ = self.send(Msg::FileAbort);
+                return Err(Error::Input(format!(
+                    "reading {what} failed: {e}; no run was committed"
+                )));
+            }
+        };
+        let said = stream.finish()?;
+        if let Some(text) = said {
+            let message = format!("note: {what} wrote to its standard error:\n{text}");
+            self.stats.problem(self.progress, Problem::general(message));
+        }
+        if size == 0 {
+            if !allow_empty {
+                let _ = self.send(Msg::FileAbort);
+                return Err(Error::Input(format!(
+                    "{what} gave no data, and no run was committed: an empty dump is what a \
+                     failed one looks like (for a pipe into --stdin, `set -o pipefail` makes \
+                     the shell say whether its first command failed); --allow-empty stores \
+                     it anyway"
+                )));
+            }
+            let message = format!("warning: {what} gave no data: the run holds an empty {name}");
+            self.stats.problem(self.progress, Problem::general(message));
+        }
+        self.stats.bytes_total += size;
+        let _ = self.send(Msg::FileEnd {
+            entry: Entry {
+                path: name.as_bytes().to_vec(),
+                kind: Kind::File {
+                    size,
+                    hash,
+                    chunks: Vec::new(),
+                },
+                meta,
+            },
+            stamp: None,
+        });
+        Ok(())
     }
 
     fn send_chunk(&mut self, hash: ChunkHash, data: Bytes) -> std::result::Result<(), Stopped> {
@@ -353,6 +458,12 @@ impl Reader<'_> {
     ) -> std::result::Result<crate::index::FileStamp, std::io::Error> {
         Stat::of(file).map(|m| source::stamp(&m))
     }
+}
+
+/// The file-type bits of `st_mode` a stream's entries take.
+mod libc_mode {
+    pub const DIR: u32 = 0o040000;
+    pub const FILE: u32 = 0o100000;
 }
 
 /// Opens a walked regular file for reading beneath its directory's handle: never

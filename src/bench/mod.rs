@@ -319,7 +319,7 @@ fn whole_backups(
         };
         let source = SourceConfig {
             name: "bench".into(),
-            path: tree.clone(),
+            input: crate::config::Input::Tree(tree.clone()),
             recipients: vec![cert.to_path_buf()],
             targets: vec![target.name.clone()],
             ignore: Vec::new(),

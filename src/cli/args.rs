@@ -78,6 +78,21 @@ pub enum Command {
     /// Needs only the recipients' public certificates and create rights on the targets.
     /// Unchanged files (same size, mtime, ctime, inode) are not read again; only new
     /// chunks are encrypted and uploaded. A failing target does not stop the others.
+    ///
+    /// A source with `command = [...]` stores what the command writes to its standard
+    /// output as one file (named by `stream_name`, default the source's name); the
+    /// command runs without a shell, and if it exits with a status other than 0 or is
+    /// killed, no run is committed, its standard error is shown and coffer exits 1. A
+    /// source with `stdin = true` stores standard input the same way, with --stdin only
+    /// (a backup of every source leaves it out). Both are chunked like files, so a dump
+    /// that changed in a few rows stores a few new chunks.
+    ///
+    ///   coffer backup                                 # every source
+    ///   coffer backup etc home
+    ///   coffer backup shop-db                         # command = ["mysqldump", "shop"]
+    ///   pg_dump shop | coffer backup pg --stdin --stdin-name shop.sql
+    ///   coffer cat --key admin.key.asc --source pg shop.sql | psql shop   # and back
+    #[command(verbatim_doc_comment)]
     Backup(BackupArgs),
     /// List the runs stored on a target, and check them. Needs no key.
     ///
@@ -126,7 +141,7 @@ pub enum Command {
     /// With --read-data every pack is read and must hash (BLAKE3) to its name, and every
     /// metafile to what its object list records: the whole target is downloaded once.
     ///
-    /// --data --key FILE fetches, decrypts and checks every chunk of the newest run of
+    /// --data --key FILE (or gpg:FPR, or --gpg-agent) fetches, decrypts and checks every chunk of the newest run of
     /// each source (or --source, --host, --run), as restore checks them, writing nothing,
     /// and names every file that would not restore whole; --sample 5% checks a share of
     /// the packs, those earlier samples did not check first; --max-bytes and
@@ -142,6 +157,7 @@ pub enum Command {
     ///   coffer verify --storage --read-data --json
     ///   coffer verify --data --key /root/coffer.key.asc --source home
     ///   coffer verify --data --key /root/coffer.key.asc --sample 5%
+    ///   coffer verify --data --gpg-agent --source home
     ///   coffer verify --against /home --key /root/coffer.key.asc --source home
     #[command(verbatim_doc_comment)]
     Verify(VerifyArgs),
@@ -158,6 +174,18 @@ pub enum Command {
     /// setuid and setgid bits of files need --setid, device nodes need --devices. Owners
     /// are set when restoring as root (--no-owner: never). Each left out is named, and
     /// the exit status is 3.
+    ///
+    /// The key: a file (--key admin.key.asc), or a key your gpg-agent holds (--key
+    /// gpg:FINGERPRINT; --gpg-agent for any key of the GnuPG keyring): the agent, or the
+    /// OpenPGP card or YubiKey it drives, decrypts each pack's session key, once per
+    /// pack, and asks for the passphrase or PIN itself; the secret key never enters
+    /// coffer. Every command that decrypts (cat, ls, find, dump, diff, verify) takes the
+    /// same options.
+    ///
+    ///   coffer restore --key admin.key.asc --source home --to /srv/restore
+    ///   coffer restore --key admin.key.asc --source etc --at 3D --to /tmp/etc nginx
+    ///   coffer restore --key gpg:0123456789ABCDEF0123456789ABCDEF01234567 --source home \
+    ///                  --to /srv/restore
     #[command(verbatim_doc_comment)]
     Restore(RestoreArgs),
     /// Write one file of a run to standard output, checked as restore checks it.
@@ -334,6 +362,19 @@ pub struct BackupArgs {
     /// again (what `coffer gc` advises when a target lost packs this host cannot see)
     #[arg(long)]
     pub forget_cache: bool,
+    /// Store standard input as the one file of a run of SOURCE (a source with stdin =
+    /// true). The shell, not coffer, knows whether the program writing into the pipe
+    /// succeeded: use `set -o pipefail`, or a command = [...] source that coffer checks
+    #[arg(long)]
+    pub stdin: bool,
+    /// The name standard input is stored under [default: the source's stream_name, else
+    /// its name]
+    #[arg(long, value_name = "NAME", requires = "stdin")]
+    pub stdin_name: Option<String>,
+    /// Commit a run of a command or stdin source that gave no data at all [default:
+    /// refused, exit 1: an empty dump is what a failed one looks like]
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Print the statistics as one JSON object on standard output
     #[arg(long)]
     pub json: bool,
@@ -421,20 +462,17 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").args(["storage", "data", "against"]).required(true).multiple(true)))]
+#[command(group(clap::ArgGroup::new("secret").args(["key", "gpg_agent"])))]
 pub struct VerifyArgs {
     /// Check what is stored, without a key
     #[arg(long)]
     pub storage: bool,
-    /// With the key: decrypt and check every chunk of the runs chosen (default: the
-    /// newest run of each source), writing nothing
-    #[arg(long, requires = "key")]
+    /// With the key (--key or --gpg-agent): decrypt and check every chunk of the runs
+    /// chosen (default: the newest run of each source), writing nothing
+    #[arg(long, requires = "secret")]
     pub data: bool,
-    /// Secret key file, for --data
-    #[arg(long, value_name = "FILE")]
-    pub key: Option<PathBuf>,
-    /// Read the key's passphrase from the first line of this file
-    #[arg(long, value_name = "FILE")]
-    pub passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// --data: only this source's runs
     #[arg(long, value_name = "S")]
     pub source: Option<String>,
@@ -462,7 +500,12 @@ pub struct VerifyArgs {
     pub max_requests: Option<u64>,
     /// With the key: compare a run (--run, or the newest of --source) with the tree at
     /// PATH: type, content, link target, mode, owner, mtime, and what is only here
-    #[arg(long, value_name = "PATH", requires = "key", conflicts_with = "data")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "secret",
+        conflicts_with = "data"
+    )]
     pub against: Option<PathBuf>,
     /// Also read every pack and metafile and check their BLAKE3 (downloads everything)
     #[arg(long)]
@@ -516,13 +559,10 @@ pub struct GcArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("secret").args(["key", "gpg_agent"]).required(true)))]
 pub struct RestoreArgs {
-    /// Secret key file (from `coffer keygen`, or `gpg --export-secret-keys --armor`)
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
-    /// Read the key's passphrase from the first line of this file
-    #[arg(long, value_name = "FILE")]
-    pub passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// Target name from the config, or a target URL [default: the source's only target]
     #[arg(long, value_name = "T")]
     pub target: Option<String>,
@@ -580,15 +620,31 @@ pub struct RestoreArgs {
     pub paths: Vec<PathBuf>,
 }
 
-/// Which run a browsing command reads, and the key that opens it.
+/// The secret key a restore-side command decrypts with: a key file, or a key the user's
+/// gpg-agent holds.
 #[derive(Debug, Args)]
-pub struct ChosenRun {
-    /// Secret key file (from `coffer keygen`, or `gpg --export-secret-keys --armor`)
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
-    /// Read the key's passphrase from the first line of this file
+pub struct KeyArgs {
+    /// The secret key: a file (NAME.key.asc from `coffer keygen`, or `gpg
+    /// --export-secret-keys --armor`), or gpg:FINGERPRINT for a key your gpg-agent holds
+    /// (GnuPG keyring, OpenPGP card, YubiKey), which then never enters coffer's memory
+    #[arg(long, value_name = "FILE|gpg:FPR")]
+    pub key: Option<PathBuf>,
+    /// Decrypt through your gpg-agent with any secret key of the GnuPG keyring (as gpg
+    /// -d does); needs the certificates in the keyring (`gpg --import`)
+    #[arg(long, conflicts_with_all = ["key", "passphrase_file"])]
+    pub gpg_agent: bool,
+    /// Read the key file's passphrase from the first line of this file [default:
+    /// $COFFER_PASSPHRASE, else a prompt]
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+}
+
+/// Which run a browsing command reads, and the key that opens it.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("secret").args(["key", "gpg_agent"]).required(true)))]
+pub struct ChosenRun {
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// Target name from the config, or a target URL [default: the source's only target]
     #[arg(long, value_name = "T")]
     pub target: Option<String>,
@@ -619,13 +675,10 @@ pub struct CatArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("secret").args(["key", "gpg_agent"]).required(true)))]
 pub struct DiffArgs {
-    /// Secret key file (from `coffer keygen`, or `gpg --export-secret-keys --armor`)
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
-    /// Read the key's passphrase from the first line of this file
-    #[arg(long, value_name = "FILE")]
-    pub passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// Target name from the config, or a target URL [default: the source's only target]
     #[arg(long, value_name = "T")]
     pub target: Option<String>,
@@ -680,13 +733,10 @@ pub struct LsArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("secret").args(["key", "gpg_agent"]).required(true)))]
 pub struct FindArgs {
-    /// Secret key file (from `coffer keygen`, or `gpg --export-secret-keys --armor`)
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
-    /// Read the key's passphrase from the first line of this file
-    #[arg(long, value_name = "FILE")]
-    pub passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// Target name from the config, or a target URL [default: the source's only target]
     #[arg(long, value_name = "T")]
     pub target: Option<String>,

@@ -135,11 +135,10 @@ pub(super) fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
         Some(c) => c.state_dir.join("tmp"),
         None => std::env::temp_dir(),
     };
-    let decryptor = match &a.key {
-        Some(key) if a.data || a.against.is_some() => {
-            Some(super::secret_key(key, a.passphrase_file.as_deref())?)
-        }
-        _ => None,
+    let decryptor = if a.data || a.against.is_some() {
+        Some(super::secret_key(&a.key)?)
+    } else {
+        None
     };
     let mut all = Vec::new();
     let mut data_reports = Vec::new();

@@ -60,7 +60,7 @@ pub(super) fn find(config: Option<&Path>, a: FindArgs) -> Result<u8> {
     let matcher = Matcher::new(&a.pattern, a.regex)?;
     let target = restore_target(config, a.target.as_deref(), a.source.as_deref())?;
     let store = Store::open(&target, false)?.reader();
-    let decryptor = secret_key(&a.key, a.passphrase_file.as_deref())?;
+    let decryptor = secret_key(&a.key)?;
     let trust = trust(super::optional_config(config)?.as_ref(), &a.trust)?;
     // The runs to search, newest first: all, or the newest of each (host, source).
     let mut runs: Vec<_> = store

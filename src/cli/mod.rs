@@ -17,7 +17,8 @@ use zeroize::Zeroizing;
 
 use args::{
     BackupArgs, BenchArgs, CatArgs, ChosenRun, Cli, Command, DiffArgs, DumpArgs, GcArgs, InitArgs,
-    KeygenArgs, LsArgs, PruneArgs, RestoreArgs, RunsArgs, StatusArgs, TrustArgs, VerifyArgs,
+    KeyArgs, KeygenArgs, LsArgs, PruneArgs, RestoreArgs, RunsArgs, StatusArgs, TrustArgs,
+    VerifyArgs,
 };
 use output::Bar;
 
@@ -332,12 +333,92 @@ fn init(config: Option<&Path>, a: InitArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// With --stdin: the one source named, which must read standard input, under the name
+/// --stdin-name gives. Without: `None`, and a stdin source named is refused.
+fn stdin_source(
+    chosen: &[&coffer::SourceConfig],
+    a: &BackupArgs,
+) -> Result<Option<coffer::SourceConfig>> {
+    let usage = |m: String| Err(coffer::Error::Usage(m).into());
+    if !a.stdin {
+        if let (Some(s), false) = (
+            chosen
+                .iter()
+                .find(|s| matches!(s.input, coffer::Input::Stdin { .. })),
+            a.sources.is_empty(),
+        ) {
+            return usage(format!(
+                "source {} stores standard input: pipe the data in and add --stdin, e.g. \
+                 `mysqldump shop | coffer backup {} --stdin`",
+                s.name, s.name
+            ));
+        }
+        return Ok(None);
+    }
+    let [source] = chosen else {
+        return usage("--stdin needs exactly one SOURCE: standard input can be read once".into());
+    };
+    if a.sources.is_empty() {
+        return usage(format!(
+            "--stdin needs the SOURCE named: coffer backup {} --stdin",
+            source.name
+        ));
+    }
+    let name = match &source.input {
+        coffer::Input::Stdin { name } => a.stdin_name.clone().unwrap_or_else(|| name.clone()),
+        _ => {
+            return usage(format!(
+                "source {} is not a stdin source; --stdin takes a [source.NAME] with stdin = \
+                 true and no path or command, so that a run of one stream never stands in \
+                 for a run of a tree",
+                source.name
+            ))
+        }
+    };
+    if !coffer::valid_stream_name(&name) {
+        return usage(format!(
+            "--stdin-name {name:?} must be one file name: not empty, no '/', not '.' or \
+             '..', at most 255 bytes"
+        ));
+    }
+    let mut source = (*source).clone();
+    source.input = coffer::Input::Stdin { name };
+    Ok(Some(source))
+}
+
 fn backup(config: Option<&Path>, a: BackupArgs) -> Result<u8> {
     let config = load_config(config)?;
-    let sources = config.select_sources(&a.sources)?;
+    let chosen = config.select_sources(&a.sources)?;
+    let stdin_source = stdin_source(&chosen, &a)?;
+    let sources: Vec<&coffer::SourceConfig> = match &stdin_source {
+        Some(s) => vec![s],
+        None => chosen
+            .into_iter()
+            .filter(|s| {
+                let stdin = matches!(s.input, coffer::Input::Stdin { .. });
+                if stdin {
+                    eprintln!(
+                        "coffer backup: note: source {} reads standard input and is left \
+                         out; back it up with `... | coffer backup {} --stdin`",
+                        s.name, s.name
+                    );
+                }
+                !stdin
+            })
+            .collect(),
+    };
+    if sources.is_empty() {
+        return Err(coffer::Error::Usage(
+            "no source to back up: the config's only sources read standard input (use \
+             --stdin)"
+                .into(),
+        )
+        .into());
+    }
     let bar = Bar::new("backup", a.json);
     let mut opts = coffer::BackupOptions::default();
     opts.forget_cache = a.forget_cache;
+    opts.allow_empty_stream = a.allow_empty;
     opts.cancel = interrupt_flag();
     let results = coffer::backup_all(&config, &sources, &opts, &bar);
     let mut code = EXIT_OK;
@@ -504,7 +585,7 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
         },
         (None, _) => bail!("give --source S (and perhaps --run ID), --run ID, or --index FILE"),
     };
-    let decryptor = secret_key(&a.key, a.passphrase_file.as_deref())?;
+    let decryptor = secret_key(&a.key)?;
     let mut opts = RestoreOptions::new(&a.to);
     opts.trust = trust(optional_config(config)?.as_ref(), &a.trust)?;
     opts.cancel = interrupt_flag();
@@ -531,9 +612,31 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
     )
 }
 
-/// The secret key at `key`, its passphrase (if it has one) from `pass_file`, else
-/// `$COFFER_PASSPHRASE`, else a prompt.
-pub(crate) fn secret_key(key: &Path, pass_file: Option<&Path>) -> Result<coffer::Decryptor> {
+/// The secret key `k` names: a key file (its passphrase, if it has one, from
+/// --passphrase-file, else `$COFFER_PASSPHRASE`, else a prompt), or `gpg:FINGERPRINT` or
+/// --gpg-agent for keys the user's gpg-agent holds.
+pub(crate) fn secret_key(k: &KeyArgs) -> Result<coffer::Decryptor> {
+    let usage = |m: &str| -> anyhow::Error { coffer::Error::Usage(m.into()).into() };
+    if k.gpg_agent {
+        return Ok(coffer::Decryptor::from_gpg_agent(None)?);
+    }
+    let Some(key) = &k.key else {
+        return Err(usage(
+            "give the secret key: --key FILE (NAME.key.asc), --key gpg:FINGERPRINT (a key \
+             your gpg-agent holds, on a card too) or --gpg-agent (any key of your GnuPG \
+             keyring)",
+        ));
+    };
+    if let Some(fpr) = key.to_str().and_then(|s| s.strip_prefix("gpg:")) {
+        if k.passphrase_file.is_some() {
+            return Err(usage(
+                "--passphrase-file is for a key file; gpg-agent asks for a key's passphrase \
+                 or PIN itself",
+            ));
+        }
+        return Ok(coffer::Decryptor::from_gpg_agent(Some(fpr))?);
+    }
+    let pass_file = k.passphrase_file.as_deref();
     Ok(coffer::load_secret_keys(key, &mut || {
         passphrase(pass_file, "Passphrase for the secret key: ", false)
             .map_err(|e| coffer::Error::Usage(e.to_string()))
@@ -558,7 +661,7 @@ fn open_chosen(
         id: c.run.clone(),
         at: c.at,
     };
-    let decryptor = secret_key(&c.key, c.passphrase_file.as_deref())?;
+    let decryptor = secret_key(&c.key)?;
     let trust = trust(optional_config(config)?.as_ref(), &c.trust)?;
     Ok((store, source, decryptor, trust))
 }
@@ -602,7 +705,7 @@ fn diff(config: Option<&Path>, a: DiffArgs) -> Result<u8> {
     }
     let target = restore_target(config, a.target.as_deref(), a.source.as_deref())?;
     let store = Store::open(&target, false)?.reader();
-    let decryptor = secret_key(&a.key, a.passphrase_file.as_deref())?;
+    let decryptor = secret_key(&a.key)?;
     let trust = trust(optional_config(config)?.as_ref(), &a.trust)?;
     let paths: Vec<Vec<u8>> = a.paths.iter().map(|p| relative_path(p)).collect();
     let stdout = std::io::stdout();

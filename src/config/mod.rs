@@ -52,7 +52,10 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
-    path: Spanned<String>,
+    path: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<Spanned<String>>>>,
+    stdin: Option<Spanned<bool>>,
+    stream_name: Option<Spanned<String>>,
     recipients: Spanned<Vec<Spanned<String>>>,
     targets: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
@@ -106,14 +109,65 @@ pub struct Chunking {
     pub max: u32,
 }
 
+/// What a source backs up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Input {
+    /// The tree at this absolute path (`path = "/etc"`).
+    Tree(PathBuf),
+    /// What a command writes to its standard output (`command = ["mysqldump", ...]`,
+    /// run without a shell), stored as one file named `name`; a command that fails
+    /// commits no run.
+    Command {
+        /// The program and its arguments.
+        argv: Vec<String>,
+        /// The file's name in the run (`stream_name`).
+        name: String,
+    },
+    /// Standard input (`stdin = true`; `coffer backup SOURCE --stdin`), stored as one
+    /// file named `name`.
+    Stdin {
+        /// The file's name in the run (`stream_name`, or `--stdin-name`).
+        name: String,
+    },
+}
+
+impl Input {
+    /// The tree's path, for a tree.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Input::Tree(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The name of the one file a stream source stores.
+    pub fn stream_name(&self) -> Option<&str> {
+        match self {
+            Input::Tree(_) => None,
+            Input::Command { name, .. } | Input::Stdin { name } => Some(name),
+        }
+    }
+}
+
+/// Whether `name` can be the one file of a stream source: one path component that is
+/// not `.` or `..`, no NUL, at most 255 bytes.
+pub fn valid_stream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+}
+
 /// A validated source.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct SourceConfig {
     /// The section name, `[source.NAME]`.
     pub name: String,
-    /// Absolute path of the tree to back up.
-    pub path: PathBuf,
+    /// What is backed up: a tree, a command's output or standard input.
+    pub input: Input,
     /// Certificate files of the recipients (absolute).
     pub recipients: Vec<PathBuf>,
     /// Names of the targets this source goes to.
@@ -407,7 +461,7 @@ url = "file:///mnt/usb/coffer"
     fn smallest_config() {
         let c = parse(MIN).unwrap();
         let s = &c.sources["home"];
-        assert_eq!(s.path, Path::new("/home/alice"));
+        assert_eq!(s.input, Input::Tree("/home/alice".into()));
         assert_eq!(s.targets, vec!["usb"]);
         assert_eq!(s.chunking, DEFAULT_CHUNKING);
         assert_eq!(c.targets["usb"].url, "file:///mnt/usb/coffer");
@@ -443,6 +497,57 @@ url = "file:///mnt/usb/coffer"
             "targets = [\"usb\"]\nchunk_avg = \"1XB\"",
         );
         assert!(parse(&t).unwrap_err().to_string().contains("unit"));
+    }
+
+    #[test]
+    fn command_and_stdin_sources_and_their_mistakes() {
+        let with = |lines: &str| MIN.replace("path = \"/home/alice\"", lines);
+        let c = parse(&with(
+            "command = [\"mysqldump\", \"--single-transaction\", \"shop\"]\nstream_name = \"shop.sql\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.sources["home"].input,
+            Input::Command {
+                argv: vec![
+                    "mysqldump".into(),
+                    "--single-transaction".into(),
+                    "shop".into()
+                ],
+                name: "shop.sql".into()
+            }
+        );
+        let c = parse(&with("stdin = true")).unwrap();
+        assert_eq!(
+            c.sources["home"].input,
+            Input::Stdin {
+                name: "home".into()
+            }
+        );
+        let refused = |lines: &str, needle: &str| {
+            let e = parse(&with(lines)).unwrap_err().to_string();
+            assert!(
+                e.contains("coffer.toml:") && e.contains(needle),
+                "{lines}: {e}"
+            );
+        };
+        refused("path = \"/a\"\ncommand = [\"x\"]", "exactly one of path");
+        refused("stdin = false", "exactly one of path");
+        refused("command = []", "command must name a program");
+        refused("command = [\"\"]", "command must name a program");
+        refused("command = [\"x\"]\nstream_name = \"a/b\"", "one file name");
+        refused("command = [\"x\"]\nstream_name = \"..\"", "one file name");
+        refused("path = \"/a\"\nstream_name = \"x\"", "remove it");
+        refused("command = [\"x\"]\nignore = [\"*.tmp\"]", "ignore applies");
+        refused(
+            "stdin = true\none_file_system = true",
+            "one_file_system applies",
+        );
+        let two = with("stdin = true")
+            .replace("targets = [\"usb\"]", "targets = [\"usb\", \"usb2\"]")
+            + "\n[target.usb2]\nurl = \"file:///mnt/usb2\"\n";
+        let e = parse(&two).unwrap_err().to_string();
+        assert!(e.contains("one target"), "{e}");
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl Config {
             if !valid_name(name.get_ref()) {
                 return ctx.err(name.span(), bad_name("source", name.get_ref()));
             }
-            let mut source = Self::validate_source(name.get_ref(), s, &targets, ctx)?;
+            let mut source = Self::validate_source(&name, s, &targets, ctx)?;
             if source.signers.is_empty() {
                 source.signers = signers.clone();
             }
@@ -245,12 +245,13 @@ impl Config {
     }
 
     fn validate_source(
-        name: &str,
+        section: &Spanned<String>,
         s: RawSource,
         targets: &BTreeMap<String, TargetConfig>,
         ctx: &Ctx<'_>,
     ) -> Result<SourceConfig> {
-        let path = ctx.path(&s.path)?;
+        let name = section.get_ref().as_str();
+        let input = Self::validate_input(section, &s, ctx)?;
         if s.recipients.get_ref().is_empty() {
             return ctx.err(
                 s.recipients.span(),
@@ -319,7 +320,8 @@ impl Config {
             else {
                 continue;
             };
-            if let Ok(rel) = dir.strip_prefix(&path) {
+            let Some(path) = input.path() else { break };
+            if let Ok(rel) = dir.strip_prefix(path) {
                 let ignored = rel
                     .ancestors()
                     .filter(|a| !a.as_os_str().is_empty())
@@ -349,7 +351,7 @@ impl Config {
         };
         Ok(SourceConfig {
             name: name.to_string(),
-            path,
+            input,
             recipients,
             targets: names,
             ignore: s.ignore.into_iter().map(Spanned::into_inner).collect(),
@@ -362,6 +364,105 @@ impl Config {
                 None => Vec::new(),
             },
         })
+    }
+
+    /// Exactly one of `path`, `command` and `stdin`; `stream_name` only with the last
+    /// two, and the tree's own settings only with the first.
+    fn validate_input(section: &Spanned<String>, s: &RawSource, ctx: &Ctx<'_>) -> Result<Input> {
+        let name = section.get_ref();
+        let stdin = s.stdin.as_ref().filter(|b| *b.get_ref());
+        let given = [s.path.is_some(), s.command.is_some(), stdin.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            let span = [
+                s.path.as_ref().map(Spanned::span),
+                s.command.as_ref().map(Spanned::span),
+                stdin.map(Spanned::span),
+            ]
+            .into_iter()
+            .flatten()
+            .nth(1)
+            .unwrap_or(section.span());
+            return ctx.err(
+                span,
+                format!(
+                    "source {name:?} needs exactly one of path (a tree: path = \"/etc\"), \
+                     command (a command's output: command = [\"mysqldump\", \"shop\"]) \
+                     and stdin (standard input: stdin = true)"
+                ),
+            );
+        }
+        let stream_name = match &s.stream_name {
+            Some(n) if s.path.is_some() => {
+                return ctx.err(
+                    n.span(),
+                    "stream_name names the file a command or stdin source stores; a path \
+                     source stores its tree's own names: remove it",
+                )
+            }
+            Some(n) if !valid_stream_name(n.get_ref()) => {
+                return ctx.err(
+                    n.span(),
+                    format!(
+                        "stream_name {:?} must be one file name: not empty, no '/', not \
+                         '.' or '..', at most 255 bytes",
+                        n.get_ref()
+                    ),
+                )
+            }
+            Some(n) => n.get_ref().clone(),
+            None => name.clone(),
+        };
+        if s.path.is_none() {
+            if let Some(p) = s.ignore.first() {
+                return ctx.err(
+                    p.span(),
+                    "ignore applies to the tree of a path source; a command or stdin \
+                     source stores one stream: remove it",
+                );
+            }
+            if s.one_file_system {
+                return ctx.err(
+                    section.span(),
+                    format!(
+                        "source {name:?}: one_file_system applies to the tree of a path \
+                         source; remove it"
+                    ),
+                );
+            }
+        }
+        if let Some(p) = &s.path {
+            return Ok(Input::Tree(ctx.path(p)?));
+        }
+        if let Some(argv) = &s.command {
+            let argv: Vec<String> = argv.get_ref().iter().map(|a| a.get_ref().clone()).collect();
+            if argv
+                .first()
+                .is_none_or(|p| p.is_empty() || p.contains('\0'))
+                || argv.iter().any(|a| a.contains('\0'))
+            {
+                return ctx.err(
+                    s.command.as_ref().map_or(section.span(), Spanned::span),
+                    "command must name a program and its arguments, run without a shell: \
+                     command = [\"mysqldump\", \"--single-transaction\", \"shop\"] (for a \
+                     pipeline, name a script)",
+                );
+            }
+            return Ok(Input::Command {
+                argv,
+                name: stream_name,
+            });
+        }
+        if s.targets.get_ref().len() > 1 {
+            return ctx.err(
+                s.targets.span(),
+                format!(
+                    "source {name:?} reads standard input, which can be read once: give \
+                     it one target (a second source with stdin = true can take the same \
+                     data to another)"
+                ),
+            );
+        }
+        Ok(Input::Stdin { name: stream_name })
     }
 
     fn validate_retention(s: &RawSource, ctx: &Ctx<'_>) -> Result<crate::retention::Retention> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use sequoia_openpgp as openpgp;
 
 use openpgp::cert::prelude::*;
-use openpgp::crypto::{KeyPair, Password};
+use openpgp::crypto::Password;
 use openpgp::parse::Parse;
 use openpgp::serialize::SerializeInto;
 use openpgp::types::Features;
@@ -199,7 +199,7 @@ fn decryptor_from_certs(
         path: path.to_path_buf(),
         reason,
     };
-    let mut pairs: Vec<KeyPair> = Vec::new();
+    let mut pairs = Vec::new();
     let mut password: Option<Password> = None;
     let mut any_secret = false;
     for cert in certs {
@@ -232,7 +232,7 @@ fn decryptor_from_certs(
             let pair = key
                 .into_keypair()
                 .map_err(|e| key_err(format!("unusable secret key: {e}")))?;
-            pairs.push(pair);
+            pairs.push(super::SecretKey::InMemory(pair));
         }
     }
     if !any_secret {

@@ -11,6 +11,7 @@
 //! random prefix), so public-key
 //! work is paid per pack, not per chunk, and `gpg -d` still decrypts each chunk alone.
 
+mod agent;
 pub(crate) mod keys;
 mod read;
 mod sign;
@@ -351,32 +352,57 @@ fn push_length(out: &mut Vec<u8>, len: usize) -> Result<()> {
 /// Session keys recovered so far, by the PKESK packets they were recovered from.
 type SessionCache = HashMap<Vec<u8>, SessionKey>;
 
-/// Secret keys that can decrypt, plus a cache of session keys already recovered, so a
-/// pack's chunks cost one public-key operation between them.
-pub struct Decryptor {
-    keys: Arc<Vec<KeyPair>>,
-    key_ids: Arc<Vec<String>>,
-    cache: Arc<Mutex<SessionCache>>,
+/// A secret key that can decrypt session keys: in memory (from a key file), or held by
+/// the user's gpg-agent (a keyring, an OpenPGP card), used through it.
+#[derive(Clone)]
+pub(crate) enum SecretKey {
+    /// The secret key itself, decrypted in memory.
+    InMemory(KeyPair),
+    /// A key the agent holds; coffer never sees its secret.
+    Agent(agent::AgentKey),
 }
 
-impl Clone for Decryptor {
-    fn clone(&self) -> Self {
-        Decryptor {
-            keys: self.keys.clone(),
-            key_ids: self.key_ids.clone(),
-            cache: self.cache.clone(),
+impl SecretKey {
+    fn public(&self) -> &Key<key::PublicParts, key::UnspecifiedRole> {
+        match self {
+            SecretKey::InMemory(k) => openpgp::crypto::Decryptor::public(k),
+            SecretKey::Agent(k) => k.public(),
         }
     }
 }
 
+/// Secret keys that can decrypt, plus a cache of session keys already recovered, so a
+/// pack's chunks cost one public-key operation between them (also when several threads
+/// read one pack at once: the first recovers the key while the others wait for it).
+#[derive(Clone)]
+pub struct Decryptor {
+    keys: Arc<Vec<SecretKey>>,
+    key_ids: Arc<Vec<String>>,
+    cache: Arc<Mutex<SessionCache>>,
+    /// Held while a session key is recovered.
+    recovering: Arc<Mutex<()>>,
+}
+
 impl Decryptor {
-    pub(crate) fn new(keys: Vec<KeyPair>) -> Self {
+    pub(crate) fn new(keys: Vec<SecretKey>) -> Self {
         let key_ids = keys.iter().map(|k| k.public().keyid().to_hex()).collect();
         Decryptor {
             keys: Arc::new(keys),
             key_ids: Arc::new(key_ids),
             cache: Arc::new(Mutex::new(HashMap::new())),
+            recovering: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Decrypts through the user's gpg-agent with the secret keys of the certificate
+    /// `selector` names (a fingerprint, as gpg takes it), or with every secret
+    /// encryption key in the GnuPG keyring if `None`. The secret keys stay with the
+    /// agent (or on the card it drives); see the agent module.
+    pub fn from_gpg_agent(selector: Option<&str>) -> Result<Decryptor> {
+        let keys = agent::load(selector)?;
+        Ok(Decryptor::new(
+            keys.into_iter().map(SecretKey::Agent).collect(),
+        ))
     }
 }
 

@@ -31,7 +31,7 @@ use openpgp::packet::PKESK;
 use openpgp::parse::buffered_reader;
 use openpgp::KeyHandle;
 
-use super::{Decryptor, Signers, SYMMETRIC};
+use super::{Decryptor, SecretKey, Signers, SYMMETRIC};
 
 mod packets;
 mod stream;
@@ -224,23 +224,40 @@ impl Decryptor {
         pkesks: &[PKESK],
         ciphertext: &[u8],
     ) -> Result<SessionKey> {
-        if let Some(sk) = self.cache.lock().ok().and_then(|c| c.get(raw).cloned()) {
+        let cached = || self.cache.lock().ok().and_then(|c| c.get(raw).cloned());
+        if let Some(sk) = cached() {
+            return Ok(sk);
+        }
+        // One recovery at a time, so that threads reading one pack ask the key (and a
+        // gpg-agent, and a card) once between them.
+        let _recovering = self.recovering.lock();
+        if let Some(sk) = cached() {
             return Ok(sk);
         }
         let mut other_cipher = None;
         let mut matched = false;
+        let mut agent_said = None;
         for pkesk in pkesks {
-            for pair in self.keys.iter() {
+            for key in self.keys.iter() {
                 let ours = match pkesk.recipient() {
-                    Some(handle) => handle.aliases(KeyHandle::from(pair.public().keyid())),
+                    Some(handle) => handle.aliases(KeyHandle::from(key.public().keyid())),
                     None => true, // anonymous recipient: try every key
                 };
                 if !ours {
                     continue;
                 }
                 matched = true;
-                let mut pair = pair.clone();
-                match pkesk.decrypt(&mut pair, None) {
+                let decrypted = match key {
+                    SecretKey::InMemory(pair) => pkesk.decrypt(&mut pair.clone(), None),
+                    SecretKey::Agent(agent) => {
+                        let d = pkesk.decrypt(&mut agent.clone(), None);
+                        if d.is_none() {
+                            agent_said = agent.take_error().or(agent_said);
+                        }
+                        d
+                    }
+                };
+                match decrypted {
                     Some((Some(algo), sk)) if algo == SYMMETRIC && quick_check(&sk, ciphertext) => {
                         if let Ok(mut cache) = self.cache.lock() {
                             if cache.len() > 4096 {
@@ -255,6 +272,12 @@ impl Decryptor {
                     None => {}
                 }
             }
+        }
+        if let Some(said) = agent_said {
+            return Err(Error::WrongKey {
+                what: what.to_string(),
+                reason: format!("its session key could not be recovered: {said}"),
+            });
         }
         if let Some(algo) = other_cipher {
             return Err(Error::Corrupt {

@@ -1,0 +1,263 @@
+//! Decrypting through a real gpg-agent (`--key gpg:FINGERPRINT`, `--gpg-agent`): the
+//! secret key lives in a throwaway GnuPG home, whose agent logs every request it gets,
+//! so the tests can count them: one session-key recovery per pack and per metafile,
+//! never per chunk. A passphrase-protected key is unlocked by the agent's own prompt (a
+//! scripted pinentry here), never by coffer; a cancelled prompt fails by name.
+//!
+//! Needs gpg, gpg-agent and gpgconf on the PATH (`scripts/setup.sh` installs gnupg).
+
+mod util;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use util::*;
+
+/// A GnuPG home whose agent writes its requests to `agent.log`, holding the fixture's
+/// secret key (imported from the file `coffer keygen` made).
+struct AgentHome {
+    gpg: Gpg,
+    log: PathBuf,
+}
+
+impl AgentHome {
+    fn new(pinentry: Option<&str>) -> AgentHome {
+        let gpg = Gpg::new();
+        let log = gpg.home.path().join("agent.log");
+        let mut conf = format!("log-file {}\ndebug ipc\n", log.display());
+        if let Some(script) = pinentry {
+            let path = gpg.home.path().join("pinentry.sh");
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            conf += &format!("pinentry-program {}\n", path.display());
+        }
+        std::fs::write(gpg.home.path().join("gpg-agent.conf"), conf).unwrap();
+        AgentHome { gpg, log }
+    }
+
+    fn import(&self, key: &Path) {
+        self.gpg.run(&["--import".as_ref(), key.as_os_str()], None);
+    }
+
+    /// The primary fingerprint of the one certificate with `user_id`.
+    fn fingerprint(&self, user_id: &str) -> String {
+        let out = self.gpg.run(
+            &[
+                "--with-colons".as_ref(),
+                "--list-keys".as_ref(),
+                user_id.as_ref(),
+            ],
+            None,
+        );
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("fpr:")
+                    .map(|r| r.trim_matches(':').to_string())
+            })
+            .expect("a fingerprint")
+    }
+
+    /// How many PKDECRYPT requests the agent has received so far.
+    fn pkdecrypts(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.ends_with("<- PKDECRYPT"))
+            .count()
+    }
+
+    /// `coffer -c <config> <args>` with this home as GNUPGHOME.
+    fn coffer(&self, fx: &Fixture, args: &[&OsStr]) -> Out {
+        let mut cmd = fx.cmd();
+        cmd.env("GNUPGHOME", self.gpg.home.path()).args(args);
+        run(cmd)
+    }
+}
+
+/// Three packs' worth of chunks (16 KiB on average) in a few files.
+fn fixture() -> Fixture {
+    let fx = Fixture::with(Settings {
+        pack_size: Some("1MiB".into()),
+        ..Settings::default()
+    });
+    write(&fx.src.join("a.bin"), &pseudo_random(1, 2_000_000));
+    write(&fx.src.join("dir/b.bin"), &pseudo_random(2, 900_000));
+    write(&fx.src.join("dir/small.txt"), b"small\n");
+    set_past_mtimes(&fx.src, 1_600_000_000);
+    fx.backup_ok();
+    fx
+}
+
+#[test]
+fn restore_through_gpg_agent_asks_it_once_per_pack_not_per_chunk() {
+    let fx = fixture();
+    let packs = fx.objects().len();
+    let chunks = {
+        let stats = fx.backup_ok(); // a second run: same chunks, no new pack
+        as_u64(&stats, "chunks")
+    };
+    assert!(
+        packs >= 3 && chunks > 10 * packs as u64,
+        "{packs} packs, {chunks} chunks"
+    );
+    let home = AgentHome::new(None);
+    home.import(&fx.secret_key);
+    let fpr = home.fingerprint("coffer");
+
+    let to = fx.path("restored");
+    let gpg_key = format!("gpg:{fpr}");
+    home.coffer(
+        &fx,
+        &[
+            "restore".as_ref(),
+            "--key".as_ref(),
+            gpg_key.as_ref(),
+            "--source".as_ref(),
+            SOURCE.as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ],
+    )
+    .ok();
+    assert_same_tree(&fx.src, &to);
+    // One request per pack, one for the metafile.
+    assert_eq!(home.pkdecrypts(), packs + 1, "{packs} packs");
+
+    // Any key of the keyring, for a browsing command and a whole check.
+    let out = home
+        .coffer(
+            &fx,
+            &[
+                "cat".as_ref(),
+                "--gpg-agent".as_ref(),
+                "--source".as_ref(),
+                SOURCE.as_ref(),
+                "dir/small.txt".as_ref(),
+            ],
+        )
+        .ok();
+    assert_eq!(out.stdout, "small\n");
+    home.coffer(
+        &fx,
+        &[
+            "verify".as_ref(),
+            "--data".as_ref(),
+            "--gpg-agent".as_ref(),
+            "--source".as_ref(),
+            SOURCE.as_ref(),
+        ],
+    )
+    .ok();
+}
+
+#[test]
+fn a_protected_key_is_unlocked_by_the_agents_prompt_and_a_cancelled_prompt_fails_by_name() {
+    let fx = fixture();
+    // The same key, protected in the agent's store by a passphrase coffer never sees.
+    let unlocking = AgentHome::new(Some(&pinentry("D agent-only-secret")));
+    unlocking.import(&fx.secret_key);
+    let fpr = unlocking.fingerprint("coffer");
+    protect(&unlocking, &fpr, "agent-only-secret");
+    let gpg_key = format!("gpg:{fpr}");
+    let restore = |home: &AgentHome, to: &Path| {
+        home.coffer(
+            &fx,
+            &[
+                "restore".as_ref(),
+                "--key".as_ref(),
+                gpg_key.as_ref(),
+                "--source".as_ref(),
+                SOURCE.as_ref(),
+                "--to".as_ref(),
+                to.as_os_str(),
+            ],
+        )
+    };
+    let to = fx.path("unlocked");
+    restore(&unlocking, &to).ok();
+    assert_same_tree(&fx.src, &to);
+
+    let cancelling = AgentHome::new(Some(&pinentry(
+        "ERR 83886179 Operation cancelled <Pinentry>",
+    )));
+    cancelling.import(&fx.secret_key);
+    protect(&cancelling, &fpr, "agent-only-secret");
+    let to = fx.path("cancelled");
+    let out = restore(&cancelling, &to)
+        .expect(EXIT_ERROR)
+        .stderr_has("gpg-agent")
+        .stderr_has("cancelled");
+    assert!(!out.stderr.contains("agent-only-secret"), "{out}");
+    assert!(
+        !to.exists() || relative_paths(&to).len() <= 1,
+        "nothing restored\n{out}"
+    );
+}
+
+#[test]
+fn a_key_gpg_does_not_hold_and_a_key_that_does_not_fit_are_named() {
+    let fx = fixture();
+    let home = AgentHome::new(None);
+    home.import(&fx.secret_key);
+    // Another key, which the run is not encrypted to.
+    home.gpg.generate("other", "");
+    let other = home.fingerprint("other");
+    let restore = |key: &str| {
+        home.coffer(
+            &fx,
+            &[
+                "restore".as_ref(),
+                "--key".as_ref(),
+                key.as_ref(),
+                "--source".as_ref(),
+                SOURCE.as_ref(),
+                "--to".as_ref(),
+                fx.path("r").as_os_str(),
+            ],
+        )
+    };
+    restore(&format!("gpg:{other}"))
+        .expect(EXIT_ERROR)
+        .stderr_has("none of the given secret keys");
+    restore("gpg:0000000000000000000000000000000000000000")
+        .expect(EXIT_ERROR)
+        .stderr_has("gpg:0000000000000000000000000000000000000000");
+    let mut cmd = fx.cmd();
+    cmd.args(["restore", "--source", SOURCE, "--to"])
+        .arg(fx.path("r"));
+    run(cmd)
+        .expect(2)
+        .stderr_has("--key <FILE|gpg:FPR>|--gpg-agent");
+}
+
+/// A pinentry that answers every request with OK and GETPIN with `answer`.
+fn pinentry(answer: &str) -> String {
+    format!(
+        "#!/bin/sh\necho 'OK Pleased to meet you'\nwhile read -r cmd rest; do\n  case \"$cmd\" in\n    \
+         GETPIN) echo '{answer}'; echo OK ;;\n    BYE) echo OK; exit 0 ;;\n    *) echo OK ;;\n  \
+         esac\ndone\n"
+    )
+}
+
+/// Protects the keys in `home`'s agent store with `passphrase` (`gpg --passwd` through
+/// loopback), then stops the agent so that nothing stays unlocked in its cache.
+fn protect(home: &AgentHome, fpr: &str, passphrase: &str) {
+    home.gpg.run(
+        &[
+            "--passphrase".as_ref(),
+            passphrase.as_ref(),
+            "--passwd".as_ref(),
+            fpr.as_ref(),
+        ],
+        None,
+    );
+    let out = std::process::Command::new("gpgconf")
+        .env("GNUPGHOME", home.gpg.home.path())
+        .args(["--kill", "gpg-agent"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}

@@ -1,39 +1,51 @@
 //! Decrypting through a real gpg-agent (`--key gpg:FINGERPRINT`, `--gpg-agent`): the
-//! secret key lives in a throwaway GnuPG home, whose agent logs every request it gets,
-//! so the tests can count them: one session-key recovery per pack and per metafile,
-//! never per chunk. A passphrase-protected key is unlocked by the agent's own prompt (a
-//! scripted pinentry here), never by coffer; a cancelled prompt fails by name.
+//! secret key lives in a throwaway GnuPG home and its agent. To count what coffer asks
+//! of the agent, coffer is given a second GnuPG home with the public certificate only,
+//! whose agent socket is a proxy the test listens on: it passes every byte to the real
+//! agent and counts the PKDECRYPT requests: one session-key recovery per pack and per
+//! metafile, never per chunk. A passphrase-protected key is unlocked by the agent's own
+//! prompt (a scripted pinentry here), never by coffer; a cancelled prompt fails by name.
 //!
 //! Needs gpg, gpg-agent and gpgconf on the PATH (`scripts/setup.sh` installs gnupg).
 
 mod util;
 
 use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use util::*;
 
-/// A GnuPG home whose agent writes its requests to `agent.log`, holding the fixture's
-/// secret key (imported from the file `coffer keygen` made).
+/// A GnuPG home and its running agent, holding the fixture's secret key (imported from
+/// the file `coffer keygen` made).
 struct AgentHome {
     gpg: Gpg,
-    log: PathBuf,
 }
 
 impl AgentHome {
     fn new(pinentry: Option<&str>) -> AgentHome {
         let gpg = Gpg::new();
-        let log = gpg.home.path().join("agent.log");
-        let mut conf = format!("log-file {}\ndebug ipc\n", log.display());
         if let Some(script) = pinentry {
             let path = gpg.home.path().join("pinentry.sh");
             std::fs::write(&path, script).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-            conf += &format!("pinentry-program {}\n", path.display());
+            let conf = format!("pinentry-program {}\n", path.display());
+            std::fs::write(gpg.home.path().join("gpg-agent.conf"), conf).unwrap();
         }
-        std::fs::write(gpg.home.path().join("gpg-agent.conf"), conf).unwrap();
-        AgentHome { gpg, log }
+        AgentHome { gpg }
+    }
+
+    fn gpgconf(home: &Path, args: &[&str]) {
+        let out = std::process::Command::new("gpgconf")
+            .env("GNUPGHOME", home)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "gpgconf {args:?}: {out:?}");
     }
 
     fn import(&self, key: &Path) {
@@ -60,20 +72,73 @@ impl AgentHome {
             .expect("a fingerprint")
     }
 
-    /// How many PKDECRYPT requests the agent has received so far.
-    fn pkdecrypts(&self) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.ends_with("<- PKDECRYPT"))
-            .count()
+    /// Stops this home's agent (it starts again when next needed).
+    fn stop(&self) {
+        Self::gpgconf(self.gpg.home.path(), &["--kill", "gpg-agent"]);
     }
 
     /// `coffer -c <config> <args>` with this home as GNUPGHOME.
     fn coffer(&self, fx: &Fixture, args: &[&OsStr]) -> Out {
-        let mut cmd = fx.cmd();
-        cmd.env("GNUPGHOME", self.gpg.home.path()).args(args);
-        run(cmd)
+        coffer_in(self.gpg.home.path(), fx, args)
+    }
+}
+
+fn coffer_in(gnupghome: &Path, fx: &Fixture, args: &[&OsStr]) -> Out {
+    let mut cmd = fx.cmd();
+    cmd.env("GNUPGHOME", gnupghome).args(args);
+    run(cmd)
+}
+
+/// A GnuPG home with only public certificates, whose agent socket is a proxy to the
+/// agent of `real`, counting the PKDECRYPT requests that pass.
+struct CountingHome {
+    gpg: Gpg,
+    pkdecrypts: Arc<AtomicUsize>,
+}
+
+impl CountingHome {
+    fn new(real: &AgentHome, certificate: &Path) -> CountingHome {
+        AgentHome::gpgconf(real.gpg.home.path(), &["--launch", "gpg-agent"]);
+        let upstream = real.gpg.home.path().join("S.gpg-agent");
+        let gpg = Gpg::new();
+        let listener = UnixListener::bind(gpg.home.path().join("S.gpg-agent")).unwrap();
+        let pkdecrypts = Arc::new(AtomicUsize::new(0));
+        let counter = pkdecrypts.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(agent) = UnixStream::connect(&upstream) else {
+                    return;
+                };
+                let (counter, mut to_agent) = (counter.clone(), agent.try_clone().unwrap());
+                let mut to_client = client.try_clone().unwrap();
+                // Agent to client: as it is.
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &agent, &mut to_client);
+                });
+                // Client to agent: line by line (Assuan is line based), counted.
+                std::thread::spawn(move || {
+                    let mut lines = BufReader::new(client);
+                    let mut line = Vec::new();
+                    while matches!(lines.read_until(b'\n', &mut line), Ok(1..)) {
+                        if line.starts_with(b"PKDECRYPT") {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if to_agent.write_all(&line).is_err() {
+                            return;
+                        }
+                        line.clear();
+                    }
+                    let _ = to_agent.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        gpg.run(&["--import".as_ref(), certificate.as_os_str()], None);
+        CountingHome { gpg, pkdecrypts }
+    }
+
+    fn coffer(&self, fx: &Fixture, args: &[&OsStr]) -> Out {
+        coffer_in(self.gpg.home.path(), fx, args)
     }
 }
 
@@ -106,25 +171,31 @@ fn restore_through_gpg_agent_asks_it_once_per_pack_not_per_chunk() {
     let home = AgentHome::new(None);
     home.import(&fx.secret_key);
     let fpr = home.fingerprint("coffer");
+    let counted = CountingHome::new(&home, &fx.public_key);
 
     let to = fx.path("restored");
     let gpg_key = format!("gpg:{fpr}");
-    home.coffer(
-        &fx,
-        &[
-            "restore".as_ref(),
-            "--key".as_ref(),
-            gpg_key.as_ref(),
-            "--source".as_ref(),
-            SOURCE.as_ref(),
-            "--to".as_ref(),
-            to.as_os_str(),
-        ],
-    )
-    .ok();
+    counted
+        .coffer(
+            &fx,
+            &[
+                "restore".as_ref(),
+                "--key".as_ref(),
+                gpg_key.as_ref(),
+                "--source".as_ref(),
+                SOURCE.as_ref(),
+                "--to".as_ref(),
+                to.as_os_str(),
+            ],
+        )
+        .ok();
     assert_same_tree(&fx.src, &to);
     // One request per pack, one for the metafile.
-    assert_eq!(home.pkdecrypts(), packs + 1, "{packs} packs");
+    assert_eq!(
+        counted.pkdecrypts.load(Ordering::SeqCst),
+        packs + 1,
+        "{packs} packs"
+    );
 
     // Any key of the keyring, for a browsing command and a whole check.
     let out = home
@@ -254,10 +325,5 @@ fn protect(home: &AgentHome, fpr: &str, passphrase: &str) {
         ],
         None,
     );
-    let out = std::process::Command::new("gpgconf")
-        .env("GNUPGHOME", home.gpg.home.path())
-        .args(["--kill", "gpg-agent"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    home.stop();
 }

@@ -33,9 +33,10 @@ pub(super) type DirFd = Arc<OwnedFd>;
 /// Which recorded metadata restore applies; the rest is left as the restoring user's
 /// defaults would make it.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct MetaPolicy {
-    /// Set owners (as root only: others cannot give files away).
-    pub owners: bool,
+pub(super) struct MetaPolicy<'a> {
+    /// Set owners (as root only: others cannot give files away), by name where the name
+    /// exists here, looked up once per name.
+    pub owners: Option<&'a OwnerNames>,
     /// Keep setuid and setgid bits on files (never by default: a forged or compromised
     /// run must not hand out setuid-root programs). Directories keep theirs.
     pub setid: bool,
@@ -44,7 +45,7 @@ pub(super) struct MetaPolicy {
 /// Setuid and setgid.
 const SETID: u32 = 0o6000;
 
-impl MetaPolicy {
+impl MetaPolicy<'_> {
     /// The mode to give an entry recorded with `mode`; directories keep setgid.
     pub fn mode(&self, mode: u32, dir: bool) -> u32 {
         if self.setid || dir {
@@ -64,8 +65,11 @@ impl MetaPolicy {
 /// the entry restored last (the listing is depth first, so most lookups hit it).
 pub(super) struct Dest {
     root: DirFd,
-    /// (path relative to the root, handle) of the directories on the current path.
-    stack: Vec<(Vec<u8>, DirFd)>,
+    /// (path relative to the root, handle, made by this restore) of the directories on
+    /// the current path.
+    stack: Vec<(Vec<u8>, DirFd, bool)>,
+    /// The directory [`Dest::make_dir`] created last, until it is opened.
+    made: Option<Vec<u8>>,
     /// Whether `--to` was created by this restore (then its own metadata is restored).
     pub created_root: bool,
 }
@@ -109,6 +113,7 @@ impl Dest {
         Ok(Dest {
             root: Arc::new(root),
             stack: Vec::new(),
+            made: None,
             created_root,
         })
     }
@@ -121,26 +126,38 @@ impl Dest {
     /// The handle of directory `rel` (`.` for the root). With `create`, missing
     /// components are created (0700); a component that is not a directory fails.
     pub fn dir(&mut self, rel: &[u8], create: bool) -> Result<DirFd, Failure> {
+        self.dir_fresh(rel, create).map(|(fd, _)| fd)
+    }
+
+    /// [`Dest::dir`], and whether this restore made the directory (0700, so nothing is
+    /// in it but what this restore put there).
+    fn dir_fresh(&mut self, rel: &[u8], create: bool) -> Result<(DirFd, bool), Failure> {
         if rel == b"." || rel.is_empty() {
-            return Ok(self.root.clone());
+            return Ok((self.root.clone(), false));
         }
         // Keep the cached directories that are ancestors of (or are) `rel`.
-        while let Some((p, _)) = self.stack.last() {
+        while let Some((p, _, _)) = self.stack.last() {
             if rel == p.as_slice() || (rel.starts_with(p) && rel.get(p.len()) == Some(&b'/')) {
                 break;
             }
             self.stack.pop();
         }
-        let done = self.stack.last().map_or(0, |(p, _)| p.len() + 1);
+        let done = self.stack.last().map_or(0, |(p, _, _)| p.len() + 1);
         if done > rel.len() {
-            return Ok(self.stack.last().expect("matched above").1.clone());
+            let (_, fd, fresh) = self.stack.last().expect("matched above");
+            return Ok((fd.clone(), *fresh));
         }
         for component in rel[done..].split(|&b| b == b'/') {
-            let parent = self.stack.last().map_or(&self.root, |(_, fd)| fd).clone();
+            let parent = self
+                .stack
+                .last()
+                .map_or(&self.root, |(_, fd, _)| fd)
+                .clone();
             let path = match self.stack.last() {
-                Some((p, _)) => [p.as_slice(), b"/", component].concat(),
+                Some((p, _, _)) => [p.as_slice(), b"/", component].concat(),
                 None => component.to_vec(),
             };
+            let mut fresh = self.made.as_deref() == Some(path.as_slice());
             let fd = match open_dir(&*parent, component) {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) if create => {
@@ -149,7 +166,8 @@ impl Dest {
                         OsStr::from_bytes(component),
                         Mode::from_bits_truncate(0o700),
                     ) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Ok(()) => fresh = true,
+                        Err(Errno::EEXIST) => {}
                         Err(e) => {
                             return Err(Failure::os(format!("cannot create {}", show(&path)), e))
                         }
@@ -158,9 +176,13 @@ impl Dest {
                 }
                 Err(e) => return Err(not_a_dir(&path, e)),
             };
-            self.stack.push((path, Arc::new(fd)));
+            if fresh {
+                self.made = None;
+            }
+            self.stack.push((path, Arc::new(fd), fresh));
         }
-        Ok(self.stack.last().expect("pushed above").1.clone())
+        let (_, fd, fresh) = self.stack.last().expect("pushed above");
+        Ok((fd.clone(), *fresh))
     }
 
     /// The handle of the directory holding `rel` and `rel`'s last component.
@@ -169,11 +191,22 @@ impl Dest {
         rel: &'r [u8],
         create: bool,
     ) -> Result<(DirFd, &'r [u8]), Failure> {
+        self.parent_fresh(rel, create)
+            .map(|(fd, name, _)| (fd, name))
+    }
+
+    /// [`Dest::parent`], and whether this restore made that directory.
+    pub fn parent_fresh<'r>(
+        &mut self,
+        rel: &'r [u8],
+        create: bool,
+    ) -> Result<(DirFd, &'r [u8], bool), Failure> {
         let parent = match rel.iter().rposition(|&b| b == b'/') {
             Some(i) => &rel[..i],
             None => b".",
         };
-        Ok((self.dir(parent, create)?, name_of(rel)))
+        let (fd, fresh) = self.dir_fresh(parent, create)?;
+        Ok((fd, name_of(rel), fresh))
     }
 
     /// Creates directory `rel` (0700) unless it exists. Returns whether it was created.
@@ -183,7 +216,10 @@ impl Dest {
         let name_os = OsStr::from_bytes(name);
         let mode = Mode::from_bits_truncate(0o700);
         match nix::sys::stat::mkdirat(&*parent, name_os, mode) {
-            Ok(()) => return Ok(true),
+            Ok(()) => {
+                self.made = Some(rel.to_vec());
+                return Ok(true);
+            }
             Err(Errno::EEXIST) => {}
             Err(e) => return Err(Failure::os("cannot create", e)),
         }
@@ -194,6 +230,7 @@ impl Dest {
                     .map_err(Failure::when("cannot replace what is there"))?;
                 nix::sys::stat::mkdirat(&*parent, name_os, mode)
                     .map_err(Failure::when("cannot create"))?;
+                self.made = Some(rel.to_vec());
                 Ok(true)
             }
             Err(e) => Err(not_a_dir(rel, e)),
@@ -242,11 +279,42 @@ fn not_a_dir(rel: &[u8], e: Errno) -> Failure {
     }
 }
 
-/// The owner to set: by name where the name exists here, else by number.
-fn owner_ids(m: &Meta) -> (Uid, Gid) {
-    let uid = m.user.as_deref().and_then(lookup_user).unwrap_or(m.uid);
-    let gid = m.group.as_deref().and_then(lookup_group).unwrap_or(m.gid);
-    (Uid::from_raw(uid), Gid::from_raw(gid))
+/// User and group names already looked up in this system's databases: a restore of
+/// many files owned by few users asks once per name (each lookup reads /etc/passwd or
+/// /etc/group again, a dozen system calls).
+#[derive(Debug, Default)]
+pub(super) struct OwnerNames {
+    users: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Option<u32>>>,
+    groups: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Option<u32>>>,
+}
+
+impl OwnerNames {
+    /// The owner to set: by name where the name exists here, else by number.
+    fn ids(&self, m: &Meta) -> (Uid, Gid) {
+        let cached = |map: &std::sync::Mutex<std::collections::HashMap<Vec<u8>, Option<u32>>>,
+                      name: &[u8],
+                      lookup: fn(&[u8]) -> Option<u32>| {
+            if let Some(id) = map.lock().ok().and_then(|m| m.get(name).copied()) {
+                return id;
+            }
+            let id = lookup(name);
+            if let Ok(mut m) = map.lock() {
+                m.insert(name.to_vec(), id);
+            }
+            id
+        };
+        let uid = m
+            .user
+            .as_deref()
+            .and_then(|n| cached(&self.users, n, lookup_user))
+            .unwrap_or(m.uid);
+        let gid = m
+            .group
+            .as_deref()
+            .and_then(|n| cached(&self.groups, n, lookup_group))
+            .unwrap_or(m.gid);
+        (Uid::from_raw(uid), Gid::from_raw(gid))
+    }
 }
 
 fn times(m: &Meta) -> (TimeSpec, TimeSpec) {
@@ -259,11 +327,11 @@ pub(super) fn apply_meta_fd(
     fd: &impl AsFd,
     m: &Meta,
     dir: bool,
-    policy: &MetaPolicy,
+    policy: &MetaPolicy<'_>,
 ) -> Result<(), Failure> {
     // The owner first: chown clears setuid and setgid bits.
-    if policy.owners {
-        let (uid, gid) = owner_ids(m);
+    if let Some(names) = policy.owners {
+        let (uid, gid) = names.ids(m);
         nix::unistd::fchown(fd, Some(uid), Some(gid)).map_err(Failure::when("cannot set owner"))?;
     }
     let mode = Mode::from_bits_truncate(policy.mode(m.mode, dir) as _);
@@ -279,11 +347,11 @@ pub(super) fn apply_meta_at(
     name: &[u8],
     m: &Meta,
     symlink: bool,
-    policy: &MetaPolicy,
+    policy: &MetaPolicy<'_>,
 ) -> Result<(), Failure> {
     let name = OsStr::from_bytes(name);
-    if policy.owners {
-        let (uid, gid) = owner_ids(m);
+    if let Some(names) = policy.owners {
+        let (uid, gid) = names.ids(m);
         nix::unistd::fchownat(
             &**parent,
             name,

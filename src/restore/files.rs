@@ -25,8 +25,25 @@ use crate::format::metafile::{ChunkRef, Encoding, Meta};
 use crate::ids::ChunkHash;
 use crate::progress::Progress;
 
-/// How many chunks are decrypted at once on the restoring thread.
+/// How many chunks are decrypted at once on the restoring thread, at most, and how
+/// many bytes of plaintext such a batch may make (at least one chunk).
 pub(super) const BATCH: usize = 8;
+const BATCH_BYTES: u64 = 8 << 20;
+
+/// The next batch of `chunks` from `start`: up to [`BATCH`] chunks, and no more than
+/// [`BATCH_BYTES`] of plaintext unless one chunk alone is larger.
+fn batch_end(chunks: &[ChunkRef], start: usize) -> usize {
+    let mut end = start;
+    let mut bytes = 0u64;
+    while end < chunks.len() && end - start < BATCH {
+        bytes = bytes.saturating_add(chunks[end].size);
+        if end > start && bytes > BATCH_BYTES {
+            break;
+        }
+        end += 1;
+    }
+    end
+}
 
 /// The prefix of temporary files.
 pub(super) const TEMP_PREFIX: &str = ".coffer-restore-";
@@ -48,7 +65,8 @@ pub(super) struct Settings<'a> {
     pub progress: &'a dyn Progress,
     pub cancel: &'a crate::cancel::Cancel,
     pub overwrite: bool,
-    pub policy: MetaPolicy,
+    pub policy: MetaPolicy<'a>,
+    pub temp_names: &'a TempNames,
 }
 
 /// Where a file goes: its directory's handle and its name there.
@@ -79,45 +97,55 @@ pub(super) struct Done {
     pub fatal: bool,
 }
 
-/// Runs jobs until the sender hangs up. A job that panics is answered as fatal, so the
-/// restoring thread stops instead of waiting for an answer that never comes.
-pub(super) fn worker(jobs: Arc<Mutex<Receiver<FileJob>>>, done: Sender<Done>, s: Settings<'_>) {
+/// Runs batches of jobs until the sender hangs up, answering each batch at once. A job
+/// that panics is answered as fatal, so the restoring thread stops instead of waiting
+/// for an answer that never comes.
+pub(super) fn worker(
+    jobs: Arc<Mutex<Receiver<Vec<FileJob>>>>,
+    done: Sender<Vec<Done>>,
+    s: Settings<'_>,
+) {
     loop {
-        let job = match jobs.lock() {
+        let batch = match jobs.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok(job) = job else { return };
-        let held = job.messages.iter().map(|m| m.len() as u64).sum();
-        let (path, shown, size) = (job.path.clone(), job.place.shown.clone(), job.expected.size);
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if s.cancel.is_cancelled() {
-                return Err(Failure::Interrupted);
-            }
-            let mut messages = job.messages.into_iter();
-            write_file(&s, &job.place, &job.chunks, &job.expected, &mut |_, _| {
-                messages.next().ok_or_else(|| {
-                    Failure::from(Error::Internal(
-                        "a restore worker lacks a chunk's message".into(),
-                    ))
-                })
-            })
-        }));
-        let (result, fatal) = match outcome {
-            Ok(r) => (r, false),
-            Err(_) => (Err(Failure::Interrupted), true),
-        };
-        let answer = Done {
-            path,
-            shown,
-            bytes: size,
-            held,
-            result,
-            fatal,
-        };
-        if done.send(answer).is_err() {
+        let Ok(batch) = batch else { return };
+        let answers: Vec<Done> = batch.into_iter().map(|job| run_job(&s, job)).collect();
+        if done.send(answers).is_err() {
             return;
         }
+    }
+}
+
+/// Writes one small file whose messages were fetched.
+fn run_job(s: &Settings<'_>, job: FileJob) -> Done {
+    let held = job.messages.iter().map(|m| m.len() as u64).sum();
+    let (path, shown, size) = (job.path.clone(), job.place.shown.clone(), job.expected.size);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if s.cancel.is_cancelled() {
+            return Err(Failure::Interrupted);
+        }
+        let mut messages = job.messages.into_iter();
+        write_file(s, &job.place, &job.chunks, &job.expected, &mut |_, _| {
+            messages.next().ok_or_else(|| {
+                Failure::from(Error::Internal(
+                    "a restore worker lacks a chunk's message".into(),
+                ))
+            })
+        })
+    }));
+    let (result, fatal) = match outcome {
+        Ok(r) => (r, false),
+        Err(_) => (Err(Failure::Interrupted), true),
+    };
+    Done {
+        path,
+        shown,
+        bytes: size,
+        held,
+        result,
+        fatal,
     }
 }
 
@@ -128,12 +156,10 @@ pub(super) fn open_chunk(d: &Decryptor, c: &ChunkRef, message: &[u8]) -> Result<
     let data = match c.encoding {
         // Never more than the recorded size (itself bounded by the metafile reader): a
         // forged chunk cannot inflate without bound.
-        Encoding::Zstd => {
-            zstd::bulk::decompress(&plain, c.size as usize).map_err(|e| Error::Corrupt {
-                what: what.clone(),
-                reason: format!("cannot decompress: {e}"),
-            })?
-        }
+        Encoding::Zstd => decompress(&plain, c.size as usize).map_err(|e| Error::Corrupt {
+            what: what.clone(),
+            reason: format!("cannot decompress: {e}"),
+        })?,
         _ => plain,
     };
     if data.len() as u64 != c.size || ChunkHash::of(&data) != c.hash {
@@ -145,9 +171,36 @@ pub(super) fn open_chunk(d: &Decryptor, c: &ChunkRef, message: &[u8]) -> Result<
     Ok(data)
 }
 
-/// A temporary file in `parent`, created with `O_EXCL | O_NOFOLLOW`, mode 0600.
-fn temporary(parent: &DirFd) -> Result<(File, Vec<u8>), Failure> {
-    for _ in 0..100 {
+thread_local! {
+    /// A decompression context per thread: making one for every chunk cost a seventh of
+    /// a restore's CPU time.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decompresses a zstd chunk of at most `capacity` bytes with this thread's context.
+fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let d = match &mut *slot {
+            Some(d) => d,
+            empty => empty.insert(zstd::bulk::Decompressor::new()?),
+        };
+        d.decompress(data, capacity)
+    })
+}
+
+/// Names for temporary files: one random part per restore and a counter, so a file
+/// costs no call for randomness; `O_EXCL` makes a name taken by anything else (a file
+/// an attacker planted, a concurrent restore) move on to the next.
+#[derive(Debug)]
+pub(super) struct TempNames {
+    random: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl TempNames {
+    pub(super) fn new() -> Result<TempNames, Failure> {
         let mut r = [0u8; 6];
         getrandom::fill(&mut r).map_err(|e| {
             Failure::io(
@@ -155,7 +208,22 @@ fn temporary(parent: &DirFd) -> Result<(File, Vec<u8>), Failure> {
                 std::io::Error::other(e.to_string()),
             )
         })?;
-        let name = format!("{TEMP_PREFIX}{}", hex::encode(r)).into_bytes();
+        Ok(TempNames {
+            random: hex::encode(r),
+            next: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn next(&self) -> Vec<u8> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{TEMP_PREFIX}{}-{n}", self.random).into_bytes()
+    }
+}
+
+/// A temporary file in `parent`, created with `O_EXCL | O_NOFOLLOW`, mode 0600.
+fn temporary(parent: &DirFd, names: &TempNames) -> Result<(File, Vec<u8>), Failure> {
+    for _ in 0..100 {
+        let name = names.next();
         match nix::fcntl::openat(
             &**parent,
             OsStr::from_bytes(&name),
@@ -229,7 +297,7 @@ pub(super) fn write_file(
     expected: &Expected,
     fetch: &mut Fetch<'_>,
 ) -> Result<(), Failure> {
-    let (mut tmp, tmp_name) = temporary(&place.parent)?;
+    let (mut tmp, tmp_name) = temporary(&place.parent, s.temp_names)?;
     let result = fill(s, &mut tmp, chunks, expected, fetch)
         .and_then(|()| apply_meta_fd(&tmp, &expected.meta, false, &s.policy))
         .and_then(|()| {
@@ -249,36 +317,58 @@ fn fill(
     expected: &Expected,
     fetch: &mut Fetch<'_>,
 ) -> Result<(), Failure> {
+    // A file of one chunk whose recorded BLAKE3 is the chunk's: the chunk's own check
+    // is the file's (the same function of the same bytes), so it is hashed once.
+    let whole_is_chunk =
+        matches!(chunks, [c] if c.hash == expected.hash && c.size == expected.size);
     let mut whole = blake3::Hasher::new();
     let mut written = 0u64;
-    for (b, batch) in chunks.chunks(BATCH).enumerate() {
+    let mut data_end = 0u64;
+    let mut start = 0;
+    while start < chunks.len() {
         if s.cancel.is_cancelled() {
             return Err(Failure::Interrupted);
         }
+        let end = batch_end(chunks, start);
+        let batch = &chunks[start..end];
         let mut messages = Vec::with_capacity(batch.len());
         for (i, c) in batch.iter().enumerate() {
-            messages.push(fetch(c, &chunks[b * BATCH + i..])?);
+            messages.push(fetch(c, &chunks[start + i..])?);
         }
-        let plain: Vec<Vec<u8>> = batch
-            .par_iter()
-            .zip(messages.par_iter())
-            .map(|(c, m)| open_chunk(s.decryptor, c, m))
-            .collect::<Result<_, Error>>()?;
+        start = end;
+        let plain: Vec<Vec<u8>> = if let ([c], [m]) = (batch, &messages[..]) {
+            vec![open_chunk(s.decryptor, c, m)?]
+        } else {
+            batch
+                .par_iter()
+                .zip(messages.par_iter())
+                .map(|(c, m)| open_chunk(s.decryptor, c, m))
+                .collect::<Result<_, Error>>()?
+        };
         for data in plain {
-            whole.update(&data);
-            write_sparse(tmp, &data, written).map_err(|e| Failure::io("write failed", e))?;
+            if !whole_is_chunk {
+                whole.update(&data);
+            }
+            let end =
+                write_sparse(tmp, &data, written).map_err(|e| Failure::io("write failed", e))?;
+            if let Some(end) = end {
+                data_end = written + end as u64;
+            }
             written += data.len() as u64;
             s.progress.bytes(data.len() as u64);
         }
     }
-    if written != expected.size || ChunkHash::from(whole.finalize()) != expected.hash {
+    let hash_ok = whole_is_chunk || ChunkHash::from(whole.finalize()) == expected.hash;
+    if written != expected.size || !hash_ok {
         return Err(Failure::refused(
             "restored content does not match the file's recorded BLAKE3",
         ));
     }
     // Zero blocks were skipped, not written: the length makes a hole at the end too.
-    tmp.set_len(written)
-        .map_err(|e| Failure::io("write failed", e))?;
+    if data_end < written {
+        tmp.set_len(written)
+            .map_err(|e| Failure::io("write failed", e))?;
+    }
     Ok(())
 }
 
@@ -288,11 +378,13 @@ const HOLE_BLOCK: u64 = 4096;
 /// Writes `data` at `offset`, skipping every whole, aligned block of zeros: what is not
 /// written reads back as zeros and takes no space (a hole), so restored VM images and
 /// database files stay as sparse as the run's zeros allow. Runs of non-zero blocks are
-/// written with one call each.
-fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
+/// written with one call each. Returns where in `data` the last write ended (`None`:
+/// nothing written).
+fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<Option<usize>> {
     use std::os::unix::fs::FileExt;
     let mut pos = 0usize;
     let mut pending: Option<usize> = None; // start of data not yet written
+    let mut end = None;
     while pos < data.len() {
         let at = offset + pos as u64;
         let block = (HOLE_BLOCK - at % HOLE_BLOCK).min((data.len() - pos) as u64) as usize;
@@ -301,6 +393,7 @@ fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
         match (zero, pending) {
             (true, Some(start)) => {
                 file.write_all_at(&data[start..pos], offset + start as u64)?;
+                end = Some(pos);
                 pending = None;
             }
             (false, None) => pending = Some(pos),
@@ -310,8 +403,9 @@ fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
     }
     if let Some(start) = pending {
         file.write_all_at(&data[start..], offset + start as u64)?;
+        end = Some(data.len());
     }
-    Ok(())
+    Ok(end)
 }
 
 /// Whether `name` in `parent` is already a regular file with exactly the expected

@@ -20,22 +20,30 @@ use crate::progress::{Problem, Progress};
 use crate::source::os;
 use crate::store::Reader;
 
-/// Files waiting for a worker, at most.
-pub(super) const QUEUED_FILES: usize = 8;
+/// Batches of files waiting for a worker, at most.
+pub(super) const QUEUED_BATCHES: usize = 4;
+/// Small files go to the workers in batches of up to this many files or bytes, so that
+/// a tree of small files costs a few thread hand-offs per batch, not per file.
+const BATCH_FILES: usize = 64;
+const BATCH_BYTES: u64 = 1 << 20;
 /// Files whose stored chunks total at most this go to the workers whole; larger ones
 /// are written by the restoring thread, their chunks decrypted in parallel batches.
 const WORKER_FILE_BYTES: u64 = 8 << 20;
 /// Bytes of fetched chunks handed to workers and not yet written, at most.
-const WORKER_BYTES: u64 = 32 << 20;
+const WORKER_BYTES: u64 = 8 << 20;
 /// Problems kept for the report.
 const MAX_PROBLEMS: usize = 1000;
 
 /// The workers' queue and answers.
 pub(super) struct Pool {
-    pub jobs: SyncSender<files::FileJob>,
-    pub done: Receiver<files::Done>,
+    pub jobs: SyncSender<Vec<files::FileJob>>,
+    pub done: Receiver<Vec<files::Done>>,
+    /// Files handed to the workers and not answered yet, and their fetched bytes.
     pub in_flight: usize,
     pub held: u64,
+    /// Files gathered for the next batch, and their bytes.
+    pub batch: Vec<files::FileJob>,
+    pub batch_held: u64,
 }
 
 enum Deferred {
@@ -251,17 +259,23 @@ impl<'a> Job<'a> {
             return false;
         };
         let policy = &self.settings.policy;
-        let owner_ok = !policy.owners || (st.uid, st.gid) == (meta.uid, meta.gid);
+        let owner_ok = policy.owners.is_none() || (st.uid, st.gid) == (meta.uid, meta.gid);
         st.mode & 0o7777 == policy.mode(meta.mode, true) && owner_ok
     }
 
     fn place(&mut self, path: &[u8]) -> std::result::Result<Place, Failure> {
-        let (parent, name) = self.dest.parent(path, true)?;
-        Ok(Place {
+        self.place_fresh(path).map(|(place, _)| place)
+    }
+
+    /// [`Job::place`], and whether this restore made the directory it is in.
+    fn place_fresh(&mut self, path: &[u8]) -> std::result::Result<(Place, bool), Failure> {
+        let (parent, name, fresh) = self.dest.parent_fresh(path, true)?;
+        let place = Place {
             parent,
             name: name.to_vec(),
             shown: self.shown(path),
-        })
+        };
+        Ok((place, fresh))
     }
 
     fn special(&mut self, entry: &Entry) -> std::result::Result<(), Failure> {
@@ -313,15 +327,22 @@ impl<'a> Job<'a> {
         let Kind::File { size, hash, chunks } = &entry.kind else {
             return Err(Error::Internal("not a file".into()).into());
         };
-        let place = self.place(&entry.path)?;
+        let (place, fresh) = self.place_fresh(&entry.path)?;
         let expected = files::Expected {
             size: *size,
             hash: *hash,
             meta: entry.meta.clone(),
         };
-        // Checked again when the file is moved into place; this saves the work. A file
-        // already there with exactly this content (from an interrupted restore) stays.
-        if let Err(e) = Dest::clear(&place.parent, &place.name, false) {
+        // Checked again when the file is moved into place (without replacing anything);
+        // this saves the work. A file already there with exactly this content (from an
+        // interrupted restore) stays. A directory this restore made (0700) holds only
+        // what it put there, which the listing's order rules out here.
+        let cleared = if fresh {
+            Ok(())
+        } else {
+            Dest::clear(&place.parent, &place.name, false)
+        };
+        if let Err(e) = cleared {
             if !self.opts.overwrite && files::identical(&place.parent, &place.name, &expected) {
                 self.stats.identical += 1;
                 return Ok(());
@@ -356,6 +377,8 @@ impl<'a> Job<'a> {
             });
             return Ok(());
         }
+        // The workers get what is gathered while this thread writes a large file.
+        self.flush();
         let settings = self.settings;
         files::write_file(&settings, &place, chunks, &expected, &mut |c, ahead| {
             self.fetch(c, ahead)
@@ -366,33 +389,48 @@ impl<'a> Job<'a> {
         Ok(())
     }
 
-    /// Hands a file to the workers, first waiting for room.
+    /// Hands a file to the workers: into the next batch, which goes once it is full.
     fn submit(&mut self, job: files::FileJob) {
-        let held: u64 = job.messages.iter().map(|m| m.len() as u64).sum();
+        self.pool.batch_held += job.messages.iter().map(|m| m.len() as u64).sum::<u64>();
+        self.pool.batch.push(job);
+        if self.pool.batch.len() >= BATCH_FILES || self.pool.batch_held >= BATCH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Sends the batch gathered so far to the workers, first waiting for room.
+    fn flush(&mut self) {
+        if self.pool.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pool.batch);
+        let held = std::mem::take(&mut self.pool.batch_held);
         self.collect(false);
         while self.pool.in_flight > 0 && self.pool.held + held > WORKER_BYTES {
             if !self.collect(true) {
                 break;
             }
         }
-        self.pool.in_flight += 1;
+        let files = batch.len();
+        self.pool.in_flight += files;
         self.pool.held += held;
-        if let Err(e) = self.pool.jobs.send(job) {
-            // Every worker is gone (they only stop when the queue closes): fail the file.
-            self.pool.in_flight -= 1;
+        if let Err(e) = self.pool.jobs.send(batch) {
+            // Every worker is gone (they only stop when the queue closes): fail the files.
+            self.pool.in_flight -= files;
             self.pool.held -= held;
-            let job = e.0;
             self.fatal = Some("no restore worker is left".into());
-            self.fail(&job.path, "internal error: no restore worker left");
+            for job in e.0 {
+                self.fail(&job.path, "internal error: no restore worker left");
+            }
         }
     }
 
-    /// Takes in the workers' results: those ready, or (with `block`) at least one.
+    /// Takes in the workers' results: those ready, or (with `block`) at least one batch.
     /// Returns false if the workers are gone.
     fn collect(&mut self, block: bool) -> bool {
         let mut block = block;
         while self.pool.in_flight > 0 {
-            let done = if block {
+            let answers = if block {
                 match self.pool.done.recv() {
                     Ok(d) => d,
                     Err(_) => {
@@ -406,30 +444,38 @@ impl<'a> Job<'a> {
                     Err(_) => return true,
                 }
             };
-            self.pool.in_flight -= 1;
-            self.pool.held = self.pool.held.saturating_sub(done.held);
             block = false;
-            if done.fatal {
-                self.fatal = Some(format!(
-                    "a restore worker failed on {}",
-                    crate::text::path(&done.shown)
-                ));
-            }
-            match done.result {
-                Ok(()) => {
-                    self.stats.files += 1;
-                    self.stats.bytes += done.bytes;
-                    self.progress.item(&done.shown.to_string_lossy());
-                }
-                Err(Failure::Interrupted) => {}
-                Err(reason) => self.fail(&done.path, reason),
+            for done in answers {
+                self.answer(done);
             }
         }
         true
     }
 
+    /// One file's answer from a worker.
+    fn answer(&mut self, done: files::Done) {
+        self.pool.in_flight -= 1;
+        self.pool.held = self.pool.held.saturating_sub(done.held);
+        if done.fatal {
+            self.fatal = Some(format!(
+                "a restore worker failed on {}",
+                crate::text::path(&done.shown)
+            ));
+        }
+        match done.result {
+            Ok(()) => {
+                self.stats.files += 1;
+                self.stats.bytes += done.bytes;
+                self.progress.item(&done.shown.to_string_lossy());
+            }
+            Err(Failure::Interrupted) => {}
+            Err(reason) => self.fail(&done.path, reason),
+        }
+    }
+
     /// Waits for every queued file.
     pub(super) fn drain(&mut self) -> crate::error::Result<()> {
+        self.flush();
         while self.pool.in_flight > 0 {
             if !self.collect(true) {
                 break;

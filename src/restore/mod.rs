@@ -172,8 +172,14 @@ pub fn restore(
             crate::text::path(&opts.to)
         )),
     })?;
-    let mut reader = metafile.open(decryptor)?;
+    let mut checked = checked;
+    let mut listing = match checked.kept.take() {
+        Some(entries) => Entries::Kept(entries.into_iter()),
+        None => Entries::Listing(Box::new(metafile.open(decryptor)?)),
+    };
     progress.phase(&format!("restore {}", checked.run), None);
+    let owner_names = dest::OwnerNames::default();
+    let temp_names = files::TempNames::new().map_err(|f| Error::Internal(f.to_string()))?;
     let settings = files::Settings {
         decryptor,
         progress,
@@ -182,9 +188,11 @@ pub fn restore(
         policy: MetaPolicy {
             owners: opts
                 .owners
-                .unwrap_or_else(|| nix::unistd::geteuid().is_root()),
+                .unwrap_or_else(|| nix::unistd::geteuid().is_root())
+                .then_some(&owner_names),
             setid: opts.setid,
         },
+        temp_names: &temp_names,
     };
     let root = dest.root().clone();
     // Small files are decrypted and written by one worker per core while this thread
@@ -192,8 +200,9 @@ pub fn restore(
     // the scope: however the loop ends (an error, a panic), it is dropped, the workers
     // see the queue close and stop, and the scope ends.
     let stats = std::thread::scope(|scope| {
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<files::FileJob>(job::QUEUED_FILES);
-        let (done_tx, done) = std::sync::mpsc::channel::<files::Done>();
+        let (jobs, queue) =
+            std::sync::mpsc::sync_channel::<Vec<files::FileJob>>(job::QUEUED_BATCHES);
+        let (done_tx, done) = std::sync::mpsc::channel::<Vec<files::Done>>();
         let queue = Arc::new(Mutex::new(queue));
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         for _ in 0..workers {
@@ -206,10 +215,12 @@ pub fn restore(
             done,
             in_flight: 0,
             held: 0,
+            batch: Vec::new(),
+            batch_held: 0,
         };
         let mut job = Job::new(store, opts, progress, dest, settings, pool, checked);
         let listed = (|| {
-            while let Some(entry) = reader.next_entry()? {
+            while let Some(entry) = listing.next_entry()? {
                 job.entry(entry)?;
             }
             Ok::<(), Error>(())
@@ -400,9 +411,41 @@ pub(super) struct Checked {
     pub run: String,
     /// Unselected hard-link targets whose data goes to a selected link's path.
     pub borrowed: HashMap<Vec<u8>, Vec<u8>>,
+    /// With paths asked for: the entries the restore acts on (those paths and what is
+    /// below them, and their directories), kept from the check when they are few, so
+    /// the listing is not read a second time. `None`: read it again.
+    pub kept: Option<Vec<metafile::Entry>>,
+}
+
+/// How much of the listing a restore of named paths keeps from its check (estimated
+/// bytes of entries) instead of reading the listing again.
+const KEPT_ENTRY_BYTES: usize = 16 << 20;
+
+/// About how much memory `e` takes.
+fn entry_bytes(e: &metafile::Entry) -> usize {
+    let chunks = match &e.kind {
+        Kind::File { chunks, .. } => chunks.len() * std::mem::size_of::<metafile::ChunkRef>(),
+        _ => 0,
+    };
+    std::mem::size_of::<metafile::Entry>() + e.path.len() + chunks + 64
 }
 
 type Listing = metafile::Reader<Box<dyn BufRead + Send + Sync>>;
+
+/// The entries a restore goes through: kept from the check, or read again.
+enum Entries {
+    Kept(std::vec::IntoIter<metafile::Entry>),
+    Listing(Box<Listing>),
+}
+
+impl Entries {
+    fn next_entry(&mut self) -> Result<Option<metafile::Entry>> {
+        match self {
+            Entries::Kept(it) => Ok(it.next()),
+            Entries::Listing(r) => r.next_entry(),
+        }
+    }
+}
 
 impl Fetched {
     fn raw(&self) -> Result<Box<dyn Read + Send + Sync>> {
@@ -445,6 +488,8 @@ impl Fetched {
         let run = r.header().get("run").unwrap_or("?").to_string();
         let mut borrowed = HashMap::new();
         let mut found = vec![paths.is_empty(); paths.len()];
+        let mut kept = (!paths.is_empty()).then(Vec::new);
+        let mut kept_bytes = 0usize;
         while let Some(e) = r.next_entry()? {
             for (p, f) in paths.iter().zip(found.iter_mut()) {
                 *f |= selected(std::slice::from_ref(p), &e.path);
@@ -456,6 +501,22 @@ impl Fetched {
                     borrowed.entry(target.clone()).or_insert(e.path.clone());
                 }
             }
+            let acted_on = selected(paths, &e.path)
+                || e.path == b"."
+                || (matches!(e.kind, Kind::Dir) && is_ancestor_of(paths, &e.path));
+            if let (Some(k), true) = (&mut kept, acted_on) {
+                kept_bytes += entry_bytes(&e);
+                if kept_bytes > KEPT_ENTRY_BYTES {
+                    kept = None;
+                } else {
+                    k.push(e);
+                }
+            }
+        }
+        // A hard link to a file outside the paths needs that file's entry, which came
+        // before the link: the listing is read again.
+        if !borrowed.is_empty() {
+            kept = None;
         }
         let missing: Vec<String> = paths
             .iter()
@@ -471,7 +532,11 @@ impl Fetched {
                 missing.join(", ")
             )));
         }
-        Ok(Checked { run, borrowed })
+        Ok(Checked {
+            run,
+            borrowed,
+            kept,
+        })
     }
 }
 

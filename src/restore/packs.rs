@@ -11,13 +11,20 @@ use crate::ids::ObjectKey;
 use crate::store::{self, Reader};
 
 /// Packs held in memory for a full restore, which reads chunks in about the order they
-/// were packed: each pack is then fetched once. A filtered restore, which may need a few
-/// chunks of many packs, reads ranges instead: the run of following chunks of the same
-/// file that lie next to each other in the pack, in one request.
+/// were packed: each pack is then fetched once, whole. A filtered restore, which may
+/// need a few chunks of many packs, reads ranges instead: the run of following chunks
+/// of the same file that lie next to each other in the pack, in one request. So does a
+/// full restore for a pack it already held and let go (a chunk deduplicated from far
+/// back): a pack is fetched whole at most once, and memory holds at most
+/// [`PACK_CACHE_BYTES`] of whole packs (or the one pack being read, if larger).
 pub(super) struct PackCache {
     ranged: bool,
     packs: std::collections::VecDeque<(ObjectKey, Bytes)>,
     held: u64,
+    /// The largest pack read whole so far.
+    largest: u64,
+    /// Packs fetched whole and since let go: read in ranges from then on.
+    dropped: std::collections::HashSet<ObjectKey>,
     /// A ranged read's bytes: (object, start offset, bytes).
     window: Option<(ObjectKey, u64, Bytes)>,
     /// Bytes fetched from the target so far, and the requests that fetched them.
@@ -47,8 +54,9 @@ pub struct RecoveredPack {
 
 /// Packs larger than this are read in ranges.
 const WHOLE_PACK_LIMIT: u64 = 64 << 20;
-/// Memory for whole packs.
-const PACK_CACHE_BYTES: u64 = 64 << 20;
+/// Memory for whole packs, the one being read included: one pack of the default 16
+/// MiB, or several smaller ones. A larger pack (up to WHOLE_PACK_LIMIT) is held alone.
+pub(super) const PACK_CACHE_BYTES: u64 = 16 << 20;
 /// A ranged read covers at most this many bytes of following chunks.
 const SPAN_LIMIT: u64 = 64 << 20;
 
@@ -66,6 +74,8 @@ impl PackCache {
             ranged,
             packs: std::collections::VecDeque::new(),
             held: 0,
+            largest: 0,
+            dropped: Default::default(),
             window: None,
             read: 0,
             requests: 0,
@@ -133,18 +143,22 @@ impl PackCache {
             }
         }
         let path = store::data_path(&c.object);
-        if !self.ranged {
+        if !self.ranged && !self.dropped.contains(&c.object) {
+            // Room first, for a pack as large as the largest so far: the packs held and
+            // the one arriving stay within PACK_CACHE_BYTES (or are just the new one).
+            while !self.packs.is_empty() && self.held + self.largest > PACK_CACHE_BYTES {
+                let (key, old) = self.packs.pop_front().expect("not empty");
+                self.held -= old.len() as u64;
+                self.dropped.insert(key);
+            }
             self.requests += 1;
             if let Some(pack) = store.get_small(&path, WHOLE_PACK_LIMIT)? {
                 self.read += pack.len() as u64;
                 let pack = self.matching(store, &c.object, pack)?;
                 let b = slice(&pack, c.offset, c.length).ok_or_else(truncated)?;
                 self.held += pack.len() as u64;
+                self.largest = self.largest.max(pack.len() as u64);
                 self.packs.push_back((c.object, pack));
-                while self.held > PACK_CACHE_BYTES && self.packs.len() > 1 {
-                    let (_, old) = self.packs.pop_front().expect("not empty");
-                    self.held -= old.len() as u64;
-                }
                 return Ok(b);
             }
         }

@@ -17,6 +17,11 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // Few blocking threads (local files are read on them), kept: every new
+            // thread that allocates a pack's buffer gets a malloc arena of its own,
+            // which keeps freed packs resident.
+            .max_blocking_threads(4)
+            .thread_keep_alive(std::time::Duration::from_secs(600))
             .thread_name("coffer-io")
             .enable_all()
             .build()

@@ -105,7 +105,21 @@ impl Decryptor {
         let mut plain = vec![0u8; ciphertext.len()];
         cfb_decrypt(&sk, ciphertext, &mut plain).map_err(corrupt)?;
         let inner = unframe(&plain).map_err(corrupt)?;
-        literal_in(inner).map(|d| d.into_owned()).map_err(corrupt)
+        // Where the data lies in `plain`, to move it to the front in place: one copy
+        // within the buffer instead of a second allocation (coffer's own chunks, with
+        // definite lengths, always borrow).
+        let inner_start = inner.as_ptr() as usize - plain.as_ptr() as usize;
+        let range = match literal_in(inner).map_err(corrupt)? {
+            std::borrow::Cow::Borrowed(data) => {
+                let start = inner_start + (data.as_ptr() as usize - inner.as_ptr() as usize);
+                start..start + data.len()
+            }
+            std::borrow::Cow::Owned(data) => return Ok(data),
+        };
+        let len = range.len();
+        plain.copy_within(range, 0);
+        plain.truncate(len);
+        Ok(plain)
     }
 
     /// Streams the text of a metafile message (docs/FORMAT.md section 4.1) from

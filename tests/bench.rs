@@ -122,6 +122,49 @@ fn generated_input_every_section() {
     assert_eq!(f["chunks_new"], f["chunks"], "{f:#}");
     assert!(num(f, "bytes_stored") > SIZE as f64, "stored whole: {f:#}");
     assert!(num(f, "objects_stored") >= 2.0, "a pack and the run: {f:#}");
+
+    // The ceiling is what the reported stage figures make of it, and the ratio is the
+    // whole backup's speed over it.
+    for (p, input_rates) in [(p, true), (f, false)] {
+        let c = &p["ceiling"];
+        let sum: f64 = [
+            "chunking",
+            "hashing",
+            "compression",
+            "encryption",
+            "pack_hashing",
+        ]
+        .iter()
+        .map(|k| num(c, k))
+        .sum();
+        let cores = num(c, "cores");
+        assert_eq!(cores, num(&r, "cores"), "{c:#}");
+        let ceiling = num(c, "mb_per_sec");
+        assert!((ceiling - cores / sum).abs() <= 1e-9 * ceiling, "{c:#}");
+        let of = num(&p["throughput"], "mb_per_sec") / ceiling;
+        assert!((num(p, "of_ceiling") - of).abs() < 1e-9, "{p:#}");
+        assert!(of > 0.0 && of.is_finite(), "{p:#}");
+        let stored = num(p, "bytes_stored") / SIZE as f64;
+        assert!((num(c, "stored_per_byte") - stored).abs() < 1e-9, "{c:#}");
+        let h = num(c, "hashes_per_byte");
+        assert!((1.0..=2.0).contains(&h), "{c:#}");
+        if input_rates {
+            // The stage figures of the input, each per MB of input.
+            let per_mb = |v: &Value| 1.0 / num(v, "mb_per_sec");
+            let hash = per_mb(&r["hashing"]);
+            assert!((num(c, "hashing") - hash * h).abs() < 1e-9, "{c:#}");
+            assert!(
+                (num(c, "pack_hashing") - hash * stored).abs() < 1e-9,
+                "{c:#}"
+            );
+            let compress = per_mb(&r["compression"]["throughput"]);
+            assert!((num(c, "compression") - compress).abs() < 1e-9, "{c:#}");
+        } else {
+            // Random data: nothing compresses, files of 16 MiB are hashed twice.
+            assert!(stored > 1.0, "{c:#}");
+            assert!(h > 1.5, "{c:#}");
+        }
+    }
 }
 
 #[test]

@@ -26,7 +26,7 @@ mod input;
 mod report;
 
 pub use report::{
-    BenchReport, ChunkingFigures, CompressionFigures, EncryptionFigures, InputInfo,
+    BenchReport, CeilingFigures, ChunkingFigures, CompressionFigures, EncryptionFigures, InputInfo,
     PipelineFigures, SizeSpread, Throughput,
 };
 
@@ -43,7 +43,7 @@ use crate::progress::{NoProgress, Progress};
 use input::{generate, load, Loaded};
 
 /// The largest input `bench` reads into memory.
-pub const MAX_INPUT: u64 = 1 << 30;
+pub const MAX_INPUT: u64 = 4 << 30;
 /// The smallest generated input.
 pub const MIN_GENERATED: u64 = 1 << 20;
 /// How many times each figure is measured; the median is reported.
@@ -115,8 +115,10 @@ pub fn bench(input: &BenchInput, progress: &dyn Progress) -> Result<BenchReport>
         progress,
     )?;
     drop(loaded);
+    pipeline.ceiling = Some(ceiling(&stages.rates, &pipeline, info.bytes));
     progress.phase("generating incompressible data", None);
     let random = input::incompressible(info.bytes.max(MIN_GENERATED));
+    let random_rates = rates(&random, &encryptor, progress)?;
     let mut folder = whole_backups(
         &random,
         Destination::Folder,
@@ -133,6 +135,12 @@ pub fn bench(input: &BenchInput, progress: &dyn Progress) -> Result<BenchReport>
         .max(f64::MIN_POSITIVE);
     pipeline.of_encryption_all_cores = pipeline.throughput.mb_per_sec / baseline;
     folder.of_encryption_all_cores = folder.throughput.mb_per_sec / baseline;
+    folder.ceiling = Some(ceiling(&random_rates, &folder, random.info.bytes));
+    for p in [&mut pipeline, &mut folder] {
+        p.of_ceiling = p.throughput.mb_per_sec
+            / p.ceiling
+                .map_or(f64::INFINITY, |c| c.mb_per_sec.max(f64::MIN_POSITIVE));
+    }
     Ok(BenchReport {
         input: info,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -153,6 +161,105 @@ struct Stages {
     hashing: Throughput,
     compression: CompressionFigures,
     encryption: EncryptionFigures,
+    rates: Rates,
+}
+
+/// One core's speed at each stage of a backup, on one input, and how much of the input
+/// each stage sees.
+struct Rates {
+    chunking: Throughput,
+    hashing: Throughput,
+    compression: Throughput,
+    encryption: Throughput,
+    /// 1 + the share of the input in files of several default chunks.
+    hashes_per_byte: f64,
+    /// What compression leaves, per byte of input.
+    compressed_per_byte: f64,
+}
+
+/// The ceiling the stage `rates` allow, for the backup `p` of `bytes` of input.
+fn ceiling(rates: &Rates, p: &PipelineFigures, bytes: u64) -> CeilingFigures {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let secs_per_mb = |t: &Throughput| 1.0 / t.mb_per_sec.max(f64::MIN_POSITIVE);
+    let stored_per_byte = p.bytes_stored as f64 / bytes.max(1) as f64;
+    let c = CeilingFigures {
+        mb_per_sec: 0.0,
+        cores,
+        chunking: secs_per_mb(&rates.chunking),
+        hashing: secs_per_mb(&rates.hashing) * rates.hashes_per_byte,
+        compression: secs_per_mb(&rates.compression),
+        encryption: secs_per_mb(&rates.encryption) * rates.compressed_per_byte,
+        pack_hashing: secs_per_mb(&rates.hashing) * stored_per_byte,
+        hashes_per_byte: rates.hashes_per_byte,
+        stored_per_byte,
+    };
+    let sum = c.chunking + c.hashing + c.compression + c.encryption + c.pack_hashing;
+    CeilingFigures {
+        mb_per_sec: cores as f64 / sum.max(f64::MIN_POSITIVE),
+        ..c
+    }
+}
+
+/// The share of `chunks` bytes that lie in files of more than one chunk, plus one.
+fn hashes_per_byte(files: &[(String, Range<usize>)], chunks: &[Range<usize>]) -> f64 {
+    let total: usize = files.iter().map(|(_, r)| r.len()).sum();
+    let mut multi = 0usize;
+    let mut i = 0;
+    for (_, file) in files {
+        let mut n = 0;
+        while i < chunks.len() && chunks[i].start < file.end {
+            n += 1;
+            i += 1;
+        }
+        if n > 1 {
+            multi += file.len();
+        }
+    }
+    1.0 + multi as f64 / total.max(1) as f64
+}
+
+/// [`Rates`] of `loaded`: the default chunking, hashing, compression and encryption on
+/// one core.
+fn rates(loaded: &Loaded, encryptor: &Encryptor, progress: &dyn Progress) -> Result<Rates> {
+    let (reps, bytes, data) = (REPETITIONS, loaded.info.bytes, &loaded.data[..]);
+    let total = bytes * reps as u64;
+    progress.phase("chunking the incompressible data", Some(total));
+    let (chunking, chunks) = measure(reps, bytes, progress, || {
+        Ok(chunk_all(
+            data,
+            &loaded.files,
+            Variant::V2020,
+            &DEFAULT_CHUNKING,
+        ))
+    })?;
+    progress.phase("hashing the incompressible data", Some(total));
+    let (hashing, _) = measure(reps, bytes, progress, || {
+        Ok(chunks
+            .iter()
+            .fold(0u8, |acc, r| acc ^ ChunkHash::of(&data[r.clone()]).0[0]))
+    })?;
+    progress.phase("compressing the incompressible data", Some(total));
+    let (compression, out) = measure(reps, bytes, progress, || {
+        Ok(chunks
+            .iter()
+            .map(|r| crate::backup::encode(&data[r.clone()]).0.len() as u64)
+            .sum::<u64>())
+    })?;
+    let session = encryptor.session()?;
+    progress.phase("encrypting the incompressible data", Some(total));
+    let (encryption, _) = measure(reps, bytes, progress, || {
+        chunks
+            .iter()
+            .try_for_each(|r| session.encrypt(&data[r.clone()]).map(drop))
+    })?;
+    Ok(Rates {
+        chunking,
+        hashing,
+        compression,
+        encryption,
+        hashes_per_byte: hashes_per_byte(&loaded.files, &chunks),
+        compressed_per_byte: out as f64 / bytes.max(1) as f64,
+    })
 }
 
 /// Chunking, hashing, compression and encryption of the input in memory.
@@ -253,7 +360,21 @@ fn stages(loaded: &Loaded, encryptor: &Encryptor, progress: &dyn Progress) -> Re
         }
         Ok(())
     })?;
+    let default_rate = chunking
+        .iter()
+        .find(|c| c.backup_default)
+        .map(|c| c.throughput)
+        .ok_or_else(|| Error::Internal("no default chunking figure".into()))?;
+    let rates = Rates {
+        chunking: default_rate,
+        hashing,
+        compression: compression.throughput,
+        encryption: one_core,
+        hashes_per_byte: hashes_per_byte(&loaded.files, chunks),
+        compressed_per_byte: compression.bytes_out as f64 / bytes.max(1) as f64,
+    };
     Ok(Stages {
+        rates,
         chunking,
         hashing,
         compression,
@@ -361,6 +482,8 @@ fn whole_backups(
     Ok(PipelineFigures {
         throughput: throughput(loaded.info.bytes, times),
         of_encryption_all_cores: 0.0,
+        ceiling: None,
+        of_ceiling: 0.0,
         files: stats.files,
         bytes_read: stats.bytes_read,
         chunks: stats.chunks,

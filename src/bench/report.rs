@@ -129,6 +129,36 @@ pub struct EncryptionFigures {
     pub seal_all_cores: Throughput,
 }
 
+/// What the stages of a backup allow on this machine: `cores` over the sum of each
+/// stage's seconds per MB of input on one core, each stage counted for as many bytes
+/// as a backup gives it (the whole-file hash of files of several chunks, encryption
+/// and pack hashing of what compression left). Nothing can run faster; the gap to a
+/// whole backup is what reading, dedup, packing, storing and the plumbing cost.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[non_exhaustive]
+pub struct CeilingFigures {
+    /// The ceiling, in MB/s of input.
+    pub mb_per_sec: f64,
+    /// Cores it assumes (all those available).
+    pub cores: usize,
+    /// Seconds per MB of input: FastCDC 2020 with the default bounds.
+    pub chunking: f64,
+    /// Seconds per MB of input: BLAKE3 of every chunk, and again of every file of
+    /// several chunks.
+    pub hashing: f64,
+    /// Seconds per MB of input: the packer's zstd decision and compression.
+    pub compression: f64,
+    /// Seconds per MB of input: encryption of what compression left.
+    pub encryption: f64,
+    /// Seconds per MB of input: BLAKE3 of the stored packs (their names).
+    pub pack_hashing: f64,
+    /// Bytes hashed per byte of input (1 + the share of bytes in files of several
+    /// chunks).
+    pub hashes_per_byte: f64,
+    /// Bytes encrypted and stored per byte of input (after compression).
+    pub stored_per_byte: f64,
+}
+
 /// A whole backup into an in-memory target.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
@@ -137,6 +167,10 @@ pub struct PipelineFigures {
     pub throughput: Throughput,
     /// `throughput` over the encryption on all cores (1.0: as fast as encryption alone).
     pub of_encryption_all_cores: f64,
+    /// What the stages allow for this data (see [`CeilingFigures`]).
+    pub ceiling: Option<CeilingFigures>,
+    /// `throughput` over the ceiling (1.0: the stages alone, on every core).
+    pub of_ceiling: f64,
     /// Regular files backed up.
     pub files: u64,
     /// Bytes read from the files.

@@ -217,6 +217,8 @@ pub enum Command {
     /// while it is written. A chunk that does not check out stops the archive short,
     /// names the file and exits 1: tar -x then reports the archive truncated, so a
     /// damaged dump never unpacks as if whole. Standard output must not be a terminal.
+    /// Tar only: a zip archive cannot be unpacked from a pipe (unzip needs to seek to
+    /// its central directory) and has no place for owners, hard links or fifos.
     ///
     ///   coffer dump --key admin.key.asc --source etc nginx | tar -x -C /tmp/etc
     ///   coffer dump --key admin.key.asc --source home --at 3D alice | ssh host tar -x

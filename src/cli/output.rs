@@ -384,6 +384,23 @@ pub fn bench_report(r: &BenchReport) -> String {
             rate(&p.throughput),
             p.of_encryption_all_cores
         );
+        if let Some(c) = &p.ceiling {
+            let _ = writeln!(
+                o,
+                "               {:.2} of the ceiling the stages allow, {:.1} MB/s on {} cores \
+                 (s/MB: chunk {:.4}, hash {:.4} x{:.2}, compress {:.4}, encrypt {:.4}, \
+                 pack hash {:.4})",
+                p.of_ceiling,
+                c.mb_per_sec,
+                c.cores,
+                c.chunking,
+                c.hashing,
+                c.hashes_per_byte,
+                c.compression,
+                c.encryption,
+                c.pack_hashing
+            );
+        }
         let _ = writeln!(
             o,
             "               files {}, read {}, chunks {} ({} new), stored {} in {} objects",

@@ -341,7 +341,7 @@ impl Config {
                 }
             }
         }
-        let chunking = Self::validate_chunking(&s, ctx)?;
+        let chunking = Self::validate_chunking(&s, &input, ctx)?;
         let retention = Self::validate_retention(&s, ctx)?;
         let max_age = match &s.max_age {
             Some(d) if d.get_ref().0.is_zero() => {
@@ -493,19 +493,34 @@ impl Config {
         })
     }
 
-    fn validate_chunking(s: &RawSource, ctx: &Ctx<'_>) -> Result<Chunking> {
-        let get =
-            |v: &Option<Spanned<Size>>, d: u32| v.as_ref().map_or(d as u64, |s| s.get_ref().0);
-        let min = get(&s.chunk_min, DEFAULT_CHUNKING.min);
-        let avg = get(&s.chunk_avg, DEFAULT_CHUNKING.avg);
-        let max = get(&s.chunk_max, DEFAULT_CHUNKING.max);
+    /// The source's chunk size bounds. Without any, a tree's defaults or a stream's
+    /// (smaller: dumps change in scattered places). With chunk_avg alone (the one
+    /// setting a user chooses, say "64KiB" for a tree of dump files), the bounds not
+    /// given are a quarter and four times it, within FastCDC's limits.
+    fn validate_chunking(s: &RawSource, input: &Input, ctx: &Ctx<'_>) -> Result<Chunking> {
+        use fastcdc::v2020 as cdc;
+        let base = match input {
+            Input::Tree(_) => DEFAULT_CHUNKING,
+            _ => STREAM_CHUNKING,
+        };
+        let given = |v: &Option<Spanned<Size>>| v.as_ref().map(|s| s.get_ref().0);
+        let avg = given(&s.chunk_avg).unwrap_or(base.avg as u64);
+        let (min_default, max_default) = match given(&s.chunk_avg) {
+            Some(avg) => (
+                (avg / 4).clamp(cdc::MINIMUM_MIN as u64, cdc::MINIMUM_MAX as u64),
+                avg.saturating_mul(4)
+                    .clamp(cdc::MAXIMUM_MIN as u64, cdc::MAXIMUM_MAX as u64),
+            ),
+            None => (base.min as u64, base.max as u64),
+        };
+        let min = given(&s.chunk_min).unwrap_or(min_default);
+        let max = given(&s.chunk_max).unwrap_or(max_default);
         let span = s
             .chunk_min
             .as_ref()
             .or(s.chunk_avg.as_ref())
             .or(s.chunk_max.as_ref())
             .map_or(0..0, |s| s.span());
-        use fastcdc::v2020 as cdc;
         let within = |v: u64, lo: usize, hi: usize| (lo as u64..=hi as u64).contains(&v);
         let valid = within(min, cdc::MINIMUM_MIN, cdc::MINIMUM_MAX)
             && within(avg, cdc::AVERAGE_MIN, cdc::AVERAGE_MAX)
@@ -519,7 +534,9 @@ impl Config {
                     "chunk sizes must satisfy chunk_min < chunk_avg < chunk_max with \
                      64 <= chunk_min <= \"1MiB\", 256 <= chunk_avg <= \"4MiB\" and \
                      1024 <= chunk_max <= \"16MiB\" (FastCDC's limits; have {min}, {avg}, \
-                     {max}); the defaults are \"256KiB\", \"1MiB\", \"4MiB\""
+                     {max}); the defaults are \"256KiB\", \"1MiB\", \"4MiB\" (a \
+                     command or stdin source: \"16KiB\", \"64KiB\", \"256KiB\"), and \
+                     chunk_avg alone sets the others to a quarter and four times it"
                 ),
             );
         }

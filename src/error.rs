@@ -124,6 +124,53 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error again, for another target of a run that one failure stopped (the
+    /// source's root unreadable, say, when it goes to two targets): the same variant and
+    /// message; a cause is kept as its text.
+    pub(crate) fn duplicate(&self) -> Error {
+        let text = |c: &Cause| -> Cause { c.to_string().into() };
+        match self {
+            Error::Config(m) => Error::Config(m.clone()),
+            Error::Io { path, source } => Error::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Key { path, reason } => Error::Key {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            Error::WrongKey { what, reason } => Error::WrongKey {
+                what: what.clone(),
+                reason: reason.clone(),
+            },
+            Error::Crypto { context, source } => Error::Crypto {
+                context: context.clone(),
+                source: source.as_ref().map(text),
+            },
+            Error::Store {
+                target, message, ..
+            } => Error::Store {
+                target: target.clone(),
+                message: message.clone(),
+                source: None,
+            },
+            Error::NotFound(m) => Error::NotFound(m.clone()),
+            Error::Corrupt { what, reason } => Error::Corrupt {
+                what: what.clone(),
+                reason: reason.clone(),
+            },
+            Error::Index { path, message, .. } => Error::Index {
+                path: path.clone(),
+                message: message.clone(),
+                source: None,
+            },
+            Error::Input(m) => Error::Input(m.clone()),
+            Error::Interrupted => Error::Interrupted,
+            Error::Internal(m) => Error::Internal(m.clone()),
+            Error::Usage(m) => Error::Usage(m.clone()),
+        }
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
@@ -235,6 +282,22 @@ mod tests {
             reason: "y".into()
         }
         .is_retryable());
+    }
+
+    #[test]
+    fn a_duplicate_says_the_same() {
+        let errors = [
+            Error::io("/x", std::io::Error::from(std::io::ErrorKind::NotFound)),
+            Error::crypto("session key", std::io::Error::other("bad")),
+            Error::Config("c".into()),
+            Error::Input("i".into()),
+            Error::Interrupted,
+        ];
+        for e in errors {
+            let d = e.duplicate();
+            assert_eq!(d.to_string(), e.to_string());
+            assert_eq!(d.kind(), e.kind());
+        }
     }
 
     #[test]

@@ -1,10 +1,10 @@
-//! `backup`: one source to one target, as one run.
+//! `backup`: one source to its targets, one run on each.
 //!
 //! ```text
-//! read.rs     walk, read, chunk, hash          (the calling thread)
-//!               │ chunks and entries, in walk order: bounded by the read-ahead budget
-//!               ▼                                (budget.rs) and a message count
-//! packer.rs   dedup, pack, metafile            (a scoped thread)
+//! read.rs     walk, read, chunk, hash          (the calling thread), once for all
+//!               │ chunks and entries, in walk order, to each target's lane (lane.rs):
+//!               ▼ bounded by its read-ahead budget (budget.rs) and a message count
+//! packer.rs   dedup, pack, metafile            (a scoped thread per target)
 //!               │ ⇄ batches of new chunks: compress.rs, pack.rs, on the thread pool
 //!               │   (in a scope of the packer's: none outlives it)
 //!               │ sealed packs (one queued)
@@ -17,10 +17,11 @@
 //!
 //! commit.rs   object list, then metafile: the run exists   (the calling thread)
 //! ```
-//! Every thread is scoped to the call. One cancellation flag (a child of the command's,
-//! set on SIGINT and SIGTERM) is observed by every stage; a stage that fails sets it, so
-//! the others stop at their next safe point, and the error that stopped the run is the
-//! one reported. A cancelled run commits nothing, and leaves no temporary file: the
+//! Every thread is scoped to the call. Each lane has a cancellation flag (a child of the
+//! command's, set on SIGINT and SIGTERM) that its stages observe; a stage that fails
+//! sets it, so the lane's others stop at their next safe point and the error that
+//! stopped it is the one its run reports, while the reader goes on feeding the other
+//! lanes. Chunks one lane compressed are handed to the others (compress.rs, `Memo`). A cancelled run commits nothing, and leaves no temporary file: the
 //! metafile is an unlinked file, and every upload started ends before the call returns.
 //!
 //! Invariant 1: the metafile is stored last, after every pack it references was
@@ -33,6 +34,7 @@
 mod budget;
 mod commit;
 mod compress;
+mod lane;
 mod listing;
 mod pack;
 mod packer;
@@ -43,7 +45,6 @@ mod upload;
 
 use std::collections::HashMap;
 use std::sync::mpsc::sync_channel;
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -53,10 +54,8 @@ use crate::config::{Config, Input, SourceConfig, TargetConfig};
 use crate::crypto::{load_recipients, Encryptor};
 use crate::error::{Error, Result};
 use crate::format::metafile::Header;
-use crate::index::Index;
 use crate::progress::{Problem, Progress};
 use crate::source::{self, IgnoreRules, Names};
-use crate::store::Store;
 
 pub(crate) use compress::encode;
 
@@ -166,15 +165,11 @@ pub struct BackupOptions {
     pub cancel: Cancel,
 }
 
-/// Backs up `source` to `target` as one new run.
+/// Backs up `source` to `target` as one new run: [`backup_targets`] with one target.
 ///
 /// # Errors
 ///
-/// Anything that stops the run before its metafile is stored: a recipient certificate
-/// that cannot be used, a target that is missing or refuses a request, the local index
-/// failing, the source's root unreadable, a run longer than `max_run_time`, or the
-/// cancellation flag ([`Error::Interrupted`]). Files that cannot be read are not
-/// errors: they are counted and named in the statistics.
+/// As [`backup_targets`].
 pub fn backup(
     config: &Config,
     source: &SourceConfig,
@@ -182,180 +177,235 @@ pub fn backup(
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupStats> {
+    backup_targets(config, source, std::slice::from_ref(target), opts, progress)
+        .pop()
+        .unwrap_or_else(|| Err(Error::Internal("no result for the one target".into())))
+}
+
+/// Backs up `source` to each of `targets` as one new run per target, reading the
+/// source once: every file is walked, read, chunked and hashed once, and each target
+/// deduplicates, encrypts (with session keys of its own), uploads and commits its run
+/// from the same chunks (lane.rs). A target that fails drops out and the others go on;
+/// a slow one holds the reader back only once its read-ahead is used up. A command
+/// source's command runs once for all of them. One result per target, in order.
+///
+/// # Errors
+///
+/// Each target's result is an error if anything stopped its run before its metafile was
+/// stored: a recipient certificate that cannot be used, a target that is missing or
+/// refuses a request, the local index failing, the source's root unreadable, a command
+/// that failed, a run longer than `max_run_time`, or the cancellation flag
+/// ([`Error::Interrupted`]). Files that cannot be read are not errors: they are counted
+/// and named in the statistics.
+pub fn backup_targets(
+    config: &Config,
+    source: &SourceConfig,
+    targets: &[TargetConfig],
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Vec<Result<BackupStats>> {
+    let every = |e: Error| targets.iter().map(|_| Err(e.duplicate())).collect();
     let started = Instant::now();
-    let encryptor = load_recipients(&source.recipients)?;
-    let mut signing_key = config
+    let encryptor = match load_recipients(&source.recipients) {
+        Ok(e) => e,
+        Err(e) => return every(e),
+    };
+    let signing_key = config
         .signing_key
         .as_deref()
         .map(crate::crypto::SigningKey::load)
-        .transpose()?;
+        .transpose();
+    let mut signing_key = match signing_key {
+        Ok(k) => k,
+        Err(e) => return every(e),
+    };
     let mut stats = BackupStats {
         source: source.name.clone(),
-        target: target.name.clone(),
         host: config.host.clone(),
         ..Default::default()
     };
     warn_expiring(&encryptor, &mut stats, progress);
-    let store = Store::open(target, target.create)?;
-    let creator = store.creator(target);
-    // Only a backup that may read the target gets a handle that can.
-    let reader = target.can_read.then(|| store.reader());
     let keyset = encryptor.fingerprints().join(",");
-    let _lock = crate::state::StateLock::take(&config.state_dir, |path| {
+    let lock = crate::state::StateLock::take(&config.state_dir, |path| {
         progress.warn(&format!(
             "waiting for another coffer backup using {} to finish",
             crate::text::path(path)
         ))
-    })?;
-    let start_time = chrono::Utc::now();
-    let mut index = Index::open(&config.state_dir)?;
-    let target_id = reuse::domain(
-        &mut index,
-        &creator,
-        reader.as_ref(),
-        target,
-        &keyset,
-        &config.host,
-        opts.forget_cache,
-        progress,
-    )?;
-    let presence = Arc::new(reuse::Presence::new(reader));
-    let run = commit::next_run_id(&index, target_id, &source.name, start_time)?;
-    let head = index.chain_head(&target.url, &config.host, &source.name)?;
-    let first_run = head.is_none();
-    let chain = match head {
-        Some((head, link)) => head.next(link),
-        None => crate::format::refs::Chain::start()?,
+    });
+    let _lock = match lock {
+        Ok(l) => l,
+        Err(e) => return every(e),
     };
-    // gc's safety rule: reuse only what gc cannot have deleted (see index.rs).
-    let horizon = start_time.timestamp() - target.dedup_max_age.as_secs() as i64;
-    index.set_dedup_horizon(horizon);
-    let mut writer_index = Index::open(&config.state_dir)?;
-    writer_index.set_dedup_horizon(horizon);
-    let walker = match &source.input {
-        Input::Tree(path) => {
-            let rules = IgnoreRules::new(&source.ignore)?;
-            Some(source::walk(path, source.one_file_system, rules)?)
-        }
-        _ => None,
-    };
-    let mut header = header(config, source, &run, start_time, keyset);
-    header.fields.push(("chain".into(), chain.field()));
-    if let Some(k) = &signing_key {
-        header
-            .fields
-            .push(("signer".into(), k.fingerprint().to_string()));
-    }
     let tmp_dir = config.state_dir.join("tmp");
-    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+    if let Err(e) = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
         .create(&tmp_dir)
         .or_else(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => Ok(()),
             _ => Err(e),
         })
-        .map_err(|e| Error::io(&tmp_dir, e))?;
-    let listing = listing::Listing::create(&tmp_dir, &encryptor, signing_key.as_ref(), &header)?;
-
-    // This run's flag: a stage that fails stops this run, not the command's others.
-    let cancel = opts.cancel.child();
-    let budget = Arc::new(budget::Budget::new(READ_AHEAD_BYTES, cancel.clone()));
-    let packer = packer::Packer::new(packer::PackerSetup {
-        encryptor,
-        index: writer_index,
-        target_id,
-        source: source.name.clone(),
-        listing,
-        pack_size: target.pack_size,
-        budget: budget.clone(),
-        cancel: cancel.clone(),
-        racy_after_ns: start_time.timestamp_nanos_opt().unwrap_or(i64::MAX) - 2_000_000_000,
-        presence: presence.clone(),
-    })?;
-    // A stream's producer starts last, once everything it could fail on is ready.
-    let stream = match (&walker, source.input.stream_name()) {
-        (None, Some(name)) => Some((stream::Stream::open(&source.input)?, name)),
-        _ => None,
+    {
+        return every(Error::io(&tmp_dir, e));
+    }
+    let shared = lane::Shared {
+        config,
+        source,
+        opts,
+        progress,
+        encryptor: &encryptor,
+        keyset: &keyset,
+        start_time: chrono::Utc::now(),
+        tmp_dir: &tmp_dir,
+        memo: (targets.len() > 1)
+            .then(|| std::sync::Arc::new(compress::Memo::new(targets.len() - 1))),
     };
-    progress.phase(&format!("{} -> {}", source.name, target.name), None);
-    let (tx, rx) = sync_channel::<packer::Msg>(READ_AHEAD_MESSAGES);
-    let (pack_tx, pack_rx) = sync_channel(1);
-    let (ack_tx, ack_rx) = std::sync::mpsc::channel();
-    let (read, packed, uploaded) = std::thread::scope(|scope| {
-        let packed = scope.spawn(|| stopping(&cancel, packer.run(rx, pack_tx, ack_rx)));
-        let uploaded = scope.spawn(|| {
-            let r = upload::upload(
-                &creator,
-                target.upload_concurrency,
-                pack_rx,
-                ack_tx,
-                &cancel,
-            );
-            stopping(&cancel, r)
-        });
-        let mut reader = read::Reader {
-            source,
-            index: &index,
-            presence: &presence,
-            target_id,
-            tx,
-            budget: &budget,
-            cancel: &cancel,
-            names: Names::default(),
-            hardlinks: HashMap::new(),
-            progress,
-            stats: &mut stats,
-        };
-        let read = match (walker, stream) {
-            (Some(walker), _) => reader.run(walker),
-            (None, Some((stream, name))) => {
-                reader.run_stream(stream, name, start_time, opts.allow_empty_stream)
+    let mut results: Vec<Option<Result<BackupStats>>> = targets.iter().map(|_| None).collect();
+    let mut lanes = Vec::new();
+    let mut packers = Vec::new();
+    for (i, target) in targets.iter().enumerate() {
+        match lane::Lane::open(&shared, target, signing_key.as_ref()) {
+            Ok((lane, packer)) => {
+                lanes.push((i, lane));
+                packers.push(packer);
             }
-            (None, None) => Err(Error::Internal(
-                "a source with neither tree nor stream".into(),
-            )),
-        };
-        let read = stopping(&cancel, read);
-        drop(reader); // hangs up: the packer finishes
-        (read, join(packed), join(uploaded))
-    });
-    progress.done();
-    let (output, uploaded) = settle(read, packed, uploaded, &cancel)?;
-    report_missing(&presence, target, &mut stats, progress);
-    stats.chunks = output.chunks;
-    stats.chunks_new = output.chunks_new;
-    if source.input.path().is_none() {
-        // A stream has no earlier stamp to compare: it is new in the first run this host
-        // made of the source, else it changed if it stored anything new.
-        if first_run {
-            stats.files_new = stats.files;
-        } else if output.chunks_new == 0 {
-            stats.files_unchanged = stats.files;
-        } else {
-            stats.files_changed = stats.files;
+            Err(e) => results[i] = Some(Err(e)),
         }
     }
-    stats.bytes_new = output.bytes_new;
-    stats.bytes_stored = uploaded.bytes;
-    stats.packs_stored = uploaded.created;
-    commit::Commit {
-        creator: &creator,
-        index: &mut index,
-        target_id,
-        target,
-        host: &config.host,
-        source: &source.name,
-        run: &run,
-        start_time,
-        chain: &chain,
-        signing_key: signing_key.as_mut(),
+    // The source is opened once everything it could fail on is ready (a command starts
+    // here), and only if a target is left.
+    let feed = match lanes.is_empty() {
+        true => None,
+        false => Some(Feed::open(source)),
+    };
+    match feed {
+        None => {}
+        Some(Err(e)) => {
+            for (i, _) in &lanes {
+                results[*i] = Some(Err(e.duplicate()));
+            }
+        }
+        Some(Ok(feed)) => {
+            let names: Vec<&str> = lanes.iter().map(|(_, l)| l.target.name.as_str()).collect();
+            progress.phase(&format!("{} -> {}", source.name, names.join(", ")), None);
+            let (read, stages) = run_lanes(&shared, &lanes, packers, feed, &mut stats);
+            progress.done();
+            for (n, ((i, lane), (packed, uploaded))) in lanes.into_iter().zip(stages).enumerate() {
+                let mut lane_stats = stats.clone();
+                if let Ok(counts) = &read {
+                    lane_stats.files_new = counts[n].new;
+                    lane_stats.files_changed = counts[n].changed;
+                    lane_stats.files_unchanged = counts[n].unchanged;
+                }
+                let stages = lane::Stages {
+                    read: read.as_ref().map(|_| ()).map_err(Error::duplicate),
+                    packed,
+                    uploaded,
+                };
+                let mut r = lane.finish(&shared, signing_key.as_mut(), stages, lane_stats);
+                if let Ok(st) = &mut r {
+                    st.elapsed_secs = started.elapsed().as_secs_f64();
+                    st.read_bytes_per_sec = st.bytes_read as f64 / st.elapsed_secs.max(1e-9);
+                    st.dedup_ratio =
+                        (st.bytes_new > 0).then(|| st.bytes_total as f64 / st.bytes_new as f64);
+                }
+                results[i] = Some(r);
+            }
+        }
     }
-    .finish(output.metafile, &mut stats)?;
-    stats.run = run.to_string();
-    stats.elapsed_secs = started.elapsed().as_secs_f64();
-    stats.read_bytes_per_sec = stats.bytes_read as f64 / stats.elapsed_secs.max(1e-9);
-    stats.dedup_ratio =
-        (stats.bytes_new > 0).then(|| stats.bytes_total as f64 / stats.bytes_new as f64);
-    Ok(stats)
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::Internal("a target without a result".into()))))
+        .collect()
+}
+
+/// What the reader reads: a walked tree, or a stream with the name it is stored under.
+enum Feed {
+    Tree(source::Walker),
+    Stream(stream::Stream, String),
+}
+
+impl Feed {
+    fn open(source: &SourceConfig) -> Result<Feed> {
+        match &source.input {
+            Input::Tree(path) => {
+                let rules = IgnoreRules::new(&source.ignore)?;
+                Ok(Feed::Tree(source::walk(
+                    path,
+                    source.one_file_system,
+                    rules,
+                )?))
+            }
+            input => {
+                let name = input
+                    .stream_name()
+                    .ok_or_else(|| Error::Internal("a stream without a name".into()))?;
+                Ok(Feed::Stream(stream::Stream::open(input)?, name.to_string()))
+            }
+        }
+    }
+}
+
+/// How each lane's packer and uploader ended.
+type LaneStages = Vec<(Result<packer::PackerOutput>, Result<upload::Uploaded>)>;
+
+/// Runs the reader on the calling thread, feeding every lane's packer, each with its
+/// uploader, on scoped threads. Returns the reader's outcome (with what it counted for
+/// each lane) and each lane's stages, in the order of `lanes`.
+fn run_lanes(
+    shared: &lane::Shared<'_>,
+    lanes: &[(usize, lane::Lane<'_>)],
+    packers: Vec<packer::Packer>,
+    feed: Feed,
+    stats: &mut BackupStats,
+) -> (Result<Vec<read::FileCounts>>, LaneStages) {
+    std::thread::scope(|scope| {
+        let mut outs = Vec::with_capacity(lanes.len());
+        let mut handles = Vec::with_capacity(lanes.len());
+        for ((_, lane), packer) in lanes.iter().zip(packers) {
+            let (tx, rx) = sync_channel::<packer::Msg>(READ_AHEAD_MESSAGES);
+            let (pack_tx, pack_rx) = sync_channel(1);
+            let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+            let cancel = &lane.cancel;
+            let packed = scope.spawn(move || stopping(cancel, packer.run(rx, pack_tx, ack_rx)));
+            let (creator, concurrency) = (&lane.creator, lane.target.upload_concurrency);
+            let uploaded = scope.spawn(move || {
+                let r = upload::upload(creator, concurrency, pack_rx, ack_tx, cancel);
+                stopping(cancel, r)
+            });
+            handles.push((packed, uploaded));
+            outs.push(read::Out::new(lane, tx));
+        }
+        let mut reader = read::Reader {
+            source: shared.source,
+            outs,
+            cancel: &shared.opts.cancel,
+            names: Names::default(),
+            hardlinks: HashMap::new(),
+            progress: shared.progress,
+            stats,
+        };
+        let read = match feed {
+            Feed::Tree(walker) => reader.run(walker),
+            Feed::Stream(stream, name) => reader.run_stream(
+                stream,
+                &name,
+                shared.start_time,
+                shared.opts.allow_empty_stream,
+            ),
+        };
+        // A failure of the reader's own (the local index, a command) stops every lane.
+        if read.is_err() {
+            for (_, lane) in lanes {
+                lane.cancel.cancel();
+            }
+        }
+        let counts = reader.counts();
+        drop(reader); // hangs up: the packers finish
+        let stages = handles
+            .into_iter()
+            .map(|(p, u)| (join(p), join(u)))
+            .collect();
+        (read.map(|()| counts), stages)
+    })
 }
 
 /// A stage thread's result; a panic is a bug, reported as such.
@@ -488,8 +538,9 @@ fn report_missing(
     );
 }
 
-/// Backs up every selected source to each of its targets. One target failing does not
-/// stop the others; each (source, target) pair gets its own result.
+/// Backs up every selected source to each of its targets, reading each source once
+/// for all its targets ([`backup_targets`]). One target failing does not stop the
+/// others; each (source, target) pair gets its own result.
 pub fn backup_all(
     config: &Config,
     sources: &[&SourceConfig],
@@ -498,19 +549,27 @@ pub fn backup_all(
 ) -> Vec<(String, String, Result<BackupStats>)> {
     let mut results = Vec::new();
     for source in sources {
-        for target_name in &source.targets {
-            if opts.cancel.is_cancelled() {
+        if opts.cancel.is_cancelled() {
+            for target_name in &source.targets {
                 results.push((
                     source.name.clone(),
                     target_name.clone(),
                     Err(Error::Interrupted),
                 ));
-                continue;
             }
-            let result = config
-                .target(target_name)
-                .and_then(|t| backup(config, source, &t, opts, progress));
-            results.push((source.name.clone(), target_name.clone(), result));
+            continue;
+        }
+        // Targets the config cannot give fail by themselves; the rest go together.
+        let mut targets = Vec::new();
+        for target_name in &source.targets {
+            match config.target(target_name) {
+                Ok(t) => targets.push(t),
+                Err(e) => results.push((source.name.clone(), target_name.clone(), Err(e))),
+            }
+        }
+        let done = backup_targets(config, source, &targets, opts, progress);
+        for (t, r) in targets.iter().zip(done) {
+            results.push((source.name.clone(), t.name.clone(), r));
         }
     }
     results

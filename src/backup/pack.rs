@@ -13,7 +13,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::budget::Budget;
-use super::compress::encode;
 use crate::cancel::Cancel;
 use crate::crypto::{Encryptor, PackSession};
 use crate::error::{Error, Result};
@@ -238,14 +237,18 @@ impl SealedPack {
 /// Skipped (an error) once the run is cancelled.
 pub(super) fn seal_batch(
     session: &PackSession,
-    batch: Vec<Bytes>,
+    batch: Vec<(ChunkHash, Bytes)>,
     bytes: usize,
     budget: &Budget,
     cancel: &Cancel,
+    memo: Option<&super::compress::Memo>,
 ) -> Result<SealedBatch> {
     let result = (|| {
         cancel.check()?;
-        let encoded: Vec<_> = batch.iter().map(|data| encode(data)).collect();
+        let encoded: Vec<_> = batch
+            .iter()
+            .map(|(hash, data)| super::compress::encode_with(data, memo, hash))
+            .collect();
         let size = encoded
             .iter()
             .map(|(p, _)| session.message_len(p.len()))
@@ -293,19 +296,23 @@ mod tests {
         // Two batches: slots 0-1 and 2-4, returned in the other order.
         pack.batches = vec![None, None];
         pack.outstanding = 2;
+        let hashed: Vec<(ChunkHash, Bytes)> =
+            data.iter().map(|d| (ChunkHash::of(d), d.clone())).collect();
         let first = seal_batch(
             &pack.session,
-            data[..2].to_vec(),
+            hashed[..2].to_vec(),
             0,
             &budget,
             &Cancel::new(),
+            None,
         );
         let second = seal_batch(
             &pack.session,
-            data[2..].to_vec(),
+            hashed[2..].to_vec(),
             0,
             &budget,
             &Cancel::new(),
+            None,
         );
         pack.returned(1, second.unwrap()).unwrap();
         pack.returned(0, first.unwrap()).unwrap();

@@ -40,7 +40,9 @@ const BATCH_CHUNKS: usize = 64;
 /// Digest-cache rows written to the index at once.
 const CACHE_ROWS: usize = 4096;
 
-/// From the reader to the packer, in walk order.
+/// From the reader to the packer, in walk order. Cloned for each target a run goes to
+/// (a chunk's bytes are shared, not copied).
+#[derive(Clone)]
 pub(super) enum Msg {
     /// A chunk of the file being read.
     Chunk { hash: ChunkHash, data: Bytes },
@@ -70,6 +72,8 @@ pub(super) struct PackerSetup {
     pub racy_after_ns: i64,
     /// Whether reused packs are still on the target.
     pub presence: Arc<Presence>,
+    /// Compressed chunks shared with the run's other targets, if it has any.
+    pub memo: Option<Arc<super::compress::Memo>>,
 }
 
 /// What the packer did.
@@ -91,9 +95,10 @@ pub(super) struct Packer {
     cancel: Cancel,
     racy_after_ns: i64,
     presence: Arc<Presence>,
+    memo: Option<Arc<super::compress::Memo>>,
     open: OpenPack,
     /// Chunks waiting to go to the pool with the next batch, and their bytes.
-    batch: Vec<Bytes>,
+    batch: Vec<(ChunkHash, Bytes)>,
     batch_bytes: usize,
     /// Full packs waiting for their last batches, oldest first.
     closing: VecDeque<OpenPack>,
@@ -125,6 +130,7 @@ impl Packer {
             cancel: s.cancel,
             racy_after_ns: s.racy_after_ns,
             presence: s.presence,
+            memo: s.memo,
             batch: Vec::new(),
             batch_bytes: 0,
             closing: VecDeque::new(),
@@ -296,7 +302,7 @@ impl Packer {
                 self.chunks_new += 1;
                 self.bytes_new += data.len() as u64;
                 self.batch_bytes += data.len();
-                self.batch.push(data);
+                self.batch.push((hash, data));
                 if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_CHUNKS {
                     self.dispatch(pool);
                 }
@@ -324,8 +330,9 @@ impl Packer {
         let budget = self.budget.clone();
         let cancel = self.cancel.clone();
         let returned = self.returned_tx.clone();
+        let memo = self.memo.clone();
         pool.spawn(move |_| {
-            let sealed = seal_batch(&session, batch, bytes, &budget, &cancel);
+            let sealed = seal_batch(&session, batch, bytes, &budget, &cancel, memo.as_deref());
             let _ = returned.send((seq, number, sealed));
         });
     }

@@ -30,11 +30,9 @@ const READ_BATCH: usize = 1000;
 /// The reader's side of the pipeline.
 pub(super) struct Reader<'a> {
     pub source: &'a SourceConfig,
-    pub index: &'a Index,
-    pub presence: &'a Presence,
-    pub target_id: i64,
-    pub tx: SyncSender<Msg>,
-    pub budget: &'a Budget,
+    /// One per target (lane.rs): every message goes to each lane still running.
+    pub outs: Vec<Out<'a>>,
+    /// The command's flag (SIGINT, SIGTERM); each lane has a child of its own.
     pub cancel: &'a Cancel,
     pub names: Names,
     pub hardlinks: HashMap<(u64, u64), Vec<u8>>,
@@ -42,18 +40,90 @@ pub(super) struct Reader<'a> {
     pub stats: &'a mut BackupStats,
 }
 
-/// The packer is gone (it failed, and its error is what the run reports) or the run was
-/// cancelled: the reader stops.
+/// What the reader feeds for one target: its packer's queue and read-ahead, and what
+/// the local index knows of the target.
+pub(super) struct Out<'a> {
+    index: &'a Index,
+    presence: &'a Presence,
+    target_id: i64,
+    tx: SyncSender<Msg>,
+    budget: &'a Budget,
+    /// False once the lane stopped (its packer or uploader failed): it is fed no more.
+    alive: bool,
+    counts: FileCounts,
+}
+
+impl<'a> Out<'a> {
+    pub fn new(lane: &'a super::lane::Lane<'_>, tx: SyncSender<Msg>) -> Self {
+        Out {
+            index: &lane.index,
+            presence: &lane.presence,
+            target_id: lane.target_id,
+            tx,
+            budget: &lane.budget,
+            alive: true,
+            counts: FileCounts::default(),
+        }
+    }
+
+    /// Hands `msg` to this lane; false if the lane is gone.
+    fn deliver(&self, msg: Msg) -> bool {
+        if let Msg::Chunk { data, .. } = &msg {
+            if !self.budget.acquire(data.len() as u64) {
+                return false;
+            }
+        }
+        self.tx.send(msg).is_ok()
+    }
+}
+
+/// Files as one target's digest cache saw them (each target has its own).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct FileCounts {
+    pub new: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+}
+
+/// Every lane is gone (each failed, and its error is what its run reports) or the
+/// command was cancelled: the reader stops.
 pub(super) struct Stopped;
 
 impl Reader<'_> {
-    fn send(&self, msg: Msg) -> std::result::Result<(), Stopped> {
-        if let Msg::Chunk { data, .. } = &msg {
-            if !self.budget.acquire(data.len() as u64) {
-                return Err(Stopped);
+    /// Sends `msg` to every lane still running (a copy to all but the last: chunks are
+    /// shared, not copied). A lane that is gone is fed no more; the reader stops when
+    /// none is left.
+    fn send(&mut self, msg: Msg) -> std::result::Result<(), Stopped> {
+        let last = self.outs.iter().rposition(|o| o.alive);
+        let mut msg = Some(msg);
+        for i in 0..self.outs.len() {
+            if !self.outs[i].alive {
+                continue;
+            }
+            let m = if Some(i) == last {
+                msg.take()
+            } else {
+                msg.clone()
+            };
+            if let Some(m) = m {
+                if !self.outs[i].deliver(m) {
+                    self.outs[i].alive = false;
+                }
             }
         }
-        self.tx.send(msg).map_err(|_| Stopped)
+        self.check_alive()
+    }
+
+    fn check_alive(&self) -> std::result::Result<(), Stopped> {
+        if self.cancel.is_cancelled() || !self.outs.iter().any(|o| o.alive) {
+            return Err(Stopped);
+        }
+        Ok(())
+    }
+
+    /// What each target's digest cache made of the files, in the order of the outs.
+    pub fn counts(&self) -> Vec<FileCounts> {
+        self.outs.iter().map(|o| o.counts).collect()
     }
 
     /// Reads the whole tree `walker` yields. Returns an error of its own (the local
@@ -64,7 +134,10 @@ impl Reader<'_> {
         walker: impl Iterator<Item = std::result::Result<Item, Skipped>>,
     ) -> Result<()> {
         let result = self.read_all(walker);
-        let ended = self.index.end_read_batch();
+        let mut ended = Ok(());
+        for out in &self.outs {
+            ended = ended.and(out.index.end_read_batch());
+        }
         result.and(ended)
     }
 
@@ -77,7 +150,9 @@ impl Reader<'_> {
                 return Ok(());
             }
             if n % READ_BATCH == 0 {
-                self.index.renew_read_batch()?;
+                for out in &self.outs {
+                    out.index.renew_read_batch()?;
+                }
             }
             let item = match item {
                 Ok(i) => i,
@@ -196,39 +271,60 @@ impl Reader<'_> {
         self.stats.files += 1;
         self.progress.item(&item.abs.to_string_lossy());
         let stamp = source::stamp(m);
-        let cached = match self
-            .index
-            .lookup_file(self.target_id, &self.source.name, &item.rel)
-        {
-            Ok(c) => c,
-            Err(e) => {
-                self.progress.warn(&format!("digest cache: {e}"));
-                None
+        // Each target's digest cache; the file is not read only if every target still
+        // has all of it.
+        let cached: Vec<Option<CachedFile>> = self
+            .outs
+            .iter()
+            .map(|out| {
+                let found = out
+                    .index
+                    .lookup_file(out.target_id, &self.source.name, &item.rel);
+                found.unwrap_or_else(|e| {
+                    self.progress.warn(&format!("digest cache: {e}"));
+                    None
+                })
+            })
+            .collect();
+        if let Some(chunk_lists) = self.unchanged(&cached, &stamp) {
+            self.stats.files_unchanged += 1;
+            self.stats.bytes_total += stamp.size;
+            if m.nlink > 1 {
+                self.hardlinks.insert(link_key, item.rel.clone());
             }
-        };
-        if let Some(c) = cached.as_ref().filter(|c| c.trusted && c.stamp == stamp) {
-            if let Some(chunks) = self.resolve(c) {
-                self.stats.files_unchanged += 1;
-                self.stats.bytes_total += stamp.size;
-                if m.nlink > 1 {
-                    self.hardlinks.insert(link_key, item.rel.clone());
-                }
-                return self.send(Msg::Entry(Entry {
-                    path: item.rel,
+            for (i, (chunks, c)) in chunk_lists.into_iter().zip(&cached).enumerate() {
+                let (Some(chunks), Some(c)) = (chunks, c) else {
+                    continue;
+                };
+                let out = &mut self.outs[i];
+                out.counts.unchanged += 1;
+                let entry = Entry {
+                    path: item.rel.clone(),
                     kind: Kind::File {
                         size: stamp.size,
                         hash: c.hash,
                         chunks,
                     },
-                    meta,
-                }));
+                    meta: meta.clone(),
+                };
+                if !out.deliver(Msg::Entry(entry)) {
+                    out.alive = false;
+                }
             }
+            return self.check_alive();
         }
         match self.read(&item)? {
             Ok((size, hash, opened, after)) => {
                 // What the open file says, not what the walk saw a moment before.
                 let meta = self.names.meta(&opened);
-                match &cached {
+                for (out, c) in self.outs.iter_mut().zip(&cached) {
+                    match c {
+                        None => out.counts.new += 1,
+                        Some(c) if c.hash == hash => out.counts.unchanged += 1,
+                        Some(_) => out.counts.changed += 1,
+                    }
+                }
+                match cached.iter().flatten().next() {
                     None => self.stats.files_new += 1,
                     Some(c) if c.hash == hash => self.stats.files_unchanged += 1,
                     Some(_) => self.stats.files_changed += 1,
@@ -268,19 +364,25 @@ impl Reader<'_> {
         }
     }
 
-    /// Every chunk of a cached file, if the index still lists them all and their packs
-    /// are still on the target (as far as the backup can tell).
-    fn resolve(&self, c: &CachedFile) -> Option<Vec<crate::format::metafile::ChunkRef>> {
-        c.chunks
-            .iter()
-            .map(|h| {
-                self.index
-                    .lookup_chunk(self.target_id, h)
-                    .ok()
-                    .flatten()
-                    .filter(|c| self.presence.exists(&c.object).unwrap_or(false))
-            })
-            .collect()
+    /// Each running lane's chunks of a file its digest cache records with `stamp`
+    /// (`None` for lanes gone), if every running lane has them all: then the file is
+    /// not read. Otherwise `None`.
+    #[allow(clippy::type_complexity)]
+    fn unchanged(
+        &self,
+        cached: &[Option<CachedFile>],
+        stamp: &crate::index::FileStamp,
+    ) -> Option<Vec<Option<Vec<crate::format::metafile::ChunkRef>>>> {
+        let mut lists = Vec::with_capacity(self.outs.len());
+        for (out, c) in self.outs.iter().zip(cached) {
+            if !out.alive {
+                lists.push(None);
+                continue;
+            }
+            let c = c.as_ref().filter(|c| c.trusted && c.stamp == *stamp)?;
+            lists.push(Some(resolve(out, c)?));
+        }
+        Some(lists)
     }
 
     /// Reads, chunks and hashes a file, sending its chunks to the packer. The outer
@@ -458,6 +560,21 @@ impl Reader<'_> {
     ) -> std::result::Result<crate::index::FileStamp, std::io::Error> {
         Stat::of(file).map(|m| source::stamp(&m))
     }
+}
+
+/// Every chunk of a cached file, if `out`'s index still lists them all and their packs
+/// are still on its target (as far as the backup can tell).
+fn resolve(out: &Out<'_>, c: &CachedFile) -> Option<Vec<crate::format::metafile::ChunkRef>> {
+    c.chunks
+        .iter()
+        .map(|h| {
+            out.index
+                .lookup_chunk(out.target_id, h)
+                .ok()
+                .flatten()
+                .filter(|c| out.presence.exists(&c.object).unwrap_or(false))
+        })
+        .collect()
 }
 
 /// The file-type bits of `st_mode` a stream's entries take.

@@ -77,7 +77,8 @@ pub enum Command {
     ///
     /// Needs only the recipients' public certificates and create rights on the targets.
     /// Unchanged files (same size, mtime, ctime, inode) are not read again; only new
-    /// chunks are encrypted and uploaded. A failing target does not stop the others.
+    /// chunks are encrypted and uploaded. A source with several targets is read once for
+    /// all of them; a failing target does not stop the others.
     ///
     /// A source with `command = [...]` stores what the command writes to its standard
     /// output as one file (named by `stream_name`, default the source's name); the

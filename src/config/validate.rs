@@ -452,16 +452,6 @@ impl Config {
                 name: stream_name,
             });
         }
-        if s.targets.get_ref().len() > 1 {
-            return ctx.err(
-                s.targets.span(),
-                format!(
-                    "source {name:?} reads standard input, which can be read once: give \
-                     it one target (a second source with stdin = true can take the same \
-                     data to another)"
-                ),
-            );
-        }
         Ok(Input::Stdin { name: stream_name })
     }
 

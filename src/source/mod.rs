@@ -26,7 +26,7 @@ mod sparse;
 mod walk;
 
 pub(crate) use sparse::SparseReader;
-pub use walk::{walk, Skipped, Stat};
+pub use walk::{walk, Skipped, Stat, Walker};
 
 /// One walked entry.
 #[derive(Debug)]

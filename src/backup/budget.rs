@@ -51,6 +51,18 @@ impl Budget {
         !self.cancel.is_cancelled()
     }
 
+    /// Takes `bytes` if that needs no wait; `false` (and nothing taken) otherwise.
+    pub(super) fn try_acquire(&self, bytes: u64) -> bool {
+        let Ok(mut used) = self.used.lock() else {
+            return false;
+        };
+        if *used > 0 && used.saturating_add(bytes) > self.limit {
+            return false;
+        }
+        *used = used.saturating_add(bytes);
+        true
+    }
+
     /// Gives `bytes` back.
     pub(super) fn release(&self, bytes: u64) {
         if let Ok(mut used) = self.used.lock() {

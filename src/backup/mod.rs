@@ -127,8 +127,8 @@ pub(crate) const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from
 
 /// Chunk bytes read ahead of the packer (while it seals a pack, say), at most.
 const READ_AHEAD_BYTES: u64 = 8 << 20;
-/// Messages queued for the packer, at most (entries without data count too).
-const READ_AHEAD_MESSAGES: usize = 4096;
+/// Batches of messages queued for a packer, at most (of up to 256 messages each).
+const READ_AHEAD_BATCHES: usize = 16;
 
 impl BackupStats {
     fn problem(&mut self, progress: &dyn Progress, problem: Problem) {
@@ -361,7 +361,7 @@ fn run_lanes(
         let mut outs = Vec::with_capacity(lanes.len());
         let mut handles = Vec::with_capacity(lanes.len());
         for ((_, lane), packer) in lanes.iter().zip(packers) {
-            let (tx, rx) = sync_channel::<packer::Msg>(READ_AHEAD_MESSAGES);
+            let (tx, rx) = sync_channel::<Vec<packer::Msg>>(READ_AHEAD_BATCHES);
             let (pack_tx, pack_rx) = sync_channel(1);
             let (ack_tx, ack_rx) = std::sync::mpsc::channel();
             let cancel = &lane.cancel;
@@ -398,6 +398,7 @@ fn run_lanes(
                 lane.cancel.cancel();
             }
         }
+        reader.flush();
         let counts = reader.counts();
         drop(reader); // hangs up: the packers finish
         let stages = handles

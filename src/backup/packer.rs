@@ -150,7 +150,7 @@ impl Packer {
     /// this call: none outlives it.
     pub(super) fn run(
         mut self,
-        rx: Receiver<Msg>,
+        rx: Receiver<Vec<Msg>>,
         packs: SyncSender<SealedPack>,
         acks: Receiver<Ack>,
     ) -> Result<PackerOutput> {
@@ -173,7 +173,7 @@ impl Packer {
     fn consume<'s>(
         &'s mut self,
         pool: &rayon::Scope<'s>,
-        rx: &Receiver<Msg>,
+        rx: &Receiver<Vec<Msg>>,
         packs: &SyncSender<SealedPack>,
         acks: &Receiver<Ack>,
     ) -> Result<()> {
@@ -194,42 +194,44 @@ impl Packer {
     fn consume_all<'s>(
         &mut self,
         pool: &rayon::Scope<'s>,
-        rx: &Receiver<Msg>,
+        rx: &Receiver<Vec<Msg>>,
         packs: &SyncSender<SealedPack>,
         acks: &Receiver<Ack>,
     ) -> Result<()> {
         loop {
             self.cancel.check()?;
-            let msg = match rx.try_recv() {
-                Ok(msg) => msg,
+            let batch = match rx.try_recv() {
+                Ok(batch) => batch,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
                 Err(std::sync::mpsc::TryRecvError::Empty) => {
                     // Nothing queued: the reader may be waiting for the budget, which only
                     // the pool frees, so hand it what is held back before waiting.
                     self.dispatch(pool);
                     match rx.recv() {
-                        Ok(msg) => msg,
+                        Ok(batch) => batch,
                         Err(_) => break,
                     }
                 }
             };
-            while let Ok(ack) = acks.try_recv() {
-                self.acknowledged(ack)?;
-            }
-            while let Ok(returned) = self.returned_rx.try_recv() {
-                self.returned(returned)?;
-            }
-            self.seal_finished(packs)?;
-            self.take(pool, msg)?;
-            if self.open.plain_bytes >= self.pack_size {
-                self.close(pool)?;
-                while self.closing.len() > MAX_CLOSING {
-                    self.wait_returned()?;
-                    self.seal_finished(packs)?;
+            for msg in batch {
+                while let Ok(ack) = acks.try_recv() {
+                    self.acknowledged(ack)?;
                 }
-            }
-            if self.cache_rows.len() >= CACHE_ROWS {
-                self.flush_cache()?;
+                while let Ok(returned) = self.returned_rx.try_recv() {
+                    self.returned(returned)?;
+                }
+                self.seal_finished(packs)?;
+                self.take(pool, msg)?;
+                if self.open.plain_bytes >= self.pack_size {
+                    self.close(pool)?;
+                    while self.closing.len() > MAX_CLOSING {
+                        self.wait_returned()?;
+                        self.seal_finished(packs)?;
+                    }
+                }
+                if self.cache_rows.len() >= CACHE_ROWS {
+                    self.flush_cache()?;
+                }
             }
         }
         if self.open.slots > 0 {

@@ -27,6 +27,11 @@ use crate::source::{self, Item, Names, Skipped, Stat};
 /// Entries whose digest-cache lookups share one read transaction.
 const READ_BATCH: usize = 1000;
 
+/// Messages go to a packer in batches of this many, or of this many bytes of chunks:
+/// a channel hand-off per message (three for a small file) cost more than reading it.
+const SEND_BATCH: usize = 256;
+const SEND_BATCH_BYTES: u64 = 1 << 20;
+
 /// The reader's side of the pipeline.
 pub(super) struct Reader<'a> {
     pub source: &'a SourceConfig,
@@ -46,34 +51,58 @@ pub(super) struct Out<'a> {
     index: &'a Index,
     presence: &'a Presence,
     target_id: i64,
-    tx: SyncSender<Msg>,
+    tx: SyncSender<Vec<Msg>>,
     budget: &'a Budget,
+    /// Messages not sent yet, and the bytes of their chunks.
+    pending: Vec<Msg>,
+    pending_bytes: u64,
     /// False once the lane stopped (its packer or uploader failed): it is fed no more.
     alive: bool,
     counts: FileCounts,
 }
 
 impl<'a> Out<'a> {
-    pub fn new(lane: &'a super::lane::Lane<'_>, tx: SyncSender<Msg>) -> Self {
+    pub fn new(lane: &'a super::lane::Lane<'_>, tx: SyncSender<Vec<Msg>>) -> Self {
         Out {
             index: &lane.index,
             presence: &lane.presence,
             target_id: lane.target_id,
             tx,
             budget: &lane.budget,
+            pending: Vec::with_capacity(SEND_BATCH),
+            pending_bytes: 0,
             alive: true,
             counts: FileCounts::default(),
         }
     }
 
-    /// Hands `msg` to this lane; false if the lane is gone.
-    fn deliver(&self, msg: Msg) -> bool {
+    /// Hands `msg` to this lane (in the next batch); false if the lane is gone. A chunk
+    /// takes from the lane's read-ahead budget first; before waiting for the budget, what
+    /// is pending is sent, since only the packer frees it.
+    fn deliver(&mut self, msg: Msg) -> bool {
         if let Msg::Chunk { data, .. } = &msg {
-            if !self.budget.acquire(data.len() as u64) {
+            let n = data.len() as u64;
+            let taken = self.budget.try_acquire(n) || (self.flush() && self.budget.acquire(n));
+            if !taken {
                 return false;
             }
+            self.pending_bytes += n;
         }
-        self.tx.send(msg).is_ok()
+        self.pending.push(msg);
+        if self.pending.len() >= SEND_BATCH || self.pending_bytes >= SEND_BATCH_BYTES {
+            return self.flush();
+        }
+        true
+    }
+
+    /// Sends what is pending; false if the lane is gone.
+    fn flush(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(SEND_BATCH));
+        self.pending_bytes = 0;
+        self.tx.send(batch).is_ok()
     }
 }
 
@@ -124,6 +153,13 @@ impl Reader<'_> {
     /// What each target's digest cache made of the files, in the order of the outs.
     pub fn counts(&self) -> Vec<FileCounts> {
         self.outs.iter().map(|o| o.counts).collect()
+    }
+
+    /// Sends every lane what is pending: the reader is done.
+    pub fn flush(&mut self) {
+        for out in self.outs.iter_mut().filter(|o| o.alive) {
+            out.alive = out.flush();
+        }
     }
 
     /// Reads the whole tree `walker` yields. Returns an error of its own (the local

@@ -109,7 +109,7 @@ pub mod verify;
 mod when;
 
 // Commands.
-pub use backup::{backup, backup_all, BackupOptions, BackupStats};
+pub use backup::{backup, backup_all, backup_targets, BackupOptions, BackupStats};
 pub use bench::{bench, BenchInput, BenchReport};
 pub use format::refs::RunStats;
 pub use restore::{

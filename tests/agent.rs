@@ -175,20 +175,7 @@ fn restore_through_gpg_agent_asks_it_once_per_pack_not_per_chunk() {
 
     let to = fx.path("restored");
     let gpg_key = format!("gpg:{fpr}");
-    counted
-        .coffer(
-            &fx,
-            &[
-                "restore".as_ref(),
-                "--key".as_ref(),
-                gpg_key.as_ref(),
-                "--source".as_ref(),
-                SOURCE.as_ref(),
-                "--to".as_ref(),
-                to.as_os_str(),
-            ],
-        )
-        .ok();
+    counted.coffer(&fx, &restore_args(&gpg_key, &to)).ok();
     assert_same_tree(&fx.src, &to);
     // One request per pack, one for the metafile.
     assert_eq!(
@@ -233,20 +220,7 @@ fn a_protected_key_is_unlocked_by_the_agents_prompt_and_a_cancelled_prompt_fails
     let fpr = unlocking.fingerprint("coffer");
     protect(&unlocking, &fpr, "agent-only-secret");
     let gpg_key = format!("gpg:{fpr}");
-    let restore = |home: &AgentHome, to: &Path| {
-        home.coffer(
-            &fx,
-            &[
-                "restore".as_ref(),
-                "--key".as_ref(),
-                gpg_key.as_ref(),
-                "--source".as_ref(),
-                SOURCE.as_ref(),
-                "--to".as_ref(),
-                to.as_os_str(),
-            ],
-        )
-    };
+    let restore = |home: &AgentHome, to: &Path| home.coffer(&fx, &restore_args(&gpg_key, to));
     let to = fx.path("unlocked");
     restore(&unlocking, &to).ok();
     assert_same_tree(&fx.src, &to);
@@ -276,20 +250,8 @@ fn a_key_gpg_does_not_hold_and_a_key_that_does_not_fit_are_named() {
     // Another key, which the run is not encrypted to.
     home.gpg.generate("other", "");
     let other = home.fingerprint("other");
-    let restore = |key: &str| {
-        home.coffer(
-            &fx,
-            &[
-                "restore".as_ref(),
-                "--key".as_ref(),
-                key.as_ref(),
-                "--source".as_ref(),
-                SOURCE.as_ref(),
-                "--to".as_ref(),
-                fx.path("r").as_os_str(),
-            ],
-        )
-    };
+    let to = fx.path("r");
+    let restore = |key: &str| home.coffer(&fx, &restore_args(key, &to));
     restore(&format!("gpg:{other}"))
         .expect(EXIT_ERROR)
         .stderr_has("none of the given secret keys");
@@ -302,6 +264,19 @@ fn a_key_gpg_does_not_hold_and_a_key_that_does_not_fit_are_named() {
     run(cmd)
         .expect(2)
         .stderr_has("--key <FILE|gpg:FPR>|--gpg-agent");
+}
+
+/// `restore --key KEY --source home --to TO`.
+fn restore_args<'a>(key: &'a str, to: &'a Path) -> [&'a OsStr; 7] {
+    [
+        "restore".as_ref(),
+        "--key".as_ref(),
+        key.as_ref(),
+        "--source".as_ref(),
+        SOURCE.as_ref(),
+        "--to".as_ref(),
+        to.as_os_str(),
+    ]
 }
 
 /// A pinentry that answers every request with OK and GETPIN with `answer`.

@@ -96,6 +96,8 @@ pub struct GcStats {
     pub missing: Vec<MissingObject>,
     /// Wall-clock seconds.
     pub elapsed_secs: f64,
+    /// The requests made of the target.
+    pub requests: crate::store::Requests,
 }
 
 /// Collects garbage on `store`.
@@ -247,6 +249,7 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     }
     progress.done();
     stats.elapsed_secs = started.elapsed().as_secs_f64();
+    stats.requests = store.requests();
     Ok(stats)
 }
 

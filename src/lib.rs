@@ -134,7 +134,7 @@ pub use crypto::{
 };
 
 // Targets, and what each kind of handle may do there.
-pub use store::{Admin, Creator, ObjectList, Reader, RunInfo, Store};
+pub use store::{Admin, Creator, ObjectList, Reader, Requests, RunInfo, Store};
 
 // What is stored (docs/FORMAT.md), and the names in it.
 pub use format::{metafile, refs};

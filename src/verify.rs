@@ -120,6 +120,8 @@ pub struct VerifyReport {
     pub findings_more: u64,
     /// Seconds.
     pub elapsed_secs: f64,
+    /// The requests made of the target.
+    pub requests: crate::store::Requests,
 }
 
 impl VerifyReport {
@@ -368,6 +370,7 @@ pub fn verify_storage(
     report.runs_ok = report.runs.saturating_sub(bad_runs.len() as u64);
     progress.done();
     report.elapsed_secs = started.elapsed().as_secs_f64();
+    report.requests = store.requests();
     Ok(report)
 }
 

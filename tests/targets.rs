@@ -148,3 +148,38 @@ fn a_command_source_with_two_targets_runs_its_command_once() {
         assert_eq!(std::fs::read_to_string(to.join("n.txt")).unwrap(), want);
     }
 }
+
+/// A host's daily run costs requests in proportion to what it stores, not to what the
+/// target holds: 3,000 other objects and 300 other runs on the target change nothing.
+#[test]
+fn a_run_costs_the_same_requests_however_full_the_target_is() {
+    let fx = Fixture::new();
+    nested_tree(&fx.src);
+    fx.backup_ok();
+    write(&fx.src.join("etc/hosts"), b"127.0.0.1 changed\n");
+    let before = fx.backup_ok()["requests"].clone();
+    // Other hosts' packs and runs (placeholders: this host never reads them).
+    for i in 0..3000u32 {
+        let key = blake3::hash(&i.to_le_bytes()).to_hex().to_string();
+        write(&fx.target.join("data").join(&key[..2]).join(&key), b"x");
+    }
+    for i in 0..300u32 {
+        let dir = fx.target.join(format!("runs/host{}/home", i % 30));
+        write(
+            &dir.join(format!("20260101T{:06}Z-0000{:04x}.refs", i, i)),
+            b"x",
+        );
+        write(
+            &dir.join(format!("20260101T{:06}Z-0000{:04x}.meta", i, i)),
+            b"x",
+        );
+    }
+    write(&fx.src.join("etc/hosts"), b"127.0.0.1 changed again\n");
+    let after = fx.backup_ok()["requests"].clone();
+    assert_eq!(before, after, "the same work, the same requests");
+    assert!(as_u64(&after, "listed") < 50, "{after}");
+    assert!(
+        as_u64(&after, "puts") <= 3,
+        "a pack, the object list, the metafile: {after}"
+    );
+}

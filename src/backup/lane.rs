@@ -179,6 +179,7 @@ impl<'a> Lane<'a> {
         }
         .finish(output.metafile, &mut stats)?;
         stats.run = self.run.to_string();
+        stats.requests = self.creator.requests();
         Ok(stats)
     }
 }

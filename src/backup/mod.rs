@@ -118,6 +118,9 @@ pub struct BackupStats {
     /// Entries skipped or changed while read, and warnings: path and reason (first
     /// 1000).
     pub problems: Vec<Problem>,
+    /// The requests made of the target: a run costs requests in proportion to what it
+    /// stores, never to what the target holds.
+    pub requests: crate::store::Requests,
 }
 
 const MAX_PROBLEMS: usize = 1000;

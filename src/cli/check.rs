@@ -34,6 +34,7 @@ pub(super) fn status(config: Option<&Path>, a: StatusArgs) -> Result<u8> {
     let mut sources = Vec::new();
     let mut unreadable = Vec::new();
     let mut up = Vec::new();
+    let mut requests = Vec::new();
     for t in &targets {
         let mut opts = opts.clone();
         if let Some(c) = &cfg {
@@ -58,11 +59,12 @@ pub(super) fn status(config: Option<&Path>, a: StatusArgs) -> Result<u8> {
                 let found = seen.check(&t.url, &h.runs, &h.tombstones)?;
                 h.findings.extend(found);
             }
-            Ok(h)
+            Ok((h, store.requests()))
         });
         match checked {
-            Ok(h) => {
+            Ok((h, made)) => {
                 up.push((t.name.clone(), true));
+                requests.push(serde_json::json!({"target": t.name, "requests": made}));
                 let mut found = status::of_runs(&t.name, &h.runs, now, &opts);
                 for s in &mut found {
                     s.add_chain_findings(&h.findings);
@@ -92,6 +94,7 @@ pub(super) fn status(config: Option<&Path>, a: StatusArgs) -> Result<u8> {
     if json {
         let out = serde_json::json!({
             "health": health, "exit_status": health.exit_status(), "sources": sources,
+            "requests": requests,
             "unreadable": unreadable.iter()
                 .map(|(t, e)| serde_json::json!({"target": t, "error": e}))
                 .collect::<Vec<_>>(),

@@ -56,6 +56,7 @@ pub fn backup_summary(s: &BackupStats) -> String {
          \x20 chunks         {} ({} new, {})\n\
          \x20 stored         {} in {} packs and {} objects of the run's own\n\
          \x20 dedup ratio    {}\n\
+         \x20 requests       {} puts, {} gets, {} list pages\n\
          \x20 elapsed        {:.2}s ({}/s read)\n",
         s.source,
         s.target,
@@ -79,6 +80,9 @@ pub fn backup_summary(s: &BackupStats) -> String {
             Some(r) => format!("{r:.2}"),
             None => "- (nothing new)".into(),
         },
+        s.requests.puts,
+        s.requests.gets,
+        s.requests.list_pages,
         s.elapsed_secs,
         bytes(s.read_bytes_per_sec as u64),
     )

@@ -25,12 +25,14 @@ use object_store::limit::LimitStore;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+mod count;
 mod io;
 pub(crate) mod layout;
 mod limit;
 mod open;
 mod versions;
 
+pub use count::Requests;
 pub(crate) use io::{is_refusal, map_store_error, put_create, runtime};
 use io::{Chained, StreamReader};
 pub use layout::{
@@ -76,6 +78,8 @@ struct Core {
     name: String,
     metafile_piece: u64,
     versions: Option<Arc<versions::S3Versions>>,
+    /// Every request made through any handle of this store.
+    counters: Arc<count::Counters>,
 }
 
 /// An earlier version of an object whose bytes hash to its name.
@@ -127,6 +131,28 @@ impl Core {
     }
 }
 
+impl Store {
+    /// The requests made of the target through this store's handles so far (counted
+    /// with listings in pages of 1,000 keys).
+    pub fn requests(&self) -> Requests {
+        self.core.counters.snapshot()
+    }
+}
+
+impl Reader {
+    /// The requests made of the target through this store's handles so far.
+    pub fn requests(&self) -> Requests {
+        self.core.counters.snapshot()
+    }
+}
+
+impl Creator {
+    /// The requests made of the target through this store's handles so far.
+    pub fn requests(&self) -> Requests {
+        self.core.counters.snapshot()
+    }
+}
+
 /// Creates objects, and nothing else: what a backup gets.
 #[derive(Clone, Debug)]
 pub struct Creator {
@@ -162,12 +188,14 @@ impl Store {
     /// cannot be read ([`Error::Store`]).
     pub fn open(target: &TargetConfig, create: bool) -> Result<Store> {
         let (inner, versions) = open::open(target, create)?;
+        let counters = Arc::new(count::Counters::default());
         Ok(Store {
             core: Core {
-                inner,
+                inner: Arc::new(count::Counted::new(inner, counters.clone())),
                 name: target.name.clone(),
                 metafile_piece: METAFILE_PIECE,
                 versions,
+                counters,
             },
         })
     }

@@ -75,7 +75,7 @@ impl Counters {
                 if item.is_ok() {
                     n += 1;
                     counters.listed.fetch_add(1, Relaxed);
-                    if n > 1 && (n - 1) % LIST_PAGE == 0 {
+                    if n > 1 && (n - 1).is_multiple_of(LIST_PAGE) {
                         counters.list_pages.fetch_add(1, Relaxed);
                     }
                 }

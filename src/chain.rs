@@ -128,7 +128,8 @@ pub struct History {
 }
 
 /// Lists the runs of the hosts and sources `keep` accepts, checks them against `trust`
-/// and walks their chains: one LIST, and a few small reads per run.
+/// and walks their chains: one LIST, and a few small reads per run. Every run is held
+/// at once; [`histories`] hands them out one host and source at a time.
 ///
 /// # Errors
 ///
@@ -138,21 +139,50 @@ pub fn history(
     trust: &crate::runs::Trust,
     keep: impl Fn(&str, &str) -> bool,
 ) -> Result<History> {
-    let (mut runs, pruned) = store.list_history()?;
-    runs.retain(|r| keep(&r.host, &r.source));
-    let pruned: Vec<RunObject> = pruned
-        .into_iter()
-        .filter(|o| keep(&o.host, &o.source))
-        .collect();
-    crate::runs::check(store, &mut runs, trust)?;
-    let (tombstones, problems) = read_tombstones(store, &pruned)?;
-    let findings = walk(&mut runs, &tombstones);
-    Ok(History {
-        runs,
-        tombstones,
-        findings,
-        problems,
-    })
+    let mut all = History::default();
+    histories(store, trust, keep, |_, _, h| {
+        all.runs.extend(h.runs);
+        all.tombstones.extend(h.tombstones);
+        all.findings.extend(h.findings);
+        all.problems.extend(h.problems);
+        Ok(())
+    })?;
+    crate::store::sort_runs(&mut all.runs);
+    Ok(all)
+}
+
+/// Like [`history`], one host and source at a time (by host, then source): `each` gets
+/// the host, the source and their [`History`] (runs, or only prune's records of runs),
+/// so memory holds one group's runs however many hosts share the target (and about 60
+/// bytes per object under `runs/`, the listing).
+///
+/// # Errors
+///
+/// The target cannot be listed or read, or `each` fails.
+pub fn histories(
+    store: &Reader,
+    trust: &crate::runs::Trust,
+    keep: impl Fn(&str, &str) -> bool,
+    mut each: impl FnMut(&str, &str, History) -> Result<()>,
+) -> Result<()> {
+    let listing = store.list_run_listing()?;
+    for group in listing.groups().filter(|g| keep(g.host, g.source)) {
+        let (mut runs, pruned) = group.runs();
+        crate::runs::check(store, &mut runs, trust)?;
+        let (tombstones, problems) = read_tombstones(store, &pruned)?;
+        let findings = walk(&mut runs, &tombstones);
+        each(
+            group.host,
+            group.source,
+            History {
+                runs,
+                tombstones,
+                findings,
+                problems,
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Reads the tombstones among `objects` (one small GET each). A malformed one, or one
@@ -502,9 +532,20 @@ impl Seen {
         runs: &[RunInfo],
         tombstones: &[Tombstone],
     ) -> Result<Vec<Finding>> {
-        let mut findings = Vec::new();
-        let groups = nodes(runs, tombstones);
-        let mut last: BTreeMap<Group, (String, u64, ChunkHash, String)> = BTreeMap::new();
+        let mut check = self.begin(url)?;
+        let mut findings = check.compare(runs, tombstones);
+        findings.extend(check.finish()?);
+        Ok(findings)
+    }
+
+    /// Starts a check of the target at `url` that is given its runs a few hosts and
+    /// sources at a time ([`SeenCheck::compare`]), then finished ([`SeenCheck::finish`]).
+    ///
+    /// # Errors
+    ///
+    /// The state file fails.
+    pub fn begin(&mut self, url: &str) -> Result<SeenCheck<'_>> {
+        let mut last: BTreeMap<Group, Head> = BTreeMap::new();
         {
             let mut stmt = self
                 .conn
@@ -523,73 +564,27 @@ impl Seen {
                 })
                 .map_err(|e| self.err(e))?;
             for row in rows {
-                let (h, s, c, seq, refs, run) = row.map_err(|e| self.err(e))?;
+                let (h, s, chain, seq, refs, run) = row.map_err(|e| self.err(e))?;
                 if let (Ok(seq), Ok(refs)) = (u64::try_from(seq), <[u8; 32]>::try_from(refs)) {
-                    last.insert((h, s), (c, seq, ChunkHash(refs), run));
+                    let refs = ChunkHash(refs);
+                    last.insert(
+                        (h, s),
+                        Head {
+                            chain,
+                            seq,
+                            refs,
+                            run,
+                        },
+                    );
                 }
             }
         }
-        let empty = BTreeMap::new();
-        for (group, (chain, seq, refs, run)) in &last {
-            let chains = groups.get(group).unwrap_or(&empty);
-            let fine = chains.get(chain).is_some_and(|nodes| {
-                nodes
-                    .iter()
-                    .any(|n| n.seq > *seq || (n.seq == *seq && n.link.refs == *refs))
-            });
-            if !fine {
-                findings.push(Finding {
-                    host: group.0.clone(),
-                    source: group.1.clone(),
-                    kind: Kind::Rollback,
-                    runs: vec![run.clone()],
-                    message: format!(
-                        "run {run} (number {seq} of chain {}…), the newest an earlier check \
-                         saw, is gone or was replaced, and no newer run of its chain exists: \
-                         runs were deleted or the target was rolled back",
-                        &chain[..chain.len().min(8)]
-                    ),
-                });
-            }
-        }
-        let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| seen_err(&path, e))?;
-        for (group, chains) in &groups {
-            if findings
-                .iter()
-                .any(|f| (&f.host, &f.source) == (&group.0, &group.1))
-            {
-                continue; // keep reporting it until a person looks
-            }
-            // The chain of the run stored last, and in it the run with the highest number
-            // (a run put back later is stored later, but is not newer).
-            let latest = chains
-                .iter()
-                .filter_map(|(id, nodes)| present(nodes).map(|n| n.stored).max().map(|t| (t, id)))
-                .max();
-            let Some((_, chain)) = latest else {
-                continue;
-            };
-            let Some(head) = present(&chains[chain]).max_by_key(|n| n.seq) else {
-                continue;
-            };
-            tx.execute(
-                "INSERT OR REPLACE INTO seen (url, host, source, chain, seq, refs, run)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                rusqlite::params![
-                    url,
-                    group.0,
-                    group.1,
-                    chain,
-                    i64::try_from(head.seq).unwrap_or(i64::MAX),
-                    &head.link.refs.0[..],
-                    head.run
-                ],
-            )
-            .map_err(|e| seen_err(&path, e))?;
-        }
-        tx.commit().map_err(|e| seen_err(&path, e))?;
-        Ok(findings)
+        Ok(SeenCheck {
+            seen: self,
+            url: url.to_string(),
+            last,
+            newest: Vec::new(),
+        })
     }
 
     /// Forgets what was seen on the target at `url` (after a person looked at a
@@ -603,6 +598,124 @@ impl Seen {
             .execute("DELETE FROM seen WHERE url = ?1", [url])
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+}
+
+/// The newest run of a host's and source's chain that a check saw.
+struct Head {
+    chain: String,
+    seq: u64,
+    refs: ChunkHash,
+    run: String,
+}
+
+/// A check against what earlier checks saw, given a target's runs a few hosts and
+/// sources at a time ([`Seen::begin`]).
+pub struct SeenCheck<'a> {
+    seen: &'a mut Seen,
+    url: String,
+    /// What the last check saw, of the groups not compared yet.
+    last: BTreeMap<Group, Head>,
+    /// What this check saw, recorded when it finishes.
+    newest: Vec<(Group, Head)>,
+}
+
+impl SeenCheck<'_> {
+    /// Compares the runs of some hosts and sources (`runs` checked and walked, each
+    /// host's and source's runs and `tombstones` given whole, and once) with what the
+    /// last check saw: a rollback for each whose last seen run is gone with nothing
+    /// newer in its chain.
+    pub fn compare(&mut self, runs: &[RunInfo], tombstones: &[Tombstone]) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        for (group, chains) in nodes(runs, tombstones) {
+            if let Some(head) = self.last.remove(&group) {
+                let fine = chains.get(&head.chain).is_some_and(|nodes| {
+                    nodes.iter().any(|n| {
+                        n.seq > head.seq || (n.seq == head.seq && n.link.refs == head.refs)
+                    })
+                });
+                if !fine {
+                    findings.push(rollback(group, &head));
+                    continue; // keep reporting it until a person looks
+                }
+            }
+            // The chain of the run stored last, and in it the run with the highest number
+            // (a run put back later is stored later, but is not newer).
+            let latest = chains
+                .iter()
+                .filter_map(|(id, nodes)| present(nodes).map(|n| n.stored).max().map(|t| (t, id)))
+                .max();
+            let Some((_, chain)) = latest else {
+                continue;
+            };
+            let Some(head) = present(&chains[chain]).max_by_key(|n| n.seq) else {
+                continue;
+            };
+            let head = Head {
+                chain: chain.clone(),
+                seq: head.seq,
+                refs: head.link.refs,
+                run: head.run.clone(),
+            };
+            self.newest.push((group, head));
+        }
+        findings
+    }
+
+    /// Reports a rollback for each host and source the last check saw of which no
+    /// chained run was compared (all its runs gone), and records what this check saw.
+    ///
+    /// # Errors
+    ///
+    /// The state file fails.
+    pub fn finish(self) -> Result<Vec<Finding>> {
+        let findings: Vec<Finding> = self
+            .last
+            .into_iter()
+            .map(|(group, head)| rollback(group, &head))
+            .collect();
+        let path = self.seen.path.clone();
+        let tx = self
+            .seen
+            .conn
+            .transaction()
+            .map_err(|e| seen_err(&path, e))?;
+        for ((host, source), head) in &self.newest {
+            tx.execute(
+                "INSERT OR REPLACE INTO seen (url, host, source, chain, seq, refs, run)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                rusqlite::params![
+                    self.url,
+                    host,
+                    source,
+                    head.chain,
+                    i64::try_from(head.seq).unwrap_or(i64::MAX),
+                    &head.refs.0[..],
+                    head.run
+                ],
+            )
+            .map_err(|e| seen_err(&path, e))?;
+        }
+        tx.commit().map_err(|e| seen_err(&path, e))?;
+        Ok(findings)
+    }
+}
+
+fn rollback((host, source): Group, head: &Head) -> Finding {
+    let Head {
+        chain, seq, run, ..
+    } = head;
+    Finding {
+        host,
+        source,
+        kind: Kind::Rollback,
+        runs: vec![run.clone()],
+        message: format!(
+            "run {run} (number {seq} of chain {}…), the newest an earlier check saw, is gone \
+             or was replaced, and no newer run of its chain exists: runs were deleted or the \
+             target was rolled back",
+            &chain[..chain.len().min(8)]
+        ),
     }
 }
 

@@ -12,7 +12,6 @@
 //! Memory stays bounded: the referenced keys go into a temporary SQLite file, and the
 //! target's listing is streamed in pages.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -117,7 +116,7 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
         ..Default::default()
     };
     progress.phase("reading the runs' object lists", None);
-    let runs = group_runs(store.list_run_objects()?);
+    let listing = store.list_run_listing()?;
     std::fs::create_dir_all(&opts.tmp_dir).map_err(|e| Error::io(&opts.tmp_dir, e))?;
     let tmp = tempfile::Builder::new()
         .prefix("gc-")
@@ -133,37 +132,42 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     // whole, or records settings no valid config allows, is reported and gc goes on.
     let mut required = opts.bounds.min_grace();
     let mut stale = Vec::new();
-    for ((host, source, id), r) in &runs {
-        let name = format!("{host}/{source}/{id}");
-        let Some(refs) = &r.refs else {
-            if r.committed() {
-                stats.problems.push(format!(
-                    "run {name} has a metafile but no object list ({id}.refs): the objects \
-                     it needs are unknown and not kept; if it is a genuine run, put its \
-                     object list back (a versioned bucket keeps deleted versions)"
-                ));
-            } else {
-                stale.push(r); // pieces of a run that never got as far as its list
+    for group in listing.groups() {
+        for r in group.run_objects().map(RunFiles::of) {
+            let Some(id) = r.id() else {
+                continue; // only prune's record of a deleted run
+            };
+            let name = format!("{}/{}/{id}", group.host, group.source);
+            let Some(refs) = &r.refs else {
+                if r.committed() {
+                    stats.problems.push(format!(
+                        "run {name} has a metafile but no object list ({id}.refs): the \
+                         objects it needs are unknown and not kept; if it is a genuine run, \
+                         put its object list back (a versioned bucket keeps deleted versions)"
+                    ));
+                } else {
+                    stale.push(r); // pieces of a run that never got as far as its list
+                }
+                continue;
+            };
+            let what = format!("object list of run {name}");
+            match referenced.add(store.stream(&refs.path)?, &what)? {
+                Err(e) => stats.problems.push(format!(
+                    "{e}; the objects listed before the damage are kept, any after it are not"
+                )),
+                Ok(header) if !header.bounds.plausible() => stats.problems.push(format!(
+                    "{what} records dedup_max_age {} and max_run_time {}, more than any \
+                     valid config allows: ignored for the grace period (its objects are kept)",
+                    humantime(header.bounds.dedup_max_age),
+                    humantime(header.bounds.max_run_time)
+                )),
+                Ok(header) => required = required.max(header.bounds.min_grace()),
             }
-            continue;
-        };
-        let what = format!("object list of run {name}");
-        match referenced.add(store.stream(&refs.path)?, &what)? {
-            Err(e) => stats.problems.push(format!(
-                "{e}; the objects listed before the damage are kept, any after it are not"
-            )),
-            Ok(header) if !header.bounds.plausible() => stats.problems.push(format!(
-                "{what} records dedup_max_age {} and max_run_time {}, more than any valid \
-                 config allows: ignored for the grace period (its objects are kept)",
-                humantime(header.bounds.dedup_max_age),
-                humantime(header.bounds.max_run_time)
-            )),
-            Ok(header) => required = required.max(header.bounds.min_grace()),
-        }
-        if r.committed() {
-            stats.runs += 1;
-        } else {
-            stale.push(r);
+            if r.committed() {
+                stats.runs += 1;
+            } else {
+                stale.push(r);
+            }
         }
     }
     let grace = grace_period(opts.grace, required)?;
@@ -210,21 +214,31 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     // Referenced objects that are not there: name them and the runs they break.
     let (unseen, more) = referenced.unseen(MISSING_NAMED)?;
     if !unseen.is_empty() {
-        let lists = runs
-            .iter()
-            .filter(|(_, r)| r.committed())
-            .filter_map(|(key, r)| {
-                let name = format!("{}/{}/{}", key.0, key.1, key.2);
-                r.refs.as_ref().map(|refs| (name, refs.path.clone()))
-            });
+        let lists = listing.groups().flat_map(|group| {
+            group
+                .run_objects()
+                .map(RunFiles::of)
+                .filter(|r| r.committed())
+                .filter_map(move |r| {
+                    let refs = r.refs?;
+                    Some((
+                        format!("{}/{}/{}", group.host, group.source, refs.id),
+                        refs.path,
+                    ))
+                })
+        });
         stats.missing = name_missing(store, lists, &unseen)?;
-        let hosts: std::collections::BTreeSet<&str> = runs
-            .iter()
-            .filter(|(key, _)| {
-                let name = format!("{}/{}/{}", key.0, key.1, key.2);
-                stats.missing.iter().any(|m| m.runs.contains(&name))
+        let hosts: std::collections::BTreeSet<&str> = listing
+            .groups()
+            .filter(|g| {
+                let prefix = format!("{}/{}/", g.host, g.source);
+                stats.missing.iter().any(|m| {
+                    m.runs
+                        .iter()
+                        .any(|r| r.strip_prefix(&prefix).is_some_and(|id| !id.contains('/')))
+                })
             })
-            .map(|(key, _)| key.0.as_str())
+            .map(|g| g.host)
             .collect();
         stats.problems.push(format!(
             "{}{} objects that runs reference are missing from the target: those runs \
@@ -331,24 +345,26 @@ impl RunFiles {
     }
 }
 
-type RunKey = (String, String, String);
-
-fn group_runs(objects: Vec<RunObject>) -> BTreeMap<RunKey, RunFiles> {
-    let mut runs: BTreeMap<RunKey, RunFiles> = BTreeMap::new();
-    for o in objects {
-        let entry = runs
-            .entry((o.host.clone(), o.source.clone(), o.id.to_string()))
-            .or_default();
-        match o.ext.as_str() {
-            "meta" => entry.pieces.push(o),
-            "refs" => entry.refs = Some(o),
-            // A signature goes with its run's other pieces; prune's records of deleted
-            // runs are prune's to keep or drop.
-            "sig" => entry.pieces.push(o),
-            _ => {}
+impl RunFiles {
+    /// One run's objects (prune's record of it, if any, is prune's to keep or drop).
+    fn of(objects: Vec<RunObject>) -> RunFiles {
+        let mut run = RunFiles::default();
+        for o in objects {
+            match o.ext.as_str() {
+                "meta" => run.pieces.push(o),
+                "refs" => run.refs = Some(o),
+                // A signature goes with its run's other pieces.
+                "sig" => run.pieces.push(o),
+                _ => {}
+            }
         }
+        run
     }
-    runs
+
+    /// The run's id; `None` for a run of which only prune's record is listed.
+    fn id(&self) -> Option<&crate::ids::RunId> {
+        self.refs.iter().chain(&self.pieces).map(|o| &o.id).next()
+    }
 }
 
 /// At most this many missing objects are named (each with the runs that need it).
@@ -439,17 +455,15 @@ mod tests {
     fn a_run_is_committed_by_its_first_piece_and_stale_when_all_its_parts_are_old() {
         let a = "20260101T000000Z-0000000a";
         let b = "20260101T000000Z-0000000b";
-        let runs = group_runs(vec![
+        let ra = RunFiles::of(vec![
             object(a, "refs", 0, 100),
             object(a, "meta", 2, 100), // a later piece alone does not commit
-            object(b, "refs", 0, 100),
-            object(b, "meta", 1, 300),
         ]);
-        assert_eq!(runs.len(), 2);
-        let (ra, rb) = (
-            &runs.values().next().unwrap(),
-            &runs.values().nth(1).unwrap(),
-        );
+        let rb = RunFiles::of(vec![object(b, "refs", 0, 100), object(b, "meta", 1, 300)]);
+        assert_eq!(ra.id().map(|i| i.to_string()).as_deref(), Some(a));
+        assert!(RunFiles::of(vec![object(b, "pruned", 0, 100)])
+            .id()
+            .is_none());
         assert!(!ra.committed());
         assert!(rb.committed());
         assert!(ra.refs.is_some() && ra.pieces.len() == 1);

@@ -237,11 +237,29 @@ pub fn of_runs(
     }
     groups
         .into_iter()
-        .map(|((host, source), runs)| {
-            let max_age = opts.max_age_of.get(&source).copied().or(opts.max_age);
-            judge(target, host, source, &runs, now, max_age, opts.warn_age)
-        })
+        .map(|((host, source), runs)| of_source(target, &host, &source, &runs, now, opts))
         .collect()
+}
+
+/// The status of one host's source from its runs (checked, in stored order), at `now`.
+pub fn of_source(
+    target: &str,
+    host: &str,
+    source: &str,
+    runs: &[&RunInfo],
+    now: DateTime<Utc>,
+    opts: &StatusOptions,
+) -> SourceStatus {
+    let max_age = opts.max_age_of.get(source).copied().or(opts.max_age);
+    judge(
+        target,
+        host.to_string(),
+        source.to_string(),
+        runs,
+        now,
+        max_age,
+        opts.warn_age,
+    )
 }
 
 fn judge(

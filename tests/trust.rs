@@ -409,3 +409,103 @@ fn signed_chained_runs_resist_forgery_deletion_and_rollback(kind: Kind) {
 }
 
 use std::ffi::OsStr;
+
+/// A monitor watching a bucket many hosts share checks them one host at a time: a host
+/// whose runs were all deleted (no run of it left to hold a finding) is a rollback and
+/// CRITICAL, not a host that was never there; `runs` lists every host, by host.
+#[test]
+fn a_host_whose_runs_all_vanish_is_a_rollback_for_the_monitor() {
+    let fx = Fixture::new();
+    small_tree(&fx.src);
+    let mut ids = Vec::new();
+    for host in ["web1", "web2"] {
+        let config = fx.path(&format!("{host}.toml"));
+        // Two machines: each its own name and local state.
+        let text = std::fs::read_to_string(&fx.config)
+            .unwrap()
+            .replacen(
+                &format!("host = \"{HOST}\""),
+                &format!("host = \"{host}\""),
+                1,
+            )
+            .replacen(
+                &format!("state_dir = {}", toml_str(&fx.state)),
+                &format!(
+                    "state_dir = {}",
+                    toml_str(&fx.path(&format!("state-{host}")))
+                ),
+                1,
+            );
+        std::fs::write(&config, text).unwrap();
+        let out = fx.backup_using(&config).ok();
+        ids.push((
+            host,
+            out.json()["runs"][0]["run"].as_str().unwrap().to_string(),
+        ));
+    }
+    // The monitor's config: its own source goes elsewhere, so nothing is expected here.
+    let other = fx.path("other-target");
+    let monitor = fx.path("monitor.toml");
+    std::fs::write(
+        &monitor,
+        format!(
+            "host = \"monitor\"\nstate_dir = {}\n\n[source.{SOURCE}]\npath = {}\n\
+             recipients = [{}]\ntargets = [\"other\"]\n\n[target.local]\nurl = {}\n\n\
+             [target.other]\nurl = {}\n",
+            toml_str(&fx.path("monitor-state")),
+            toml_str(&fx.src),
+            toml_str(&fx.public_key),
+            toml_str(Path::new(&fx.target_url())),
+            toml_str(Path::new(&format!("file://{}", other.display()))),
+        ),
+    )
+    .unwrap();
+    let status = || {
+        let mut cmd = coffer(&fx.home);
+        cmd.arg("-c")
+            .arg(&monitor)
+            .args(["status", "--target", "local", "--json"]);
+        run(cmd)
+    };
+    let out = status().expect(0);
+    let sources = out.json()["sources"].as_array().unwrap().clone();
+    let hosts: Vec<&str> = sources.iter().map(|s| as_str(s, "host")).collect();
+    assert_eq!(hosts, ["web1", "web2"], "{out}");
+
+    let mut cmd = fx.cmd();
+    cmd.args(["runs", "--json"]);
+    let listed = run(cmd).expect(0).json();
+    let listed: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (as_str(r, "host"), as_str(r, "run")))
+        .collect();
+    let want: Vec<(&str, &str)> = ids.iter().map(|(h, r)| (*h, r.as_str())).collect();
+    assert_eq!(listed, want);
+
+    // Every object of web1's runs deleted behind the monitor's back.
+    std::fs::remove_dir_all(fx.target.join("runs/web1")).unwrap();
+    let out = status().expect(2);
+    let json = out.json();
+    assert_eq!(json["health"], "CRITICAL", "{out}");
+    let web1 = json["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["host"] == "web1")
+        .unwrap_or_else(|| panic!("web1 is not reported\n{out}"));
+    let reasons = web1["reasons"].to_string();
+    assert!(
+        reasons.contains("rollback") && reasons.contains(&ids[0].1),
+        "{out}"
+    );
+    // Still CRITICAL until a person accepts the target as it is.
+    status().expect(2);
+    let mut cmd = coffer(&fx.home);
+    cmd.arg("-c")
+        .arg(&monitor)
+        .args(["status", "--target", "local", "--accept-rollback"]);
+    run(cmd).expect(0);
+    status().expect(0);
+}

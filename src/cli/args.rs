@@ -97,8 +97,10 @@ pub enum Command {
     Backup(BackupArgs),
     /// List the runs stored on a target, and check them. Needs no key.
     ///
-    /// Runs are listed oldest first by when the target stored them (the time a run's id
-    /// claims is shown too, but anyone who can write to the target can claim any time).
+    /// Runs are listed by host and source, each one's oldest first by when the target
+    /// stored them (the time a run's id claims is shown too, but anyone who can write to
+    /// the target can claim any time); one host and source is read at a time, so a bucket
+    /// many hosts share costs memory for one of them.
     /// Each run is checked without a key: its object list must be well formed and name
     /// it, its metafile must be complete and start as an encrypted message, and the time
     /// it claims must fit when it was stored. STATUS is ok, suspicious (it may have been

@@ -47,28 +47,82 @@ pub(super) fn status(config: Option<&Path>, a: StatusArgs) -> Result<u8> {
                 }
             }
         }
+        // One host and source at a time: memory holds one group's runs, however many
+        // hosts share the target.
         let checked = Store::open(t, false).map(|s| s.reader()).and_then(|store| {
-            let mut h = coffer::chain::history(&store, &trust, |_, _| true)?;
             // The newest run each check saw is kept in the config's state directory:
             // without one, rollbacks cannot be told.
-            if let Some(c) = &cfg {
-                let mut seen = coffer::chain::Seen::open(&c.state_dir)?;
-                if a.accept_rollback {
-                    seen.forget(&t.url)?;
+            let mut seen = match &cfg {
+                Some(c) => Some(coffer::chain::Seen::open(&c.state_dir)?),
+                None => None,
+            };
+            let mut compare = match &mut seen {
+                Some(seen) => {
+                    if a.accept_rollback {
+                        seen.forget(&t.url)?;
+                    }
+                    Some(seen.begin(&t.url)?)
                 }
-                let found = seen.check(&t.url, &h.runs, &h.tombstones)?;
-                h.findings.extend(found);
+                None => None,
+            };
+            let mut found: Vec<status::SourceStatus> = Vec::new();
+            coffer::chain::histories(
+                &store,
+                &trust,
+                |_, _| true,
+                |host, source, mut h| {
+                    if let Some(c) = &mut compare {
+                        h.findings.extend(c.compare(&h.runs, &h.tombstones));
+                    }
+                    let expected = opts
+                        .expected
+                        .iter()
+                        .any(|(eh, es)| eh == host && es == source);
+                    if !h.runs.is_empty() || !h.findings.is_empty() || expected {
+                        let runs: Vec<&coffer::RunInfo> = h.runs.iter().collect();
+                        let mut s = status::of_source(&t.name, host, source, &runs, now, &opts);
+                        s.add_chain_findings(&h.findings);
+                        found.push(s);
+                    }
+                    Ok(())
+                },
+            )?;
+            // Sources expected here without a run, and those an earlier check saw of
+            // which nothing is left.
+            for (host, source) in &opts.expected {
+                if !found.iter().any(|s| (&s.host, &s.source) == (host, source)) {
+                    found.push(status::of_source(&t.name, host, source, &[], now, &opts));
+                }
             }
-            Ok((h, store.requests()))
+            if let Some(c) = compare {
+                for f in c.finish()? {
+                    let i = match found
+                        .iter()
+                        .position(|s| (&s.host, &s.source) == (&f.host, &f.source))
+                    {
+                        Some(i) => i,
+                        None => {
+                            found.push(status::of_source(
+                                &t.name,
+                                &f.host,
+                                &f.source,
+                                &[],
+                                now,
+                                &opts,
+                            ));
+                            found.len() - 1
+                        }
+                    };
+                    found[i].add_chain_findings(std::slice::from_ref(&f));
+                }
+            }
+            found.sort_by(|a, b| (&a.host, &a.source).cmp(&(&b.host, &b.source)));
+            Ok((found, store.requests()))
         });
         match checked {
-            Ok((h, made)) => {
+            Ok((mut found, made)) => {
                 up.push((t.name.clone(), true));
                 requests.push(serde_json::json!({"target": t.name, "requests": made}));
-                let mut found = status::of_runs(&t.name, &h.runs, now, &opts);
-                for s in &mut found {
-                    s.add_chain_findings(&h.findings);
-                }
                 // The config's own sources: their recipients and signers must stay
                 // usable.
                 if let Some(c) = &cfg {

@@ -511,7 +511,12 @@ fn trust(cfg: Option<&Config>, a: &TrustArgs) -> Result<coffer::runs::Trust> {
 fn runs(config: Option<&Path>, a: RunsArgs) -> Result<u8> {
     let (cfg, targets) = read_targets(config, a.target.as_deref())?;
     let trust = trust(cfg.as_ref(), &a.trust)?;
-    let mut all = Vec::new();
+    // One host and source at a time, as JSON array items or table rows: memory holds one
+    // group's runs (and the table's lines), however many hosts share a target.
+    let mut out = std::io::stdout().lock();
+    let mut table = output::RunsTable::new();
+    let mut json = output::JsonArray::new(a.json);
+    let mut flagged = 0usize;
     let mut breaks = Vec::new();
     for t in &targets {
         let store = Store::open(t, false)?.reader();
@@ -519,42 +524,61 @@ fn runs(config: Option<&Path>, a: RunsArgs) -> Result<u8> {
             a.source.as_ref().is_none_or(|s| s == source)
                 && a.host.as_ref().is_none_or(|h| h == host)
         };
-        let runs = if a.no_check {
-            let mut runs = store.list_runs()?;
-            runs.retain(|r| keep(&r.host, &r.source));
-            runs
-        } else {
-            let h = coffer::chain::history(&store, &trust, keep)?;
-            breaks.extend(h.findings.into_iter().map(|f| (t.name.clone(), f)));
-            h.runs
+        let mut emit = |runs: Vec<coffer::RunInfo>, findings: &[coffer::chain::Finding]| {
+            for r in &runs {
+                flagged += usize::from(!r.status.is_ok());
+                if a.json {
+                    let chain: Vec<_> = findings
+                        .iter()
+                        .filter(|f| f.runs.contains(&r.id))
+                        .map(|f| serde_json::json!({"kind": f.kind, "message": f.message}))
+                        .collect();
+                    json.item(
+                        &mut out,
+                        &serde_json::json!({"target": t.name, "host": r.host,
+                        "source": r.source, "run": r.id, "time": r.time, "stored": r.stored,
+                        "metafile_bytes": r.metafile_bytes, "status": r.status,
+                        "signature": r.signature, "chain": chain, "stats": r.stats}),
+                    )?;
+                } else {
+                    table.push(&t.name, r);
+                }
+            }
+            Ok::<_, anyhow::Error>(())
         };
-        all.extend(runs.into_iter().map(|r| (t.name.clone(), r)));
-    }
-    let flagged = all.iter().filter(|(_, r)| !r.status.is_ok()).count();
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        let list: Vec<_> = all
-            .iter()
-            .map(|(t, r)| {
-                let chain: Vec<_> = breaks
-                    .iter()
-                    .filter(|(bt, f)| {
-                        bt == t
-                            && f.host == r.host
-                            && f.source == r.source
-                            && f.runs.contains(&r.id)
-                    })
-                    .map(|(_, f)| serde_json::json!({"kind": f.kind, "message": f.message}))
-                    .collect();
-                serde_json::json!({"target": t, "host": r.host, "source": r.source,
-                "run": r.id, "time": r.time, "stored": r.stored,
-                "metafile_bytes": r.metafile_bytes, "status": r.status,
-                "signature": r.signature, "chain": chain, "stats": r.stats})
+        // Output that fails (stdout closed) stops the listing; its error is the one told.
+        let mut failed = None;
+        let mut each = |runs, findings: &[coffer::chain::Finding]| {
+            emit(runs, findings).map_err(|e| {
+                let text = e.to_string();
+                failed = Some(e);
+                coffer::Error::Internal(text)
             })
-            .collect();
-        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+        };
+        let listed = if a.no_check {
+            store.list_runs_by_source(|host, source, runs| {
+                if keep(host, source) {
+                    each(runs, &[])
+                } else {
+                    Ok(())
+                }
+            })
+        } else {
+            coffer::chain::histories(&store, &trust, keep, |_, _, h| {
+                each(h.runs, &h.findings)?;
+                breaks.extend(h.findings.into_iter().map(|f| (t.name.clone(), f)));
+                Ok(())
+            })
+        };
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        listed?;
+    }
+    if a.json {
+        json.end(&mut out)?;
     } else {
-        write!(out, "{}", output::runs_table(&all))?;
+        table.render(&mut out)?;
         for (t, f) in &breaks {
             eprintln!(
                 "coffer runs: {t}: {}/{}: chain {}: {}",

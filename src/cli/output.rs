@@ -482,60 +482,123 @@ impl Progress for Bar {
     }
 }
 
-/// The `coffer runs` table: columns as wide as their widest value.
-pub fn runs_table(runs: &[(String, coffer::RunInfo)]) -> String {
-    let head = [
-        "TARGET", "HOST", "SOURCE", "RUN", "STORED", "FILES", "SIZE", "ADDED", "TOOK", "SIGNED",
-        "STATUS",
-    ];
-    let rows: Vec<[String; 11]> = runs
-        .iter()
-        .map(|(t, r)| {
-            let stat = |f: &dyn Fn(&coffer::RunStats) -> String| {
-                r.stats.as_ref().map_or_else(|| "-".to_string(), f)
-            };
-            [
-                t.clone(),
-                r.host.clone(),
-                r.source.clone(),
-                r.id.clone(),
-                r.stored.clone(),
-                stat(&|s| s.files.to_string()),
-                stat(&|s| bytes(s.bytes)),
-                stat(&|s| bytes(s.bytes_new)),
-                stat(&|s| format!("{}s", s.seconds)),
-                r.signature.word().to_string(),
-                match r.status.reason() {
-                    Some(why) => format!("{}: {}", r.status.word(), why),
-                    None => r.status.word().to_string(),
-                },
-            ]
-        })
-        .map(|row| row.map(|c| escape_line(&c)))
-        .collect();
-    let mut widths = head.map(str::len);
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
+/// The table `coffer runs` prints, built a run at a time: each row is kept as one line
+/// of cells (escaped, so a cell holds no tab), the widths as they grow.
+pub struct RunsTable {
+    rows: Vec<String>,
+    widths: [usize; 11],
+}
+
+const RUNS_HEAD: [&str; 11] = [
+    "TARGET", "HOST", "SOURCE", "RUN", "STORED", "FILES", "SIZE", "ADDED", "TOOK", "SIGNED",
+    "STATUS",
+];
+
+impl RunsTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        RunsTable {
+            rows: Vec::new(),
+            widths: RUNS_HEAD.map(str::len),
         }
     }
-    let mut o = String::new();
-    for row in std::iter::once(head.map(str::to_string)).chain(rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .enumerate()
-            .map(|(i, (c, w))| {
-                if i + 1 == row.len() {
-                    c.clone()
-                } else {
-                    format!("{c:<w$}")
-                }
-            })
-            .collect();
-        let _ = writeln!(o, "{}", cells.join("  "));
+
+    /// Adds a row for `run` on target `target`.
+    pub fn push(&mut self, target: &str, r: &coffer::RunInfo) {
+        let stat = |f: &dyn Fn(&coffer::RunStats) -> String| {
+            r.stats.as_ref().map_or_else(|| "-".to_string(), f)
+        };
+        let cells = [
+            target.to_string(),
+            r.host.clone(),
+            r.source.clone(),
+            r.id.clone(),
+            r.stored.clone(),
+            stat(&|s| s.files.to_string()),
+            stat(&|s| bytes(s.bytes)),
+            stat(&|s| bytes(s.bytes_new)),
+            stat(&|s| format!("{}s", s.seconds)),
+            r.signature.word().to_string(),
+            match r.status.reason() {
+                Some(why) => format!("{}: {}", r.status.word(), why),
+                None => r.status.word().to_string(),
+            },
+        ]
+        .map(|c| escape_line(&c));
+        for (w, c) in self.widths.iter_mut().zip(&cells) {
+            *w = (*w).max(c.chars().count());
+        }
+        self.rows.push(cells.join("\t"));
     }
-    o
+
+    /// The table, a header and a line per run.
+    pub fn render(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let head = RUNS_HEAD.join("\t");
+        for row in std::iter::once(&head).chain(&self.rows) {
+            let mut line = String::new();
+            let mut cells = row.split('\t').zip(self.widths).peekable();
+            while let Some((c, w)) = cells.next() {
+                if cells.peek().is_some() {
+                    let _ = write!(line, "{c:<w$}  ");
+                } else {
+                    line.push_str(c);
+                }
+            }
+            writeln!(out, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for RunsTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A JSON array written an item at a time, byte for byte as `serde_json::to_string_pretty`
+/// writes the whole array (an item's lines indented by two spaces; strings hold no raw
+/// newline).
+pub struct JsonArray {
+    on: bool,
+    items: usize,
+}
+
+impl JsonArray {
+    /// An array that is written only if `on`.
+    pub fn new(on: bool) -> Self {
+        JsonArray { on, items: 0 }
+    }
+
+    /// Writes one item.
+    pub fn item(
+        &mut self,
+        out: &mut impl std::io::Write,
+        v: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        if !self.on {
+            return Ok(());
+        }
+        out.write_all(if self.items == 0 { b"[\n" } else { b",\n" })?;
+        self.items += 1;
+        let text = serde_json::to_string_pretty(v)?;
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            write!(out, "  {line}")?;
+            if lines.peek().is_some() {
+                out.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the array (`[]` if it has no item).
+    pub fn end(&mut self, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+        if self.on {
+            out.write_all(if self.items == 0 { b"[]\n" } else { b"\n]\n" })?;
+        }
+        Ok(())
+    }
 }
 
 /// A text for one line of output: control characters (a newline in a name, say) and
@@ -630,5 +693,35 @@ pub fn diff_line(c: &coffer::Change) -> String {
                 c.what.join(", ")
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An array written an item at a time is the array `to_string_pretty` writes whole.
+    #[test]
+    fn a_json_array_written_by_items_is_the_pretty_array() {
+        let items = [
+            serde_json::json!({"a": 1, "b": {"c": [1, 2], "d": "x\ny"}, "e": []}),
+            serde_json::json!("plain"),
+            serde_json::json!({"f": null}),
+        ];
+        for n in 0..=items.len() {
+            let mut out = Vec::new();
+            let mut array = JsonArray::new(true);
+            for v in &items[..n] {
+                array.item(&mut out, v).unwrap();
+            }
+            array.end(&mut out).unwrap();
+            let whole = serde_json::to_string_pretty(&items[..n]).unwrap() + "\n";
+            assert_eq!(String::from_utf8(out).unwrap(), whole);
+        }
+        let mut out = Vec::new();
+        let mut off = JsonArray::new(false);
+        off.item(&mut out, &items[0]).unwrap();
+        off.end(&mut out).unwrap();
+        assert!(out.is_empty());
     }
 }

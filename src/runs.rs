@@ -166,19 +166,53 @@ pub(crate) fn from_listing(objects: Vec<RunObject>) -> Option<RunInfo> {
     })
 }
 
+/// How many runs are checked at once: the reads are small, so a check of many runs is
+/// bound by the round trips, not by bandwidth.
+const CHECK_CONCURRENCY: usize = 16;
+
 /// Reads each run's object list, its signature (where it has one) and the start of its
-/// metafile (two or three small requests per run) and updates its status; runs found wrong from the listing alone
-/// keep their status. Requests that fail (the credential may not read, the target is
-/// unreachable) are errors: an unchecked run must not pass as checked.
+/// metafile (two or three small requests per run, [`CHECK_CONCURRENCY`] runs at a time)
+/// and updates its status; runs found wrong from the listing alone keep their status.
+/// Requests that fail (the credential may not read, the target is unreachable) are
+/// errors: an unchecked run must not pass as checked.
 ///
 /// # Errors
 ///
 /// The target cannot be read. What is wrong with a run is its status, not an error.
 pub fn check(store: &Reader, runs: &mut [RunInfo], trust: &Trust) -> crate::error::Result<()> {
-    for run in runs.iter_mut().filter(|r| r.status.is_ok()) {
-        run.status = check_one(store, run, trust)?;
+    let todo: Vec<&mut RunInfo> = runs.iter_mut().filter(|r| r.status.is_ok()).collect();
+    let workers = todo.len().min(CHECK_CONCURRENCY);
+    let queue = std::sync::Mutex::new(todo.into_iter());
+    let failed = std::sync::Mutex::new(None);
+    let next = || queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while let Some(run) = next() {
+                    match check_one(store, run, trust) {
+                        Ok(status) => run.status = status,
+                        Err(e) => {
+                            failed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                            // The others stop at their next run.
+                            queue
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .by_ref()
+                                .for_each(drop);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Whether, and by whom, a run is signed.

@@ -171,7 +171,7 @@ pub(crate) fn from_listing(objects: Vec<RunObject>) -> Option<RunInfo> {
 const CHECK_CONCURRENCY: usize = 16;
 
 /// Reads each run's object list, its signature (where it has one) and the start of its
-/// metafile (two or three small requests per run, [`CHECK_CONCURRENCY`] runs at a time)
+/// metafile (two or three small requests per run, 16 runs at a time)
 /// and updates its status; runs found wrong from the listing alone keep their status.
 /// Requests that fail (the credential may not read, the target is unreachable) are
 /// errors: an unchecked run must not pass as checked.

@@ -2,11 +2,12 @@
 # Installs what building and testing coffer needs on a fresh Debian machine that has only
 # Rust, gcc, python3 and pip: libclang (sequoia's OpenSSL backend runs bindgen), OpenSSL,
 # GnuPG 2.2 (interop tests), zstd and b3sum (the gpg-only restore procedure), faketime
-# (tests of clocks and key expiry).
+# (tests of clocks and key expiry), man-db and groff (the man pages are rendered in the
+# tests) and zsh (its completion script is parsed).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 need=()
-for pkg in libclang-dev libssl-dev pkg-config gnupg zstd b3sum faketime; do
+for pkg in libclang-dev libssl-dev pkg-config gnupg zstd b3sum faketime man-db groff-base zsh; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

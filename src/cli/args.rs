@@ -134,6 +134,19 @@ pub enum Command {
     ///   coffer status --max-age 26h --prometheus /var/lib/node_exporter/coffer.prom
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
+    /// Print the shell completion script for bash, zsh or fish (also elvish, powershell).
+    ///
+    /// Install it where the shell looks:
+    ///   coffer completions bash > /usr/share/bash-completion/completions/coffer
+    ///   coffer completions zsh > /usr/local/share/zsh/site-functions/_coffer
+    ///   coffer completions fish > ~/.config/fish/completions/coffer.fish
+    #[command(verbatim_doc_comment)]
+    Completions(CompletionsArgs),
+    /// Write the manual pages into DIR: coffer.1 and coffer-COMMAND.1 for each command.
+    ///
+    /// They are made from the same definitions as --help. Read one with
+    /// `man -l DIR/coffer-backup.1`; the package installs them under /usr/share/man/man1.
+    Man(ManArgs),
     /// Check backups: what is stored, without a key (--storage); with it, every byte (--data)
     /// or a run against a tree here (--against).
     ///
@@ -783,4 +796,18 @@ fn percent(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("{s:?}: give a share above 0% and at most 100%"))
     }
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing)
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }

@@ -16,9 +16,9 @@ use coffer::{Config, MetafileSource, RestoreOptions, Store, TargetConfig};
 use zeroize::Zeroizing;
 
 use args::{
-    BackupArgs, BenchArgs, CatArgs, ChosenRun, Cli, Command, DiffArgs, DumpArgs, GcArgs, InitArgs,
-    KeyArgs, KeygenArgs, LsArgs, PruneArgs, RestoreArgs, RunsArgs, StatusArgs, TrustArgs,
-    VerifyArgs,
+    BackupArgs, BenchArgs, CatArgs, ChosenRun, Cli, Command, CompletionsArgs, DiffArgs, DumpArgs,
+    GcArgs, InitArgs, KeyArgs, KeygenArgs, LsArgs, ManArgs, PruneArgs, RestoreArgs, RunsArgs,
+    StatusArgs, TrustArgs, VerifyArgs,
 };
 use output::Bar;
 
@@ -66,6 +66,8 @@ pub fn run() -> ExitCode {
         Command::Gc(_) => "gc",
         Command::Verify(_) => "verify",
         Command::Status(_) => "status",
+        Command::Completions(_) => "completions",
+        Command::Man(_) => "man",
     };
     let json = match &cli.command {
         Command::Backup(a) => a.json,
@@ -81,7 +83,7 @@ pub fn run() -> ExitCode {
         Command::Gc(a) => a.json,
         Command::Verify(a) => a.json,
         Command::Status(a) => a.json,
-        Command::Keygen(_) | Command::Init(_) => false,
+        Command::Keygen(_) | Command::Init(_) | Command::Completions(_) | Command::Man(_) => false,
     };
     let result = match cli.command {
         Command::Keygen(a) => keygen(a),
@@ -95,6 +97,8 @@ pub fn run() -> ExitCode {
         Command::Diff(a) => diff(cli.config.as_deref(), a),
         Command::Find(a) => find::find(cli.config.as_deref(), a),
         Command::Bench(a) => bench(a),
+        Command::Completions(a) => completions(a),
+        Command::Man(a) => man(a),
         Command::Prune(a) => prune(cli.config.as_deref(), a),
         Command::Gc(a) => gc(cli.config.as_deref(), a),
         Command::Verify(a) => check::verify(cli.config.as_deref(), a),
@@ -506,6 +510,36 @@ fn trust(cfg: Option<&Config>, a: &TrustArgs) -> Result<coffer::runs::Trust> {
         coffer::runs::Trust::none()
     };
     Ok(trust.allow_unsigned(a.allow_unsigned))
+}
+
+/// `coffer completions SHELL`: the script, from the same definitions as `--help`.
+fn completions(a: CompletionsArgs) -> Result<u8> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(a.shell, &mut cmd, "coffer", &mut out);
+    out.flush()?;
+    Ok(EXIT_OK)
+}
+
+/// `coffer man DIR`: `coffer.1` and a page per command (`coffer-backup.1`, ...).
+fn man(a: ManArgs) -> Result<u8> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut pages = vec![("coffer".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("coffer-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let mut text = Vec::new();
+        clap_mangen::Man::new(page).render(&mut text)?;
+        let path = a.dir.join(format!("{name}.1"));
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(EXIT_OK)
 }
 
 fn runs(config: Option<&Path>, a: RunsArgs) -> Result<u8> {

@@ -101,6 +101,7 @@ mod restore;
 pub mod retention;
 pub mod runs;
 mod source;
+pub use source::check_ignore_pattern;
 mod state;
 pub mod status;
 mod store;

@@ -1308,3 +1308,72 @@ fn capped_verification_stops_at_its_limit_and_capped_samples_still_cover_everyth
     }
     panic!("capped samples never covered all {packs} packs");
 }
+
+/// `backup --exclude` and `--exclude-file` leave out what their patterns match for that
+/// run (the config's `ignore` rules); a bad pattern or a missing file is refused before
+/// anything is stored.
+#[test]
+fn backup_excludes_what_the_command_line_says() {
+    let fx = Fixture::new();
+    write(&fx.src.join("keep.txt"), b"kept\n");
+    write(&fx.src.join("debug.log"), b"noise\n");
+    write(&fx.src.join("var/cache/blob"), b"cache\n");
+    write(&fx.src.join("var/lib/state"), b"state\n");
+    write(&fx.src.join("sub/trace.log"), b"noise\n");
+    let patterns = fx.path("exclude.txt");
+    std::fs::write(&patterns, "# caches are rebuilt\n\nvar/cache\n").unwrap();
+    let backup = |args: &[&str]| {
+        let mut cmd = fx.cmd();
+        cmd.args(["backup", "--json"]).args(args);
+        run(cmd)
+    };
+    // Refused before anything is stored.
+    backup(&["--exclude", "a[b"]).expect(1).stderr_has("a[b");
+    let missing = fx.path("nope.txt");
+    backup(&["--exclude-file", missing.to_str().unwrap()])
+        .expect(1)
+        .stderr_has("nope.txt");
+    assert!(fx.metafiles_or_none().is_empty(), "nothing stored");
+
+    backup(&[
+        "--exclude",
+        "*.log",
+        "--exclude-file",
+        patterns.to_str().unwrap(),
+    ])
+    .ok();
+    let files = |run_args: &[&str]| {
+        let mut cmd = fx.cmd();
+        cmd.args(["find", "--key"])
+            .arg(&fx.secret_key)
+            .args(["--source", SOURCE, "*"])
+            .args(run_args);
+        let out = run(cmd).ok();
+        let mut names: Vec<String> = out.stdout.lines().map(str::to_string).collect();
+        names.sort();
+        names
+    };
+    let listed = files(&[]);
+    assert!(listed.iter().any(|l| l.contains("keep.txt")), "{listed:?}");
+    assert!(
+        listed.iter().any(|l| l.contains("var/lib/state")),
+        "{listed:?}"
+    );
+    assert!(
+        !listed
+            .iter()
+            .any(|l| l.contains(".log") || l.contains("var/cache/blob")),
+        "{listed:?}"
+    );
+    // Only for that run: the next one without them has everything.
+    backup(&[]).ok();
+    let listed = files(&[]);
+    assert!(
+        listed.iter().any(|l| l.contains("sub/trace.log")),
+        "{listed:?}"
+    );
+    assert!(
+        listed.iter().any(|l| l.contains("var/cache/blob")),
+        "{listed:?}"
+    );
+}

@@ -393,6 +393,15 @@ pub struct BackupArgs {
     /// refused, exit 1: an empty dump is what a failed one looks like]
     #[arg(long)]
     pub allow_empty: bool,
+    /// Leave out what PATTERN matches, for this run, in every tree source backed up
+    /// (the rules of the config's `ignore`: `*.log` matches a name anywhere,
+    /// `var/cache` a path from the source's root); may be given again
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Leave out what the patterns in FILE match (one per line; blank lines and lines
+    /// starting with # are skipped); may be given again
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Vec<std::path::PathBuf>,
     /// Print the statistics as one JSON object on standard output
     #[arg(long)]
     pub json: bool,

@@ -419,6 +419,32 @@ fn backup(config: Option<&Path>, a: BackupArgs) -> Result<u8> {
         )
         .into());
     }
+    // --exclude and --exclude-file add to the ignore rules of the tree sources.
+    let mut excluded = a.exclude.clone();
+    for file in &a.exclude_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the exclude file {}", file.display()))?;
+        excluded.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    for p in &excluded {
+        coffer::check_ignore_pattern(p)?;
+    }
+    let sources: Vec<coffer::SourceConfig> = sources
+        .into_iter()
+        .map(|s| {
+            let mut s = s.clone();
+            if matches!(s.input, coffer::Input::Tree(_)) {
+                s.ignore.extend(excluded.iter().cloned());
+            }
+            s
+        })
+        .collect();
+    let sources: Vec<&coffer::SourceConfig> = sources.iter().collect();
     let bar = Bar::new("backup", a.json);
     let mut opts = coffer::BackupOptions::default();
     opts.forget_cache = a.forget_cache;

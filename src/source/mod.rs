@@ -50,6 +50,17 @@ pub struct IgnoreRules {
     by_path: GlobSet,
 }
 
+/// Checks one ignore pattern (as the config's `ignore` and `backup --exclude` take them).
+///
+/// # Errors
+///
+/// The pattern is not a valid glob ([`Error::Usage`], naming it).
+pub fn check_ignore_pattern(pattern: &str) -> Result<()> {
+    IgnoreRules::new(&[pattern.to_string()])
+        .map(|_| ())
+        .map_err(|e| Error::Usage(format!("bad --exclude pattern: {e}")))
+}
+
 impl IgnoreRules {
     /// Compiles the patterns (already validated by the config).
     pub fn new(patterns: &[String]) -> Result<Self> {

@@ -94,6 +94,7 @@ pub mod gc;
 mod ids;
 mod index;
 mod keyset;
+pub mod policies;
 mod prng;
 mod progress;
 pub mod prune;

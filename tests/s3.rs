@@ -452,3 +452,110 @@ fn gc_with_the_put_only_credential_fails_and_deletes_nothing() {
     assert_eq!(t.keys().len(), before.len() - deleted as usize);
     assert!(lines.iter().any(|l| is_delete(l)), "{lines:#?}");
 }
+
+/// `coffer init --policies` writes IAM policies that are exactly enough, as the S3 test
+/// server (which enforces them) shows: the host's lets it back up and nothing else, the
+/// monitor's lets it check runs but not read a pack or write, the admin's lets it
+/// restore, prune and collect garbage. (The bucket policy's If-None-Match condition is
+/// one the test server does not evaluate; it is not applied here.)
+#[test]
+fn the_policies_init_writes_are_exactly_enough() {
+    let t = On::new(Kind::S3, "policies");
+    nested_tree(&t.fx.src);
+    let dir = t.fx.path("policies");
+    let out = t.coffer(
+        Cred::Admin,
+        &["init", "s3", "--policies", dir.to_str().unwrap()],
+    );
+    let out = out.ok();
+    assert!(out.stdout.contains("apply.sh"), "{out}");
+    let host_policy = std::fs::read_to_string(dir.join("host-policy.json")).unwrap();
+    assert!(
+        host_policy.contains(&format!("arn:aws:s3:::{}/{}/*", t.s3().bucket, t.prefix)),
+        "{host_policy}"
+    );
+    // A user per role, with the policy init wrote.
+    let user = |role: &str| -> (String, String) {
+        let name = format!("{}-{role}", t.prefix);
+        t.aws_json(&["iam", "create-user", "--user-name", &name]);
+        let policy = format!(
+            "file://{}",
+            dir.join(format!("{role}-policy.json")).display()
+        );
+        t.aws_json(&[
+            "iam",
+            "put-user-policy",
+            "--user-name",
+            &name,
+            "--policy-name",
+            "coffer",
+            "--policy-document",
+            &policy,
+        ]);
+        let key = t.aws_json(&["iam", "create-access-key", "--user-name", &name]);
+        (
+            key["AccessKey"]["AccessKeyId"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            key["AccessKey"]["SecretAccessKey"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    let as_user = |keys: &(String, String), args: &[&str]| {
+        let mut cmd = coffer(&t.fx.home);
+        cmd.env("AWS_ACCESS_KEY_ID", &keys.0)
+            .env("AWS_SECRET_ACCESS_KEY", &keys.1)
+            .env("AWS_REGION", "us-east-1")
+            .arg("-c")
+            .arg(&t.fx.config)
+            .args(args);
+        run(cmd)
+    };
+    let key = t.fx.secret_key.to_str().unwrap().to_string();
+    let dest = |name: &str| t.fx.path(name).to_str().unwrap().to_string();
+    let restore = |keys: &(String, String), to: &str| {
+        as_user(
+            keys,
+            &["restore", "--key", &key, "--source", SOURCE, "--to", to],
+        )
+    };
+
+    let host = user("host");
+    as_user(&host, &["backup", "--json"]).ok();
+    write(&t.fx.src.join("etc/hosts"), b"127.0.0.1 changed\n");
+    as_user(&host, &["backup", "--json"]).ok();
+    for args in [
+        &["runs"][..],
+        &["status"],
+        &["gc", "--dry-run"],
+        &["verify", "--storage"],
+    ] {
+        let out = as_user(&host, args);
+        assert_ne!(out.code, Some(0), "the host may {args:?}: {out}");
+    }
+    assert_ne!(restore(&host, &dest("r-host")).code, Some(0));
+
+    let monitor = user("monitor");
+    let out = as_user(&monitor, &["status", "--json"]).expect(0);
+    assert_eq!(out.json()["sources"][0]["runs_ok"], 2, "{out}");
+    as_user(&monitor, &["runs", "--json"]).ok();
+    let out = restore(&monitor, &dest("r-monitor"));
+    assert_ne!(out.code, Some(0), "the monitor read a pack: {out}");
+    assert_ne!(as_user(&monitor, &["backup"]).code, Some(0));
+    let out = as_user(&monitor, &["prune", "--keep-last", "1"]);
+    assert_ne!(out.code, Some(0), "the monitor pruned: {out}");
+    assert_eq!(t.runs(Cred::Admin).ok().json().as_array().unwrap().len(), 2);
+    // (Its listing is limited to runs/ by an s3:prefix condition, which the test server
+    // does not evaluate: that part is AWS's to enforce.)
+
+    let admin = user("admin");
+    restore(&admin, &dest("r-admin")).ok();
+    assert_same_tree(&t.fx.src, &t.fx.path("r-admin"));
+    as_user(&admin, &["prune", "--keep-last", "1"]).ok();
+    assert_eq!(t.runs(Cred::Admin).ok().json().as_array().unwrap().len(), 1);
+    as_user(&admin, &["gc", "--dry-run"]).ok();
+    as_user(&admin, &["verify", "--storage"]).ok();
+}

@@ -69,8 +69,13 @@ pub enum Command {
     /// otherwise be filled on the root file system): run this once, or set create = true
     /// in the target's config section. TARGET is a target name from the config or a URL.
     ///
+    /// For an S3 target, --policies DIR writes what a put-only setup needs, ready for the
+    /// AWS CLI: the host's, the admin's and the monitor's IAM policies, the bucket policy
+    /// that refuses overwrites, the lifecycle rule, apply.sh and config skeletons.
+    ///
     ///   coffer init file:///mnt/usb/coffer
     ///   coffer init -c /etc/coffer/config.toml usb
+    ///   coffer init s3://acme-backups/web1 --policies /root/coffer-s3 && cat /root/coffer-s3/apply.sh
     #[command(verbatim_doc_comment)]
     Init(InitArgs),
     /// Back up the sources named (default: every source in the config) to their targets.
@@ -369,6 +374,13 @@ pub struct InitArgs {
     /// Target name from the config, or a target URL
     #[arg(value_name = "TARGET")]
     pub target: String,
+    /// For an s3:// target: write into DIR the IAM policies of the host (put-only,
+    /// scoped to the target's prefix), the admin and the monitor (read-only, runs/
+    /// only), the bucket policy that refuses overwrites, the lifecycle rule, apply.sh
+    /// (the AWS CLI commands that set them up) and config skeletons; the target is not
+    /// contacted
+    #[arg(long, value_name = "DIR")]
+    pub policies: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

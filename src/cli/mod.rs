@@ -325,6 +325,23 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 
 fn init(config: Option<&Path>, a: InitArgs) -> Result<u8> {
     let (_, targets) = read_targets(config, Some(&a.target))?;
+    if let Some(dir) = &a.policies {
+        for t in &targets {
+            let place = coffer::policies::S3Place::from_url(&t.url)?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (name, text) in coffer::policies::files(&place, &t.url) {
+                let path = dir.join(name);
+                std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("{}", path.display());
+            }
+            println!(
+                "Review them, then run apply.sh there with an AWS administrator's credentials \
+                 (README, 'Put-only backups on S3')."
+            );
+        }
+        return Ok(EXIT_OK);
+    }
     for t in &targets {
         let store = Store::open(t, true)?;
         // Listing proves the target is reachable with this credential (a put-only one

@@ -559,3 +559,34 @@ fn the_policies_init_writes_are_exactly_enough() {
     as_user(&admin, &["gc", "--dry-run"]).ok();
     as_user(&admin, &["verify", "--storage"]).ok();
 }
+
+/// A target whose bucket does not exist is named as such, on upload and on listing, not
+/// as an object gone missing (which would send a person looking for lost data).
+#[test]
+fn a_missing_bucket_is_named_as_such() {
+    let t = On::new(Kind::S3, "nobucket");
+    let bucket = format!("no-such-{}", t.prefix);
+    t.write_config(&[(
+        "gone",
+        format!(
+            "url = \"s3://{bucket}/x\"\nendpoint = \"{}\"\nallow_http = true\n\
+             region = \"us-east-1\"\nretries = 0",
+            t.s3().endpoint
+        ),
+    )]);
+    nested_tree(&t.fx.src);
+    let out = t.backup(Cred::Admin).expect(EXIT_ERROR);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("gone"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("bucket") && line.contains("does not exist") && !line.contains("missing"),
+        "{out}"
+    );
+    let out = t
+        .coffer(Cred::Admin, &["runs", "--target", "gone"])
+        .expect(EXIT_ERROR);
+    assert!(out.stderr.contains("does not exist"), "{out}");
+}

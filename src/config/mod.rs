@@ -213,7 +213,8 @@ pub struct TargetConfig {
     pub upload_concurrency: usize,
     /// Upload rate limit in bytes per second, if any.
     pub upload_rate_limit: Option<u64>,
-    /// Object store endpoint (S3-compatible stores), overriding `AWS_ENDPOINT_URL`.
+    /// Object store endpoint (S3-compatible stores), overriding `AWS_ENDPOINT_URL`; for
+    /// `gs://` the API's base URL, for `az://` the blob endpoint.
     pub endpoint: Option<String>,
     /// Region, overriding `AWS_REGION`.
     pub region: Option<String>,

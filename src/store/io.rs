@@ -125,6 +125,19 @@ pub(crate) fn map_store_error(
     e: object_store::Error,
 ) -> Error {
     if let object_store::Error::NotFound { .. } = e {
+        // Creating or listing never finds an object missing: a 404 there is the store
+        // saying the bucket (container) is not there, or the URL points elsewhere.
+        if matches!(op, "create" | "list") {
+            return Error::Store {
+                target: target.to_string(),
+                message: format!(
+                    "{op} {what}: the store answered 404 Not Found: the target's bucket (or \
+                     container) does not exist, or its url or endpoint points elsewhere; \
+                     coffer never creates a bucket: create it, or correct the url ({e})"
+                ),
+                source: Some(Box::new(e)),
+            };
+        }
         return Error::NotFound(format!("target {target}: object {what} is missing"));
     }
     if is_refusal(&e) {

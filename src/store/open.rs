@@ -169,6 +169,12 @@ fn gcs(target: &TargetConfig) -> object_store::Result<object_store::gcp::GoogleC
     for (k, v) in CLIENT_TIMEOUTS {
         b = b.with_config(GoogleConfigKey::Client(k), v);
     }
+    // `endpoint` is the GCS API's base URL (an emulator, a private endpoint): it was
+    // silently ignored before. object_store's GCS client speaks plain HTTP to an
+    // http:// base URL, so allow_http has nothing to add.
+    if let Some(e) = &target.endpoint {
+        b = b.with_config(GoogleConfigKey::BaseUrl, e);
+    }
     for (k, v) in &target.options {
         let key: GoogleConfigKey = k
             .to_ascii_lowercase()

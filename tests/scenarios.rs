@@ -1,7 +1,7 @@
 //! Scenarios written once and run against every kind of target (tests/util/target.rs):
 //! backup and restore, prune then gc deleting exactly the unreferenced objects, the
 //! stale-index hazard with two hosts, a backup killed half way, and one interrupted. Each runs as
-//! `<scenario>::folder` and `<scenario>::s3`; the backups use the put-only credential,
+//! `<scenario>::folder`, `::s3`, `::azure` and `::gcs`; the backups use the put-only credential,
 //! prune, gc and restore the admin's.
 //!
 //! The safety bounds are seconds (`dedup_max_age = "0s"`, `max_run_time = "4s"`: a grace
@@ -491,7 +491,7 @@ fn verify_finds_what_is_missing_wrong_or_damaged_with_and_without_a_key(kind: Ki
         Cred::PutOnly,
         &["verify", "--storage", "--target", t.target()],
     )
-    .expect(if kind == Kind::S3 {
+    .expect(if kind.put_only_is_enforced() {
         EXIT_ERROR
     } else {
         EXIT_OK
@@ -828,8 +828,8 @@ fn status_says_fresh_stale_broken_or_unknown_as_monitoring_expects(kind: Kind) {
 
     // Unknown: the target cannot be read.
     let out = match kind {
-        Kind::S3 => status(Cred::PutOnly, &["--max-age", "1h"]),
-        Kind::Folder => t.coffer(
+        Kind::S3 | Kind::Azure => status(Cred::PutOnly, &["--max-age", "1h"]),
+        Kind::Folder | Kind::Gcs => t.coffer(
             Cred::Admin,
             &["status", "--target", "file:///nonexistent/coffer"],
         ),

@@ -5,8 +5,13 @@
 //! [`Kind::Folder`] is the fixture's own `file://` folder; [`Kind::S3`] is a fresh prefix
 //! of the bucket on the S3 test server (moto, started by `scripts/s3-server.sh`, which
 //! `scripts/test.sh` runs and names in `COFFER_TEST_S3_ENV`). That server enforces IAM: a
-//! put-only user may only create objects, an admin may do anything. Adding a kind (Azure,
-//! GCS) means: a variant, its config section, its listing, reading and deleting.
+//! put-only user may only create objects, an admin may do anything. [`Kind::Azure`] is a
+//! fresh prefix of a container on Azurite (`scripts/azure-server.sh`,
+//! `COFFER_TEST_AZURE_ENV`): the account key is the admin, a SAS that may only create
+//! blobs the put-only credential. [`Kind::Gcs`] is a fresh prefix of a bucket on
+//! fake-gcs-server (`scripts/gcs-server.sh`, `COFFER_TEST_GCS_ENV`), which has no IAM:
+//! both credentials are the same, as on a folder. Azure and GCS objects are looked at
+//! through object_store's own clients with the admin credential.
 //!
 //! Keys are relative to the target's root (`data/ab/ab…`, `runs/<host>/<source>/…`), so a
 //! scenario never sees which kind it runs on unless it asks.
@@ -23,10 +28,27 @@ use super::*;
 pub enum Kind {
     Folder,
     S3,
+    Azure,
+    Gcs,
+}
+
+impl Kind {
+    /// Whether the put-only credential is a different one that the server holds to
+    /// creating objects (S3's IAM user, Azure's create-only SAS).
+    pub fn put_only_is_enforced(self) -> bool {
+        matches!(self, Kind::S3 | Kind::Azure)
+    }
+
+    /// Whether the target is remote (timestamps of a second's resolution, listings
+    /// over HTTP), not a folder.
+    pub fn is_remote(self) -> bool {
+        self != Kind::Folder
+    }
 }
 
 /// Writes each named scenario (a `fn(Kind)`) as one test per target kind, in a module of
-/// the scenario's name: `gc_after_prune::folder`, `gc_after_prune::s3`.
+/// the scenario's name: `gc_after_prune::folder`, `gc_after_prune::s3`, `...::azure`,
+/// `...::gcs`.
 #[macro_export]
 macro_rules! per_kind {
     ($($scenario:ident),* $(,)?) => {$(
@@ -38,6 +60,14 @@ macro_rules! per_kind {
             #[test]
             fn s3() {
                 super::$scenario($crate::util::target::Kind::S3)
+            }
+            #[test]
+            fn azure() {
+                super::$scenario($crate::util::target::Kind::Azure)
+            }
+            #[test]
+            fn gcs() {
+                super::$scenario($crate::util::target::Kind::Gcs)
             }
         }
     )*};
@@ -126,6 +156,75 @@ impl S3 {
     }
 }
 
+/// Reads the KEY=VALUE file the environment variable `var` names.
+fn env_file(var: &str, script: &str) -> BTreeMap<String, String> {
+    let path = std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests with scripts/test.sh, which starts {script}")
+    });
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn get(v: &BTreeMap<String, String>, k: &str) -> String {
+    v.get(k).unwrap_or_else(|| panic!("{k} missing")).clone()
+}
+
+/// The Azure test server's settings (Azurite), from `COFFER_TEST_AZURE_ENV`.
+pub struct Azure {
+    pub endpoint: String,
+    pub account: String,
+    pub key: String,
+    pub container: String,
+    /// A SAS that may only create blobs (no read, list, overwrite or delete).
+    pub sas: String,
+}
+
+impl Azure {
+    pub fn from_env() -> Azure {
+        let v = env_file("COFFER_TEST_AZURE_ENV", "scripts/azure-server.sh");
+        Azure {
+            endpoint: get(&v, "COFFER_TEST_AZURE_ENDPOINT"),
+            account: get(&v, "COFFER_TEST_AZURE_ACCOUNT"),
+            key: get(&v, "COFFER_TEST_AZURE_KEY"),
+            container: get(&v, "COFFER_TEST_AZURE_CONTAINER"),
+            sas: get(&v, "COFFER_TEST_AZURE_SAS"),
+        }
+    }
+}
+
+/// The GCS test server's settings (fake-gcs-server), from `COFFER_TEST_GCS_ENV`.
+pub struct Gcs {
+    pub base_url: String,
+    pub bucket: String,
+    pub service_account: PathBuf,
+}
+
+impl Gcs {
+    pub fn from_env() -> Gcs {
+        let v = env_file("COFFER_TEST_GCS_ENV", "scripts/gcs-server.sh");
+        Gcs {
+            base_url: get(&v, "COFFER_TEST_GCS_BASE_URL"),
+            bucket: get(&v, "COFFER_TEST_GCS_BUCKET"),
+            service_account: get(&v, "COFFER_TEST_GCS_SERVICE_ACCOUNT").into(),
+        }
+    }
+}
+
+/// A runtime for object_store's clients (Azure, GCS) in the tests.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
 /// Which credential a command uses. On a folder both are the same: the file system has
 /// no put-only credential (its promises are the folder's permissions, tested apart).
 #[derive(Clone, Copy, Debug)]
@@ -140,6 +239,8 @@ pub struct On {
     pub fx: Fixture,
     pub kind: Kind,
     s3: Option<S3>,
+    azure: Option<Azure>,
+    gcs: Option<Gcs>,
     /// The S3 prefix (empty for a folder).
     pub prefix: String,
 }
@@ -148,27 +249,26 @@ impl On {
     /// A fixture on a fresh target of `kind`; `name` makes the S3 prefix readable.
     pub fn new(kind: Kind, name: &str) -> On {
         let fx = Fixture::new();
-        let (s3, prefix) = match kind {
-            Kind::Folder => (None, String::new()),
-            Kind::S3 => {
-                let unique = fx
-                    .dir
-                    .path()
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .to_lowercase();
-                let prefix = format!(
-                    "{name}-{}",
-                    unique.replace(|c: char| !c.is_ascii_alphanumeric(), "")
-                );
-                (Some(S3::from_env()), prefix)
-            }
+        let unique = fx
+            .dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_lowercase();
+        let prefix = match kind {
+            Kind::Folder => String::new(),
+            _ => format!(
+                "{name}-{}",
+                unique.replace(|c: char| !c.is_ascii_alphanumeric(), "")
+            ),
         };
         let me = On {
             fx,
             kind,
-            s3,
+            s3: (kind == Kind::S3).then(S3::from_env),
+            azure: (kind == Kind::Azure).then(Azure::from_env),
+            gcs: (kind == Kind::Gcs).then(Gcs::from_env),
             prefix,
         };
         me.write_config(&[]);
@@ -192,6 +292,8 @@ impl On {
         match self.kind {
             Kind::Folder => "local",
             Kind::S3 => "s3",
+            Kind::Azure => "az",
+            Kind::Gcs => "gcs",
         }
     }
 
@@ -199,7 +301,48 @@ impl On {
         match self.kind {
             Kind::Folder => self.fx.target_url(),
             Kind::S3 => format!("s3://{}/{}", self.s3().bucket, self.prefix),
+            Kind::Azure => format!(
+                "az://{}/{}",
+                self.azure.as_ref().unwrap().container,
+                self.prefix
+            ),
+            Kind::Gcs => format!("gs://{}/{}", self.gcs.as_ref().unwrap().bucket, self.prefix),
         }
+    }
+
+    /// object_store's client of the Azure or GCS test server, with the admin credential.
+    fn client(&self) -> Box<dyn object_store::ObjectStore> {
+        match self.kind {
+            Kind::Azure => {
+                let a = self.azure.as_ref().unwrap();
+                Box::new(
+                    object_store::azure::MicrosoftAzureBuilder::new()
+                        .with_account(&a.account)
+                        .with_access_key(&a.key)
+                        .with_container_name(&a.container)
+                        .with_endpoint(a.endpoint.clone())
+                        .with_allow_http(true)
+                        .build()
+                        .unwrap(),
+                )
+            }
+            Kind::Gcs => {
+                let g = self.gcs.as_ref().unwrap();
+                Box::new(
+                    object_store::gcp::GoogleCloudStorageBuilder::new()
+                        .with_service_account_path(g.service_account.to_str().unwrap())
+                        .with_bucket_name(&g.bucket)
+                        .build()
+                        .unwrap(),
+                )
+            }
+            _ => unreachable!("a client for Azure or GCS"),
+        }
+    }
+
+    /// The key of `key` (relative to the target's root) in the container or bucket.
+    fn full_key(&self, key: &str) -> object_store::path::Path {
+        object_store::path::Path::from(format!("{}/{key}", self.prefix))
     }
 
     /// `s3://bucket/prefix/<key>` for the AWS CLI.
@@ -228,6 +371,27 @@ impl On {
         match self.kind {
             // `[target.local]` is the config's last section.
             Kind::Folder => text += lines,
+            Kind::Azure => {
+                text += &format!(
+                    "\n[target.az]\nurl = \"{}\"\nendpoint = \"{}\"\nallow_http = true\n\
+                     pack_size = \"1MiB\"\nretries = 2\nretry_timeout = \"20s\"\n\
+                     options = {{ azure_storage_account_name = \"{}\" }}\n{lines}",
+                    self.url(),
+                    self.azure.as_ref().unwrap().endpoint,
+                    self.azure.as_ref().unwrap().account,
+                )
+            }
+            Kind::Gcs => {
+                let g = self.gcs.as_ref().unwrap();
+                text += &format!(
+                    "\n[target.gcs]\nurl = \"{}\"\nendpoint = \"{}\"\npack_size = \"1MiB\"\n\
+                     retries = 2\nretry_timeout = \"20s\"\n\
+                     options = {{ google_service_account = {} }}\n{lines}",
+                    self.url(),
+                    g.base_url,
+                    toml_str(&g.service_account),
+                )
+            }
             Kind::S3 => {
                 text += &format!(
                     "\n[target.s3]\nurl = \"{}\"\nendpoint = \"{}\"\nallow_http = true\n\
@@ -246,6 +410,12 @@ impl On {
 
     /// The environment that selects `cred` (none on a folder).
     pub fn cred_env(&self, cred: Cred) -> Vec<(&'static str, String)> {
+        if let Some(a) = &self.azure {
+            return match cred {
+                Cred::Admin => vec![("AZURE_STORAGE_ACCOUNT_KEY", a.key.clone())],
+                Cred::PutOnly => vec![("AZURE_STORAGE_SAS_KEY", a.sas.clone())],
+            };
+        }
         let Some(s3) = &self.s3 else {
             return Vec::new();
         };
@@ -440,6 +610,20 @@ impl On {
                 keys.sort();
                 keys
             }
+            Kind::Azure | Kind::Gcs => {
+                use futures::TryStreamExt;
+                let client = self.client();
+                let prefix = object_store::path::Path::from(self.prefix.as_str());
+                let metas: Vec<object_store::ObjectMeta> = runtime()
+                    .block_on(client.list(Some(&prefix)).try_collect())
+                    .unwrap();
+                let mut keys: Vec<String> = metas
+                    .iter()
+                    .map(|m| m.location.as_ref()[self.prefix.len() + 1..].to_string())
+                    .collect();
+                keys.sort();
+                keys
+            }
         }
     }
 
@@ -473,6 +657,15 @@ impl On {
                 );
                 out.stdout
             }
+            Kind::Azure | Kind::Gcs => {
+                use object_store::ObjectStoreExt;
+                let client = self.client();
+                let path = self.full_key(key);
+                runtime()
+                    .block_on(async { client.get(&path).await?.bytes().await })
+                    .unwrap_or_else(|e| panic!("{key}: {e}"))
+                    .to_vec()
+            }
         }
     }
 
@@ -486,6 +679,17 @@ impl On {
     pub fn overwrite_as(&self, cred: Cred, key: &str, bytes: &[u8]) {
         match self.kind {
             Kind::Folder => std::fs::write(self.fx.target.join(key), bytes).unwrap(),
+            // Azure's put-only SAS may not overwrite at all (create only): a stolen one
+            // cannot do this, so the account key stands in for whoever could.
+            Kind::Azure | Kind::Gcs => {
+                use object_store::ObjectStoreExt;
+                let _ = cred;
+                let client = self.client();
+                let path = self.full_key(key);
+                runtime()
+                    .block_on(client.put(&path, bytes.to_vec().into()))
+                    .unwrap_or_else(|e| panic!("{key}: {e}"));
+            }
             Kind::S3 => {
                 let file = self.fx.path("overwrite.tmp");
                 std::fs::write(&file, bytes).unwrap();
@@ -506,6 +710,14 @@ impl On {
     pub fn remove(&self, key: &str) {
         match self.kind {
             Kind::Folder => std::fs::remove_file(self.fx.target.join(key)).unwrap(),
+            Kind::Azure | Kind::Gcs => {
+                use object_store::ObjectStoreExt;
+                let client = self.client();
+                let path = self.full_key(key);
+                runtime()
+                    .block_on(client.delete(&path))
+                    .unwrap_or_else(|e| panic!("{key}: {e}"));
+            }
             Kind::S3 => {
                 let _lock = self.deletes_lock();
                 let out = self.aws(Cred::Admin, &["s3", "rm", &self.s3_url(key)]);

@@ -82,6 +82,18 @@ pub enum Error {
     /// An object or run does not exist on the target.
     #[error("{0}")]
     NotFound(String),
+    /// An object in a cold storage class (S3 GLACIER, DEEP_ARCHIVE) that must be thawed
+    /// (`aws s3api restore-object`) before it can be read.
+    #[error(
+        "target {target}: {key} is in a cold storage class (GLACIER or DEEP_ARCHIVE) and \
+         must be thawed before it can be read"
+    )]
+    Frozen {
+        /// The target's name.
+        target: String,
+        /// The object's key under the target.
+        key: String,
+    },
 
     /// Stored data failed a check (hash mismatch, bad format).
     #[error("corrupt {what}: {reason}")]
@@ -155,6 +167,10 @@ impl Error {
                 source: None,
             },
             Error::NotFound(m) => Error::NotFound(m.clone()),
+            Error::Frozen { target, key } => Error::Frozen {
+                target: target.clone(),
+                key: key.clone(),
+            },
             Error::Corrupt { what, reason } => Error::Corrupt {
                 what: what.clone(),
                 reason: reason.clone(),
@@ -197,6 +213,7 @@ impl Error {
             Error::Crypto { .. } => "crypto",
             Error::Store { .. } => "target",
             Error::NotFound(_) => "not_found",
+            Error::Frozen { .. } => "frozen",
             Error::Corrupt { .. } => "corrupt",
             Error::Index { .. } => "index",
             Error::Input(_) => "input",

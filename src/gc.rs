@@ -43,6 +43,12 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// Where the temporary SQLite file goes.
     pub tmp_dir: std::path::PathBuf,
+    /// The storage class the target's packs are in: an unreferenced pack younger than
+    /// the class's minimum storage duration is kept (deleting it would cost the rest of
+    /// that duration anyway) unless `early_delete`.
+    pub storage_class: Option<crate::config::StorageClass>,
+    /// Delete unreferenced packs younger than their class's minimum duration too.
+    pub early_delete: bool,
 }
 
 impl GcOptions {
@@ -53,6 +59,8 @@ impl GcOptions {
             bounds,
             dry_run: false,
             tmp_dir: tmp_dir.to_path_buf(),
+            storage_class: None,
+            early_delete: false,
         }
     }
 }
@@ -78,6 +86,11 @@ pub struct GcStats {
     pub objects_young: u64,
     /// Their bytes.
     pub bytes_young: u64,
+    /// Unreferenced packs kept because they are younger than their storage class's
+    /// minimum duration (without `early_delete`): deleted by a later gc.
+    pub objects_cold_kept: u64,
+    /// Their bytes.
+    pub bytes_cold_kept: u64,
     /// Unreferenced data objects deleted (or that would be, in a dry run).
     pub objects_deleted: u64,
     /// Their bytes.
@@ -173,6 +186,9 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     let grace = grace_period(opts.grace, required)?;
     stats.grace_secs = grace.as_secs();
     let cutoff = cutoff(start_time, grace);
+    // Packs stored after this are within their class's minimum storage duration.
+    let minimum = opts.storage_class.map_or(0, |c| c.minimum_days());
+    let cold_cutoff = self::cutoff(start_time, Duration::from_secs(minimum * 86_400));
 
     progress.phase(
         if opts.dry_run {
@@ -197,6 +213,10 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
                 Verdict::Young => {
                     stats.objects_young += 1;
                     stats.bytes_young += m.size;
+                }
+                Verdict::Delete if !opts.early_delete && m.last_modified > cold_cutoff => {
+                    stats.objects_cold_kept += 1;
+                    stats.bytes_cold_kept += m.size;
                 }
                 Verdict::Delete => {
                     stats.objects_deleted += 1;

@@ -176,6 +176,31 @@ pub fn lifecycle(p: &S3Place) -> serde_json::Value {
     })
 }
 
+/// The AWS CLI loop that thaws `keys` (keys under the target, `data/xx/…`) for 7 days at
+/// the Standard tier: what restore prints for packs in GLACIER or DEEP_ARCHIVE.
+pub fn thaw_script(p: &S3Place, keys: &[String]) -> String {
+    let full = |k: &String| {
+        if p.prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{}/{k}", p.prefix)
+        }
+    };
+    let mut s = String::from("while read -r key; do\n");
+    s += &format!(
+        "  aws s3api restore-object --bucket {} --key \"$key\" \\\n    --restore-request \
+         '{{\"Days\": 7, \"GlacierJobParameters\": {{\"Tier\": \"Standard\"}}}}'\n",
+        p.bucket
+    );
+    s += "done <<'KEYS'\n";
+    for k in keys {
+        s += &full(k);
+        s.push('\n');
+    }
+    s += "KEYS";
+    s
+}
+
 /// Every file `coffer init --policies` writes: (name, contents).
 pub fn files(p: &S3Place, url: &str) -> Vec<(&'static str, String)> {
     let pretty = |v: serde_json::Value| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";

@@ -11,7 +11,7 @@ mod util;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use util::target::{Cred, Kind, On, PAST_GRACE};
+use util::target::{Cred, Kind, On, PAST_GRACE, SHORT_BOUNDS};
 use util::*;
 
 fn method(line: &str) -> &str {
@@ -589,4 +589,98 @@ fn a_missing_bucket_is_named_as_such() {
         .coffer(Cred::Admin, &["runs", "--target", "gone"])
         .expect(EXIT_ERROR);
     assert!(out.stderr.contains("does not exist"), "{out}");
+}
+
+/// `storage_class = "DEEP_ARCHIVE"` puts packs, and only packs, in that class (the S3
+/// test server keeps the class and refuses to read an object not thawed, as S3 does).
+/// Restore names the frozen packs, restores nothing of them, and prints the AWS CLI loop
+/// that thaws exactly those; once thawed, the restore completes. gc keeps unreferenced
+/// packs younger than the class's 180 days unless told --early-delete.
+#[test]
+fn packs_in_a_cold_storage_class_are_thawed_before_restore_and_kept_by_gc() {
+    let t = On::new(Kind::S3, "cold");
+    t.write_config_with(
+        &format!("{SHORT_BOUNDS}storage_class = \"DEEP_ARCHIVE\"\n"),
+        &[],
+    );
+    nested_tree(&t.fx.src);
+    t.backup(Cred::PutOnly).ok();
+    let listed = t.aws_json(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        &t.s3().bucket,
+        "--prefix",
+        &format!("{}/", t.prefix),
+    ]);
+    let mut classes = BTreeMap::new();
+    for o in listed["Contents"].as_array().unwrap() {
+        let key = o["Key"].as_str().unwrap()[t.prefix.len() + 1..].to_string();
+        let top = key.split('/').next().unwrap().to_string();
+        classes
+            .entry(top)
+            .or_insert_with(BTreeSet::new)
+            .insert(o["StorageClass"].as_str().unwrap_or("STANDARD").to_string());
+    }
+    assert_eq!(
+        classes["data"],
+        BTreeSet::from(["DEEP_ARCHIVE".to_string()])
+    );
+    assert_eq!(classes["runs"], BTreeSet::from(["STANDARD".to_string()]));
+    assert_eq!(classes["markers"], BTreeSet::from(["STANDARD".to_string()]));
+
+    // Frozen: named, nothing of them restored, and the loop that thaws them.
+    let dest = t.fx.path("restored");
+    let out = t.restore(Cred::Admin, &dest).expect(EXIT_PARTIAL);
+    assert!(out.stderr.contains("cold storage class"), "{out}");
+    let keys: BTreeSet<String> = out
+        .stderr
+        .split("<<'KEYS'\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\nKEYS").next())
+        .unwrap_or_else(|| panic!("no thaw loop: {out}"))
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let packs: BTreeSet<String> = t
+        .data_names()
+        .iter()
+        .map(|n| format!("{}/data/{}/{n}", t.prefix, &n[..2]))
+        .collect();
+    assert_eq!(keys, packs, "the loop thaws exactly the run's packs");
+    assert!(out.stderr.contains("aws s3api restore-object"), "{out}");
+    for key in &keys {
+        t.aws_json(&[
+            "s3api",
+            "restore-object",
+            "--bucket",
+            &t.s3().bucket,
+            "--key",
+            key,
+            "--restore-request",
+            r#"{"Days": 7, "GlacierJobParameters": {"Tier": "Standard"}}"#,
+        ]);
+    }
+    t.restore(Cred::Admin, &dest).ok();
+    assert_same_tree(&t.fx.src, &dest);
+
+    // gc: unreferenced cold packs stay for their minimum duration unless told.
+    write(&t.fx.src.join("etc/hosts"), b"127.0.0.1 changed\n");
+    std::fs::remove_file(t.fx.src.join("data.bin")).unwrap();
+    t.backup(Cred::PutOnly).ok();
+    t.prune(&["--keep-last", "1"]);
+    std::thread::sleep(PAST_GRACE);
+    let _lock = t.deletes_lock();
+    let before = t.data_names();
+    let kept = t.gc_json(&[]);
+    assert_eq!(kept[0]["objects_deleted"], 0, "{kept:#}");
+    assert!(as_u64(&kept[0], "objects_cold_kept") > 0, "{kept:#}");
+    assert_eq!(t.data_names(), before);
+    let text = t.gc(Cred::Admin, &["--dry-run"]).ok();
+    assert!(text.stdout.contains("--early-delete"), "{text}");
+    let gone = t.gc_json(&["--early-delete"]);
+    assert_eq!(
+        gone[0]["objects_deleted"], kept[0]["objects_cold_kept"],
+        "{gone:#}"
+    );
 }

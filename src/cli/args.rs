@@ -592,6 +592,11 @@ pub struct GcArgs {
     /// Count what would be deleted; delete nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Also delete unreferenced packs younger than the minimum storage duration of the
+    /// target's storage_class (30 days for STANDARD_IA, 90 for GLACIER, 180 for
+    /// DEEP_ARCHIVE): S3 bills the rest of that duration anyway
+    #[arg(long)]
+    pub early_delete: bool,
     /// Print JSON
     #[arg(long)]
     pub json: bool,

@@ -699,6 +699,17 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
     opts.paths = a.paths.iter().map(|p| relative_path(p)).collect();
     let bar = Bar::new("restore", a.json);
     let stats = coffer::restore(&store, &source, &decryptor, &opts, &bar)?;
+    if !stats.frozen.is_empty() {
+        if let Ok(place) = coffer::policies::S3Place::from_url(&target.url) {
+            eprintln!(
+                "coffer restore: to thaw the {} packs for 7 days (Standard tier: 3-5 hours \
+                 from GLACIER, 12 from DEEP_ARCHIVE; Bulk is cheaper and slower), with the \
+                 AWS CLI and the admin credential:\n{}",
+                stats.frozen.len(),
+                coffer::policies::thaw_script(&place, &stats.frozen)
+            );
+        }
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
@@ -975,6 +986,8 @@ fn gc(config: Option<&Path>, a: GcArgs) -> Result<u8> {
         let mut opts = coffer::gc::GcOptions::new(bounds, &tmp_dir);
         opts.grace = a.grace;
         opts.dry_run = a.dry_run;
+        opts.storage_class = t.storage_class;
+        opts.early_delete = a.early_delete;
         let bar = Bar::new("gc", a.json);
         let stats = coffer::gc::gc(&store, &opts, &bar)?;
         if !a.json {

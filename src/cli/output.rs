@@ -233,6 +233,7 @@ pub fn gc_summary(s: &coffer::gc::GcStats) -> String {
         "{}: gc{} over {} runs, grace period {grace}\n\
          \x20 referenced     {} objects ({}), kept\n\
          \x20 too young      {} objects ({}), kept for the grace period\n\
+         {}\
          \x20 unreferenced   {} objects ({}), {}\n\
          \x20 unfinished     {} object lists of runs that never committed, {}\n\
          \x20 missing        {} referenced objects not on the target\n\
@@ -246,6 +247,16 @@ pub fn gc_summary(s: &coffer::gc::GcStats) -> String {
         bytes(s.bytes_referenced),
         s.objects_young,
         bytes(s.bytes_young),
+        if s.objects_cold_kept > 0 {
+            format!(
+                "  cold, young    {} objects ({}), unreferenced but kept for their storage \
+                 class's minimum duration (--early-delete deletes them)\n",
+                s.objects_cold_kept,
+                bytes(s.bytes_cold_kept)
+            )
+        } else {
+            String::new()
+        },
         s.objects_deleted,
         bytes(s.bytes_deleted),
         if s.dry_run {

@@ -105,6 +105,7 @@ struct RawTarget {
     max_run_time: Option<Spanned<Dur>>,
     create: Option<bool>,
     can_read: Option<bool>,
+    storage_class: Option<Spanned<String>>,
     #[serde(default)]
     options: BTreeMap<Spanned<String>, String>,
 }
@@ -243,9 +244,69 @@ pub struct TargetConfig {
     /// then confirm that the packs they reuse still exist. Always so for `file://`
     /// targets; for others only when the config says so (a put-only credential cannot).
     pub can_read: bool,
+    /// The S3 storage class packs are stored in (`storage_class`; metafiles, object lists
+    /// and markers stay in STANDARD: monitoring and restore read them). `None`: the
+    /// bucket's default.
+    pub storage_class: Option<StorageClass>,
     /// Further object_store options for the scheme (e.g. `aws_virtual_hosted_style_request`).
     /// Never logged.
     pub options: BTreeMap<String, String>,
+}
+
+/// An S3 storage class for packs, with what it means for restore and gc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageClass {
+    /// STANDARD
+    Standard,
+    /// STANDARD_IA: 30 days minimum.
+    StandardIa,
+    /// ONEZONE_IA: 30 days minimum.
+    OnezoneIa,
+    /// INTELLIGENT_TIERING
+    IntelligentTiering,
+    /// GLACIER_IR (Glacier Instant Retrieval): 90 days minimum.
+    GlacierIr,
+    /// GLACIER (Flexible Retrieval): 90 days minimum, thawed before a read.
+    Glacier,
+    /// DEEP_ARCHIVE: 180 days minimum, thawed before a read (up to 48 hours).
+    DeepArchive,
+}
+
+impl StorageClass {
+    /// Every class, as S3 names it.
+    pub const ALL: [(&'static str, StorageClass); 7] = [
+        ("STANDARD", StorageClass::Standard),
+        ("STANDARD_IA", StorageClass::StandardIa),
+        ("ONEZONE_IA", StorageClass::OnezoneIa),
+        ("INTELLIGENT_TIERING", StorageClass::IntelligentTiering),
+        ("GLACIER_IR", StorageClass::GlacierIr),
+        ("GLACIER", StorageClass::Glacier),
+        ("DEEP_ARCHIVE", StorageClass::DeepArchive),
+    ];
+
+    /// The name S3 uses (the `x-amz-storage-class` header).
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, c)| *c == self)
+            .map_or("STANDARD", |(n, _)| n)
+    }
+
+    /// How long S3 bills an object of this class at least: deleting one younger costs
+    /// the rest of it anyway.
+    pub fn minimum_days(self) -> u64 {
+        match self {
+            StorageClass::Standard | StorageClass::IntelligentTiering => 0,
+            StorageClass::StandardIa | StorageClass::OnezoneIa => 30,
+            StorageClass::GlacierIr | StorageClass::Glacier => 90,
+            StorageClass::DeepArchive => 180,
+        }
+    }
+
+    /// Whether an object must be thawed (restore-object) before it can be read.
+    pub fn is_frozen(self) -> bool {
+        matches!(self, StorageClass::Glacier | StorageClass::DeepArchive)
+    }
 }
 
 /// Default `dedup_max_age`: a week.
@@ -296,6 +357,7 @@ impl TargetConfig {
             max_run_time: DEFAULT_MAX_RUN_TIME,
             create: false,
             can_read: url.starts_with("file:") || url == MEMORY_URL,
+            storage_class: None,
             options: BTreeMap::new(),
         }
     }
@@ -736,6 +798,21 @@ url = "file:///mnt/usb/coffer"
         let e = parse(&with("s3://bucket/h", "retry_timeout = \"0s\"")).unwrap_err();
         let e = e.to_string();
         assert!(e.contains(":9:") && e.contains("retry_timeout"), "{e}");
+        // Packs' storage class: S3 only, one of S3's names, with the line.
+        let cold = parse(&with("s3://bucket/h", "storage_class = \"DEEP_ARCHIVE\"")).unwrap();
+        let class = cold.targets["usb"].storage_class.unwrap();
+        assert_eq!((class.name(), class.minimum_days()), ("DEEP_ARCHIVE", 180));
+        assert!(class.is_frozen());
+        for (url, class, says) in [
+            ("s3://bucket/h", "ARCTIC", "unknown storage_class"),
+            ("file:///mnt/usb/coffer", "GLACIER", "applies to s3://"),
+            ("gs://bucket/h", "GLACIER", "applies to s3://"),
+        ] {
+            let e = parse(&with(url, &format!("storage_class = \"{class}\"")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(":9:") && e.contains(says), "{e}");
+        }
         let e = parse(&MIN.replace("file:///mnt/usb/coffer", "s3:///x")).unwrap_err();
         assert!(e.to_string().contains("name the bucket"), "{e}");
         // FastCDC's own limits: larger sizes would make it panic.

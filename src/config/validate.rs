@@ -164,6 +164,35 @@ impl Config {
                      read a folder)",
                 );
             }
+            let storage_class = match &t.storage_class {
+                None => None,
+                Some(c) if scheme != "s3" => {
+                    return ctx.err(
+                        c.span(),
+                        "storage_class applies to s3:// targets (packs in a colder S3 class)",
+                    )
+                }
+                Some(c) => match super::StorageClass::ALL
+                    .iter()
+                    .find(|(n, _)| *n == c.get_ref().as_str())
+                {
+                    Some((_, class)) => Some(*class),
+                    None => {
+                        return ctx.err(
+                            c.span(),
+                            format!(
+                                "unknown storage_class {:?}: one of {}",
+                                c.get_ref(),
+                                super::StorageClass::ALL
+                                    .iter()
+                                    .map(|(n, _)| *n)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )
+                    }
+                },
+            };
             let name = name.into_inner();
             targets.insert(
                 name.clone(),
@@ -184,6 +213,7 @@ impl Config {
                     max_run_time,
                     create: t.create.unwrap_or(false),
                     can_read: t.can_read.unwrap_or(false) || is_file,
+                    storage_class,
                     options: t
                         .options
                         .into_iter()

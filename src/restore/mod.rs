@@ -137,6 +137,9 @@ pub struct RestoreStats {
     /// version that does (a versioned S3 bucket): the files are whole, but the target
     /// needs repair (each says how).
     pub recovered: Vec<RecoveredPack>,
+    /// Packs in a cold storage class (S3 GLACIER, DEEP_ARCHIVE) that must be thawed
+    /// before the files in them can be restored (keys under the target, `data/xx/…`).
+    pub frozen: Vec<String>,
 }
 
 /// Restores a run into `opts.to`.
@@ -237,6 +240,16 @@ pub fn restore(
             progress.warn(&r.message);
         }
         job.stats.recovered = job.packs.recovered().to_vec();
+        job.stats.frozen = job.packs.frozen();
+        if !job.stats.frozen.is_empty() {
+            progress.warn(&format!(
+                "{} packs of this run are in a cold storage class (GLACIER or \
+                 DEEP_ARCHIVE): the files in them were not restored. Thaw the packs \
+                 (`aws s3api restore-object`; hours, up to 48 from DEEP_ARCHIVE), then \
+                 restore again: files already restored are left as they are",
+                job.stats.frozen.len()
+            ));
+        }
         listed.and(drained)?;
         opts.cancel.check()?;
         Ok::<RestoreStats, Error>(job.stats)

@@ -84,6 +84,19 @@ impl PackCache {
         }
     }
 
+    /// The packs that could not be read because they are in a cold storage class, by
+    /// key (`data/xx/…`).
+    pub(super) fn frozen(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .bad
+            .iter()
+            .filter(|(_, e)| matches!(***e, Error::Frozen { .. }))
+            .map(|(k, _)| crate::store::data_path(k).to_string())
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// The packs read from an earlier version so far.
     pub(super) fn recovered(&self) -> &[RecoveredPack] {
         &self.recovered

@@ -87,8 +87,19 @@ pub(crate) async fn put_create(
     path: &StorePath,
     payload: impl Into<PutPayload>,
 ) -> object_store::Result<PutOutcome> {
+    put_create_with(store, path, payload, object_store::Attributes::new()).await
+}
+
+/// [`put_create`] with `attributes` (a pack's storage class).
+pub(crate) async fn put_create_with(
+    store: &dyn ObjectStore,
+    path: &StorePath,
+    payload: impl Into<PutPayload>,
+    attributes: object_store::Attributes,
+) -> object_store::Result<PutOutcome> {
     let opts = PutOptions {
         mode: PutMode::Create,
+        attributes,
         ..Default::default()
     };
     match store.put_opts(path, payload.into(), opts).await {
@@ -139,6 +150,14 @@ pub(crate) fn map_store_error(
             };
         }
         return Error::NotFound(format!("target {target}: object {what} is missing"));
+    }
+    // S3 answers a read of an object not thawed from GLACIER or DEEP_ARCHIVE with 403
+    // InvalidObjectState: not a refusal of the credential.
+    if e.to_string().contains("InvalidObjectState") {
+        return Error::Frozen {
+            target: target.to_string(),
+            key: what.to_string(),
+        };
     }
     if is_refusal(&e) {
         let message = format!(

@@ -82,6 +82,8 @@ struct Core {
     versions: Option<Arc<versions::S3Versions>>,
     /// Every request made through any handle of this store.
     counters: Arc<count::Counters>,
+    /// The storage class packs are put in (S3), if not the bucket's default.
+    storage_class: Option<crate::config::StorageClass>,
 }
 
 /// An earlier version of an object whose bytes hash to its name.
@@ -198,6 +200,7 @@ impl Store {
                 metafile_piece: METAFILE_PIECE,
                 versions,
                 counters,
+                storage_class: target.storage_class,
             },
         })
     }
@@ -335,7 +338,11 @@ impl Creator {
     pub(crate) async fn put_pack(&self, key: &ObjectKey, parts: Vec<Bytes>) -> Result<PutOutcome> {
         let path = data_path(key);
         let payload = PutPayload::from_iter(parts);
-        put_create(&*self.core.inner, &path, payload)
+        let mut attributes = object_store::Attributes::new();
+        if let Some(class) = self.core.storage_class {
+            attributes.insert(object_store::Attribute::StorageClass, class.name().into());
+        }
+        io::put_create_with(&*self.core.inner, &path, payload, attributes)
             .await
             .map_err(|e| self.core.map_err(&path, "create", e))
     }

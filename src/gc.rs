@@ -227,6 +227,7 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
                 }
             }
             progress.bytes(m.size);
+            progress.item(m.location.as_ref());
         }
         Ok(doomed)
     })?;

@@ -346,6 +346,20 @@ impl Index {
         })
     }
 
+    /// Bytes of the files the last run of `source` to `target` recorded: what the next
+    /// run will go through, about (the progress display's estimate). Zero before a
+    /// first run.
+    pub fn source_bytes(&self, target: i64, source: &str) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM files WHERE target = ?1 AND source = ?2",
+                params![target, source],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(|e| self.err(e))
+    }
+
     /// The id of the last run of `source` to `target` this index saw committed.
     pub fn last_run(&self, target: i64, source: &str) -> Result<Option<String>> {
         self.conn

@@ -325,6 +325,8 @@ impl Reader<'_> {
         if let Some(chunk_lists) = self.unchanged(&cached, &stamp) {
             self.stats.files_unchanged += 1;
             self.stats.bytes_total += stamp.size;
+            // Gone through (not read): the progress display counts it.
+            self.progress.bytes(stamp.size);
             if m.nlink > 1 {
                 self.hardlinks.insert(link_key, item.rel.clone());
             }

@@ -433,23 +433,28 @@ pub fn bench_report(r: &BenchReport) -> String {
     o
 }
 
-/// A progress bar on a terminal; warnings go to standard error either way.
+/// A progress display on a terminal (standard error): the phase, how many files (or
+/// objects) and bytes so far and at what rate, and, when the phase knows its total (a
+/// restore, a verify, a backup after its first run: the last run's size), a bar with the
+/// total and the time left. Off a terminal it draws nothing; warnings go to standard error
+/// either way, one line each.
 pub struct Bar {
     bar: Option<ProgressBar>,
     command: &'static str,
     lock: Mutex<()>,
+    items: std::sync::atomic::AtomicU64,
+    /// Whether the phase has counted bytes yet (a phase without a total shows them from
+    /// the first on).
+    counting: std::sync::atomic::AtomicBool,
+    /// Whether the phase has a total.
+    total: std::sync::atomic::AtomicBool,
 }
 
 impl Bar {
     pub fn new(command: &'static str, quiet: bool) -> Self {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::new_spinner();
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {prefix} {bytes} {bytes_per_sec} {wide_msg}",
-                )
-                .expect("valid template"),
-            );
+            b.set_style(Self::spinner());
             b.enable_steady_tick(std::time::Duration::from_millis(200));
             b
         });
@@ -457,25 +462,79 @@ impl Bar {
             bar,
             command,
             lock: Mutex::new(()),
+            items: Default::default(),
+            counting: Default::default(),
+            total: Default::default(),
+        }
+    }
+
+    fn spinner() -> ProgressStyle {
+        ProgressStyle::with_template("{spinner} {prefix}  {wide_msg}").expect("valid template")
+    }
+
+    fn spinner_bytes() -> ProgressStyle {
+        ProgressStyle::with_template("{spinner} {prefix}  {bytes}  {bytes_per_sec}  {wide_msg}")
+            .expect("valid template")
+    }
+
+    fn with_total() -> ProgressStyle {
+        ProgressStyle::with_template(
+            "{prefix} [{bar:24}] {bytes}/{total_bytes}  {bytes_per_sec}  ETA {eta}  {wide_msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> ")
+    }
+
+    /// What this command counts.
+    fn noun(&self) -> &'static str {
+        if self.command == "gc" {
+            "objects"
+        } else {
+            "files"
         }
     }
 }
 
 impl Progress for Bar {
-    fn phase(&self, name: &str, _total: Option<u64>) {
+    fn phase(&self, name: &str, total: Option<u64>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.items.store(0, Relaxed);
+        self.counting.store(false, Relaxed);
+        self.total.store(total.is_some(), Relaxed);
         if let Some(b) = &self.bar {
             b.reset();
-            b.set_prefix(name.to_string());
+            b.set_prefix(escape_line(name));
+            b.set_message(String::new());
+            match total {
+                Some(t) => {
+                    b.set_length(t);
+                    b.set_style(Self::with_total());
+                }
+                None => {
+                    b.unset_length();
+                    b.set_style(Self::spinner());
+                }
+            }
+            // A phase after one that finished: its ticker stopped with it.
+            b.enable_steady_tick(std::time::Duration::from_millis(200));
         }
     }
     fn bytes(&self, n: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
         if let Some(b) = &self.bar {
+            if !self.counting.swap(true, Relaxed) && !self.total.load(Relaxed) {
+                b.set_style(Self::spinner_bytes());
+            }
             b.inc(n);
         }
     }
     fn item(&self, name: &str) {
+        let n = self
+            .items
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         if let Some(b) = &self.bar {
-            b.set_message(name.to_string());
+            b.set_message(format!("{n} {}  {}", self.noun(), escape_line(name)));
         }
     }
     fn warn(&self, message: &str) {

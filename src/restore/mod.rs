@@ -180,7 +180,7 @@ pub fn restore(
         Some(entries) => Entries::Kept(entries.into_iter()),
         None => Entries::Listing(Box::new(metafile.open(decryptor)?)),
     };
-    progress.phase(&format!("restore {}", checked.run), None);
+    progress.phase(&format!("restore {}", checked.run), Some(checked.bytes));
     let owner_names = dest::OwnerNames::default();
     let temp_names = files::TempNames::new().map_err(|f| Error::Internal(f.to_string()))?;
     let settings = files::Settings {
@@ -428,6 +428,8 @@ pub(super) struct Checked {
     /// below them, and their directories), kept from the check when they are few, so
     /// the listing is not read a second time. `None`: read it again.
     pub kept: Option<Vec<metafile::Entry>>,
+    /// Bytes of the regular files the restore acts on (for the progress display).
+    pub bytes: u64,
 }
 
 /// How much of the listing a restore of named paths keeps from its check (estimated
@@ -503,7 +505,13 @@ impl Fetched {
         let mut found = vec![paths.is_empty(); paths.len()];
         let mut kept = (!paths.is_empty()).then(Vec::new);
         let mut kept_bytes = 0usize;
+        let mut bytes = 0u64;
         while let Some(e) = r.next_entry()? {
+            if let Kind::File { size, .. } = &e.kind {
+                if selected(paths, &e.path) {
+                    bytes = bytes.saturating_add(*size);
+                }
+            }
             for (p, f) in paths.iter().zip(found.iter_mut()) {
                 *f |= selected(std::slice::from_ref(p), &e.path);
             }
@@ -549,6 +557,7 @@ impl Fetched {
             run,
             borrowed,
             kept,
+            bytes,
         })
     }
 }

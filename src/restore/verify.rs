@@ -179,7 +179,7 @@ pub fn verify_data(
             }
         }
     }
-    progress.phase(&format!("verify {}", checked.run), None);
+    progress.phase(&format!("verify {}", checked.run), Some(checked.bytes));
     let mut listing = metafile.open(decryptor)?;
     let mut fetched: std::collections::HashSet<ObjectKey> = Default::default();
     // Packs a chunk failed in: never recorded as checked, so a sample finds them again.

@@ -219,6 +219,17 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
                     stats.bytes_cold_kept += m.size;
                 }
                 Verdict::Delete => {
+                    if progress.wants_detail() {
+                        progress.detail(&format!(
+                            "{} {}",
+                            if opts.dry_run {
+                                "would delete"
+                            } else {
+                                "deleting"
+                            },
+                            m.location
+                        ));
+                    }
                     stats.objects_deleted += 1;
                     stats.bytes_deleted += m.size;
                     if !opts.dry_run {

@@ -10,6 +10,13 @@ pub trait Progress: Send + Sync {
     fn item(&self, _name: &str) {}
     /// Something went wrong with one item; the work goes on.
     fn warn(&self, _message: &str) {}
+    /// What was done to one item, for whoever asked for detail (`--verbose`): built
+    /// only when [`Progress::wants_detail`] says so.
+    fn detail(&self, _line: &str) {}
+    /// Whether [`Progress::detail`] is shown (so its text need not be made otherwise).
+    fn wants_detail(&self) -> bool {
+        false
+    }
     /// The phase is over.
     fn done(&self) {}
 }

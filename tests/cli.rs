@@ -1377,3 +1377,56 @@ fn backup_excludes_what_the_command_line_says() {
         "{listed:?}"
     );
 }
+
+/// `-q` says only what went wrong (a backup and a restore print nothing at all when all
+/// is well, and --json still prints its JSON); `-v` names each file a backup stores (new
+/// or changed, not unchanged) and each file a restore writes, on standard error.
+#[test]
+fn quiet_says_nothing_when_all_is_well_and_verbose_names_each_file() {
+    let fx = Fixture::new();
+    write(&fx.src.join("a.txt"), b"a\n");
+    write(&fx.src.join("b.txt"), b"b\n");
+    let coffer_with = |args: &[&str]| {
+        let mut cmd = fx.cmd();
+        cmd.args(args);
+        run(cmd)
+    };
+    let out = coffer_with(&["backup", "-q"]).ok();
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out}");
+    let out = coffer_with(&["-q", "backup", "--json"]).ok();
+    assert_eq!(out.json()["runs"][0]["files"], 2, "{out}");
+
+    write(&fx.src.join("b.txt"), b"b changed\n");
+    write(&fx.src.join("c.txt"), b"c\n");
+    let out = coffer_with(&["backup", "-v"]).ok();
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("coffer backup: "))
+        .collect();
+    let b = fx.src.join("b.txt").display().to_string();
+    let c = fx.src.join("c.txt").display().to_string();
+    assert_eq!(said, [format!("changed {b}"), format!("new {c}")], "{out}");
+    assert!(out.stdout.contains("files"), "the summary too: {out}");
+
+    let key = fx.secret_key.to_str().unwrap().to_string();
+    let to = fx.path("r");
+    let to_s = to.to_str().unwrap().to_string();
+    let restore = |extra: &str, dir: &str| {
+        coffer_with(&[
+            "restore", extra, "--key", &key, "--source", SOURCE, "--to", dir,
+        ])
+    };
+    let out = restore("-q", &to_s).ok();
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out}");
+    let to2 = fx.path("r2").to_str().unwrap().to_string();
+    let out = restore("-v", &to2).ok();
+    let restored = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("coffer restore: restored "))
+        .count();
+    assert_eq!(restored, 3, "{out}");
+    // Both at once is a usage error.
+    coffer_with(&["-q", "-v", "backup"]).expect(2);
+}

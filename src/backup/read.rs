@@ -362,10 +362,23 @@ impl Reader<'_> {
                         Some(_) => out.counts.changed += 1,
                     }
                 }
-                match cached.iter().flatten().next() {
-                    None => self.stats.files_new += 1,
-                    Some(c) if c.hash == hash => self.stats.files_unchanged += 1,
-                    Some(_) => self.stats.files_changed += 1,
+                let what = match cached.iter().flatten().next() {
+                    None => {
+                        self.stats.files_new += 1;
+                        Some("new")
+                    }
+                    Some(c) if c.hash == hash => {
+                        self.stats.files_unchanged += 1;
+                        None
+                    }
+                    Some(_) => {
+                        self.stats.files_changed += 1;
+                        Some("changed")
+                    }
+                };
+                if let (Some(what), true) = (what, self.progress.wants_detail()) {
+                    self.progress
+                        .detail(&format!("{what} {}", crate::text::path(&item.abs)));
                 }
                 if after != stamp {
                     self.stats.files_changed_while_read += 1;

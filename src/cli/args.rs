@@ -40,6 +40,14 @@ pub struct Cli {
     /// Config file [default: $COFFER_CONFIG, else $XDG_CONFIG_HOME/coffer/config.toml]
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Say only what went wrong: no progress display and no summary (the exit status
+    /// and standard error tell; --json output and status's verdict line are printed)
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Say more, on standard error: each file a backup stores (new or changed), each
+    /// file a restore writes, each object gc deletes
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
 
     #[command(subcommand)]
     pub command: Command,

@@ -274,7 +274,7 @@ pub(super) fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
                     output::escape_line(&f.message)
                 );
             }
-            print!("{}", output::verify_summary(&report));
+            output::summary(&output::verify_summary(&report));
         }
         all.push(report);
     }

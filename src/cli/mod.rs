@@ -50,6 +50,13 @@ fn interrupt_flag() -> coffer::Cancel {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    output::set_verbosity(if cli.quiet {
+        output::Verbosity::Quiet
+    } else if cli.verbose {
+        output::Verbosity::Verbose
+    } else {
+        output::Verbosity::Normal
+    });
     let name = match &cli.command {
         Command::Keygen(_) => "keygen",
         Command::Init(_) => "init",
@@ -479,7 +486,7 @@ fn backup(config: Option<&Path>, a: BackupArgs) -> Result<u8> {
                     code = EXIT_PARTIAL;
                 }
                 if !a.json {
-                    print!("{}", output::backup_summary(&stats));
+                    output::summary(&output::backup_summary(&stats));
                 }
                 ok.push(stats);
             }
@@ -713,7 +720,7 @@ fn restore(config: Option<&Path>, a: RestoreArgs) -> Result<u8> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
-        print!("{}", output::restore_summary(&stats));
+        output::summary(&output::restore_summary(&stats));
     }
     Ok(
         if stats.failed > 0 || stats.skipped > 0 || stats.setid_stripped > 0 {
@@ -956,7 +963,7 @@ fn prune(config: Option<&Path>, a: PruneArgs) -> Result<u8> {
         coffer::prune::plan_records(&mut report, &history.runs, &history.tombstones);
         report.dry_run = a.dry_run;
         if !a.json {
-            print!("{}", output::prune_report(&report));
+            output::summary(&output::prune_report(&report));
         }
         if !a.dry_run {
             let bar = Bar::new("prune", a.json);
@@ -991,7 +998,7 @@ fn gc(config: Option<&Path>, a: GcArgs) -> Result<u8> {
         let bar = Bar::new("gc", a.json);
         let stats = coffer::gc::gc(&store, &opts, &bar)?;
         if !a.json {
-            print!("{}", output::gc_summary(&stats));
+            output::summary(&output::gc_summary(&stats));
         }
         for p in &stats.problems {
             eprintln!("coffer gc: {}: {}", t.name, output::escape_line(p));

@@ -433,6 +433,36 @@ pub fn bench_report(r: &BenchReport) -> String {
     o
 }
 
+/// How much coffer says (`-q`, `-v`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+static VERBOSITY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+
+/// Sets how much coffer says, once, from the command line.
+pub fn set_verbosity(v: Verbosity) {
+    VERBOSITY.store(v as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn verbosity() -> Verbosity {
+    match VERBOSITY.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => Verbosity::Quiet,
+        2 => Verbosity::Verbose,
+        _ => Verbosity::Normal,
+    }
+}
+
+/// Prints a command's summary on standard output, unless `--quiet`.
+pub fn summary(text: &str) {
+    if verbosity() != Verbosity::Quiet {
+        print!("{text}");
+    }
+}
+
 /// A progress display on a terminal (standard error): the phase, how many files (or
 /// objects) and bytes so far and at what rate, and, when the phase knows its total (a
 /// restore, a verify, a backup after its first run: the last run's size), a bar with the
@@ -452,6 +482,7 @@ pub struct Bar {
 
 impl Bar {
     pub fn new(command: &'static str, quiet: bool) -> Self {
+        let quiet = quiet || verbosity() == Verbosity::Quiet;
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::new_spinner();
             b.set_style(Self::spinner());
@@ -549,6 +580,14 @@ impl Progress for Bar {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+    fn detail(&self, line: &str) {
+        if self.wants_detail() {
+            self.warn(line);
+        }
+    }
+    fn wants_detail(&self) -> bool {
+        verbosity() == Verbosity::Verbose
     }
 }
 

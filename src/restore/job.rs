@@ -386,6 +386,10 @@ impl<'a> Job<'a> {
         self.stats.files += 1;
         self.stats.bytes += size;
         self.progress.item(&place.shown.to_string_lossy());
+        if self.progress.wants_detail() {
+            self.progress
+                .detail(&format!("restored {}", crate::text::path(&place.shown)));
+        }
         Ok(())
     }
 
@@ -467,6 +471,10 @@ impl<'a> Job<'a> {
                 self.stats.files += 1;
                 self.stats.bytes += done.bytes;
                 self.progress.item(&done.shown.to_string_lossy());
+                if self.progress.wants_detail() {
+                    self.progress
+                        .detail(&format!("restored {}", crate::text::path(&done.shown)));
+                }
             }
             Err(Failure::Interrupted) => {}
             Err(reason) => self.fail(&done.path, reason),

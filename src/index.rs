@@ -185,6 +185,19 @@ impl Index {
         Ok(id)
     }
 
+    /// The id of the domain (URL, recipient set, marker), if this index has one: no row is
+    /// made or touched (a dry run only reads).
+    pub fn find_target_id(&self, url: &str, keyset: &str, marker: &str) -> Result<Option<i64>> {
+        self.conn
+            .query_row(
+                "SELECT id FROM targets WHERE url = ?1 AND keyset = ?2 AND marker = ?3",
+                params![url, keyset, marker],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
     /// The markers of the dedup domains this index holds for (URL, recipient set), most
     /// recently used first; `""` is a domain recorded before markers existed.
     pub fn domains(&self, url: &str, keyset: &str) -> Result<Vec<String>> {

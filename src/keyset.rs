@@ -82,6 +82,18 @@ impl KeySet {
         Ok(read)
     }
 
+    /// Adds `key`; whether it was not in the set before.
+    pub(crate) fn insert_new(&mut self, key: &ObjectKey) -> Result<bool> {
+        let fail = |e| key_set_err(&self.path, self.what, e);
+        let mut stmt = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO keys (key) VALUES (?1)")
+            .map_err(fail)?;
+        stmt.execute(params![&key.0[..]])
+            .map(|n| n > 0)
+            .map_err(fail)
+    }
+
     /// Whether `key` is referenced; marks it as found on the target.
     pub(crate) fn contains(&self, key: &ObjectKey) -> Result<bool> {
         let fail = |e| key_set_err(&self.path, self.what, e);

@@ -111,7 +111,9 @@ pub mod verify;
 mod when;
 
 // Commands.
-pub use backup::{backup, backup_all, backup_targets, BackupOptions, BackupStats};
+pub use backup::{
+    backup, backup_all, backup_targets, dry_run_source, BackupOptions, BackupStats, DryRun,
+};
 pub use bench::{bench, BenchInput, BenchReport};
 pub use format::refs::RunStats;
 pub use restore::{

@@ -1430,3 +1430,52 @@ fn quiet_says_nothing_when_all_is_well_and_verbose_names_each_file() {
     // Both at once is a usage error.
     coffer_with(&["-q", "-v", "backup"]).expect(2);
 }
+
+/// `backup --dry-run` says what a backup would read and store without storing anything
+/// or making a request (the target stays empty), and agrees with the backup that then
+/// runs: the same new chunks and bytes; after it, nothing is new.
+#[test]
+fn a_dry_run_predicts_the_backup_and_stores_nothing() {
+    let fx = Fixture::new();
+    nested_tree(&fx.src);
+    let dry = || {
+        let mut cmd = fx.cmd();
+        cmd.args(["backup", "--dry-run", "--json"]);
+        run(cmd).ok().json()[0].clone()
+    };
+    let first = dry();
+    assert_eq!(first["known_target"], false, "{first:#}");
+    assert_eq!(first["files_to_read"], first["files"], "{first:#}");
+    assert!(as_u64(&first, "bytes_new") > 1_000_000, "{first:#}");
+    assert!(
+        fx.objects().is_empty() && fx.metafiles_or_none().is_empty(),
+        "a dry run stored something"
+    );
+    let stats = fx.backup_ok();
+    assert_eq!(
+        stats["bytes_new"], first["bytes_new"],
+        "{stats:#}\n{first:#}"
+    );
+
+    write(&fx.src.join("etc/hosts"), b"127.0.0.1 changed\n");
+    write(&fx.src.join("added.bin"), &pseudo_random(7, 300_000));
+    let second = dry();
+    assert_eq!(second["known_target"], true, "{second:#}");
+    assert!(as_u64(&second, "files_unchanged") >= 1, "{second:#}");
+    let stats = fx.backup_ok();
+    assert_eq!(
+        stats["bytes_new"], second["bytes_new"],
+        "{stats:#}\n{second:#}"
+    );
+    assert_eq!(
+        stats["chunks_new"], second["chunks_new"],
+        "{stats:#}\n{second:#}"
+    );
+    let third = dry();
+    assert_eq!(third["bytes_new"], 0, "{third:#}");
+    // For people: one block per source and target.
+    let mut cmd = fx.cmd();
+    cmd.args(["backup", "--dry-run"]);
+    let out = run(cmd).ok();
+    assert!(out.stdout.contains("dry run: nothing stored"), "{out}");
+}

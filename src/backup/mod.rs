@@ -34,6 +34,7 @@
 mod budget;
 mod commit;
 mod compress;
+mod dry;
 mod lane;
 mod listing;
 mod pack;
@@ -42,6 +43,8 @@ mod read;
 mod reuse;
 mod stream;
 mod upload;
+
+pub use dry::{dry_run_source, DryRun};
 
 use std::collections::HashMap;
 use std::sync::mpsc::sync_channel;

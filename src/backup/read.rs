@@ -637,7 +637,7 @@ mod libc_mode {
 /// Opens a walked regular file for reading beneath its directory's handle: never
 /// through a symbolic link, never blocking on a fifo swapped in, without updating its
 /// access time where the owner allows it.
-fn open_beneath(item: &Item) -> std::io::Result<std::fs::File> {
+pub(super) fn open_beneath(item: &Item) -> std::io::Result<std::fs::File> {
     use nix::fcntl::OFlag;
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
     let open = |flags| {

@@ -422,6 +422,11 @@ pub struct BackupArgs {
     /// starting with # are skipped); may be given again
     #[arg(long, value_name = "FILE")]
     pub exclude_file: Vec<std::path::PathBuf>,
+    /// Say what the backup would read and store (files to read, new chunks and bytes)
+    /// from the source and the local index alone: nothing is uploaded or committed, no
+    /// request is made of the target (tree sources only)
+    #[arg(long, conflicts_with_all = ["stdin", "forget_cache"])]
+    pub dry_run: bool,
     /// Print the statistics as one JSON object on standard output
     #[arg(long)]
     pub json: bool,

@@ -469,6 +469,9 @@ fn backup(config: Option<&Path>, a: BackupArgs) -> Result<u8> {
         })
         .collect();
     let sources: Vec<&coffer::SourceConfig> = sources.iter().collect();
+    if a.dry_run {
+        return backup_dry_run(&config, &sources, a.json);
+    }
     let bar = Bar::new("backup", a.json);
     let mut opts = coffer::BackupOptions::default();
     opts.forget_cache = a.forget_cache;
@@ -560,6 +563,51 @@ fn trust(cfg: Option<&Config>, a: &TrustArgs) -> Result<coffer::runs::Trust> {
         coffer::runs::Trust::none()
     };
     Ok(trust.allow_unsigned(a.allow_unsigned))
+}
+
+/// `coffer backup --dry-run`: what each tree source would read and store, per target.
+fn backup_dry_run(
+    config: &coffer::Config,
+    sources: &[&coffer::SourceConfig],
+    json: bool,
+) -> Result<u8> {
+    let mut code = EXIT_OK;
+    let mut all = Vec::new();
+    for s in sources {
+        if !matches!(s.input, coffer::Input::Tree(_)) {
+            eprintln!(
+                "coffer backup: dry run: source {} stores a command's output or standard \
+                 input, left out (its size is only known by running it)",
+                s.name
+            );
+            continue;
+        }
+        for r in coffer::dry_run_source(config, s) {
+            match r {
+                Ok(d) => {
+                    for p in &d.problems {
+                        eprintln!("coffer backup: {}", output::escape_line(p));
+                    }
+                    if d.skipped > 0 {
+                        code = code.max(EXIT_PARTIAL);
+                    }
+                    all.push(d);
+                }
+                Err(e) => {
+                    eprintln!("coffer backup: dry run of {}: {e}", s.name);
+                    code = EXIT_ERROR;
+                }
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        for d in &all {
+            output::summary(&output::dry_run_summary(d));
+        }
+    }
+    Ok(code)
 }
 
 /// `coffer completions SHELL`: the script, from the same definitions as `--help`.

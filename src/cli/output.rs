@@ -227,6 +227,32 @@ pub fn verify_summary(r: &coffer::verify::VerifyReport) -> String {
     )
 }
 
+/// `coffer backup --dry-run`, for people.
+pub fn dry_run_summary(d: &coffer::DryRun) -> String {
+    format!(
+        "{} -> {} (dry run: nothing stored){}\n\
+         \x20 files          {} ({} unchanged, {} to read, {} skipped)\n\
+         \x20 size           {} ({} to read)\n\
+         \x20 new chunks     {} of {} read, {} before compression\n",
+        d.source,
+        d.target,
+        if d.known_target {
+            ""
+        } else {
+            ": the local index knows nothing of this target yet, all is new"
+        },
+        d.files,
+        d.files_unchanged,
+        d.files_to_read,
+        d.skipped,
+        bytes(d.bytes_total),
+        bytes(d.bytes_to_read),
+        d.chunks_new,
+        d.chunks,
+        bytes(d.bytes_new),
+    )
+}
+
 pub fn gc_summary(s: &coffer::gc::GcStats) -> String {
     let grace = coffer::retention::humantime(std::time::Duration::from_secs(s.grace_secs));
     format!(

@@ -649,6 +649,17 @@ fn packs_in_a_cold_storage_class_are_thawed_before_restore_and_kept_by_gc() {
         .collect();
     assert_eq!(keys, packs, "the loop thaws exactly the run's packs");
     assert!(out.stderr.contains("aws s3api restore-object"), "{out}");
+    // verify --data says the same of the packs it could not check.
+    let key = t.fx.secret_key.to_str().unwrap().to_string();
+    let verify = t.coffer(
+        Cred::Admin,
+        &["verify", "--data", "--key", &key, "--target", t.target()],
+    );
+    assert_ne!(verify.code, Some(0), "{verify}");
+    assert!(
+        verify.stderr.contains("were not checked") && verify.stderr.contains("restore-object"),
+        "{verify}"
+    );
     for key in &keys {
         t.aws_json(&[
             "s3api",

@@ -248,7 +248,26 @@ pub(super) fn verify(config: Option<&Path>, a: VerifyArgs) -> Result<u8> {
                      a config (-c FILE) that names the target"
                 ),
             };
-            data_reports.extend(verify_runs(&store, d, &a, &trust, coverage)?);
+            let reports = verify_runs(&store, d, &a, &trust, coverage)?;
+            let mut frozen: Vec<String> = reports
+                .iter()
+                .flat_map(|r| r.frozen.iter().cloned())
+                .collect();
+            frozen.sort();
+            frozen.dedup();
+            if let (false, Ok(place)) = (
+                frozen.is_empty(),
+                coffer::policies::S3Place::from_url(&t.url),
+            ) {
+                eprintln!(
+                    "coffer verify: {} packs are in a cold storage class (GLACIER or \
+                     DEEP_ARCHIVE): the files in them were not checked. To thaw them for 7 \
+                     days with the AWS CLI and the admin credential, then verify again:\n{}",
+                    frozen.len(),
+                    coffer::policies::thaw_script(&place, &frozen)
+                );
+            }
+            data_reports.extend(reports);
         }
         if !a.storage {
             continue;

@@ -82,6 +82,9 @@ pub struct DataReport {
     /// version that does (a versioned S3 bucket): restorable, but the target needs
     /// repair (each says how), so the report is not clean.
     pub recovered: Vec<super::RecoveredPack>,
+    /// Packs in a cold storage class (S3 GLACIER, DEEP_ARCHIVE) that must be thawed
+    /// before the files in them can be checked (keys under the target, `data/xx/…`).
+    pub frozen: Vec<String>,
     /// Seconds.
     pub elapsed_secs: f64,
 }
@@ -256,6 +259,7 @@ pub fn verify_data(
         }
     }
     report.recovered = packs.recovered().to_vec();
+    report.frozen = packs.frozen();
     // A recovered pack is not covered: it is found again until the target is repaired.
     damaged.extend(
         report

@@ -126,7 +126,7 @@ pub use when::parse_when;
 // Configuration.
 pub use config::{
     config_path, default_state_dir, parse_duration, parse_size, valid_stream_name, Chunking,
-    Config, Input, InvalidValue, SourceConfig, StorageClass, TargetConfig,
+    Config, Input, InvalidValue, ObjectLock, SourceConfig, StorageClass, TargetConfig,
 };
 pub use retention::Retention;
 

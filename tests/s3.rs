@@ -695,3 +695,78 @@ fn packs_in_a_cold_storage_class_are_thawed_before_restore_and_kept_by_gc() {
         "{gone:#}"
     );
 }
+
+/// With `object_lock_retention` on a bucket that has Object Lock on, every object a
+/// backup stores is locked (here COMPLIANCE for a day): the S3 test server reports the
+/// retention, and refuses to delete a locked version even to the admin. A plain delete
+/// (what gc sends) only adds a delete marker; the locked data stays.
+#[test]
+fn object_lock_retention_locks_every_object_a_backup_stores() {
+    let t = On::new(Kind::S3, "lock");
+    let bucket = format!("lock-{}", &t.prefix[..t.prefix.len().min(50)]);
+    t.aws_json(&[
+        "s3api",
+        "create-bucket",
+        "--bucket",
+        &bucket,
+        "--object-lock-enabled-for-bucket",
+    ]);
+    t.write_config(&[(
+        "locked",
+        format!(
+            "url = \"s3://{bucket}/host1\"\nendpoint = \"{}\"\nallow_http = true\n\
+             region = \"us-east-1\"\nobject_lock_retention = \"1d\"\n\
+             object_lock_mode = \"COMPLIANCE\"",
+            t.s3().endpoint
+        ),
+    )]);
+    nested_tree(&t.fx.src);
+    let started = chrono::Utc::now();
+    let out = t.backup(Cred::Admin).ok();
+    assert_eq!(out.json()["runs"].as_array().unwrap().len(), 2, "{out}");
+    let listed = t.aws_json(&["s3api", "list-object-versions", "--bucket", &bucket]);
+    let versions = listed["Versions"].as_array().unwrap();
+    assert!(
+        versions.len() >= 4,
+        "packs, metafile, list, marker: {listed:#}"
+    );
+    for v in versions {
+        let key = v["Key"].as_str().unwrap();
+        // (The test server answers GetObjectRetention with the object; HEAD says it.)
+        let r = t.aws_json(&["s3api", "head-object", "--bucket", &bucket, "--key", key]);
+        assert_eq!(r["ObjectLockMode"], "COMPLIANCE", "{key}: {r:#}");
+        let until =
+            chrono::DateTime::parse_from_rfc3339(r["ObjectLockRetainUntilDate"].as_str().unwrap())
+                .unwrap();
+        let ahead = until.signed_duration_since(started).num_seconds();
+        assert!((86_000..=86_500).contains(&ahead), "{key}: {ahead}s");
+    }
+    let pack = versions
+        .iter()
+        .find(|v| v["Key"].as_str().unwrap().contains("/data/"))
+        .unwrap();
+    let refused = t.aws(
+        Cred::Admin,
+        &[
+            "s3api",
+            "delete-object",
+            "--bucket",
+            &bucket,
+            "--key",
+            pack["Key"].as_str().unwrap(),
+            "--version-id",
+            pack["VersionId"].as_str().unwrap(),
+        ],
+    );
+    assert!(!refused.status.success(), "a locked version was deleted");
+    // The restore from the locked target is whole.
+    let dest = t.fx.path("restored");
+    let mut cmd = t.with_cred(t.fx.cmd(), Cred::Admin);
+    cmd.arg("restore")
+        .arg("--key")
+        .arg(&t.fx.secret_key)
+        .args(["--source", SOURCE, "--target", "locked", "--to"])
+        .arg(&dest);
+    run(cmd).ok();
+    assert_same_tree(&t.fx.src, &dest);
+}

@@ -106,6 +106,8 @@ struct RawTarget {
     create: Option<bool>,
     can_read: Option<bool>,
     storage_class: Option<Spanned<String>>,
+    object_lock_retention: Option<Spanned<Dur>>,
+    object_lock_mode: Option<Spanned<String>>,
     #[serde(default)]
     options: BTreeMap<Spanned<String>, String>,
 }
@@ -248,9 +250,34 @@ pub struct TargetConfig {
     /// and markers stay in STANDARD: monitoring and restore read them). `None`: the
     /// bucket's default.
     pub storage_class: Option<StorageClass>,
+    /// S3 Object Lock: every object a backup stores is locked in this mode until this
+    /// long after the backup started (the bucket must have Object Lock on). `None`: no
+    /// lock headers.
+    pub object_lock: Option<ObjectLock>,
     /// Further object_store options for the scheme (e.g. `aws_virtual_hosted_style_request`).
     /// Never logged.
     pub options: BTreeMap<String, String>,
+}
+
+/// S3 Object Lock for what backups store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// `COMPLIANCE` (nobody can shorten or remove it) or `GOVERNANCE` (a credential with
+    /// s3:BypassGovernanceRetention can).
+    pub compliance: bool,
+    /// How long after the backup starts its objects stay locked.
+    pub retention: std::time::Duration,
+}
+
+impl ObjectLock {
+    /// The mode as S3 names it.
+    pub fn mode(&self) -> &'static str {
+        if self.compliance {
+            "COMPLIANCE"
+        } else {
+            "GOVERNANCE"
+        }
+    }
 }
 
 /// An S3 storage class for packs, with what it means for restore and gc.
@@ -358,6 +385,7 @@ impl TargetConfig {
             create: false,
             can_read: url.starts_with("file:") || url == MEMORY_URL,
             storage_class: None,
+            object_lock: None,
             options: BTreeMap::new(),
         }
     }
@@ -812,6 +840,36 @@ url = "file:///mnt/usb/coffer"
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(":9:") && e.contains(says), "{e}");
+        }
+        // Object Lock: S3 only, a day at least, a known mode; GOVERNANCE by default.
+        let locked = parse(&with("s3://bucket/h", "object_lock_retention = \"30d\"")).unwrap();
+        let lock = locked.targets["usb"].object_lock.unwrap();
+        assert_eq!(lock.mode(), "GOVERNANCE");
+        assert_eq!(lock.retention.as_secs(), 30 * 86_400);
+        for (url, extra, says) in [
+            (
+                "s3://bucket/h",
+                "object_lock_retention = \"1h\"",
+                "at least 1d",
+            ),
+            (
+                "file:///mnt/usb/coffer",
+                "object_lock_retention = \"2d\"",
+                "s3://",
+            ),
+            (
+                "s3://bucket/h",
+                "object_lock_retention = \"2d\"\nobject_lock_mode = \"STRICT\"",
+                "unknown object_lock_mode",
+            ),
+            (
+                "s3://bucket/h",
+                "object_lock_mode = \"COMPLIANCE\"",
+                "needs object_lock_retention",
+            ),
+        ] {
+            let e = parse(&with(url, extra)).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
         }
         let e = parse(&MIN.replace("file:///mnt/usb/coffer", "s3:///x")).unwrap_err();
         assert!(e.to_string().contains("name the bucket"), "{e}");

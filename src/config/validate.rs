@@ -193,6 +193,41 @@ impl Config {
                     }
                 },
             };
+            let object_lock = match (&t.object_lock_retention, &t.object_lock_mode) {
+                (None, None) => None,
+                (None, Some(m)) => {
+                    return ctx.err(
+                        m.span(),
+                        "object_lock_mode needs object_lock_retention (how long objects stay \
+                         locked)",
+                    )
+                }
+                (Some(r), _) if scheme != "s3" => {
+                    return ctx.err(r.span(), "object_lock_retention applies to s3:// targets")
+                }
+                (Some(r), _) if r.get_ref().0 < std::time::Duration::from_secs(86_400) => {
+                    return ctx.err(r.span(), "object_lock_retention must be at least 1d")
+                }
+                (Some(r), m) => {
+                    let compliance = match m.as_ref().map(|m| m.get_ref().as_str()) {
+                        None | Some("GOVERNANCE") => false,
+                        Some("COMPLIANCE") => true,
+                        Some(other) => {
+                            return ctx.err(
+                                m.as_ref().map_or(r.span(), |m| m.span()),
+                                format!(
+                                    "unknown object_lock_mode {other:?}: GOVERNANCE or \
+                                     COMPLIANCE"
+                                ),
+                            )
+                        }
+                    };
+                    Some(super::ObjectLock {
+                        compliance,
+                        retention: r.get_ref().0,
+                    })
+                }
+            };
             let name = name.into_inner();
             targets.insert(
                 name.clone(),
@@ -214,6 +249,7 @@ impl Config {
                     create: t.create.unwrap_or(false),
                     can_read: t.can_read.unwrap_or(false) || is_file,
                     storage_class,
+                    object_lock,
                     options: t
                         .options
                         .into_iter()

@@ -84,6 +84,9 @@ struct Core {
     counters: Arc<count::Counters>,
     /// The storage class packs are put in (S3), if not the bucket's default.
     storage_class: Option<crate::config::StorageClass>,
+    /// With `object_lock`: the store a backup creates objects through, every request
+    /// carrying the lock headers.
+    locked: Option<Arc<dyn ObjectStore>>,
 }
 
 /// An earlier version of an object whose bytes hash to its name.
@@ -193,6 +196,15 @@ impl Store {
     pub fn open(target: &TargetConfig, create: bool) -> Result<Store> {
         let (inner, versions) = open::open(target, create)?;
         let counters = Arc::new(count::Counters::default());
+        let locked = match &target.object_lock {
+            Some(lock) => {
+                let store = open::open_locked(target, lock)?;
+                let counted: Arc<dyn ObjectStore> =
+                    Arc::new(count::Counted::new(store, counters.clone()));
+                Some(counted)
+            }
+            None => None,
+        };
         Ok(Store {
             core: Core {
                 inner: Arc::new(count::Counted::new(inner, counters.clone())),
@@ -201,6 +213,7 @@ impl Store {
                 versions,
                 counters,
                 storage_class: target.storage_class,
+                locked,
             },
         })
     }
@@ -220,7 +233,12 @@ impl Store {
     /// A handle that only creates objects, with the target's upload limits: at most
     /// `upload_concurrency` requests at once, and `upload_rate_limit` on average.
     pub fn creator(&self, target: &TargetConfig) -> Creator {
-        let limited = LimitStore::new(self.core.inner.clone(), target.upload_concurrency.max(1));
+        let base = self
+            .core
+            .locked
+            .clone()
+            .unwrap_or_else(|| self.core.inner.clone());
+        let limited = LimitStore::new(base, target.upload_concurrency.max(1));
         let inner: Arc<dyn ObjectStore> = match target.upload_rate_limit {
             Some(rate) => Arc::new(limit::RateLimited::new(limited, rate)),
             None => Arc::new(limited),

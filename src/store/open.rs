@@ -62,6 +62,58 @@ pub(super) fn open(target: &TargetConfig, create: bool) -> Result<Opened> {
     Ok((store, versions))
 }
 
+/// For an S3 target with `object_lock`: a store whose every request carries the lock
+/// headers (`x-amz-object-lock-mode`, and a retain-until date `retention` after now) and
+/// a SHA-256 checksum (S3 requires one with them). Only a backup's create-only handle
+/// uses it (object_store sends no lock headers per object; its default headers are the
+/// extension point for that).
+pub(super) fn open_locked(
+    target: &TargetConfig,
+    lock: &crate::config::ObjectLock,
+) -> Result<Arc<dyn ObjectStore>> {
+    let fail = |message: String| Error::Store {
+        target: target.name.clone(),
+        message,
+        source: None,
+    };
+    let url = url::Url::parse(&target.url).map_err(|e| fail(format!("bad URL: {e}")))?;
+    let until = chrono::Utc::now()
+        + chrono::TimeDelta::from_std(lock.retention)
+            .map_err(|_| fail("object_lock_retention is too long".into()))?;
+    let mut headers = http::HeaderMap::new();
+    let value = |v: String| {
+        http::HeaderValue::from_str(&v).map_err(|e| fail(format!("object lock header: {e}")))
+    };
+    headers.insert("x-amz-object-lock-mode", value(lock.mode().into())?);
+    headers.insert(
+        "x-amz-object-lock-retain-until-date",
+        value(until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))?,
+    );
+    // S3 wants an upload with a retention to carry a checksum and say which.
+    headers.insert("x-amz-sdk-checksum-algorithm", value("SHA256".into())?);
+    // with_client_options replaces the client options from_env and s3() set: rebuild
+    // them (timeouts, plain HTTP) with the headers.
+    let allow_http = target.allow_http.unwrap_or_else(|| {
+        std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+    });
+    let options = object_store::ClientOptions::new()
+        .with_allow_http(allow_http)
+        .with_connect_timeout(std::time::Duration::from_secs(10))
+        .with_timeout(std::time::Duration::from_secs(300))
+        .with_default_headers(headers);
+    let builder = s3(target)
+        .map_err(|e| fail(e.to_string()))?
+        .with_client_options(options)
+        .with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+    let store: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| fail(e.to_string()))?);
+    let prefix = url.path().trim_matches('/');
+    Ok(if prefix.is_empty() {
+        store
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    })
+}
+
 fn open_local(target: &TargetConfig, url: &url::Url, create: bool) -> Result<Arc<dyn ObjectStore>> {
     let fail = |message: String| Error::Store {
         target: target.name.clone(),

@@ -65,6 +65,45 @@ impl S3Place {
     }
 }
 
+/// What a kind of target guarantees and what it leaves to the user, in lines for people
+/// (`coffer init` prints them; the README's table of targets says the same).
+pub fn guarantees(url: &str) -> Vec<&'static str> {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    match scheme {
+        "file" => vec![
+            "create-only: yes (a link that fails if the name exists)",
+            "put-only credential: none; a host can read and delete what it can write: keep \
+             the folder's permissions tight, or use an object store",
+            "earlier versions of overwritten objects: none",
+        ],
+        "s3" | "s3a" => vec![
+            "create-only: yes (If-None-Match: *); a bucket policy can refuse any PutObject \
+             without it (coffer init --policies DIR writes it)",
+            "put-only credential: an IAM user or role with only s3:PutObject on the prefix \
+             (--policies writes it)",
+            "earlier versions of overwritten objects: on a versioned bucket, found and used \
+             by restore and verify",
+        ],
+        "az" | "azure" | "abfs" | "abfss" => vec![
+            "create-only: yes (If-None-Match: *)",
+            "put-only credential: a container SAS with only create and write (sp=cw): no \
+             read, list or delete. A create-only SAS (sp=c) cannot be used yet: an existing \
+             name is refused as a permission, so a second run fails",
+            "earlier versions of overwritten objects: not used; turn on blob versioning or an \
+             immutability policy against overwrites",
+        ],
+        "gs" => vec![
+            "create-only: yes (x-goog-if-generation-match: 0)",
+            "put-only credential: a service account whose role has only \
+             storage.objects.create on the bucket (not tested here: the GCS test server has \
+             no IAM)",
+            "earlier versions of overwritten objects: not used; turn on object versioning or \
+             a retention policy against overwrites",
+        ],
+        _ => vec![],
+    }
+}
+
 /// The host's policy: create objects under the target's prefix, nothing else (no GET,
 /// LIST, DELETE: a backup makes none).
 pub fn host_policy(p: &S3Place) -> serde_json::Value {

@@ -84,7 +84,12 @@ fn a_missing_target_folder_fails_the_backup_until_it_is_set_up() {
     assert!(!fx.target.exists(), "nothing was created");
     let mut cmd = fx.cmd();
     cmd.args(["init", "local"]);
-    run(cmd).ok();
+    let out = run(cmd).ok();
+    // It says what a folder guarantees, and what it does not.
+    assert!(
+        out.stdout.contains("create-only: yes") && out.stdout.contains("put-only credential: none"),
+        "{out}"
+    );
     fx.backup_ok();
 }
 

@@ -58,6 +58,22 @@ fn backup_restore_and_runs(kind: Kind) {
     let dest = t.fx.path("restored");
     t.restore(Cred::Admin, &dest).ok();
     assert_same_tree(&t.fx.src, &dest);
+    // init says what this kind of target guarantees and what is left to set up.
+    let out = t.coffer(Cred::Admin, &["init", t.target()]).ok();
+    let said = |needle: &str| out.stdout.contains(needle);
+    assert!(
+        said("create-only: yes") && said("put-only credential:"),
+        "{out}"
+    );
+    assert!(
+        match kind {
+            Kind::Folder => said("credential: none"),
+            Kind::S3 => said("s3:PutObject"),
+            Kind::Azure => said("sp=cw"),
+            Kind::Gcs => said("storage.objects.create"),
+        },
+        "{out}"
+    );
     let runs = t.runs(Cred::Admin).ok().json();
     assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs:#}");
     assert_eq!(runs[0]["run"], run.as_str(), "{runs:#}");

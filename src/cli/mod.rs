@@ -357,6 +357,10 @@ fn init(config: Option<&Path>, a: InitArgs) -> Result<u8> {
             Ok(runs) => println!("target {} is ready ({} runs on it)", t.url, runs.len()),
             Err(e) => println!("target {} set up; listing it failed: {e}", t.url),
         }
+        // What this kind of target guarantees, and what is the user's to set up.
+        for line in coffer::policies::guarantees(&t.url) {
+            println!("  {line}");
+        }
     }
     Ok(EXIT_OK)
 }

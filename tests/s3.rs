@@ -9,6 +9,7 @@
 mod util;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use util::target::{Cred, Kind, On, PAST_GRACE, SHORT_BOUNDS};
@@ -769,4 +770,85 @@ fn object_lock_retention_locks_every_object_a_backup_stores() {
         .arg(&dest);
     run(cmd).ok();
     assert_same_tree(&t.fx.src, &dest);
+}
+
+/// The README's way from nothing to a monitored, put-only backup on S3, with the files
+/// `coffer init --policies` writes: a key, the policies, a user per role made with them,
+/// the host's config skeleton (its paths filled in) backing up with the host's
+/// credential, the monitor's skeleton checking it with the monitor's.
+#[test]
+fn from_nothing_to_a_monitored_put_only_backup_with_what_init_writes() {
+    let t = On::new(Kind::S3, "walk");
+    nested_tree(&t.fx.src);
+    let keys = t.fx.path("keys");
+    let (public, _) = keygen(&t.fx.home, &keys, "admin");
+    let dir = t.fx.path("setup");
+    let url = t.url();
+    let mut cmd = coffer(&t.fx.home);
+    cmd.args(["init", &url, "--policies"]).arg(&dir);
+    run(cmd).ok();
+    let user = |role: &str| -> (String, String) {
+        let name = format!("{}-{role}", t.prefix);
+        t.aws_json(&["iam", "create-user", "--user-name", &name]);
+        let policy = format!(
+            "file://{}",
+            dir.join(format!("{role}-policy.json")).display()
+        );
+        t.aws_json(&[
+            "iam",
+            "put-user-policy",
+            "--user-name",
+            &name,
+            "--policy-name",
+            "coffer",
+            "--policy-document",
+            &policy,
+        ]);
+        let key = t.aws_json(&["iam", "create-access-key", "--user-name", &name]);
+        (
+            key["AccessKey"]["AccessKeyId"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            key["AccessKey"]["SecretAccessKey"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    // The skeletons, with this machine's paths and the test server's endpoint (the
+    // target section is their last).
+    let server = format!(
+        "endpoint = \"{}\"\nallow_http = true\nregion = \"us-east-1\"\n",
+        t.s3().endpoint
+    );
+    let skeleton = |role: &str, state: &str| -> PathBuf {
+        let text = std::fs::read_to_string(dir.join(format!("{role}.toml")))
+            .unwrap()
+            .replace("\"/etc\"", &toml_str(&t.fx.src))
+            .replace("\"/etc/coffer/admin.pub.asc\"", &toml_str(&public))
+            .replace(
+                &format!("\"/var/lib/coffer/{state}\""),
+                &toml_str(&t.fx.path(&format!("state-{role}"))),
+            );
+        let path = t.fx.path(&format!("{role}-config.toml"));
+        std::fs::write(&path, text + &server).unwrap();
+        path
+    };
+    let as_user = |keys: &(String, String), config: &Path, args: &[&str]| {
+        let mut cmd = coffer(&t.fx.home);
+        cmd.env("AWS_ACCESS_KEY_ID", &keys.0)
+            .env("AWS_SECRET_ACCESS_KEY", &keys.1)
+            .arg("-c")
+            .arg(config)
+            .args(args);
+        run(cmd)
+    };
+    let host = skeleton("host", "config");
+    let out = as_user(&user("host"), &host, &["backup", "--json"]).ok();
+    assert_eq!(out.json()["runs"][0]["target"], "s3", "{out}");
+    let monitor = skeleton("monitor", "monitor");
+    let out = as_user(&user("monitor"), &monitor, &["status", "--max-age", "26h"]).expect(0);
+    assert!(out.stdout.starts_with("COFFER OK"), "{out}");
+    assert!(out.stdout.contains("web1/etc"), "{out}");
 }

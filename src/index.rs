@@ -168,14 +168,10 @@ impl Index {
                 params![url, keyset, marker],
             )
             .map_err(|e| self.err(e))?;
-        let id: i64 = self
-            .conn
-            .query_row(
-                "SELECT id FROM targets WHERE url = ?1 AND keyset = ?2 AND marker = ?3",
-                params![url, keyset, marker],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
+        // Inserted just above if it was missing.
+        let id = self
+            .find_target_id(url, keyset, marker)?
+            .ok_or_else(|| self.corrupt_row())?;
         self.conn
             .execute(
                 "UPDATE targets SET last_used = ?2 WHERE id = ?1",

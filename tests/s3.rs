@@ -454,6 +454,30 @@ fn gc_with_the_put_only_credential_fails_and_deletes_nothing() {
     assert!(lines.iter().any(|l| is_delete(l)), "{lines:#?}");
 }
 
+/// An IAM user on the S3 test server named after the test's prefix and `role`, with the
+/// policy `coffer init --policies` wrote into `dir` for that role; its access key.
+fn iam_user(t: &On, dir: &Path, role: &str) -> (String, String) {
+    let name = format!("{}-{role}", t.prefix);
+    t.aws_json(&["iam", "create-user", "--user-name", &name]);
+    let policy = format!(
+        "file://{}",
+        dir.join(format!("{role}-policy.json")).display()
+    );
+    t.aws_json(&[
+        "iam",
+        "put-user-policy",
+        "--user-name",
+        &name,
+        "--policy-name",
+        "coffer",
+        "--policy-document",
+        &policy,
+    ]);
+    let key = t.aws_json(&["iam", "create-access-key", "--user-name", &name]);
+    let field = |k: &str| key["AccessKey"][k].as_str().unwrap().to_string();
+    (field("AccessKeyId"), field("SecretAccessKey"))
+}
+
 /// `coffer init --policies` writes IAM policies that are exactly enough, as the S3 test
 /// server (which enforces them) shows: the host's lets it back up and nothing else, the
 /// monitor's lets it check runs but not read a pack or write, the admin's lets it
@@ -476,35 +500,7 @@ fn the_policies_init_writes_are_exactly_enough() {
         "{host_policy}"
     );
     // A user per role, with the policy init wrote.
-    let user = |role: &str| -> (String, String) {
-        let name = format!("{}-{role}", t.prefix);
-        t.aws_json(&["iam", "create-user", "--user-name", &name]);
-        let policy = format!(
-            "file://{}",
-            dir.join(format!("{role}-policy.json")).display()
-        );
-        t.aws_json(&[
-            "iam",
-            "put-user-policy",
-            "--user-name",
-            &name,
-            "--policy-name",
-            "coffer",
-            "--policy-document",
-            &policy,
-        ]);
-        let key = t.aws_json(&["iam", "create-access-key", "--user-name", &name]);
-        (
-            key["AccessKey"]["AccessKeyId"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-            key["AccessKey"]["SecretAccessKey"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        )
-    };
+    let user = |role: &str| iam_user(&t, &dir, role);
     let as_user = |keys: &(String, String), args: &[&str]| {
         let mut cmd = coffer(&t.fx.home);
         cmd.env("AWS_ACCESS_KEY_ID", &keys.0)
@@ -787,35 +783,7 @@ fn from_nothing_to_a_monitored_put_only_backup_with_what_init_writes() {
     let mut cmd = coffer(&t.fx.home);
     cmd.args(["init", &url, "--policies"]).arg(&dir);
     run(cmd).ok();
-    let user = |role: &str| -> (String, String) {
-        let name = format!("{}-{role}", t.prefix);
-        t.aws_json(&["iam", "create-user", "--user-name", &name]);
-        let policy = format!(
-            "file://{}",
-            dir.join(format!("{role}-policy.json")).display()
-        );
-        t.aws_json(&[
-            "iam",
-            "put-user-policy",
-            "--user-name",
-            &name,
-            "--policy-name",
-            "coffer",
-            "--policy-document",
-            &policy,
-        ]);
-        let key = t.aws_json(&["iam", "create-access-key", "--user-name", &name]);
-        (
-            key["AccessKey"]["AccessKeyId"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-            key["AccessKey"]["SecretAccessKey"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        )
-    };
+    let user = |role: &str| iam_user(&t, &dir, role);
     // The skeletons, with this machine's paths and the test server's endpoint (the
     // target section is their last).
     let server = format!(

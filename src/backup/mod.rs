@@ -291,25 +291,16 @@ pub fn backup_targets(
         }
         Some(Ok(feed)) => {
             let names: Vec<&str> = lanes.iter().map(|(_, l)| l.target.name.as_str()).collect();
+            let phase = format!("{} -> {}", source.name, names.join(", "));
             // The last run's size is the estimate of this one's (none before a first).
             let estimate = lanes
                 .first()
                 .and_then(|(_, l)| l.index.source_bytes(l.target_id, &source.name).ok())
                 .filter(|&b| b > 0);
-            progress.phase(
-                &format!("{} -> {}", source.name, names.join(", ")),
-                estimate,
-            );
+            progress.phase(&phase, estimate);
             let (read, stages) = run_lanes(&shared, &lanes, packers, feed, &mut stats);
             // Read; what is left is the last uploads and the commit of each target.
-            progress.phase(
-                &format!(
-                    "{} -> {}: last uploads, then the commit",
-                    source.name,
-                    names.join(", ")
-                ),
-                None,
-            );
+            progress.phase(&format!("{phase}: last uploads, then the commit"), None);
             for (n, ((i, lane), (packed, uploaded))) in lanes.into_iter().zip(stages).enumerate() {
                 let mut lane_stats = stats.clone();
                 if let Ok(counts) = &read {

@@ -499,11 +499,9 @@ pub struct Bar {
     command: &'static str,
     lock: Mutex<()>,
     items: std::sync::atomic::AtomicU64,
-    /// Whether the phase has counted bytes yet (a phase without a total shows them from
-    /// the first on).
+    /// Whether the phase has counted bytes yet (checked on every count, so a flag rather
+    /// than the bar's own state, which takes a lock).
     counting: std::sync::atomic::AtomicBool,
-    /// Whether the phase has a total.
-    total: std::sync::atomic::AtomicBool,
 }
 
 impl Bar {
@@ -521,7 +519,6 @@ impl Bar {
             lock: Mutex::new(()),
             items: Default::default(),
             counting: Default::default(),
-            total: Default::default(),
         }
     }
 
@@ -554,10 +551,9 @@ impl Bar {
 
 impl Progress for Bar {
     fn phase(&self, name: &str, total: Option<u64>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.items.store(0, Relaxed);
-        self.counting.store(false, Relaxed);
-        self.total.store(total.is_some(), Relaxed);
+        self.items.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.counting
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.reset();
             b.set_prefix(escape_line(name));
@@ -577,9 +573,12 @@ impl Progress for Bar {
         }
     }
     fn bytes(&self, n: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
         if let Some(b) = &self.bar {
-            if !self.counting.swap(true, Relaxed) && !self.total.load(Relaxed) {
+            // A phase without a total shows bytes from the first on.
+            let first = !self
+                .counting
+                .swap(true, std::sync::atomic::Ordering::Relaxed);
+            if first && b.length().is_none() {
                 b.set_style(Self::spinner_bytes());
             }
             b.inc(n);

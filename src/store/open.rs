@@ -31,7 +31,6 @@ pub(super) fn open(target: &TargetConfig, create: bool) -> Result<Opened> {
         source: None,
     };
     let url = url::Url::parse(&target.url).map_err(|e| fail(format!("bad URL: {e}")))?;
-    let prefix = url.path().trim_matches('/');
     let mut versions = None;
     let store: Arc<dyn ObjectStore> = match url.scheme() {
         "file" => return Ok((open_local(target, &url, create)?, None)),
@@ -54,12 +53,15 @@ pub(super) fn open(target: &TargetConfig, create: bool) -> Result<Opened> {
         }
         other => return Err(fail(format!("unsupported scheme {other:?}"))),
     };
-    let store = if prefix.is_empty() {
-        store
-    } else {
-        Arc::new(PrefixStore::new(store, prefix))
-    };
-    Ok((store, versions))
+    Ok((under_prefix(store, &url), versions))
+}
+
+/// `store` seen from the URL's path (its key prefix), if it has one.
+fn under_prefix(store: Arc<dyn ObjectStore>, url: &url::Url) -> Arc<dyn ObjectStore> {
+    match url.path().trim_matches('/') {
+        "" => store,
+        prefix => Arc::new(PrefixStore::new(store, prefix)),
+    }
 }
 
 /// For an S3 target with `object_lock`: a store whose every request carries the lock
@@ -106,12 +108,7 @@ pub(super) fn open_locked(
         .with_client_options(options)
         .with_checksum_algorithm(object_store::aws::Checksum::SHA256);
     let store: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| fail(e.to_string()))?);
-    let prefix = url.path().trim_matches('/');
-    Ok(if prefix.is_empty() {
-        store
-    } else {
-        Arc::new(PrefixStore::new(store, prefix))
-    })
+    Ok(under_prefix(store, &url))
 }
 
 fn open_local(target: &TargetConfig, url: &url::Url, create: bool) -> Result<Arc<dyn ObjectStore>> {

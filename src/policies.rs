@@ -2,7 +2,8 @@
 //! roles (the host's put-only one scoped to its prefix, the admin's, the monitor's
 //! read-only one), the bucket policy that refuses a PutObject without `If-None-Match`,
 //! the lifecycle rule for a versioned bucket, the AWS CLI commands that apply them, and
-//! config skeletons for host, admin and monitor. Pure functions of the target's URL.
+//! config skeletons for host, admin and monitor. Pure functions of the target's URL (and
+//! its Object Lock); `init --apply` sends them ([`crate::setup`]).
 
 use serde_json::json;
 
@@ -16,6 +17,9 @@ pub struct S3Place {
     pub bucket: String,
     /// The prefix under which the target lives.
     pub prefix: String,
+    /// The target's Object Lock, if it has one: the host may then set a retention, and
+    /// the admin read and extend it.
+    pub lock: Option<crate::config::ObjectLock>,
 }
 
 impl S3Place {
@@ -39,7 +43,14 @@ impl S3Place {
         Ok(S3Place {
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
+            lock: None,
         })
+    }
+
+    /// The same place, for a target with this Object Lock.
+    pub fn with_lock(mut self, lock: Option<crate::config::ObjectLock>) -> S3Place {
+        self.lock = lock;
+        self
     }
 
     /// `arn:aws:s3:::BUCKET/PREFIX/KEYS` (KEYS may end in `*`).
@@ -63,6 +74,49 @@ impl S3Place {
     fn bucket_arn(&self) -> String {
         format!("arn:aws:s3:::{}", self.bucket)
     }
+
+    /// The IAM user of `role` for this place: `coffer-ROLE-BUCKET[-PREFIX]`, in the
+    /// characters IAM allows (others become `-`), at most 64 of them.
+    pub fn user_name(&self, role: &str) -> String {
+        let mut name = format!("coffer-{role}-{}", self.bucket);
+        if !self.prefix.is_empty() {
+            name = format!("{name}-{}", self.prefix);
+        }
+        name.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "+=,.@_-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(64)
+            .collect()
+    }
+}
+
+/// The three roles, each with its policy and its user.
+pub const ROLES: [&str; 3] = ["host", "admin", "monitor"];
+
+/// [`lifecycle`] as the S3 API takes it (XML): what `init --apply` sends.
+pub fn lifecycle_xml(p: &S3Place) -> String {
+    let filter = if p.prefix.is_empty() {
+        "<Filter></Filter>".to_string()
+    } else {
+        format!(
+            "<Filter><Prefix>{}</Prefix></Filter>",
+            quick_xml::escape::escape(format!("{}/", p.prefix))
+        )
+    };
+    format!(
+        "<LifecycleConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+         <Rule><ID>coffer-expire-deleted</ID>{filter}<Status>Enabled</Status>\
+         <Expiration><ExpiredObjectDeleteMarker>true</ExpiredObjectDeleteMarker></Expiration>\
+         <NoncurrentVersionExpiration><NoncurrentDays>30</NoncurrentDays>\
+         </NoncurrentVersionExpiration><AbortIncompleteMultipartUpload>\
+         <DaysAfterInitiation>7</DaysAfterInitiation></AbortIncompleteMultipartUpload>\
+         </Rule></LifecycleConfiguration>"
+    )
 }
 
 /// What a kind of target guarantees and what it leaves to the user, in lines for people
@@ -112,7 +166,13 @@ pub fn host_policy(p: &S3Place) -> serde_json::Value {
         "Statement": [{
             "Sid": "CofferBackupCreateOnly",
             "Effect": "Allow",
-            "Action": "s3:PutObject",
+            // S3 wants s3:PutObjectRetention for an upload that carries a lock. It
+            // cannot shorten one (GOVERNANCE needs s3:BypassGovernanceRetention too).
+            "Action": if p.lock.is_some() {
+                json!(["s3:PutObject", "s3:PutObjectRetention"])
+            } else {
+                json!("s3:PutObject")
+            },
             "Resource": p.arn("*"),
         }]
     })
@@ -134,12 +194,7 @@ pub fn admin_policy(p: &S3Place) -> serde_json::Value {
             {
                 "Sid": "CofferAdminObjects",
                 "Effect": "Allow",
-                "Action": [
-                    "s3:GetObject",
-                    "s3:GetObjectVersion",
-                    "s3:PutObject",
-                    "s3:DeleteObject",
-                ],
+                "Action": admin_actions(p),
                 "Resource": p.arn("*"),
             },
             {
@@ -154,6 +209,21 @@ pub fn admin_policy(p: &S3Place) -> serde_json::Value {
             }
         ]
     })
+}
+
+/// The admin's rights on the objects: with Object Lock, also read and extend a
+/// retention (prune does, for the runs it keeps).
+fn admin_actions(p: &S3Place) -> serde_json::Value {
+    let mut actions = vec![
+        "s3:GetObject",
+        "s3:GetObjectVersion",
+        "s3:PutObject",
+        "s3:DeleteObject",
+    ];
+    if p.lock.is_some() {
+        actions.extend(["s3:GetObjectRetention", "s3:PutObjectRetention"]);
+    }
+    json!(actions)
 }
 
 /// The monitor's policy (`coffer status`, `coffer runs`): list and read the runs, nothing
@@ -244,46 +314,84 @@ pub fn thaw_script(p: &S3Place, keys: &[String]) -> String {
 pub fn files(p: &S3Place, url: &str) -> Vec<(&'static str, String)> {
     let pretty = |v: serde_json::Value| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
     let b = &p.bucket;
+    let lock_note = if p.lock.is_some() {
+        format!(
+            "# 1b. Object Lock (the config sets a retention): on for the bucket, no default\n\
+             #     retention (coffer sets one per object, and prune extends it per tier).\n\
+             aws s3api put-object-lock-configuration --bucket {} --object-lock-configuration \
+             '{{\"ObjectLockEnabled\": \"Enabled\"}}'\n",
+            p.bucket
+        )
+    } else {
+        String::new()
+    };
+    let mut users = String::new();
+    for role in ROLES {
+        let user = p.user_name(role);
+        users += &format!(
+            "aws iam create-user --user-name {user}\n\
+             aws iam put-user-policy --user-name {user} --policy-name coffer \\\n\
+             \x20   --policy-document file://{role}-policy.json\n\
+             aws iam create-access-key --user-name {user} \\\n\
+             \x20   --query 'AccessKey.[AccessKeyId,SecretAccessKey]' --output text |\n\
+             \x20   (umask 077; read -r id secret;\n\
+             \x20    printf '[default]\\naws_access_key_id = %s\\naws_secret_access_key = %s\\n' \\\n\
+             \x20       \"$id\" \"$secret\" > {role}.credentials)\n"
+        );
+    }
     let commands = format!(
         "#!/bin/sh\n\
-         # Run with an AWS administrator's credentials, in this directory. Each step is\n\
+         # Run with an AWS administrator's credentials, in this directory (or run\n\
+         # `coffer init TARGET --policies DIR --apply`, which does the same). Each step is\n\
          # explained in coffer's README, 'Put-only backups on S3'.\n\
          set -eu\n\
          # 1. Versioning: an overwrite or delete leaves the old version.\n\
          aws s3api put-bucket-versioning --bucket {b} --versioning-configuration Status=Enabled\n\
+         {lock_note}\
          # 2. No object can be overwritten: a PutObject without If-None-Match is refused.\n\
          #    (This replaces the bucket's policy: merge by hand if it has one.)\n\
          aws s3api put-bucket-policy --bucket {b} --policy file://bucket-policy.json\n\
          # 3. Deleted versions go after 30 days.\n\
          aws s3api put-bucket-lifecycle-configuration --bucket {b} --lifecycle-configuration file://lifecycle.json\n\
-         # 4. The three users; their keys go to the host, the admin and the monitor.\n\
-         for role in host admin monitor; do\n\
-         \x20   aws iam create-user --user-name \"coffer-$role\"\n\
-         \x20   aws iam put-user-policy --user-name \"coffer-$role\" --policy-name coffer \\\n\
-         \x20       --policy-document \"file://$role-policy.json\"\n\
-         \x20   aws iam create-access-key --user-name \"coffer-$role\"\n\
-         done\n"
+         # 4. The three users, each with its policy and a key in ROLE.credentials (only\n\
+         #    you can read it): copy each to its machine, readable by root alone.\n\
+         {users}"
     );
-    let target = format!("[target.s3]\nurl = \"{url}\"\n");
+    let target = |role: &str| {
+        let mut t = format!(
+            "[target.s3]\nurl = \"{url}\"\ncredentials_file = \"/etc/coffer/{role}.credentials\"\n"
+        );
+        if let Some(lock) = p.lock {
+            t += &format!(
+                "object_lock_retention = \"{}\"\nobject_lock_mode = \"{}\"\n",
+                crate::retention::humantime(lock.retention),
+                lock.mode()
+            );
+        }
+        t
+    };
     let host = format!(
-        "# The host: only create rights (host-policy.json). Keys in the environment\n\
-         # (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or in a credentials_file only root reads.\n\
+        "# The host: only create rights (host-policy.json), its key in host.credentials\n\
+         # (root alone reads it).\n\
          host = \"web1\"\n\
          state_dir = \"/var/lib/coffer/config\"\n\n\
          [source.etc]\n\
          path = \"/etc\"\n\
          recipients = [\"/etc/coffer/admin.pub.asc\"]\n\
-         targets = [\"s3\"]\n\n{target}"
+         targets = [\"s3\"]\n\n{}",
+        target("host")
     );
     let admin = format!(
         "# The admin, off the hosts: runs, restore, prune, gc, verify (admin-policy.json).\n\
          host = \"admin\"\n\
-         state_dir = \"/var/lib/coffer/admin\"\n\n{target}"
+         state_dir = \"/var/lib/coffer/admin\"\n\n{}",
+        target("admin")
     );
     let monitor = format!(
         "# The monitor: coffer status and runs, no key, reads only runs/ (monitor-policy.json).\n\
          host = \"monitor\"\n\
-         state_dir = \"/var/lib/coffer/monitor\"\n\n{target}"
+         state_dir = \"/var/lib/coffer/monitor\"\n\n{}",
+        target("monitor")
     );
     vec![
         ("host-policy.json", pretty(host_policy(p))),
@@ -329,6 +437,23 @@ mod tests {
         for bad in ["gs://b/p", "file:///x", "s3:///p"] {
             assert!(S3Place::from_url(bad).is_err(), "{bad}");
         }
+        assert!(!admin_policy(&p).to_string().contains("Retention"));
+        let locked = p.clone().with_lock(Some(crate::config::ObjectLock {
+            compliance: true,
+            retention: std::time::Duration::from_secs(30 * 86_400),
+        }));
+        let host = host_policy(&locked).to_string();
+        assert!(
+            host.contains("s3:PutObjectRetention") && !host.contains("Bypass"),
+            "{host}"
+        );
+        let admin = admin_policy(&locked).to_string();
+        assert!(admin.contains("s3:GetObjectRetention") && admin.contains("s3:PutObjectRetention"));
+        let written = files(&locked, "s3://acme-backups/fleet/web1");
+        let text = |n: &str| &written.iter().find(|(name, _)| *name == n).unwrap().1;
+        assert!(text("apply.sh").contains("put-object-lock-configuration"));
+        assert!(text("admin.toml")
+            .contains("object_lock_retention = \"30d\"\nobject_lock_mode = \"COMPLIANCE\""));
         for (name, text) in files(&p, "s3://acme-backups/fleet/web1") {
             if name.ends_with(".json") {
                 serde_json::from_str::<serde_json::Value>(&text).unwrap();

@@ -39,6 +39,16 @@ pub struct PruneItem {
     pub pieces: u32,
     /// The rules that keep it; empty when it is deleted.
     pub reasons: Vec<String>,
+    /// When the calendar rules that keep it stop keeping it if backups go on (RFC 3339;
+    /// absent when only `newest` or `last` keep it): an Object Lock covers it until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_until: Option<String>,
+    /// The same, as a time.
+    #[serde(skip)]
+    pub(crate) until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Whether it passed the checks (a run kept because it did not is never locked).
+    #[serde(skip)]
+    pub(crate) counted: bool,
     /// The record left when it is deleted, so that the chain stays walkable (set by
     /// [`plan_records`] where a kept run needs it).
     #[serde(skip)]
@@ -75,6 +85,9 @@ pub struct PruneReport {
     pub deleted: u64,
     /// Records of runs deleted earlier that no kept run needs any more (deleted too).
     pub records_dropped: u64,
+    /// On a target with Object Lock: the locks extended for the kept runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<crate::lock::LockStats>,
     #[serde(skip)]
     stale_records: Vec<object_store::path::Path>,
 }
@@ -117,6 +130,7 @@ pub fn plan(
                     r.status.word(),
                     r.status.reason().unwrap_or("")
                 )],
+                until: None,
             })
             .collect();
         match &policy {
@@ -147,6 +161,11 @@ pub fn plan(
                 time: r.time.clone(),
                 stored: r.stored.clone(),
                 keep: d.keep,
+                kept_until: d
+                    .until
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                until: d.until,
+                counted: r.status.is_ok(),
                 reasons: d.reasons,
                 pieces: r.pieces.len() as u32,
                 tombstone: None,

@@ -135,6 +135,37 @@ pub struct Decision {
     pub keep: bool,
     /// The rules that keep it (empty when deleted), e.g. `["newest", "last 1", "daily 3"]`.
     pub reasons: Vec<String>,
+    /// When the calendar rules that keep it (`hourly` ... `yearly`, `within`) stop
+    /// keeping it if backups go on at least once a period: the start of the period N
+    /// periods after its own (`within`: its time plus the duration). `None` when only
+    /// `newest` or `last` keep it (their end depends on the runs still to come) or it is
+    /// deleted. What an Object Lock on the run must cover ([`crate::lock`]).
+    #[serde(skip)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// The start of the period `n` periods after the one `t` is in (rule `i` of
+/// [`Retention::buckets`], 1 to 5), on the UTC calendar; `None` past chrono's range.
+fn period_end(i: usize, t: DateTime<Utc>, n: u32) -> Option<DateTime<Utc>> {
+    use chrono::{Days, Months, TimeDelta};
+    let midnight = t.date_naive().and_hms_opt(0, 0, 0)?.and_utc();
+    match i {
+        1 => t
+            .with_minute(0)?
+            .with_second(0)?
+            .with_nanosecond(0)?
+            .checked_add_signed(TimeDelta::try_hours(i64::from(n))?),
+        2 => midnight.checked_add_days(Days::new(u64::from(n))),
+        3 => midnight
+            .checked_sub_days(Days::new(u64::from(t.weekday().num_days_from_monday())))?
+            .checked_add_days(Days::new(u64::from(n).checked_mul(7)?)),
+        4 => midnight.with_day(1)?.checked_add_months(Months::new(n)),
+        5 => midnight
+            .with_day(1)?
+            .with_month(1)?
+            .checked_add_months(Months::new(n.checked_mul(12)?)),
+        _ => None,
+    }
 }
 
 /// Applies `policy` to the start times of one host's runs of one source, given in any
@@ -148,6 +179,7 @@ pub fn apply(policy: &Retention, times: &[DateTime<Utc>]) -> Vec<Decision> {
         .map(|_| Decision {
             keep: false,
             reasons: Vec::new(),
+            until: None,
         })
         .collect();
     let Some(&newest) = order.first() else {
@@ -186,6 +218,8 @@ pub fn apply(policy: &Retention, times: &[DateTime<Utc>]) -> Vec<Decision> {
             last_period = period;
             seen += 1;
             out[run].reasons.push(format!("{name} {seen}"));
+            let end = period_end(i, times[run], count);
+            out[run].until = out[run].until.max(end);
         }
     }
     if let Some(within) = policy.within {
@@ -196,6 +230,10 @@ pub fn apply(policy: &Retention, times: &[DateTime<Utc>]) -> Vec<Decision> {
                 out[run]
                     .reasons
                     .push(format!("within {}", humantime(within)));
+                let end = chrono::TimeDelta::from_std(within)
+                    .ok()
+                    .and_then(|d| times[run].checked_add_signed(d));
+                out[run].until = out[run].until.max(end);
             }
         }
     }
@@ -360,5 +398,54 @@ mod tests {
         assert_eq!(p.describe(), "last 3, weekly 4, within 2d");
         assert_eq!(humantime(Duration::from_secs(90)), "90s");
         assert_eq!(humantime(Duration::from_secs(1_209_600)), "2w");
+    }
+
+    /// The date each calendar rule keeps a run until, and the latest of them.
+    #[test]
+    fn until_is_the_end_of_the_latest_calendar_rule() {
+        let until = |p: Retention, at: &str| {
+            let times = [t(at)];
+            apply(&p, &times)[0]
+                .until
+                .map(|u| u.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        };
+        let at = "2026-03-18T09:10:11Z"; // a Wednesday
+        let one = |f: fn(&mut Retention)| {
+            let mut p = Retention::default();
+            f(&mut p);
+            until(p, at)
+        };
+        assert_eq!(
+            one(|p| p.hourly = Some(24)).unwrap(),
+            "2026-03-19T09:00:00Z"
+        );
+        assert_eq!(one(|p| p.daily = Some(7)).unwrap(), "2026-03-25T00:00:00Z");
+        assert_eq!(one(|p| p.weekly = Some(4)).unwrap(), "2026-04-13T00:00:00Z");
+        assert_eq!(
+            one(|p| p.monthly = Some(12)).unwrap(),
+            "2027-03-01T00:00:00Z"
+        );
+        assert_eq!(one(|p| p.yearly = Some(3)).unwrap(), "2029-01-01T00:00:00Z");
+        assert_eq!(
+            one(|p| p.within = Some(Duration::from_secs(36 * 3600))).unwrap(),
+            "2026-03-19T21:10:11Z"
+        );
+        assert_eq!(one(|p| p.last = Some(5)), None, "last has no date");
+        let both = Retention {
+            daily: Some(7),
+            monthly: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(until(both, at).unwrap(), "2026-05-01T00:00:00Z");
+        // Absurd counts stay within the calendar: no date rather than a panic.
+        assert_eq!(one(|p| p.yearly = Some(u32::MAX)), None);
+        // A deleted run has none.
+        let p = Retention {
+            last: Some(1),
+            daily: Some(1),
+            ..Default::default()
+        };
+        let times = [t("2026-03-17T09:00:00Z"), t(at)];
+        assert_eq!(apply(&p, &times)[0].until, None);
     }
 }

@@ -700,23 +700,10 @@ fn packs_in_a_cold_storage_class_are_thawed_before_restore_and_kept_by_gc() {
 #[test]
 fn object_lock_retention_locks_every_object_a_backup_stores() {
     let t = On::new(Kind::S3, "lock");
-    let bucket = format!("lock-{}", &t.prefix[..t.prefix.len().min(50)]);
-    t.aws_json(&[
-        "s3api",
-        "create-bucket",
-        "--bucket",
-        &bucket,
-        "--object-lock-enabled-for-bucket",
-    ]);
-    t.write_config(&[(
-        "locked",
-        format!(
-            "url = \"s3://{bucket}/host1\"\nendpoint = \"{}\"\nallow_http = true\n\
-             region = \"us-east-1\"\nobject_lock_retention = \"1d\"\n\
-             object_lock_mode = \"COMPLIANCE\"",
-            t.s3().endpoint
-        ),
-    )]);
+    let bucket = locked_bucket(
+        &t,
+        "object_lock_retention = \"1d\"\nobject_lock_mode = \"COMPLIANCE\"",
+    );
     nested_tree(&t.fx.src);
     let started = chrono::Utc::now();
     let out = t.backup(Cred::Admin).ok();
@@ -768,24 +755,299 @@ fn object_lock_retention_locks_every_object_a_backup_stores() {
     assert_same_tree(&t.fx.src, &dest);
 }
 
-/// The README's way from nothing to a monitored, put-only backup on S3, with the files
-/// `coffer init --policies` writes: a key, the policies, a user per role made with them,
-/// the host's config skeleton (its paths filled in) backing up with the host's
-/// credential, the monitor's skeleton checking it with the monitor's.
+/// A bucket with Object Lock on, and the config's target `locked` in it (`lines` add to
+/// the target's section); the bucket's name.
+fn locked_bucket(t: &On, lines: &str) -> String {
+    let bucket = format!("lock-{}", &t.prefix[..t.prefix.len().min(50)]);
+    t.aws_json(&[
+        "s3api",
+        "create-bucket",
+        "--bucket",
+        &bucket,
+        "--object-lock-enabled-for-bucket",
+    ]);
+    t.write_config(&[(
+        "locked",
+        format!(
+            "url = \"s3://{bucket}/host1\"\nendpoint = \"{}\"\nallow_http = true\n\
+             region = \"us-east-1\"\n{lines}",
+            t.s3().endpoint
+        ),
+    )]);
+    bucket
+}
+
+/// Prune extends the Object Lock of what the runs it keeps need, per retention tier: the
+/// run kept as `monthly 1` of 12, its metafile, object list and every pack it lists,
+/// until twelve months after its month began; the run kept only by `last 2` keeps the
+/// lock its backup gave it (two days, more than the one day a prune must leave), and
+/// so do the packs only it uses. A dry run changes nothing; a second prune extends
+/// nothing; the mode stays the config's.
 #[test]
-fn from_nothing_to_a_monitored_put_only_backup_with_what_init_writes() {
+fn prune_extends_object_lock_per_retention_tier() {
+    use chrono::Datelike;
+    let t = On::new(Kind::S3, "tiers");
+    let bucket = locked_bucket(&t, "object_lock_retention = \"2d\"");
+    let (host, source) = (HOST, SOURCE);
+    let mut runs = Vec::new();
+    write(&t.fx.src.join("same"), b"in every run\n");
+    for body in ["one\n", "two\n", "three\n"] {
+        write(&t.fx.src.join("changes"), body.repeat(1000).as_bytes());
+        let out = t.backup(Cred::Admin).ok();
+        let json = out.json();
+        let run = json["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["target"] == "locked")
+            .unwrap_or_else(|| panic!("{out}"));
+        runs.push(run["run"].as_str().unwrap().to_string());
+    }
+    let key = |k: &str| format!("host1/{k}");
+    let lock_of = |k: &str| -> (String, chrono::DateTime<chrono::Utc>) {
+        let r = t.aws_json(&["s3api", "head-object", "--bucket", &bucket, "--key", k]);
+        let until = r["ObjectLockRetainUntilDate"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k}: {r:#}"));
+        (
+            r["ObjectLockMode"].as_str().unwrap().to_string(),
+            chrono::DateTime::parse_from_rfc3339(until)
+                .unwrap()
+                .to_utc(),
+        )
+    };
+    let refs = |run: &str| -> BTreeSet<String> {
+        let url = format!("s3://{bucket}/host1/runs/{host}/{source}/{run}.refs");
+        let out = t.aws(Cred::Admin, &["s3", "cp", &url, "-"]);
+        assert!(out.status.success(), "{url}");
+        refs_keys(&out.stdout)
+    };
+    let pack = |name: &str| key(&format!("data/{}/{name}", &name[..2]));
+    let (newest, second) = (&runs[2], &runs[1]);
+    let newest_packs = refs(newest);
+    let only_second: Vec<String> = refs(second).difference(&newest_packs).cloned().collect();
+    assert!(
+        !only_second.is_empty(),
+        "`changes` changed between the runs"
+    );
+    let before = lock_of(&pack(&only_second[0])).1;
+
+    let prune = |extra: &[&str]| {
+        let mut args = vec![
+            "prune",
+            "--target",
+            "locked",
+            "--keep-last",
+            "2",
+            "--keep-monthly",
+            "12",
+        ];
+        args.extend_from_slice(extra);
+        t.coffer_json(Cred::Admin, &args)
+    };
+    let dry = prune(&["--dry-run"]);
+    assert_eq!(dry[0]["lock"]["dry_run"], true, "{dry:#}");
+    assert!(as_u64(&dry[0]["lock"], "extended") > 0, "{dry:#}");
+    let newest_list = key(&format!("runs/{host}/{source}/{newest}.refs"));
+    assert_eq!(
+        lock_of(&newest_list)
+            .1
+            .signed_duration_since(chrono::Utc::now())
+            .num_days(),
+        1,
+        "a dry run extends nothing"
+    );
+
+    let report = prune(&[]);
+    let lock = &report[0]["lock"];
+    assert_eq!(lock["mode"], "GOVERNANCE", "{report:#}");
+    assert_eq!(lock["runs"], 2, "{report:#}");
+    assert!(
+        lock["problems"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+    // The newest run's tier ends twelve months after its month began.
+    let items = report[0]["groups"][0]["runs"].as_array().unwrap();
+    let item = |run: &str| items.iter().find(|i| i["run"] == run).unwrap();
+    let stored = chrono::DateTime::parse_from_rfc3339(item(newest)["stored"].as_str().unwrap())
+        .unwrap()
+        .to_utc();
+    let month = chrono::NaiveDate::from_ymd_opt(stored.year(), stored.month(), 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let tier_end = month.checked_add_months(chrono::Months::new(12)).unwrap();
+    assert_eq!(
+        item(newest)["kept_until"],
+        tier_end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "{report:#}"
+    );
+    assert!(
+        item(second).get("kept_until").is_none(),
+        "last 2 has no date: {report:#}"
+    );
+    // Its objects and every pack it lists are locked until then, in the config's mode.
+    let mut newest_objects = vec![
+        newest_list,
+        key(&format!("runs/{host}/{source}/{newest}.meta")),
+    ];
+    newest_objects.extend(newest_packs.iter().map(|p| pack(p)));
+    for k in &newest_objects {
+        assert_eq!(lock_of(k), ("GOVERNANCE".to_string(), tier_end), "{k}");
+    }
+    // The second run's own packs keep their backup's lock.
+    for p in &only_second {
+        let (_, until) = lock_of(&pack(p));
+        assert!(until < tier_end && until >= before, "{p}: {until}");
+    }
+    assert_eq!(
+        as_u64(lock, "extended"),
+        newest_objects.len() as u64,
+        "{report:#}"
+    );
+    assert!(
+        as_u64(lock, "enough") >= only_second.len() as u64 + 2,
+        "{report:#}"
+    );
+
+    // Nothing more to do at once: each object is touched once per half retention.
+    let again = prune(&[]);
+    assert_eq!(again[0]["lock"]["extended"], 0, "{again:#}");
+    let text = t.coffer(
+        Cred::Admin,
+        &[
+            "prune",
+            "--target",
+            "locked",
+            "--keep-last",
+            "2",
+            "--keep-monthly",
+            "12",
+        ],
+    );
+    let text = text.ok();
+    assert!(
+        text.stdout
+            .contains("Object Lock (GOVERNANCE) of the 2 kept runs")
+            && text.stdout.contains(&format!(
+                "(until {})",
+                tier_end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )),
+        "{text}"
+    );
+}
+
+/// The README's way from nothing to a monitored, put-only backup on S3, with what
+/// `coffer init --policies --apply` does: a key, a new bucket set up by init with the
+/// admin's credential (versioning, the bucket policy, the lifecycle rule, a user per role
+/// with its policy and a credentials file only its owner reads), the host's config
+/// skeleton (its paths filled in) backing up with the host's file, the monitor's checking
+/// it with the monitor's. Applying again makes no second key; no secret is printed.
+#[test]
+fn from_nothing_to_a_monitored_put_only_backup_with_init_apply() {
+    use std::os::unix::fs::PermissionsExt;
     let t = On::new(Kind::S3, "walk");
     nested_tree(&t.fx.src);
     let keys = t.fx.path("keys");
     let (public, _) = keygen(&t.fx.home, &keys, "admin");
+    let bucket = format!("walk-{}", &t.prefix[..t.prefix.len().min(50)]);
+    t.aws_json(&["s3api", "create-bucket", "--bucket", &bucket]);
     let dir = t.fx.path("setup");
-    let url = t.url();
-    let mut cmd = coffer(&t.fx.home);
-    cmd.args(["init", &url, "--policies"]).arg(&dir);
-    run(cmd).ok();
-    let user = |role: &str| iam_user(&t, &dir, role);
+    let url = format!("s3://{bucket}/fleet/web1");
+    let init = || {
+        let mut cmd = t.with_cred(coffer(&t.fx.home), Cred::Admin);
+        cmd.env("AWS_ENDPOINT_URL", &t.s3().endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .args(["init", &url, "--policies"])
+            .arg(&dir)
+            .arg("--apply");
+        run(cmd).ok()
+    };
+    let out = init();
+    let user = |role: &str| format!("coffer-{role}-{bucket}-fleet-web1");
+    assert!(
+        out.stdout.contains("versioning on")
+            && out
+                .stdout
+                .contains(&format!("user {} (host): created", user("host"))),
+        "{out}"
+    );
+    // What init applied, as the server has it.
+    let versioning = t.aws_json(&["s3api", "get-bucket-versioning", "--bucket", &bucket]);
+    assert_eq!(versioning["Status"], "Enabled", "{versioning:#}");
+    let policy = t.aws_json(&["s3api", "get-bucket-policy", "--bucket", &bucket]);
+    let policy: serde_json::Value =
+        serde_json::from_str(policy["Policy"].as_str().unwrap()).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("bucket-policy.json")).unwrap())
+            .unwrap();
+    assert_eq!(policy, written);
+    let rules = t.aws_json(&[
+        "s3api",
+        "get-bucket-lifecycle-configuration",
+        "--bucket",
+        &bucket,
+    ]);
+    let rule = &rules["Rules"][0];
+    assert_eq!(rule["ID"], "coffer-expire-deleted", "{rules:#}");
+    assert_eq!(rule["Filter"]["Prefix"], "fleet/web1/", "{rules:#}");
+    assert_eq!(
+        rule["NoncurrentVersionExpiration"]["NoncurrentDays"], 30,
+        "{rules:#}"
+    );
+    let mut secrets = Vec::new();
+    for role in ["host", "admin", "monitor"] {
+        let got = t.aws_json(&[
+            "iam",
+            "get-user-policy",
+            "--user-name",
+            &user(role),
+            "--policy-name",
+            "coffer",
+        ]);
+        let written: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{role}-policy.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(got["PolicyDocument"], written, "{role}");
+        let file = dir.join(format!("{role}.credentials"));
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        let text = std::fs::read_to_string(&file).unwrap();
+        let secret = text
+            .lines()
+            .find_map(|l| l.strip_prefix("aws_secret_access_key = "))
+            .unwrap()
+            .to_string();
+        secrets.push(secret);
+    }
+    for secret in &secrets {
+        assert!(!out.stdout.contains(secret.as_str()) && !out.stderr.contains(secret.as_str()));
+    }
+    // Again: the users exist, the policies are put again, no second key is made.
+    let again = init();
+    assert!(
+        again.stdout.contains("(host): exists") && again.stdout.contains("kept, no new key"),
+        "{again}"
+    );
+    let listed = t.aws_json(&["iam", "list-access-keys", "--user-name", &user("host")]);
+    assert_eq!(
+        listed["AccessKeyMetadata"].as_array().unwrap().len(),
+        1,
+        "{listed:#}"
+    );
+
+    // The test server does not know the s3:if-none-match condition key, so the policy
+    // refuses every PutObject there, conditional or not (AWS evaluates it): it goes
+    // once it was checked.
+    let out_policy = t.aws(
+        Cred::Admin,
+        &["s3api", "delete-bucket-policy", "--bucket", &bucket],
+    );
+    assert!(out_policy.status.success());
     // The skeletons, with this machine's paths and the test server's endpoint (the
-    // target section is their last).
+    // target section is their last); each role's credentials file where it says.
     let server = format!(
         "endpoint = \"{}\"\nallow_http = true\nregion = \"us-east-1\"\n",
         t.s3().endpoint
@@ -796,6 +1058,10 @@ fn from_nothing_to_a_monitored_put_only_backup_with_what_init_writes() {
             .replace("\"/etc\"", &toml_str(&t.fx.src))
             .replace("\"/etc/coffer/admin.pub.asc\"", &toml_str(&public))
             .replace(
+                &format!("\"/etc/coffer/{role}.credentials\""),
+                &toml_str(&dir.join(format!("{role}.credentials"))),
+            )
+            .replace(
                 &format!("\"/var/lib/coffer/{state}\""),
                 &toml_str(&t.fx.path(&format!("state-{role}"))),
             );
@@ -803,20 +1069,23 @@ fn from_nothing_to_a_monitored_put_only_backup_with_what_init_writes() {
         std::fs::write(&path, text + &server).unwrap();
         path
     };
-    let as_user = |keys: &(String, String), config: &Path, args: &[&str]| {
+    // No credential in the environment: each role's own file.
+    let as_role = |config: &Path, args: &[&str]| {
         let mut cmd = coffer(&t.fx.home);
-        cmd.env("AWS_ACCESS_KEY_ID", &keys.0)
-            .env("AWS_SECRET_ACCESS_KEY", &keys.1)
+        cmd.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
             .arg("-c")
             .arg(config)
             .args(args);
         run(cmd)
     };
     let host = skeleton("host", "config");
-    let out = as_user(&user("host"), &host, &["backup", "--json"]).ok();
+    let out = as_role(&host, &["backup", "--json"]).ok();
     assert_eq!(out.json()["runs"][0]["target"], "s3", "{out}");
+    let refused = as_role(&host, &["runs"]);
+    assert_ne!(refused.code, Some(0), "the host may not list: {refused}");
     let monitor = skeleton("monitor", "monitor");
-    let out = as_user(&user("monitor"), &monitor, &["status", "--max-age", "26h"]).expect(0);
+    let out = as_role(&monitor, &["status", "--max-age", "26h"]).expect(0);
     assert!(out.stdout.starts_with("COFFER OK"), "{out}");
     assert!(out.stdout.contains("web1/etc"), "{out}");
 }

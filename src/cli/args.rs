@@ -333,6 +333,12 @@ pub enum Command {
     /// Only metafiles and object lists are deleted; `coffer gc` then deletes the data no
     /// run needs any more. Try --dry-run first: it prints every run, kept or not, and why.
     /// Needs list and delete rights on the target.
+    ///
+    /// On an S3 target whose config section sets object_lock_retention, prune also keeps
+    /// the Object Lock of every run it keeps (its metafile, object list and packs) until
+    /// its calendar rules stop keeping it, and at least half the retention ahead
+    /// (README, 'Per retention tier'); it needs s3:GetObjectRetention and
+    /// s3:PutObjectRetention then.
     #[command(verbatim_doc_comment)]
     Prune(PruneArgs),
     /// Delete the stored objects that no run references. Needs no key.
@@ -389,6 +395,17 @@ pub struct InitArgs {
     /// contacted
     #[arg(long, value_name = "DIR")]
     pub policies: Option<PathBuf>,
+    /// With --policies: also apply them, with the target's credential (an administrator's):
+    /// versioning on, Object Lock on if the config sets a retention, the bucket policy,
+    /// the lifecycle rule, and an IAM user per role with its policy and, the first time,
+    /// an access key written to DIR/ROLE.credentials (readable by you alone, never
+    /// printed). Running it again changes nothing but the policies
+    #[arg(long, requires = "policies")]
+    pub apply: bool,
+    /// With --apply: where the IAM API is [default: the target's endpoint if it has one
+    /// (an S3-compatible server), else https://iam.amazonaws.com/]
+    #[arg(long, value_name = "URL", requires = "apply")]
+    pub iam_endpoint: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -334,7 +334,7 @@ fn init(config: Option<&Path>, a: InitArgs) -> Result<u8> {
     let (_, targets) = read_targets(config, Some(&a.target))?;
     if let Some(dir) = &a.policies {
         for t in &targets {
-            let place = coffer::policies::S3Place::from_url(&t.url)?;
+            let place = coffer::policies::S3Place::from_url(&t.url)?.with_lock(t.object_lock);
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             for (name, text) in coffer::policies::files(&place, &t.url) {
                 let path = dir.join(name);
@@ -342,10 +342,24 @@ fn init(config: Option<&Path>, a: InitArgs) -> Result<u8> {
                     .with_context(|| format!("writing {}", path.display()))?;
                 println!("{}", path.display());
             }
-            println!(
-                "Review them, then run apply.sh there with an AWS administrator's credentials \
-                 (README, 'Put-only backups on S3')."
-            );
+            if a.apply {
+                let store = Store::open(t, false)?;
+                coffer::setup::apply(&store, &place, dir, a.iam_endpoint.as_deref(), &mut |l| {
+                    println!("{l}")
+                })?;
+                println!(
+                    "Applied. Copy each ROLE.credentials to its machine, readable by root \
+                     alone, where ROLE.toml's credentials_file says."
+                );
+            } else {
+                println!(
+                    "Review them, then run apply.sh there (or `coffer init {} --policies {} \
+                     --apply`) with an AWS administrator's credentials (README, 'Put-only \
+                     backups on S3').",
+                    a.target,
+                    dir.display()
+                );
+            }
         }
         return Ok(EXIT_OK);
     }
@@ -1001,7 +1015,9 @@ fn prune(config: Option<&Path>, a: PruneArgs) -> Result<u8> {
     };
     let trust = trust(cfg.as_ref(), &a.trust)?;
     let mut reports = Vec::new();
+    let mut problems = false;
     for t in &targets {
+        let started = chrono::Utc::now();
         let store = Store::open(t, false)?.admin();
         // Only runs that check out (signatures and chain included) count toward the
         // rules: a few small reads per run.
@@ -1021,12 +1037,24 @@ fn prune(config: Option<&Path>, a: PruneArgs) -> Result<u8> {
             let bar = Bar::new("prune", a.json);
             coffer::prune::execute(&store, &report, &bar)?;
         }
+        if let Some(lock) = &t.object_lock {
+            let bar = Bar::new("prune", a.json);
+            let stats = coffer::lock::extend(&store, &report, lock, started, a.dry_run, &bar)?;
+            if !a.json {
+                output::summary(&output::lock_summary(&t.name, &stats));
+            }
+            for p in &stats.problems {
+                eprintln!("coffer prune: {}: {}", t.name, output::escape_line(p));
+            }
+            problems |= !stats.problems.is_empty();
+            report.lock = Some(stats);
+        }
         reports.push(report);
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     }
-    Ok(EXIT_OK)
+    Ok(if problems { EXIT_PARTIAL } else { EXIT_OK })
 }
 
 fn gc(config: Option<&Path>, a: GcArgs) -> Result<u8> {

@@ -134,10 +134,14 @@ pub fn prune_report(r: &coffer::prune::PruneReport) -> String {
         for i in &g.runs {
             let _ = writeln!(
                 o,
-                "  {:<7} {}  {}",
+                "  {:<7} {}  {}{}",
                 if i.keep { "keep" } else { "delete" },
                 i.run,
-                i.reasons.join(", ")
+                i.reasons.join(", "),
+                i.kept_until
+                    .as_deref()
+                    .map(|u| format!(" (until {u})"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -153,6 +157,28 @@ pub fn prune_report(r: &coffer::prune::PruneReport) -> String {
             "deleted; `coffer gc` frees the data they alone used"
         }
     );
+    o
+}
+
+/// What prune did to the Object Lock of the runs it kept.
+pub fn lock_summary(target: &str, s: &coffer::lock::LockStats) -> String {
+    let verb = if s.dry_run {
+        "would be extended"
+    } else {
+        "extended"
+    };
+    let mut o = format!(
+        "{target}: Object Lock ({}) of the {} kept runs: {} objects checked, {} {verb}",
+        s.mode, s.runs, s.objects, s.extended
+    );
+    if let Some(latest) = &s.latest {
+        o += &format!(" (to {latest} at the latest)");
+    }
+    o += &format!(", {} locked long enough", s.enough);
+    if s.missing > 0 {
+        o += &format!(", {} missing", s.missing);
+    }
+    o.push('\n');
     o
 }
 

@@ -31,7 +31,7 @@ pub(crate) mod layout;
 mod limit;
 mod listing;
 mod open;
-mod versions;
+mod s3api;
 
 pub use count::Requests;
 pub(crate) use io::{is_refusal, map_store_error, put_create, runtime};
@@ -42,6 +42,7 @@ pub use layout::{
 };
 pub(crate) use listing::{sort_runs, RunListing};
 pub(crate) use open::option_is_known;
+pub(crate) use s3api::{ApiError, S3Api};
 
 use crate::config::TargetConfig;
 use crate::error::{Error, Result};
@@ -73,13 +74,13 @@ pub struct ObjectList {
 }
 
 /// What every handle shares: the object store, the target's name, the piece size, and
-/// on S3 what lists object versions.
+/// on S3 what makes the requests object_store has no call for (versions, Object Lock).
 #[derive(Clone, Debug)]
 struct Core {
     inner: Arc<dyn ObjectStore>,
     name: String,
     metafile_piece: u64,
-    versions: Option<Arc<versions::S3Versions>>,
+    s3api: Option<Arc<s3api::S3Api>>,
     /// Every request made through any handle of this store.
     counters: Arc<count::Counters>,
     /// The storage class packs are put in (S3), if not the bucket's default.
@@ -210,7 +211,7 @@ impl Store {
                 inner: Arc::new(count::Counted::new(inner, counters.clone())),
                 name: target.name.clone(),
                 metafile_piece: METAFILE_PIECE,
-                versions,
+                s3api: versions,
                 counters,
                 storage_class: target.storage_class,
                 locked,
@@ -249,6 +250,11 @@ impl Store {
                 ..self.core.clone()
             },
         }
+    }
+
+    /// On S3: what makes the requests object_store has no call for (`init --apply`).
+    pub(crate) fn s3api(&self) -> Option<Arc<S3Api>> {
+        self.core.s3api.clone()
     }
 
     /// A handle that reads and lists.
@@ -553,7 +559,7 @@ impl Reader {
     /// connection); a refused or failed listing is a [`Recovery::NotFound`] that says so.
     pub(crate) fn recover(&self, key: &ObjectKey) -> Result<Recovery> {
         use object_store::GetOptions;
-        let Some(versions) = &self.core.versions else {
+        let Some(versions) = &self.core.s3api else {
             return Ok(Recovery::NotFound(
                 "this kind of target keeps no earlier versions of an object".into(),
             ));
@@ -561,14 +567,18 @@ impl Reader {
         let path = data_path(key);
         let listed = match runtime().block_on(versions.list(path.as_ref())) {
             Ok(v) => v,
-            Err(versions::VersionsError::Refused(why)) => {
+            Err(s3api::ApiError::Refused(why)) => {
                 return Ok(Recovery::NotFound(format!(
                     "the credential may not list object versions ({why}): one with \
                      s3:ListBucketVersions and s3:GetObjectVersion can look for an earlier \
                      version that matches"
                 )))
             }
-            Err(versions::VersionsError::Other(why)) => {
+            Err(
+                why @ (s3api::ApiError::Other(_)
+                | s3api::ApiError::NotFound(_)
+                | s3api::ApiError::Conflict(_)),
+            ) => {
                 return Ok(Recovery::NotFound(format!(
                     "its earlier versions could not be listed: {why}"
                 )))
@@ -674,6 +684,29 @@ impl Reader {
     }
 }
 
+/// One object whose Object Lock must last at least until `need`: when it ends sooner,
+/// it is set to `set` (never shortened).
+#[derive(Debug, Clone)]
+pub(crate) struct LockWork {
+    pub path: StorePath,
+    pub need: chrono::DateTime<chrono::Utc>,
+    pub set: chrono::DateTime<chrono::Utc>,
+}
+
+/// What checking one object's lock found (or did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockOutcome {
+    /// Locked long enough already.
+    Enough,
+    /// Extended (in a dry run: would be).
+    Extended,
+    /// No such object.
+    Missing,
+}
+
+/// Objects whose locks are checked at once: each is a HEAD, and maybe a PUT.
+const LOCK_CONCURRENCY: usize = 16;
+
 impl Admin {
     /// A create-only put of a record prune or gc leaves (blocking).
     pub(crate) fn put_create(&self, path: &StorePath, bytes: Bytes) -> Result<PutOutcome> {
@@ -699,6 +732,79 @@ impl Admin {
             } else {
                 self.delete(doomed)
             }
+        })
+    }
+
+    /// Checks the Object Lock of each object of `work` (a HEAD each, 16 at a time) and
+    /// extends those that end too soon (PutObjectRetention; not in a dry run), in mode
+    /// COMPLIANCE if `compliance` or the object's lock already is. `each` gets every
+    /// object's outcome, on this thread.
+    ///
+    /// # Errors
+    ///
+    /// Not an S3 target, or the credential may not read or set retention (what is wrong
+    /// with one object is its outcome).
+    pub(crate) fn extend_locks(
+        &self,
+        work: Vec<LockWork>,
+        compliance: bool,
+        dry_run: bool,
+        mut each: impl FnMut(&LockWork, Result<LockOutcome>),
+    ) -> Result<()> {
+        use futures::StreamExt;
+        let core = &self.reader.core;
+        let fail = |message: String| Error::Store {
+            target: core.name.clone(),
+            message,
+            source: None,
+        };
+        let Some(api) = core.s3api.as_deref() else {
+            return Err(fail(
+                "Object Lock is an S3 feature: this target has none".into(),
+            ));
+        };
+        let one = |w: LockWork| async move {
+            let outcome = async {
+                let current = match api.retention(w.path.as_ref()).await {
+                    Ok(c) => c,
+                    Err(s3api::ApiError::NotFound(_)) => return Ok(LockOutcome::Missing),
+                    Err(e) => return Err(e),
+                };
+                if current.is_some_and(|c| c.until >= w.need) {
+                    return Ok(LockOutcome::Enough);
+                }
+                if !dry_run {
+                    let retention = s3api::Retention {
+                        compliance: compliance || current.is_some_and(|c| c.compliance),
+                        until: current.map_or(w.set, |c| c.until.max(w.set)),
+                    };
+                    api.set_retention(w.path.as_ref(), retention).await?;
+                }
+                Ok(LockOutcome::Extended)
+            }
+            .await;
+            (w, outcome)
+        };
+        runtime().block_on(async {
+            let mut results = futures::stream::iter(work)
+                .map(one)
+                .buffer_unordered(LOCK_CONCURRENCY);
+            while let Some((w, outcome)) = results.next().await {
+                match outcome {
+                    Err(s3api::ApiError::Refused(m)) => {
+                        return Err(fail(format!(
+                            "{}: {m}: the credential may not read or extend Object Lock \
+                             retention; the admin's needs s3:GetObjectRetention and \
+                             s3:PutObjectRetention on the prefix (`coffer init --policies` \
+                             writes them)",
+                            w.path
+                        )))
+                    }
+                    Err(e) => each(&w, Err(fail(format!("{}: {e}", w.path)))),
+                    Ok(o) => each(&w, Ok(o)),
+                }
+            }
+            Ok(())
         })
     }
 

@@ -17,12 +17,12 @@ use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 
-use super::versions::S3Versions;
+use super::s3api::S3Api;
 use crate::config::TargetConfig;
 use crate::error::{Error, Result};
 
-/// The store for `target`, and on S3 what lists object versions there.
-pub(super) type Opened = (Arc<dyn ObjectStore>, Option<Arc<S3Versions>>);
+/// The store for `target`, and on S3 what makes the requests object_store has no call for.
+pub(super) type Opened = (Arc<dyn ObjectStore>, Option<Arc<S3Api>>);
 
 pub(super) fn open(target: &TargetConfig, create: bool) -> Result<Opened> {
     let fail = |message: String| Error::Store {
@@ -43,7 +43,7 @@ pub(super) fn open(target: &TargetConfig, create: bool) -> Result<Opened> {
             let builder = s3(target).map_err(|e| fail(e.to_string()))?;
             let s3 = Arc::new(builder.clone().build().map_err(|e| fail(e.to_string()))?);
             versions = Some(Arc::new(
-                S3Versions::new(s3.clone(), &builder, &url).map_err(|e| fail(e.to_string()))?,
+                S3Api::new(s3.clone(), &builder, &url).map_err(|e| fail(e.to_string()))?,
             ));
             s3
         }

@@ -116,7 +116,7 @@ pub fn extend(
         "reading the kept runs' object lists",
         Some(kept.len() as u64),
     );
-    let mut own: Vec<(object_store::path::Path, Need, bool)> = Vec::new();
+    let mut own: Vec<(object_store::path::Path, Need)> = Vec::new();
     let mut packs: HashMap<ObjectKey, Need> = HashMap::new();
     for item in kept {
         let id: RunId = item.run.parse()?;
@@ -125,16 +125,14 @@ pub fn extend(
             set: item.until.map_or(full, |u| u.max(full)),
         };
         for n in 1..=item.pieces.max(1) {
-            own.push((piece_path(&item.host, &item.source, &id, n), need, true));
+            own.push((piece_path(&item.host, &item.source, &id, n), need));
         }
         let list = run_path(&item.host, &item.source, &id, "refs");
-        own.push((list.clone(), need, true));
+        own.push((list.clone(), need));
         // Only runs from a host with a signing key have one.
-        own.push((
-            run_path(&item.host, &item.source, &id, "refs.sig"),
-            need,
-            false,
-        ));
+        if item.has_sig {
+            own.push((run_path(&item.host, &item.source, &id, "refs.sig"), need));
+        }
         let what = format!(
             "object list of run {}/{}/{}",
             item.host, item.source, item.run
@@ -149,14 +147,8 @@ pub fn extend(
         stats.runs += 1;
         progress.bytes(1);
     }
-    let optional: std::collections::HashSet<String> = own
-        .iter()
-        .filter(|(_, _, required)| !*required)
-        .map(|(p, _, _)| p.to_string())
-        .collect();
     let work: Vec<LockWork> = own
         .into_iter()
-        .map(|(path, n, _)| (path, n))
         .chain(packs.into_iter().map(|(k, n)| (data_path(&k), n)))
         .map(|(path, n)| LockWork {
             path,
@@ -188,8 +180,6 @@ pub fn extend(
                 latest = latest.max(Some(w.set));
                 None
             }
-            // A missing signature is no run's loss: most hosts sign nothing.
-            Ok(LockOutcome::Missing) if optional.contains(w.path.as_ref()) => None,
             Ok(LockOutcome::Missing) => {
                 stats.objects += 1;
                 stats.missing += 1;

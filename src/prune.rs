@@ -49,6 +49,13 @@ pub struct PruneItem {
     /// Whether it passed the checks (a run kept because it did not is never locked).
     #[serde(skip)]
     pub(crate) counted: bool,
+    /// Whether the listing showed its object list, and its signature: only what is
+    /// there is deleted (a delete of a missing key leaves a delete marker on a
+    /// versioned S3 bucket) or locked.
+    #[serde(skip)]
+    pub(crate) has_refs: bool,
+    #[serde(skip)]
+    pub(crate) has_sig: bool,
     /// The record left when it is deleted, so that the chain stays walkable (set by
     /// [`plan_records`] where a kept run needs it).
     #[serde(skip)]
@@ -166,6 +173,8 @@ pub fn plan(
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                 until: d.until,
                 counted: r.status.is_ok(),
+                has_refs: r.refs_bytes.is_some(),
+                has_sig: r.sig_bytes.is_some(),
                 reasons: d.reasons,
                 pieces: r.pieces.len() as u32,
                 tombstone: None,
@@ -272,10 +281,14 @@ pub fn execute(store: &Admin, report: &PruneReport, progress: &dyn Progress) -> 
             .map(|n| piece_path(&r.host, &r.source, &id, n))
             .collect();
         store.delete(rest)?;
-        store.delete(vec![
-            run_path(&r.host, &r.source, &id, "refs.sig"),
-            run_path(&r.host, &r.source, &id, "refs"),
-        ])?;
+        let lists = [(r.has_sig, "refs.sig"), (r.has_refs, "refs")];
+        store.delete(
+            lists
+                .into_iter()
+                .filter(|(there, _)| *there)
+                .map(|(_, ext)| run_path(&r.host, &r.source, &id, ext))
+                .collect(),
+        )?;
         progress.bytes(1);
     }
     store.delete(report.stale_records.clone())?;

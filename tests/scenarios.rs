@@ -68,7 +68,7 @@ fn backup_restore_and_runs(kind: Kind) {
     assert!(
         match kind {
             Kind::Folder => said("credential: none"),
-            Kind::S3 => said("s3:PutObject"),
+            Kind::S3 | Kind::S3Ministack => said("s3:PutObject"),
             Kind::Azure => said("sp=cw"),
             Kind::Gcs => said("storage.objects.create"),
         },
@@ -151,7 +151,7 @@ fn gc_after_prune_deletes_exactly_the_unreferenced_objects(kind: Kind) {
     );
     let again = t.gc_json(&[]);
     assert_eq!(again[0]["objects_deleted"], 0, "{again:#}");
-    if kind == Kind::S3 {
+    if kind.is_s3() {
         deletes_are_markers_over_kept_versions(&t, &before, &garbage, &run1);
     }
 
@@ -634,7 +634,7 @@ fn an_overwritten_pack_is_named_and_on_a_versioned_bucket_its_earlier_version_re
     let object = format!("data/{}/{name}", &name[..2]);
     let size = t.download(&object).len();
     t.overwrite_as(Cred::PutOnly, &object, &pseudo_random(81, size));
-    let earlier = (kind == Kind::S3).then(|| {
+    let earlier = kind.is_s3().then(|| {
         let full = format!("{}/{object}", t.prefix);
         let versions = t.versions();
         let old: Vec<String> = versions["Versions"]
@@ -797,7 +797,7 @@ fn status_says_fresh_stale_broken_or_unknown_as_monitoring_expects(kind: Kind) {
         out.stdout.starts_with("COFFER OK - 1 source backed up"),
         "{out}"
     );
-    let samples = parse_prometheus(&prom);
+    let samples = parse_prometheus(&t, &prom);
     let labels = format!("host={HOST},source={SOURCE},target={}", t.target());
     assert_eq!(samples[&format!("coffer_source_health{{{labels}}}")], 0.0);
     assert_eq!(
@@ -844,7 +844,7 @@ fn status_says_fresh_stale_broken_or_unknown_as_monitoring_expects(kind: Kind) {
 
     // Unknown: the target cannot be read.
     let out = match kind {
-        Kind::S3 | Kind::Azure => status(Cred::PutOnly, &["--max-age", "1h"]),
+        Kind::S3 | Kind::S3Ministack | Kind::Azure => status(Cred::PutOnly, &["--max-age", "1h"]),
         Kind::Folder | Kind::Gcs => t.coffer(
             Cred::Admin,
             &["status", "--target", "file:///nonexistent/coffer"],
@@ -856,8 +856,12 @@ fn status_says_fresh_stale_broken_or_unknown_as_monitoring_expects(kind: Kind) {
 
 /// Every sample of a Prometheus text file, parsed by prometheus_client, as
 /// `name{label=value,...}` (labels sorted) to value.
-fn parse_prometheus(file: &std::path::Path) -> BTreeMap<String, f64> {
-    let python = util::target::S3::from_env().python;
+/// The Python with prometheus_client is the S3 server's (this fixture's, else moto's).
+fn parse_prometheus(t: &On, file: &std::path::Path) -> BTreeMap<String, f64> {
+    let python = match &t.s3 {
+        Some(s3) => s3.python.clone(),
+        None => util::target::S3::from_env().python,
+    };
     let out = std::process::Command::new(python)
         .arg("-c")
         .arg(

@@ -5,7 +5,10 @@
 //! [`Kind::Folder`] is the fixture's own `file://` folder; [`Kind::S3`] is a fresh prefix
 //! of the bucket on the S3 test server (moto, started by `scripts/s3-server.sh`, which
 //! `scripts/test.sh` runs and names in `COFFER_TEST_S3_ENV`). That server enforces IAM: a
-//! put-only user may only create objects, an admin may do anything. [`Kind::Azure`] is a
+//! put-only user may only create objects, an admin may do anything. [`Kind::S3Ministack`]
+//! is the same on a second S3 server implemented independently of moto (ministack,
+//! `scripts/ministack-server.sh`, `COFFER_TEST_MINISTACK_ENV`), so that S3 compatibility
+//! is not one emulator's opinion. [`Kind::Azure`] is a
 //! fresh prefix of a container on Azurite (`scripts/azure-server.sh`,
 //! `COFFER_TEST_AZURE_ENV`): the account key is the admin, a SAS that may only create
 //! blobs the put-only credential. [`Kind::Gcs`] is a fresh prefix of a bucket on
@@ -28,6 +31,8 @@ use super::*;
 pub enum Kind {
     Folder,
     S3,
+    /// S3 on the second server (ministack), implemented independently of moto.
+    S3Ministack,
     Azure,
     Gcs,
 }
@@ -36,7 +41,12 @@ impl Kind {
     /// Whether the put-only credential is a different one that the server holds to
     /// creating objects (S3's IAM user, Azure's create-only SAS).
     pub fn put_only_is_enforced(self) -> bool {
-        matches!(self, Kind::S3 | Kind::Azure)
+        matches!(self, Kind::S3 | Kind::S3Ministack | Kind::Azure)
+    }
+
+    /// Whether the target is S3, on either server.
+    pub fn is_s3(self) -> bool {
+        matches!(self, Kind::S3 | Kind::S3Ministack)
     }
 
     /// Whether the target is remote (timestamps of a second's resolution, listings
@@ -47,8 +57,8 @@ impl Kind {
 }
 
 /// Writes each named scenario (a `fn(Kind)`) as one test per target kind, in a module of
-/// the scenario's name: `gc_after_prune::folder`, `gc_after_prune::s3`, `...::azure`,
-/// `...::gcs`.
+/// the scenario's name: `gc_after_prune::folder`, `gc_after_prune::s3`,
+/// `...::s3_ministack`, `...::azure`, `...::gcs`.
 #[macro_export]
 macro_rules! per_kind {
     ($($scenario:ident),* $(,)?) => {$(
@@ -60,6 +70,10 @@ macro_rules! per_kind {
             #[test]
             fn s3() {
                 super::$scenario($crate::util::target::Kind::S3)
+            }
+            #[test]
+            fn s3_ministack() {
+                super::$scenario($crate::util::target::Kind::S3Ministack)
             }
             #[test]
             fn azure() {
@@ -124,20 +138,25 @@ impl S3 {
         }
     }
 
+    /// The moto server's (`COFFER_TEST_S3_ENV`).
     pub fn from_env() -> S3 {
-        let path = std::env::var("COFFER_TEST_S3_ENV").unwrap_or_else(|_| {
-            panic!(
-                "COFFER_TEST_S3_ENV is not set: run the tests with scripts/test.sh, which \
-                 starts the S3 test server (scripts/s3-server.sh)"
-            )
-        });
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let v: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
-        let get = |k: &str| {
-            v.get(k)
-                .unwrap_or_else(|| panic!("{k} missing in {path}"))
-                .to_string()
-        };
+        S3::from_file(
+            "COFFER_TEST_S3_ENV",
+            "the S3 test server (scripts/s3-server.sh)",
+        )
+    }
+
+    /// The second S3 server's, ministack (`COFFER_TEST_MINISTACK_ENV`).
+    pub fn ministack_from_env() -> S3 {
+        S3::from_file(
+            "COFFER_TEST_MINISTACK_ENV",
+            "the second S3 server (scripts/ministack-server.sh)",
+        )
+    }
+
+    fn from_file(var: &str, script: &str) -> S3 {
+        let v = env_file(var, script);
+        let get = |k: &str| get(&v, k);
         S3 {
             endpoint: get("COFFER_TEST_S3_ENDPOINT"),
             bucket: get("COFFER_TEST_S3_BUCKET"),
@@ -238,7 +257,7 @@ pub enum Cred {
 pub struct On {
     pub fx: Fixture,
     pub kind: Kind,
-    s3: Option<S3>,
+    pub s3: Option<S3>,
     azure: Option<Azure>,
     gcs: Option<Gcs>,
     /// The S3 prefix (empty for a folder).
@@ -266,7 +285,11 @@ impl On {
         let me = On {
             fx,
             kind,
-            s3: (kind == Kind::S3).then(S3::from_env),
+            s3: match kind {
+                Kind::S3 => Some(S3::from_env()),
+                Kind::S3Ministack => Some(S3::ministack_from_env()),
+                _ => None,
+            },
             azure: (kind == Kind::Azure).then(Azure::from_env),
             gcs: (kind == Kind::Gcs).then(Gcs::from_env),
             prefix,
@@ -291,7 +314,7 @@ impl On {
     pub fn target(&self) -> &'static str {
         match self.kind {
             Kind::Folder => "local",
-            Kind::S3 => "s3",
+            Kind::S3 | Kind::S3Ministack => "s3",
             Kind::Azure => "az",
             Kind::Gcs => "gcs",
         }
@@ -300,7 +323,7 @@ impl On {
     pub fn url(&self) -> String {
         match self.kind {
             Kind::Folder => self.fx.target_url(),
-            Kind::S3 => format!("s3://{}/{}", self.s3().bucket, self.prefix),
+            Kind::S3 | Kind::S3Ministack => format!("s3://{}/{}", self.s3().bucket, self.prefix),
             Kind::Azure => format!(
                 "az://{}/{}",
                 self.azure.as_ref().unwrap().container,
@@ -392,7 +415,7 @@ impl On {
                     toml_str(&g.service_account),
                 )
             }
-            Kind::S3 => {
+            Kind::S3 | Kind::S3Ministack => {
                 text += &format!(
                     "\n[target.s3]\nurl = \"{}\"\nendpoint = \"{}\"\nallow_http = true\n\
                      region = \"us-east-1\"\npack_size = \"1MiB\"\nretries = 2\n\
@@ -451,7 +474,7 @@ impl On {
     /// Takes the lock of the deleting steps (see [`DELETES`]) on S3, unless this thread
     /// holds it already (the steps nest: a test holds it around a gc that takes it).
     pub fn deletes_lock(&self) -> DeletesGuard {
-        if self.kind != Kind::S3 || HOLDING.get() {
+        if !self.kind.is_s3() || HOLDING.get() {
             return DeletesGuard(None);
         }
         let guard = DELETES.lock().unwrap_or_else(|e| e.into_inner());
@@ -587,7 +610,7 @@ impl On {
                 keys.sort();
                 keys
             }
-            Kind::S3 => {
+            Kind::S3 | Kind::S3Ministack => {
                 let v = self.aws_json(&[
                     "s3api",
                     "list-objects-v2",
@@ -647,7 +670,7 @@ impl On {
                 let path = self.fx.target.join(key);
                 std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
             }
-            Kind::S3 => {
+            Kind::S3 | Kind::S3Ministack => {
                 let url = self.s3_url(key);
                 let out = self.aws(Cred::Admin, &["s3", "cp", &url, "-"]);
                 assert!(
@@ -690,7 +713,7 @@ impl On {
                     .block_on(client.put(&path, bytes.to_vec().into()))
                     .unwrap_or_else(|e| panic!("{key}: {e}"));
             }
-            Kind::S3 => {
+            Kind::S3 | Kind::S3Ministack => {
                 let file = self.fx.path("overwrite.tmp");
                 std::fs::write(&file, bytes).unwrap();
                 let out = self.aws(
@@ -718,7 +741,7 @@ impl On {
                     .block_on(client.delete(&path))
                     .unwrap_or_else(|e| panic!("{key}: {e}"));
             }
-            Kind::S3 => {
+            Kind::S3 | Kind::S3Ministack => {
                 let _lock = self.deletes_lock();
                 let out = self.aws(Cred::Admin, &["s3", "rm", &self.s3_url(key)]);
                 assert!(

@@ -53,36 +53,6 @@ else:
     sys.exit("ministack-server: ministack did not start; see ministack.log")
 PY
 
-ENDPOINT=$endpoint DIR=$dir ROOT_KEY=$root_key AWS_CLI=$venv/bin/aws "$venv/bin/python" - <<'PY'
-import json, os, sys
-import boto3
-
-endpoint, bucket = os.environ["ENDPOINT"], "coffer-test"
-root = dict(endpoint_url=endpoint, region_name="us-east-1",
-            aws_access_key_id=os.environ["ROOT_KEY"], aws_secret_access_key="unused")
-s3 = boto3.client("s3", **root)
-iam = boto3.client("iam", **root)
-s3.create_bucket(Bucket=bucket)
-s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-
-def user(name, action, resource):
-    iam.create_user(UserName=name)
-    iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": action, "Resource": resource}]}))
-    k = iam.create_access_key(UserName=name)["AccessKey"]
-    return k["AccessKeyId"], k["SecretAccessKey"]
-
-admin = user("admin", "*", "*")
-put = user("putonly", "s3:PutObject", f"arn:aws:s3:::{bucket}/*")
-
-with open(os.path.join(os.environ["DIR"], "s3.env"), "w") as f:
-    f.write(f"COFFER_TEST_S3_ENDPOINT={endpoint}\n")
-    f.write(f"COFFER_TEST_S3_BUCKET={bucket}\n")
-    f.write(f"COFFER_TEST_S3_ADMIN_KEY={admin[0]}\nCOFFER_TEST_S3_ADMIN_SECRET={admin[1]}\n")
-    f.write(f"COFFER_TEST_S3_PUT_KEY={put[0]}\nCOFFER_TEST_S3_PUT_SECRET={put[1]}\n")
-    f.write(f"COFFER_TEST_S3_LOG={os.environ['DIR']}/ministack.log\n")
-    f.write(f"COFFER_TEST_AWS_CLI={os.environ['AWS_CLI']}\n")
-    f.write(f"COFFER_TEST_PYTHON={sys.executable}\n")
-PY
+ENDPOINT=$endpoint DIR=$dir ROOT_KEY=$root_key ROOT_SECRET=unused LOG=$dir/ministack.log \
+    AWS_CLI=$venv/bin/aws "$venv/bin/python" "$(dirname "$0")/s3_test_users.py"
 echo "ministack-server: ministack on $endpoint, settings in $dir/s3.env" >&2

@@ -832,16 +832,17 @@ fn prune_extends_object_lock_per_retention_tier() {
     );
     let before = lock_of(&pack(&only_second[0])).1;
 
+    const PRUNE: [&str; 7] = [
+        "prune",
+        "--target",
+        "locked",
+        "--keep-last",
+        "2",
+        "--keep-monthly",
+        "12",
+    ];
     let prune = |extra: &[&str]| {
-        let mut args = vec![
-            "prune",
-            "--target",
-            "locked",
-            "--keep-last",
-            "2",
-            "--keep-monthly",
-            "12",
-        ];
+        let mut args = PRUNE.to_vec();
         args.extend_from_slice(extra);
         t.coffer_json(Cred::Admin, &args)
     };
@@ -914,19 +915,7 @@ fn prune_extends_object_lock_per_retention_tier() {
     // Nothing more to do at once: each object is touched once per half retention.
     let again = prune(&[]);
     assert_eq!(again[0]["lock"]["extended"], 0, "{again:#}");
-    let text = t.coffer(
-        Cred::Admin,
-        &[
-            "prune",
-            "--target",
-            "locked",
-            "--keep-last",
-            "2",
-            "--keep-monthly",
-            "12",
-        ],
-    );
-    let text = text.ok();
+    let text = t.coffer(Cred::Admin, &PRUNE).ok();
     assert!(
         text.stdout
             .contains("Object Lock (GOVERNANCE) of the 2 kept runs")

@@ -87,6 +87,24 @@ macro_rules! per_kind {
     )*};
 }
 
+/// Writes each named S3 scenario (a `fn(Kind)`) as one test per S3 server, in a module of
+/// the scenario's name: `...::moto` and `...::ministack`.
+#[macro_export]
+macro_rules! per_s3_server {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn moto() {
+                super::$scenario($crate::util::target::Kind::S3)
+            }
+            #[test]
+            fn ministack() {
+                super::$scenario($crate::util::target::Kind::S3Ministack)
+            }
+        }
+    )*};
+}
+
 /// Longer than the grace period [`SHORT_BOUNDS`] give (4 s), with a margin for the
 /// one-second resolution of the index's timestamps and of S3's LastModified.
 pub const PAST_GRACE: Duration = Duration::from_millis(5200);

@@ -152,6 +152,21 @@ fn zsh_and_fish_scripts_name_every_command() {
             );
         }
     }
+    // fish completes with the script loaded, as a person pressing Tab would.
+    if have_program("fish") {
+        let path = home.path().join("coffer.fish");
+        let script = format!(
+            "source {}; complete -C 'coffer bac'; complete -C 'coffer restore --t'",
+            path.display()
+        );
+        let out = Command::new("fish").args(["-c", &script]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let first: Vec<&str> = text.lines().filter_map(|l| l.split('\t').next()).collect();
+        assert!(
+            first.contains(&"backup") && first.contains(&"--to") && first.contains(&"--target"),
+            "{text}"
+        );
+    }
     // An unknown shell is a usage error.
     let mut cmd = coffer(home.path());
     cmd.args(["completions", "tcsh"]);

@@ -123,6 +123,17 @@ pub fn lifecycle_xml(p: &S3Place) -> String {
 /// (`coffer init` prints them; the README's table of targets says the same).
 pub fn guarantees(url: &str) -> Vec<&'static str> {
     let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    let mut lines = kind_guarantees(scheme);
+    if !lines.is_empty() {
+        lines.push(
+            "listing order: not relied on (coffer sorts what it lists; a folder lists in no \
+             order, the object stores in key order)",
+        );
+    }
+    lines
+}
+
+fn kind_guarantees(scheme: &str) -> Vec<&'static str> {
     match scheme {
         "file" => vec![
             "create-only: yes (a link that fails if the name exists)",

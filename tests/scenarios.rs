@@ -62,7 +62,9 @@ fn backup_restore_and_runs(kind: Kind) {
     let out = t.coffer(Cred::Admin, &["init", t.target()]).ok();
     let said = |needle: &str| out.stdout.contains(needle);
     assert!(
-        said("create-only: yes") && said("put-only credential:"),
+        said("create-only: yes")
+            && said("put-only credential:")
+            && said("listing order: not relied on"),
         "{out}"
     );
     assert!(

@@ -3,7 +3,8 @@
 # (scripts/package.sh --profile dev: the packaging is what is checked, not a second
 # build), unpacks it into a clean directory with dpkg -x, and uses what it installs:
 # the binary runs, every man page renders, bash completes through the installed script,
-# the systemd units and the documentation are where the README says.
+# the systemd units and the documentation are where the README says; and `cargo install
+# --path .` installs a binary that runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/package.sh --profile dev
@@ -29,4 +30,7 @@ for f in usr/share/zsh/vendor-completions/_coffer usr/share/fish/vendor_completi
     [ -s "$root/$f" ] || fail "$f is missing or empty"
 done
 dpkg-deb --field "$deb" Depends | grep -q libssl || fail "Depends lacks libssl"
+# The README's other way: cargo install --path . (--debug reuses the tests' build).
+cargo install -q -j2 --path . --debug --locked --root "$root/cargo" 2>/dev/null
+"$root/cargo/bin/coffer" --version | grep -q '^coffer ' || fail "cargo install --path . gave no coffer"
 echo "check-package: $deb unpacks, runs, renders its pages and completes ($(du -h "$deb" | cut -f1))"

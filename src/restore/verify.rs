@@ -4,7 +4,6 @@
 //! so each is read once however many chunks of it the run uses.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -14,7 +13,7 @@ use super::packs::PackCache;
 use super::{fetch_and_check, MetafileSource, RestoreOptions};
 use crate::crypto::Decryptor;
 use crate::error::{Error, Result};
-use crate::format::metafile::Kind;
+use crate::format::metafile::{ChunkRef, Kind};
 use crate::ids::{ChunkHash, ObjectKey};
 use crate::progress::{Problem, Progress};
 use crate::store::Reader;
@@ -188,22 +187,64 @@ pub fn verify_data(
     // Packs a chunk failed in: never recorded as checked, so a sample finds them again.
     let mut damaged: std::collections::HashSet<ObjectKey> = Default::default();
     let mut packs = PackCache::new(false);
-    while let Some(entry) = listing.next_entry()? {
-        let Kind::File { size, hash, chunks } = &entry.kind else {
+    // Files are fetched on this thread (the pack cache, the limits) a batch at a time,
+    // then checked in parallel (decryption, decompression and hashing are the work),
+    // then counted in order.
+    let mut batch: Vec<Fetched> = Vec::new();
+    let mut batch_bytes = 0u64;
+    loop {
+        let entry = listing.next_entry()?;
+        let flush = entry.is_none()
+            || batch.len() >= BATCH_FILES
+            || batch_bytes >= BATCH_BYTES;
+        if flush && !batch.is_empty() {
+            let checked: Vec<Checked> = {
+                use rayon::prelude::*;
+                batch.par_iter().map(|f| check(decryptor, f)).collect()
+            };
+            for (f, c) in batch.drain(..).zip(checked) {
+                report.chunks += c.chunks;
+                progress.bytes(c.bytes);
+                damaged.extend(c.damaged);
+                // Chunks are fetched up to the first that could not be: a chunk that
+                // failed its check comes before it.
+                let failure = c.failure.or(f.failure);
+                match failure {
+                    None if f.partial => {}
+                    None => {
+                        report.files += 1;
+                        report.bytes += f.size;
+                    }
+                    Some(reason) => {
+                        report.failed += 1;
+                        if report.problems.len() < MAX_NAMED {
+                            report.problems.push(Problem::at(&f.path, reason));
+                        }
+                    }
+                }
+            }
+            batch_bytes = 0;
+        }
+        let Some(entry) = entry else { break };
+        let Kind::File { size, hash, chunks } = entry.kind else {
             continue;
         };
         if report.stopped.is_some() {
             report.files_unchecked += 1;
             continue;
         }
-        let mut whole = blake3::Hasher::new();
-        let mut got = 0u64;
-        let mut failure: Option<String> = None;
-        let mut partial = false;
+        let mut file = Fetched {
+            path: entry.path,
+            size,
+            hash,
+            messages: Vec::with_capacity(chunks.len()),
+            failure: None,
+            partial: false,
+        };
         for (i, c) in chunks.iter().enumerate() {
             if chosen.as_ref().is_some_and(|set| !set.contains(&c.object)) {
                 report.chunks_skipped += 1;
-                partial = true;
+                file.partial = true;
                 continue;
             }
             // A limit is checked before each chunk of a pack not fetched yet (one large
@@ -214,49 +255,26 @@ pub fn verify_data(
                 break;
             }
             fetched.insert(c.object);
-            let checked = packs
-                .message(store, c, &chunks[i..])
-                .and_then(|message| open_chunk(decryptor, c, &message).map_err(Arc::new));
             if let Some(n) = pending.get_mut(&c.object) {
                 *n = n.saturating_sub(1);
             }
-            match checked {
-                Ok(data) => {
-                    whole.update(&data);
-                    got += data.len() as u64;
-                    report.chunks += 1;
-                    progress.bytes(data.len() as u64);
+            match packs.message(store, c, &chunks[i..]) {
+                Ok(message) => {
+                    batch_bytes += message.len() as u64;
+                    file.messages.push((c.clone(), message));
                 }
                 Err(e) => {
                     damaged.insert(c.object);
-                    failure = Some(e.to_string());
+                    file.failure = Some(e.to_string());
                     break;
                 }
             }
         }
-        if report.stopped.is_some() && failure.is_none() {
+        if report.stopped.is_some() && file.failure.is_none() {
             report.files_unchecked += 1; // stopped inside this file
             continue;
         }
-        if failure.is_none()
-            && !partial
-            && (got != *size || ChunkHash(*whole.finalize().as_bytes()) != *hash)
-        {
-            failure = Some("its content does not match its recorded BLAKE3".into());
-        }
-        match failure {
-            None if partial => {}
-            None => {
-                report.files += 1;
-                report.bytes += size;
-            }
-            Some(reason) => {
-                report.failed += 1;
-                if report.problems.len() < MAX_NAMED {
-                    report.problems.push(Problem::at(&entry.path, reason));
-                }
-            }
-        }
+        batch.push(file);
     }
     report.recovered = packs.recovered().to_vec();
     report.frozen = packs.frozen();
@@ -290,6 +308,65 @@ pub fn verify_data(
     progress.done();
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Files checked together, at most (or their fetched messages' bytes).
+const BATCH_FILES: usize = 256;
+const BATCH_BYTES: u64 = 16 << 20;
+
+/// A file's fetched chunk messages, waiting to be checked.
+struct Fetched {
+    path: Vec<u8>,
+    size: u64,
+    hash: ChunkHash,
+    messages: Vec<(ChunkRef, bytes::Bytes)>,
+    /// Why it failed already (a chunk that could not be fetched).
+    failure: Option<String>,
+    /// Whether a sample left some of its chunks out (then its whole hash is not checked).
+    partial: bool,
+}
+
+/// What checking a file's messages found.
+struct Checked {
+    /// Chunks that checked out, and their plaintext bytes.
+    chunks: u64,
+    bytes: u64,
+    failure: Option<String>,
+    /// The packs of the chunks that failed.
+    damaged: Vec<ObjectKey>,
+}
+
+/// Decrypts and checks each of `f`'s fetched chunks (all of them, so that every pack a
+/// damaged chunk is in is named, and no fetched pack passes unchecked), and, for a whole
+/// file that checked out, its size and BLAKE3. The first failure is the file's.
+fn check(decryptor: &Decryptor, f: &Fetched) -> Checked {
+    let mut out = Checked {
+        chunks: 0,
+        bytes: 0,
+        failure: None,
+        damaged: Vec::new(),
+    };
+    let mut whole = blake3::Hasher::new();
+    for (c, message) in &f.messages {
+        match open_chunk(decryptor, c, message) {
+            Ok(data) => {
+                whole.update(&data);
+                out.bytes += data.len() as u64;
+                out.chunks += 1;
+            }
+            Err(e) => {
+                out.failure.get_or_insert_with(|| e.to_string());
+                out.damaged.push(c.object);
+            }
+        }
+    }
+    if f.failure.is_some() || out.failure.is_some() {
+        return out;
+    }
+    if !f.partial && (out.bytes != f.size || ChunkHash(*whole.finalize().as_bytes()) != f.hash) {
+        out.failure = Some("its content does not match its recorded BLAKE3".into());
+    }
+    out
 }
 
 /// Which limit, if any, the fetches so far have reached.

@@ -1257,6 +1257,53 @@ fn sampled_verification_covers_every_pack_over_repeated_runs() {
     assert_eq!(as_u64(&next, "packs_covered"), per_run, "{next:#}");
 }
 
+/// `verify --data`: a file with damaged chunks in two packs fails once, and both packs
+/// are left out of the sample's coverage (so the next sample finds them again); the
+/// chunks after the first damaged one are checked too, not skipped.
+#[test]
+fn every_damaged_pack_of_a_file_is_found_not_only_the_first() {
+    let fx = Fixture::with(Settings {
+        pack_size: Some("1MiB".into()),
+        ..Settings::default()
+    });
+    write(&fx.src.join("big"), &pseudo_random(82, 6 << 20));
+    fx.backup_ok();
+    let mut packs: Vec<PathBuf> = Vec::new();
+    for dir in std::fs::read_dir(fx.target.join("data")).unwrap() {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            packs.push(f.unwrap().path());
+        }
+    }
+    packs.sort();
+    assert!(packs.len() >= 4, "{packs:?}");
+    // A flipped byte in the middle of two packs: a chunk in each fails its MDC.
+    for pack in [&packs[0], &packs[packs.len() - 1]] {
+        let mut bytes = std::fs::read(pack).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        std::fs::set_permissions(pack, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        std::fs::write(pack, bytes).unwrap();
+    }
+    let mut cmd = fx.cmd();
+    cmd.args(["verify", "--data", "--sample", "100%", "--json", "--key"])
+        .arg(&fx.secret_key)
+        .args(["--source", SOURCE]);
+    let out = run(cmd).expect(4);
+    let report = &out.json()["data"][0];
+    assert_eq!(report["failed"], 1, "{report:#}");
+    assert_eq!(
+        as_u64(report, "packs_checked"),
+        packs.len() as u64,
+        "{report:#}"
+    );
+    assert_eq!(
+        as_u64(report, "packs_covered"),
+        packs.len() as u64 - 2,
+        "neither damaged pack counts as checked: {report:#}"
+    );
+}
+
 /// `verify --data --max-requests`: the check stops before a pack beyond the limit, says
 /// so and counts what it left; capped samples still cover every pack over runs, since
 /// a pack counts as checked only once all of the run's chunks in it were.

@@ -194,9 +194,7 @@ pub fn verify_data(
     let mut batch_bytes = 0u64;
     loop {
         let entry = listing.next_entry()?;
-        let flush = entry.is_none()
-            || batch.len() >= BATCH_FILES
-            || batch_bytes >= BATCH_BYTES;
+        let flush = entry.is_none() || batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES;
         if flush && !batch.is_empty() {
             let checked: Vec<Checked> = {
                 use rayon::prelude::*;
@@ -206,9 +204,12 @@ pub fn verify_data(
                 report.chunks += c.chunks;
                 progress.bytes(c.bytes);
                 damaged.extend(c.damaged);
-                // Chunks are fetched up to the first that could not be: a chunk that
-                // failed its check comes before it.
-                let failure = c.failure.or(f.failure);
+                // The file's first failure, in the order of its chunks.
+                let failure = match (f.failure, c.failure) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+                .map(|(_, why)| why);
                 match failure {
                     None if f.partial => {}
                     None => {
@@ -261,12 +262,16 @@ pub fn verify_data(
             match packs.message(store, c, &chunks[i..]) {
                 Ok(message) => {
                     batch_bytes += message.len() as u64;
-                    file.messages.push((c.clone(), message));
+                    file.messages.push((i, c.clone(), message));
                 }
                 Err(e) => {
                     damaged.insert(c.object);
-                    file.failure = Some(e.to_string());
-                    break;
+                    file.failure.get_or_insert_with(|| (i, e.to_string()));
+                    // The file's other chunks are checked too (a damaged or missing pack
+                    // fails again at once), unless the target may be unreachable.
+                    if e.is_retryable() {
+                        break;
+                    }
                 }
             }
         }
@@ -295,7 +300,8 @@ pub fn verify_data(
         // Only packs that checked out count as covered: a damaged one is found again.
         let good: Vec<ObjectKey> = set
             .into_iter()
-            .filter(|k| !damaged.contains(k))
+            // Chosen but never fetched (only a failed file needed it): not checked.
+            .filter(|k| fetched.contains(k) && !damaged.contains(k))
             .filter(|k| report.stopped.is_none() || pending.get(k) == Some(&0))
             .collect();
         s.coverage.record(&good)?;
@@ -319,9 +325,10 @@ struct Fetched {
     path: Vec<u8>,
     size: u64,
     hash: ChunkHash,
-    messages: Vec<(ChunkRef, bytes::Bytes)>,
-    /// Why it failed already (a chunk that could not be fetched).
-    failure: Option<String>,
+    /// Each fetched chunk: its place in the file, itself, its message.
+    messages: Vec<(usize, ChunkRef, bytes::Bytes)>,
+    /// Where and why it failed already (the first chunk that could not be fetched).
+    failure: Option<(usize, String)>,
     /// Whether a sample left some of its chunks out (then its whole hash is not checked).
     partial: bool,
 }
@@ -331,7 +338,8 @@ struct Checked {
     /// Chunks that checked out, and their plaintext bytes.
     chunks: u64,
     bytes: u64,
-    failure: Option<String>,
+    /// Where and why (the first chunk that failed its check).
+    failure: Option<(usize, String)>,
     /// The packs of the chunks that failed.
     damaged: Vec<ObjectKey>,
 }
@@ -347,7 +355,7 @@ fn check(decryptor: &Decryptor, f: &Fetched) -> Checked {
         damaged: Vec::new(),
     };
     let mut whole = blake3::Hasher::new();
-    for (c, message) in &f.messages {
+    for (i, c, message) in &f.messages {
         match open_chunk(decryptor, c, message) {
             Ok(data) => {
                 whole.update(&data);
@@ -355,7 +363,7 @@ fn check(decryptor: &Decryptor, f: &Fetched) -> Checked {
                 out.chunks += 1;
             }
             Err(e) => {
-                out.failure.get_or_insert_with(|| e.to_string());
+                out.failure.get_or_insert_with(|| (*i, e.to_string()));
                 out.damaged.push(c.object);
             }
         }
@@ -364,7 +372,7 @@ fn check(decryptor: &Decryptor, f: &Fetched) -> Checked {
         return out;
     }
     if !f.partial && (out.bytes != f.size || ChunkHash(*whole.finalize().as_bytes()) != f.hash) {
-        out.failure = Some("its content does not match its recorded BLAKE3".into());
+        out.failure = Some((0, "its content does not match its recorded BLAKE3".into()));
     }
     out
 }

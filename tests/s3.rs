@@ -37,6 +37,66 @@ fn method(line: &str) -> &str {
         .unwrap_or("")
 }
 
+/// A whole restore and a whole `verify --data` from S3 fetch packs ahead of need, and
+/// still read each pack exactly once (the server's log counts the GETs); what they
+/// restore and check is whole.
+#[test]
+fn packs_fetched_ahead_are_read_once_each() {
+    let t = On::new(Kind::S3, "ahead");
+    // Several packs (1 MiB each), with files spread across them.
+    for i in 0..12 {
+        write(
+            &t.fx.src.join(format!("f{i:02}")),
+            &pseudo_random(90 + i, 400 << 10),
+        );
+    }
+    t.backup(Cred::PutOnly).ok();
+    let packs = t.data_names();
+    assert!(packs.len() >= 4, "{packs:?}");
+    let gets = |requests: &[String]| -> BTreeMap<String, usize> {
+        let mut n = BTreeMap::new();
+        for r in requests
+            .iter()
+            .filter(|r| method(r) == "GET" && r.contains("/data/"))
+        {
+            let name = packs.iter().find(|p| r.contains(p.as_str()));
+            *n.entry(name.expect("a pack").clone()).or_default() += 1;
+        }
+        n
+    };
+    let dest = t.fx.path("restored");
+    let (out, requests) = t.requests_during(|| t.restore(Cred::Admin, &dest));
+    out.ok();
+    assert_same_tree(&t.fx.src, &dest);
+    let read = gets(&requests);
+    assert_eq!(
+        read.keys().cloned().collect::<BTreeSet<_>>(),
+        packs,
+        "{requests:#?}"
+    );
+    assert!(read.values().all(|&n| n == 1), "{read:?}");
+    let key = t.fx.secret_key.to_str().unwrap().to_string();
+    let (out, requests) = t.requests_during(|| {
+        t.coffer(
+            Cred::Admin,
+            &[
+                "verify",
+                "--data",
+                "--json",
+                "--key",
+                &key,
+                "--target",
+                t.target(),
+            ],
+        )
+    });
+    let report = out.ok().json();
+    assert_eq!(report["data"][0]["failed"], 0, "{report:#}");
+    let read = gets(&requests);
+    assert_eq!(read.len(), packs.len(), "{requests:#?}");
+    assert!(read.values().all(|&n| n == 1), "{read:?}");
+}
+
 #[test]
 fn put_only_backup_then_restore_with_the_read_credential() {
     let t = On::new(Kind::S3, "putonly");

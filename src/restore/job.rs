@@ -96,7 +96,11 @@ impl<'a> Job<'a> {
             pool,
             borrowed: checked.borrowed,
             relocated: HashMap::new(),
-            packs: PackCache::new(!opts.paths.is_empty()),
+            packs: PackCache::new(!opts.paths.is_empty()).with_prefetch(if store.is_remote() {
+                super::packs::PREFETCH_PACKS
+            } else {
+                0
+            }),
             dirs: Vec::new(),
             links: Vec::new(),
             failed_dir: None,

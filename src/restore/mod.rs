@@ -223,7 +223,9 @@ pub fn restore(
         };
         let mut job = Job::new(store, opts, progress, dest, settings, pool, checked);
         let listed = (|| {
-            while let Some(entry) = listing.next_entry()? {
+            // A whole restore from a remote target fetches packs ahead of need.
+            let mut ahead = packs::Lookahead::new(store.is_remote() && opts.paths.is_empty());
+            while let Some(entry) = ahead.next(&mut || listing.next_entry(), &mut job.packs)? {
                 job.entry(entry)?;
             }
             Ok::<(), Error>(())

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::format::metafile::ChunkRef;
+use crate::format::metafile::{ChunkRef, Entry, Kind};
 use crate::ids::ObjectKey;
 use crate::store::{self, Reader};
 
@@ -36,6 +37,81 @@ pub(super) struct PackCache {
     /// Whole packs whose stored bytes did not match their name, read from an earlier
     /// version that does.
     recovered: Vec<RecoveredPack>,
+    /// Whole packs fetched at most at once ahead of need (0: none; see [`Lookahead`]).
+    prefetch: usize,
+    /// Packs the listing ahead will need, in the order it needs them, not fetched yet.
+    queue: std::collections::VecDeque<ObjectKey>,
+    /// Packs being fetched ahead of need.
+    in_flight: std::collections::HashMap<ObjectKey, JoinHandle<Result<Option<Bytes>>>>,
+}
+
+impl Drop for PackCache {
+    fn drop(&mut self) {
+        for (_, h) in self.in_flight.drain() {
+            h.abort();
+        }
+    }
+}
+
+/// Whole packs fetched ahead of need on a remote target: while the chunks of one pack
+/// are worked on, the next ones arrive (each is a round trip and a transfer that would
+/// otherwise wait for the work). Memory: this many packs more.
+pub(super) const PREFETCH_PACKS: usize = 2;
+/// Entries read ahead at most, to find the packs to come.
+const AHEAD_ENTRIES: usize = 50_000;
+
+/// The listing read a little ahead of the entry being worked on, so that the packs its
+/// next entries need are known ([`PackCache::announce`]) and fetched ahead of need:
+/// entries are read until the packs not yet used number [`PREFETCH_PACKS`] + 2, or
+/// [`AHEAD_ENTRIES`] entries wait. Entries come out in the listing's order.
+pub(super) struct Lookahead {
+    on: bool,
+    waiting: std::collections::VecDeque<Entry>,
+    /// Packs announced and not used yet by an entry handed out, in order.
+    ahead: std::collections::VecDeque<ObjectKey>,
+    announced: std::collections::HashSet<ObjectKey>,
+}
+
+impl Lookahead {
+    /// Reading ahead when `on` (a whole restore or check of a remote target), else
+    /// entries pass straight through.
+    pub(super) fn new(on: bool) -> Lookahead {
+        Lookahead {
+            on,
+            waiting: Default::default(),
+            ahead: Default::default(),
+            announced: Default::default(),
+        }
+    }
+
+    /// The next entry of the listing `read` reads.
+    pub(super) fn next(
+        &mut self,
+        read: &mut dyn FnMut() -> Result<Option<Entry>>,
+        packs: &mut PackCache,
+    ) -> Result<Option<Entry>> {
+        if !self.on {
+            return read();
+        }
+        while self.waiting.len() < AHEAD_ENTRIES && self.ahead.len() < PREFETCH_PACKS + 2 {
+            let Some(entry) = read()? else { break };
+            if let Kind::File { chunks, .. } = &entry.kind {
+                for c in chunks {
+                    if self.announced.insert(c.object) {
+                        self.ahead.push_back(c.object);
+                        packs.announce(c.object);
+                    }
+                }
+            }
+            self.waiting.push_back(entry);
+        }
+        let entry = self.waiting.pop_front();
+        if let Some(Kind::File { chunks, .. }) = entry.as_ref().map(|e| &e.kind) {
+            self.ahead
+                .retain(|k| !chunks.iter().any(|c| c.object == *k));
+        }
+        Ok(entry)
+    }
 }
 
 /// A pack whose stored bytes did not hash to its name, read from an earlier version of
@@ -81,6 +157,41 @@ impl PackCache {
             requests: 0,
             bad: Default::default(),
             recovered: Vec::new(),
+            prefetch: 0,
+            queue: Default::default(),
+            in_flight: Default::default(),
+        }
+    }
+
+    /// Fetches up to `n` whole packs ahead of need, those [`PackCache::announce`] names.
+    pub(super) fn with_prefetch(mut self, n: usize) -> Self {
+        self.prefetch = if self.ranged { 0 } else { n };
+        self
+    }
+
+    /// A pack the listing ahead will need (in the order it needs them).
+    pub(super) fn announce(&mut self, key: ObjectKey) {
+        if self.prefetch > 0 {
+            self.queue.push_back(key);
+        }
+    }
+
+    /// Starts fetching the next announced packs, up to the limit in flight; not those
+    /// held, let go, failed or being fetched.
+    fn top_up(&mut self, store: &Reader) {
+        while self.in_flight.len() < self.prefetch {
+            let Some(key) = self.queue.pop_front() else {
+                return;
+            };
+            if self.packs.iter().any(|(k, _)| *k == key)
+                || self.dropped.contains(&key)
+                || self.bad.contains_key(&key)
+                || self.in_flight.contains_key(&key)
+            {
+                continue;
+            }
+            let handle = store.spawn_get_small(&store::data_path(&key), WHOLE_PACK_LIMIT);
+            self.in_flight.insert(key, handle);
         }
     }
 
@@ -165,7 +276,17 @@ impl PackCache {
                 self.dropped.insert(key);
             }
             self.requests += 1;
-            if let Some(pack) = store.get_small(&path, WHOLE_PACK_LIMIT)? {
+            // This one now, and the next ones ahead of need while it is worked on.
+            let ahead = self.in_flight.remove(&c.object);
+            self.queue.retain(|k| *k != c.object);
+            self.top_up(store);
+            let got = match ahead {
+                Some(handle) => store::runtime()
+                    .block_on(handle)
+                    .map_err(|e| Error::Internal(format!("fetching a pack ahead: {e}")))?,
+                None => store.get_small(&path, WHOLE_PACK_LIMIT),
+            };
+            if let Some(pack) = got? {
                 self.read += pack.len() as u64;
                 let pack = self.matching(store, &c.object, pack)?;
                 let b = slice(&pack, c.offset, c.length).ok_or_else(truncated)?;

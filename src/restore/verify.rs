@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::files::open_chunk;
-use super::packs::PackCache;
+use super::packs::{Lookahead, PackCache, PREFETCH_PACKS};
 use super::{fetch_and_check, MetafileSource, RestoreOptions};
 use crate::crypto::Decryptor;
 use crate::error::{Error, Result};
@@ -186,14 +186,19 @@ pub fn verify_data(
     let mut fetched: std::collections::HashSet<ObjectKey> = Default::default();
     // Packs a chunk failed in: never recorded as checked, so a sample finds them again.
     let mut damaged: std::collections::HashSet<ObjectKey> = Default::default();
-    let mut packs = PackCache::new(false);
+    // On a remote target, packs are fetched ahead of need (not with a limit to keep
+    // exactly to, nor a sample, which reads only some packs).
+    let ahead =
+        store.is_remote() && max_bytes.is_none() && max_requests.is_none() && chosen.is_none();
+    let mut packs = PackCache::new(false).with_prefetch(if ahead { PREFETCH_PACKS } else { 0 });
+    let mut lookahead = Lookahead::new(ahead);
     // Files are fetched on this thread (the pack cache, the limits) a batch at a time,
     // then checked in parallel (decryption, decompression and hashing are the work),
     // then counted in order.
     let mut batch: Vec<Fetched> = Vec::new();
     let mut batch_bytes = 0u64;
     loop {
-        let entry = listing.next_entry()?;
+        let entry = lookahead.next(&mut || listing.next_entry(), &mut packs)?;
         let flush = entry.is_none() || batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES;
         if flush && !batch.is_empty() {
             let checked: Vec<Checked> = {

@@ -90,6 +90,8 @@ struct Core {
     /// With `object_lock`: the store a backup creates objects through, every request
     /// carrying the lock headers.
     locked: Option<Arc<dyn ObjectStore>>,
+    /// Whether requests cross a network (not a folder): round trips are worth hiding.
+    remote: bool,
 }
 
 /// An earlier version of an object whose bytes hash to its name.
@@ -217,6 +219,7 @@ impl Store {
                 counters,
                 storage_class: target.storage_class,
                 locked,
+                remote: !target.url.starts_with("file:") && target.url != crate::config::MEMORY_URL,
             },
         })
     }
@@ -463,6 +466,32 @@ impl Reader {
                 result.bytes().await.map(Some)
             })
             .map_err(|e| self.core.map_err(path, "read", e))
+    }
+
+    /// Whether requests cross a network (not a folder).
+    pub(crate) fn is_remote(&self) -> bool {
+        self.core.remote
+    }
+
+    /// Starts reading a whole object of at most `limit` bytes in the background, as
+    /// [`Reader::get_small`] does: its answer, or `None` when it is larger.
+    pub(crate) fn spawn_get_small(
+        &self,
+        path: &StorePath,
+        limit: u64,
+    ) -> tokio::task::JoinHandle<Result<Option<Bytes>>> {
+        let store = self.core.inner.clone();
+        let (p, name) = (path.clone(), self.core.name.clone());
+        runtime().spawn(async move {
+            let got = async {
+                let result = store.get(&p).await?;
+                if result.meta.size > limit {
+                    return Ok(None);
+                }
+                result.bytes().await.map(Some)
+            };
+            got.await.map_err(|e| map_store_error(&name, &p, "read", e))
+        })
     }
 
     /// Reads `range` of an object (blocking).

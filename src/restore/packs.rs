@@ -70,6 +70,9 @@ pub(super) struct Lookahead {
     /// Packs announced and not used yet by an entry handed out, in order.
     ahead: std::collections::VecDeque<ObjectKey>,
     announced: std::collections::HashSet<ObjectKey>,
+    /// A read that failed ahead: returned once the entries before it are handed out,
+    /// as it would have been without reading ahead.
+    failed: Option<Error>,
 }
 
 impl Lookahead {
@@ -81,6 +84,7 @@ impl Lookahead {
             waiting: Default::default(),
             ahead: Default::default(),
             announced: Default::default(),
+            failed: None,
         }
     }
 
@@ -93,8 +97,18 @@ impl Lookahead {
         if !self.on {
             return read();
         }
-        while self.waiting.len() < AHEAD_ENTRIES && self.ahead.len() < PREFETCH_PACKS + 2 {
-            let Some(entry) = read()? else { break };
+        while self.failed.is_none()
+            && self.waiting.len() < AHEAD_ENTRIES
+            && self.ahead.len() < PREFETCH_PACKS + 2
+        {
+            let entry = match read() {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                Err(e) => {
+                    self.failed = Some(e);
+                    break;
+                }
+            };
             if let Kind::File { chunks, .. } = &entry.kind {
                 for c in chunks {
                     if self.announced.insert(c.object) {
@@ -105,12 +119,17 @@ impl Lookahead {
             }
             self.waiting.push_back(entry);
         }
-        let entry = self.waiting.pop_front();
-        if let Some(Kind::File { chunks, .. }) = entry.as_ref().map(|e| &e.kind) {
+        let Some(entry) = self.waiting.pop_front() else {
+            return match self.failed.take() {
+                Some(e) => Err(e),
+                None => Ok(None),
+            };
+        };
+        if let Kind::File { chunks, .. } = &entry.kind {
             self.ahead
                 .retain(|k| !chunks.iter().any(|c| c.object == *k));
         }
-        Ok(entry)
+        Ok(Some(entry))
     }
 }
 
@@ -354,5 +373,65 @@ impl PackCache {
                 ),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::metafile::{Encoding, Meta};
+    use crate::ids::ChunkHash;
+
+    fn file(path: &str, packs: &[u8]) -> Entry {
+        let chunks = packs
+            .iter()
+            .map(|&p| ChunkRef {
+                object: ObjectKey([p; 32]),
+                offset: 0,
+                length: 1,
+                size: 1,
+                hash: ChunkHash([0; 32]),
+                encoding: Encoding::Raw,
+            })
+            .collect();
+        Entry {
+            path: path.as_bytes().to_vec(),
+            meta: Meta::default(),
+            kind: Kind::File {
+                size: 1,
+                hash: ChunkHash([0; 32]),
+                chunks,
+            },
+        }
+    }
+
+    /// Entries come out in order, each pack is announced once, in first-use order, and
+    /// a read that fails ahead fails only after the entries before it.
+    #[test]
+    fn lookahead_keeps_order_announces_once_and_fails_in_place() {
+        let mut listing = vec![
+            Ok(file("a", &[1, 1])),
+            Ok(file("b", &[1, 2])),
+            Ok(file("c", &[3])),
+            Ok(file("d", &[2, 4])),
+            Err(Error::Internal("damaged".into())),
+            Ok(file("never", &[5])),
+        ]
+        .into_iter();
+        let mut read = || listing.next().transpose();
+        let mut packs = PackCache::new(false).with_prefetch(PREFETCH_PACKS);
+        let mut ahead = Lookahead::new(true);
+        let mut got = Vec::new();
+        let err = loop {
+            match ahead.next(&mut read, &mut packs) {
+                Ok(Some(e)) => got.push(String::from_utf8(e.path).unwrap()),
+                Ok(None) => panic!("the error was lost"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(got, ["a", "b", "c", "d"]);
+        assert!(err.to_string().contains("damaged"), "{err}");
+        let queued: Vec<u8> = packs.queue.iter().map(|k| k.0[0]).collect();
+        assert_eq!(queued, [1, 2, 3, 4]);
     }
 }

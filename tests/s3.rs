@@ -75,21 +75,7 @@ fn packs_fetched_ahead_are_read_once_each() {
         "{requests:#?}"
     );
     assert!(read.values().all(|&n| n == 1), "{read:?}");
-    let key = t.fx.secret_key.to_str().unwrap().to_string();
-    let (out, requests) = t.requests_during(|| {
-        t.coffer(
-            Cred::Admin,
-            &[
-                "verify",
-                "--data",
-                "--json",
-                "--key",
-                &key,
-                "--target",
-                t.target(),
-            ],
-        )
-    });
+    let (out, requests) = t.requests_during(|| t.verify_data());
     let report = out.ok().json();
     assert_eq!(report["data"][0]["failed"], 0, "{report:#}");
     let read = gets(&requests);

@@ -700,19 +700,7 @@ fn an_overwritten_pack_is_named_and_on_a_versioned_bucket_its_earlier_version_re
             dest.to_str().unwrap(),
         ],
     );
-    let data = t.coffer(
-        Cred::Admin,
-        &[
-            "verify",
-            "--data",
-            "--json",
-            "--key",
-            &key,
-            "--target",
-            t.target(),
-        ],
-    );
-    let data = data.expect(4);
+    let data = t.verify_data().expect(4);
     let d = data.json()["data"][0].clone();
     match &earlier {
         Some(version) => {

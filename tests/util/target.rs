@@ -527,6 +527,24 @@ impl On {
         self.gc(Cred::Admin, &all).ok().json()
     }
 
+    /// `coffer verify --data --json --key <secret key> --target <t>` with the admin
+    /// credential, whatever its outcome.
+    pub fn verify_data(&self) -> Out {
+        let key = self.fx.secret_key.to_str().unwrap();
+        self.coffer(
+            Cred::Admin,
+            &[
+                "verify",
+                "--data",
+                "--json",
+                "--key",
+                key,
+                "--target",
+                self.target(),
+            ],
+        )
+    }
+
     /// `coffer backup --json` with `cred`, whatever its outcome.
     pub fn backup(&self, cred: Cred) -> Out {
         self.coffer(cred, &["backup", "--json"])

@@ -137,13 +137,22 @@ pub fn extend(
             "object list of run {}/{}/{}",
             item.host, item.source, item.run
         );
-        refs::read_each(store.stream(&list)?, &what, |key| {
+        let read = refs::read_each(store.stream(&list)?, &what, |key| {
             packs
                 .entry(key)
                 .and_modify(|n| n.merge(need))
                 .or_insert(need);
             Ok(())
-        })?;
+        });
+        match read {
+            Ok(_) => {}
+            // A damaged list (not a failed request): what was read before the damage is
+            // locked, the rest is named, and the others go on.
+            Err(e @ Error::Corrupt { .. }) => stats.problems.push(format!(
+                "{e}; the packs it lists before the damage are locked, any after it are not"
+            )),
+            Err(e) => return Err(e),
+        }
         stats.runs += 1;
         progress.bytes(1);
     }

@@ -136,7 +136,8 @@ pub fn apply(
         ])
         .map_err(iam_error)?;
         let file = dir.join(format!("{role}.credentials"));
-        let key = if file.exists() {
+        let key = if std::fs::symlink_metadata(&file).is_ok() {
+            check_credentials(&file)?;
             format!("{} kept, no new key made", file.display())
         } else {
             let reply =
@@ -149,6 +150,55 @@ pub fn apply(
         say(&format!(
             "user {user} ({role}): {created}, policy {role}-policy.json, {key}"
         ));
+    }
+    Ok(())
+}
+
+/// Creates `dir` (mode 0700) for what `init --policies` writes, or checks the one there:
+/// it must belong to the effective user and be writable by nobody else, since whoever
+/// could write there could replace a policy, apply.sh or a key before it is used.
+///
+/// # Errors
+///
+/// `dir` cannot be created, or another user owns it or may write it ([`Error::Usage`],
+/// with the fix).
+pub fn prepare_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    let m = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if m.uid() != me || m.mode() & 0o022 != 0 {
+        return Err(Error::Usage(format!(
+            "{}: belongs to uid {} with mode {:o}; the policies, apply.sh and keys written \
+             there must be yours alone (another user could replace them before they are \
+             used): choose a directory of your own, or `chown {me} {0} && chmod 700 {0}`",
+            dir.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// An existing credentials file, before it is kept instead of a new key: a regular file
+/// of the effective user that nobody else may read or write.
+fn check_credentials(path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !m.file_type().is_file() || m.uid() != me || m.mode() & 0o077 != 0 {
+        return Err(Error::Usage(format!(
+            "{}: not a file of yours that only you can read (uid {}, mode {:o}): its key \
+             may have leaked or been replaced. Delete the file and that key (`aws iam \
+             list-access-keys`, `aws iam delete-access-key`), then run again for a new one",
+            path.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        )));
     }
     Ok(())
 }

@@ -1526,3 +1526,35 @@ fn a_dry_run_predicts_the_backup_and_stores_nothing() {
     let out = run(cmd).ok();
     assert!(out.stdout.contains("dry run: nothing stored"), "{out}");
 }
+
+/// `coffer init --policies DIR` writes into a directory of the user's own: a new one is
+/// made 0700, one others may write is refused before anything is written there (another
+/// local user could replace apply.sh or a key before it is used).
+#[test]
+fn init_policies_writes_only_into_a_directory_of_ones_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let init = |dir: &Path| {
+        let mut cmd = coffer(home.path());
+        cmd.args(["init", "s3://acme-backups/web1", "--policies"])
+            .arg(dir);
+        run(cmd)
+    };
+    let fresh = home.path().join("setup");
+    init(&fresh).ok();
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(fresh.join("apply.sh").is_file() && fresh.join("host-policy.json").is_file());
+    let shared = home.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    init(&shared)
+        .expect(1)
+        .stderr_has("mode 777")
+        .stderr_has("chmod 700");
+    assert_eq!(
+        std::fs::read_dir(&shared).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}

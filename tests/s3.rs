@@ -1082,6 +1082,20 @@ fn from_nothing_to_a_monitored_put_only_backup_with_init_apply(kind: Kind) {
         again.stdout.contains("(host): exists") && again.stdout.contains("kept, no new key"),
         "{again}"
     );
+    // A credentials file others may read is not kept as if nothing happened.
+    let host_file = dir.join("host.credentials");
+    std::fs::set_permissions(&host_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cmd = t.with_cred(coffer(&t.fx.home), Cred::Admin);
+    cmd.env("AWS_ENDPOINT_URL", &t.s3().endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .args(["init", &url, "--policies"])
+        .arg(&dir)
+        .arg("--apply");
+    run(cmd)
+        .expect(1)
+        .stderr_has("host.credentials")
+        .stderr_has("may have leaked");
+    std::fs::set_permissions(&host_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let listed = t.aws_json(&["iam", "list-access-keys", "--user-name", &user("host")]);
     assert_eq!(
         listed["AccessKeyMetadata"].as_array().unwrap().len(),

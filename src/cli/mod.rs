@@ -335,7 +335,7 @@ fn init(config: Option<&Path>, a: InitArgs) -> Result<u8> {
     if let Some(dir) = &a.policies {
         for t in &targets {
             let place = coffer::policies::S3Place::from_url(&t.url)?.with_lock(t.object_lock);
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            coffer::setup::prepare_dir(dir)?;
             for (name, text) in coffer::policies::files(&place, &t.url) {
                 let path = dir.join(name);
                 std::fs::write(&path, text)

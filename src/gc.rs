@@ -29,6 +29,11 @@ use crate::store::{Admin, RunObject};
 
 /// Objects listed and decided on per page.
 const PAGE: usize = 1000;
+/// Object lists read at once: each is a round trip.
+const LIST_CONCURRENCY: usize = 16;
+/// Object lists up to this size are read whole (16 at most in memory); larger ones are
+/// streamed, one at a time.
+const LIST_READ_WHOLE: u64 = 4 << 20;
 
 /// How gc runs.
 #[derive(Debug, Clone)]
@@ -146,25 +151,31 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
     let mut required = opts.bounds.min_grace();
     let mut stale = Vec::new();
     for group in listing.groups() {
-        for r in group.run_objects().map(RunFiles::of) {
+        // A group's object lists are read LIST_CONCURRENCY at a time (each is a round
+        // trip), in order, and added to the key set as they come.
+        let runs: Vec<RunFiles> = group.run_objects().map(RunFiles::of).collect();
+        let mut lists: Vec<(usize, String)> = Vec::new();
+        let mut objects = Vec::new();
+        for (i, r) in runs.iter().enumerate() {
             let Some(id) = r.id() else {
                 continue; // only prune's record of a deleted run
             };
             let name = format!("{}/{}/{id}", group.host, group.source);
-            let Some(refs) = &r.refs else {
-                if r.committed() {
-                    stats.problems.push(format!(
-                        "run {name} has a metafile but no object list ({id}.refs): the \
-                         objects it needs are unknown and not kept; if it is a genuine run, \
-                         put its object list back (a versioned bucket keeps deleted versions)"
-                    ));
-                } else {
-                    stale.push(r); // pieces of a run that never got as far as its list
+            match &r.refs {
+                Some(refs) => {
+                    lists.push((i, format!("object list of run {name}")));
+                    objects.push((refs.path.clone(), refs.size));
                 }
-                continue;
-            };
-            let what = format!("object list of run {name}");
-            match referenced.add(store.stream(&refs.path)?, &what)? {
+                None if r.committed() => stats.problems.push(format!(
+                    "run {name} has a metafile but no object list ({id}.refs): the \
+                     objects it needs are unknown and not kept; if it is a genuine run, \
+                     put its object list back (a versioned bucket keeps deleted versions)"
+                )),
+                None => {} // pieces of a run that never got as far as its list
+            }
+        }
+        let mut add = |what: &str, list: &mut dyn std::io::BufRead| -> Result<()> {
+            match referenced.add(list, what)? {
                 Err(e) => stats.problems.push(format!(
                     "{e}; the objects listed before the damage are kept, any after it are not"
                 )),
@@ -176,10 +187,29 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
                 )),
                 Ok(header) => required = required.max(header.bounds.min_grace()),
             }
-            if r.committed() {
-                stats.runs += 1;
-            } else {
-                stale.push(r);
+            Ok(())
+        };
+        let mut large = Vec::new();
+        store.read_small_objects(&objects, LIST_READ_WHOLE, LIST_CONCURRENCY, |k, bytes| {
+            match bytes {
+                Some(bytes) => add(&lists[k].1, &mut &bytes[..]),
+                None => {
+                    large.push(k);
+                    Ok(())
+                }
+            }
+        })?;
+        for k in large {
+            add(&lists[k].1, &mut store.stream(&objects[k].0)?)?;
+        }
+        for r in runs {
+            if r.id().is_none() {
+                continue;
+            }
+            match (&r.refs, r.committed()) {
+                (Some(_), true) => stats.runs += 1,
+                (None, true) => {}
+                _ => stale.push(r),
             }
         }
     }

@@ -452,6 +452,43 @@ impl Reader {
         ))
     }
 
+    /// Reads whole the listed objects `objects` (key, listed size) of at most `limit`
+    /// bytes, up to `concurrency` at once, and hands each to `f` in the order given, on
+    /// this thread: its bytes, or `None` for one listed larger than `limit` (not read:
+    /// the caller streams it). `f` must not block on the target itself.
+    ///
+    /// # Errors
+    ///
+    /// A read that fails (named), or `f`'s error; nothing after it is handed on.
+    pub(crate) fn read_small_objects(
+        &self,
+        objects: &[(StorePath, u64)],
+        limit: u64,
+        concurrency: usize,
+        mut f: impl FnMut(usize, Option<Bytes>) -> Result<()>,
+    ) -> Result<()> {
+        use futures::StreamExt;
+        let reads = objects.iter().enumerate().map(|(i, (path, size))| {
+            let store = self.core.inner.clone();
+            let (path, size) = (path.clone(), *size);
+            async move {
+                if size > limit {
+                    return (i, path, Ok(None));
+                }
+                let got = async { store.get(&path).await?.bytes().await }.await;
+                (i, path, got.map(Some))
+            }
+        });
+        runtime().block_on(async {
+            let mut done = futures::stream::iter(reads).buffered(concurrency.max(1));
+            while let Some((i, path, got)) = done.next().await {
+                let bytes = got.map_err(|e| self.core.map_err(&path, "read", e))?;
+                f(i, bytes)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Reads a whole object if it is at most `limit` bytes; `None` if it is larger (the
     /// body of a larger one is not downloaded). One request either way.
     pub(crate) fn get_small(&self, path: &StorePath, limit: u64) -> Result<Option<Bytes>> {

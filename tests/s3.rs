@@ -81,6 +81,45 @@ fn packs_fetched_ahead_are_read_once_each() {
     let read = gets(&requests);
     assert_eq!(read.len(), packs.len(), "{requests:#?}");
     assert!(read.values().all(|&n| n == 1), "{read:?}");
+
+    // A filtered restore reads ranges ahead: small files (below the smallest chunk:
+    // one chunk each, so one range each), every range asked for once, none in vain.
+    for i in 0..20 {
+        write(
+            &t.fx.src.join(format!("small/s{i:02}")),
+            &pseudo_random(200 + i, 3000),
+        );
+    }
+    t.backup(Cred::PutOnly).ok();
+    let wanted: Vec<String> = (0..20)
+        .step_by(2)
+        .map(|i| format!("small/s{i:02}"))
+        .collect();
+    let part = t.fx.path("part");
+    let (out, requests) = t.requests_during(|| {
+        let mut cmd = t.with_cred(t.fx.cmd(), Cred::Admin);
+        cmd.arg("restore")
+            .arg("--key")
+            .arg(&t.fx.secret_key)
+            .args(["--source", SOURCE, "--target", t.target(), "--to"])
+            .arg(&part)
+            .args(&wanted);
+        run(cmd)
+    });
+    out.ok();
+    for w in &wanted {
+        assert_eq!(
+            std::fs::read(part.join(w)).unwrap(),
+            std::fs::read(t.fx.src.join(w)).unwrap(),
+            "{w}"
+        );
+    }
+    assert!(!part.join("small/s01").exists());
+    let ranges = requests
+        .iter()
+        .filter(|r| method(r) == "GET" && r.contains("/data/"))
+        .count();
+    assert_eq!(ranges, wanted.len(), "one range per file: {requests:#?}");
 }
 
 #[test]

@@ -223,8 +223,12 @@ pub fn restore(
         };
         let mut job = Job::new(store, opts, progress, dest, settings, pool, checked);
         let listed = (|| {
-            // A whole restore from a remote target fetches packs ahead of need.
-            let mut ahead = packs::Lookahead::new(store.is_remote() && opts.paths.is_empty());
+            // From a remote target, a whole restore fetches packs ahead of need, a
+            // filtered one the ranges its paths need.
+            let mut ahead = packs::Lookahead::new(store.is_remote());
+            if !opts.paths.is_empty() {
+                ahead = ahead.ranged(&opts.paths);
+            }
             while let Some(entry) = ahead.next(&mut || listing.next_entry(), &mut job.packs)? {
                 job.entry(entry)?;
             }

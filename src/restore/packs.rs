@@ -43,11 +43,41 @@ pub(super) struct PackCache {
     queue: std::collections::VecDeque<ObjectKey>,
     /// Packs being fetched ahead of need.
     in_flight: std::collections::HashMap<ObjectKey, JoinHandle<Result<Option<Bytes>>>>,
+    /// A filtered restore's ranges ahead: the window [`PackCache::fetch`] will have
+    /// after each, as it computes it; the ranges known and not fetched yet; those
+    /// being fetched, in order, and their bytes.
+    next_window: Option<Range>,
+    ranges: std::collections::VecDeque<Range>,
+    ranges_in_flight: std::collections::VecDeque<(Range, JoinHandle<Result<Bytes>>)>,
+    range_bytes: u64,
+}
+
+/// A range of a pack: (pack, start, end).
+type Range = (ObjectKey, u64, u64);
+
+/// Where the range read for `chunks[0]` ends: the following chunks of the same file that
+/// continue it in the same pack, up to [`SPAN_LIMIT`] bytes. `None` on an overflow.
+fn span_end(chunks: &[ChunkRef]) -> Option<u64> {
+    let c = chunks.first()?;
+    let mut end = c.offset.checked_add(c.length)?;
+    for next in &chunks[1..] {
+        let Some(next_end) = next.offset.checked_add(next.length) else {
+            break;
+        };
+        if next.object != c.object || next.offset != end || next_end - c.offset > SPAN_LIMIT {
+            break;
+        }
+        end = next_end;
+    }
+    Some(end)
 }
 
 impl Drop for PackCache {
     fn drop(&mut self) {
         for (_, h) in self.in_flight.drain() {
+            h.abort();
+        }
+        for (_, h) in self.ranges_in_flight.drain(..) {
             h.abort();
         }
     }
@@ -57,6 +87,12 @@ impl Drop for PackCache {
 /// are worked on, the next ones arrive (each is a round trip and a transfer that would
 /// otherwise wait for the work). Memory: this many packs more.
 pub(super) const PREFETCH_PACKS: usize = 2;
+/// Ranges read ahead in a filtered restore: known at most, in flight at most, and
+/// their bytes in flight at most (a larger range is read when needed).
+const RANGES_AHEAD: usize = 32;
+const RANGES_IN_FLIGHT: usize = 8;
+const RANGE_BYTES_IN_FLIGHT: u64 = 32 << 20;
+const RANGE_AHEAD_MAX: u64 = 8 << 20;
 /// Entries read ahead at most, to find the packs to come.
 const AHEAD_ENTRIES: usize = 50_000;
 
@@ -66,6 +102,8 @@ const AHEAD_ENTRIES: usize = 50_000;
 /// [`AHEAD_ENTRIES`] entries wait. Entries come out in the listing's order.
 pub(super) struct Lookahead {
     on: bool,
+    /// A filtered restore: the paths restored (ranges of those entries are announced).
+    ranged: Option<Vec<Vec<u8>>>,
     waiting: std::collections::VecDeque<Entry>,
     /// Packs announced and not used yet by an entry handed out, in order.
     ahead: std::collections::VecDeque<ObjectKey>,
@@ -81,11 +119,19 @@ impl Lookahead {
     pub(super) fn new(on: bool) -> Lookahead {
         Lookahead {
             on,
+            ranged: None,
             waiting: Default::default(),
             ahead: Default::default(),
             announced: Default::default(),
             failed: None,
         }
+    }
+
+    /// For a filtered restore of `paths` (a pack cache reading ranges): the ranges the
+    /// entries under them need are announced instead of whole packs.
+    pub(super) fn ranged(mut self, paths: &[Vec<u8>]) -> Lookahead {
+        self.ranged = Some(paths.to_vec());
+        self
     }
 
     /// The next entry of the listing `read` reads.
@@ -97,10 +143,11 @@ impl Lookahead {
         if !self.on {
             return read();
         }
-        while self.failed.is_none()
-            && self.waiting.len() < AHEAD_ENTRIES
-            && self.ahead.len() < PREFETCH_PACKS + 2
-        {
+        let enough = |me: &Lookahead, packs: &PackCache| match me.ranged {
+            Some(_) => packs.ranges_waiting() >= RANGES_AHEAD,
+            None => me.ahead.len() >= PREFETCH_PACKS + 2,
+        };
+        while self.failed.is_none() && self.waiting.len() < AHEAD_ENTRIES && !enough(self, packs) {
             let entry = match read() {
                 Ok(Some(entry)) => entry,
                 Ok(None) => break,
@@ -109,13 +156,20 @@ impl Lookahead {
                     break;
                 }
             };
-            if let Kind::File { chunks, .. } = &entry.kind {
-                for c in chunks {
-                    if self.announced.insert(c.object) {
-                        self.ahead.push_back(c.object);
-                        packs.announce(c.object);
+            match (&entry.kind, &self.ranged) {
+                (Kind::File { chunks, .. }, Some(paths)) if super::selected(paths, &entry.path) => {
+                    packs.announce_ranges(chunks);
+                }
+                (Kind::File { .. }, Some(_)) => {}
+                (Kind::File { chunks, .. }, None) => {
+                    for c in chunks {
+                        if self.announced.insert(c.object) {
+                            self.ahead.push_back(c.object);
+                            packs.announce(c.object);
+                        }
                     }
                 }
+                _ => {}
             }
             self.waiting.push_back(entry);
         }
@@ -179,12 +233,87 @@ impl PackCache {
             prefetch: 0,
             queue: Default::default(),
             in_flight: Default::default(),
+            next_window: None,
+            ranges: Default::default(),
+            ranges_in_flight: Default::default(),
+            range_bytes: 0,
         }
     }
 
-    /// Fetches up to `n` whole packs ahead of need, those [`PackCache::announce`] names.
+    /// The ranges a file's `chunks` will be read in, announced ahead of need (a
+    /// filtered restore): what [`PackCache::fetch`] will ask, as it will ask it.
+    pub(super) fn announce_ranges(&mut self, chunks: &[ChunkRef]) {
+        if !self.ranged || self.prefetch == 0 {
+            return;
+        }
+        for (i, c) in chunks.iter().enumerate() {
+            let Some(end) = c.offset.checked_add(c.length) else {
+                return;
+            };
+            if let Some((k, start, window_end)) = self.next_window {
+                if k == c.object && c.offset >= start && end <= window_end {
+                    continue;
+                }
+            }
+            let Some(span) = span_end(&chunks[i..]) else {
+                return;
+            };
+            self.next_window = Some((c.object, c.offset, span));
+            if span - c.offset <= RANGE_AHEAD_MAX {
+                self.ranges.push_back((c.object, c.offset, span));
+            }
+        }
+    }
+
+    /// Ranges announced and not read yet.
+    fn ranges_waiting(&self) -> usize {
+        self.ranges.len() + self.ranges_in_flight.len()
+    }
+
+    /// Starts reading the next announced ranges, within the limits in flight.
+    fn top_up_ranges(&mut self, store: &Reader) {
+        while self.ranges_in_flight.len() < RANGES_IN_FLIGHT {
+            let Some(&(key, start, end)) = self.ranges.front() else {
+                return;
+            };
+            if self.range_bytes + (end - start) > RANGE_BYTES_IN_FLIGHT {
+                return;
+            }
+            self.ranges.pop_front();
+            if self.bad.contains_key(&key) {
+                continue;
+            }
+            let handle = store.spawn_get_range(&store::data_path(&key), start..end);
+            self.range_bytes += end - start;
+            self.ranges_in_flight.push_back(((key, start, end), handle));
+        }
+    }
+
+    /// The range `want` if it was read ahead (those read ahead before it and not asked
+    /// for are dropped); else `None`, and it is not read ahead after all.
+    fn take_range(&mut self, store: &Reader, want: Range) -> Option<JoinHandle<Result<Bytes>>> {
+        self.ranges.retain(|r| *r != want);
+        let found = self.ranges_in_flight.iter().position(|(r, _)| *r == want);
+        let taken = found.map(|n| {
+            for _ in 0..n {
+                if let Some(((_, s, e), h)) = self.ranges_in_flight.pop_front() {
+                    h.abort();
+                    self.range_bytes -= e - s;
+                }
+            }
+            let ((_, s, e), h) = self.ranges_in_flight.pop_front().expect("found");
+            self.range_bytes -= e - s;
+            h
+        });
+        self.top_up_ranges(store);
+        taken
+    }
+
+    /// Fetches up to `n` whole packs ahead of need, those [`PackCache::announce`] names
+    /// (0: nothing ahead); reading ranges, the ranges [`PackCache::announce_ranges`]
+    /// names.
     pub(super) fn with_prefetch(mut self, n: usize) -> Self {
-        self.prefetch = if self.ranged { 0 } else { n };
+        self.prefetch = n;
         self
     }
 
@@ -319,21 +448,16 @@ impl PackCache {
         // range cannot be checked against the pack's name: a chunk read from an
         // overwritten pack fails its own check instead (restore, without paths, reads
         // whole packs and can fall back on an earlier version).
-        let mut span_end = end;
-        for next in ahead.iter().skip(1) {
-            let Some(next_end) = next.offset.checked_add(next.length) else {
-                break;
-            };
-            if next.object != c.object
-                || next.offset != span_end
-                || next_end - c.offset > SPAN_LIMIT
-            {
-                break;
-            }
-            span_end = next_end;
-        }
+        let span_end = span_end(ahead)
+            .filter(|_| ahead.first() == Some(c))
+            .unwrap_or(end);
         self.requests += 1;
-        let bytes = store.get_range(&path, c.offset..span_end)?;
+        let bytes = match self.take_range(store, (c.object, c.offset, span_end)) {
+            Some(handle) => store::runtime()
+                .block_on(handle)
+                .map_err(|e| Error::Internal(format!("reading a range ahead: {e}")))??,
+            None => store.get_range(&path, c.offset..span_end)?,
+        };
         self.read += bytes.len() as u64;
         let b = slice(&bytes, 0, c.length).ok_or_else(truncated)?;
         self.window = Some((c.object, c.offset, bytes));

@@ -531,6 +531,23 @@ impl Reader {
         })
     }
 
+    /// Starts reading `range` of an object in the background, as [`Reader::get_range`]
+    /// does.
+    pub(crate) fn spawn_get_range(
+        &self,
+        path: &StorePath,
+        range: std::ops::Range<u64>,
+    ) -> tokio::task::JoinHandle<Result<Bytes>> {
+        let store = self.core.inner.clone();
+        let (p, name) = (path.clone(), self.core.name.clone());
+        runtime().spawn(async move {
+            store
+                .get_range(&p, range)
+                .await
+                .map_err(|e| map_store_error(&name, &p, "read", e))
+        })
+    }
+
     /// Reads `range` of an object (blocking).
     pub(crate) fn get_range(&self, path: &StorePath, range: std::ops::Range<u64>) -> Result<Bytes> {
         let store = self.core.inner.clone();

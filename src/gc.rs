@@ -154,16 +154,17 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
         // A group's object lists are read LIST_CONCURRENCY at a time (each is a round
         // trip), in order, and added to the key set as they come.
         let runs: Vec<RunFiles> = group.run_objects().map(RunFiles::of).collect();
-        let mut lists: Vec<(usize, String)> = Vec::new();
+        // Each object list read: what it is (for messages), and its key and size.
+        let mut lists: Vec<String> = Vec::new();
         let mut objects = Vec::new();
-        for (i, r) in runs.iter().enumerate() {
+        for r in &runs {
             let Some(id) = r.id() else {
                 continue; // only prune's record of a deleted run
             };
             let name = format!("{}/{}/{id}", group.host, group.source);
             match &r.refs {
                 Some(refs) => {
-                    lists.push((i, format!("object list of run {name}")));
+                    lists.push(format!("object list of run {name}"));
                     objects.push((refs.path.clone(), refs.size));
                 }
                 None if r.committed() => stats.problems.push(format!(
@@ -192,7 +193,7 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
         let mut large = Vec::new();
         store.read_small_objects(&objects, LIST_READ_WHOLE, LIST_CONCURRENCY, |k, bytes| {
             match bytes {
-                Some(bytes) => add(&lists[k].1, &mut &bytes[..]),
+                Some(bytes) => add(&lists[k], &mut &bytes[..]),
                 None => {
                     large.push(k);
                     Ok(())
@@ -200,7 +201,7 @@ pub fn gc(store: &Admin, opts: &GcOptions, progress: &dyn Progress) -> Result<Gc
             }
         })?;
         for k in large {
-            add(&lists[k].1, &mut store.stream(&objects[k].0)?)?;
+            add(&lists[k], &mut store.stream(&objects[k].0)?)?;
         }
         for r in runs {
             if r.id().is_none() {

@@ -272,11 +272,16 @@ pub struct ObjectLock {
 impl ObjectLock {
     /// The mode as S3 names it.
     pub fn mode(&self) -> &'static str {
-        if self.compliance {
-            "COMPLIANCE"
-        } else {
-            "GOVERNANCE"
-        }
+        lock_mode(self.compliance)
+    }
+}
+
+/// An Object Lock mode as S3 names it: COMPLIANCE, else GOVERNANCE.
+pub(crate) fn lock_mode(compliance: bool) -> &'static str {
+    if compliance {
+        "COMPLIANCE"
+    } else {
+        "GOVERNANCE"
     }
 }
 

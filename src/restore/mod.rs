@@ -225,10 +225,7 @@ pub fn restore(
         let listed = (|| {
             // From a remote target, a whole restore fetches packs ahead of need, a
             // filtered one the ranges its paths need.
-            let mut ahead = packs::Lookahead::new(store.is_remote());
-            if !opts.paths.is_empty() {
-                ahead = ahead.ranged(&opts.paths);
-            }
+            let mut ahead = packs::Lookahead::new(&job.packs, &opts.paths);
             while let Some(entry) = ahead.next(&mut || listing.next_entry(), &mut job.packs)? {
                 job.entry(entry)?;
             }

@@ -72,6 +72,13 @@ fn span_end(chunks: &[ChunkRef]) -> Option<u64> {
     Some(end)
 }
 
+/// What a read started ahead of need gave, once it is needed.
+fn joined<T>(handle: JoinHandle<Result<T>>) -> Result<T> {
+    store::runtime()
+        .block_on(handle)
+        .map_err(|e| Error::Internal(format!("a read started ahead of need: {e}")))?
+}
+
 impl Drop for PackCache {
     fn drop(&mut self) {
         for (_, h) in self.in_flight.drain() {
@@ -114,24 +121,19 @@ pub(super) struct Lookahead {
 }
 
 impl Lookahead {
-    /// Reading ahead when `on` (a whole restore or check of a remote target), else
-    /// entries pass straight through.
-    pub(super) fn new(on: bool) -> Lookahead {
+    /// Reading ahead for `packs` if it fetches ahead of need (a restore or check of a
+    /// remote target), else entries pass straight through: whole packs are announced,
+    /// or, where it reads ranges (a restore of `paths`), the ranges the entries under
+    /// `paths` need.
+    pub(super) fn new(packs: &PackCache, paths: &[Vec<u8>]) -> Lookahead {
         Lookahead {
-            on,
-            ranged: None,
+            on: packs.prefetch > 0,
+            ranged: packs.ranged.then(|| paths.to_vec()),
             waiting: Default::default(),
             ahead: Default::default(),
             announced: Default::default(),
             failed: None,
         }
-    }
-
-    /// For a filtered restore of `paths` (a pack cache reading ranges): the ranges the
-    /// entries under them need are announced instead of whole packs.
-    pub(super) fn ranged(mut self, paths: &[Vec<u8>]) -> Lookahead {
-        self.ranged = Some(paths.to_vec());
-        self
     }
 
     /// The next entry of the listing `read` reads.
@@ -429,12 +431,10 @@ impl PackCache {
             self.queue.retain(|k| *k != c.object);
             self.top_up(store);
             let got = match ahead {
-                Some(handle) => store::runtime()
-                    .block_on(handle)
-                    .map_err(|e| Error::Internal(format!("fetching a pack ahead: {e}")))?,
-                None => store.get_small(&path, WHOLE_PACK_LIMIT),
+                Some(handle) => joined(handle)?,
+                None => store.get_small(&path, WHOLE_PACK_LIMIT)?,
             };
-            if let Some(pack) = got? {
+            if let Some(pack) = got {
                 self.read += pack.len() as u64;
                 let pack = self.matching(store, &c.object, pack)?;
                 let b = slice(&pack, c.offset, c.length).ok_or_else(truncated)?;
@@ -448,14 +448,10 @@ impl PackCache {
         // range cannot be checked against the pack's name: a chunk read from an
         // overwritten pack fails its own check instead (restore, without paths, reads
         // whole packs and can fall back on an earlier version).
-        let span_end = span_end(ahead)
-            .filter(|_| ahead.first() == Some(c))
-            .unwrap_or(end);
+        let span_end = span_end(ahead).unwrap_or(end);
         self.requests += 1;
         let bytes = match self.take_range(store, (c.object, c.offset, span_end)) {
-            Some(handle) => store::runtime()
-                .block_on(handle)
-                .map_err(|e| Error::Internal(format!("reading a range ahead: {e}")))??,
+            Some(handle) => joined(handle)?,
             None => store.get_range(&path, c.offset..span_end)?,
         };
         self.read += bytes.len() as u64;
@@ -544,7 +540,7 @@ mod tests {
         .into_iter();
         let mut read = || listing.next().transpose();
         let mut packs = PackCache::new(false).with_prefetch(PREFETCH_PACKS);
-        let mut ahead = Lookahead::new(true);
+        let mut ahead = Lookahead::new(&packs, &[]);
         let mut got = Vec::new();
         let err = loop {
             match ahead.next(&mut read, &mut packs) {

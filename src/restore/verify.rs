@@ -191,7 +191,7 @@ pub fn verify_data(
     let ahead =
         store.is_remote() && max_bytes.is_none() && max_requests.is_none() && chosen.is_none();
     let mut packs = PackCache::new(false).with_prefetch(if ahead { PREFETCH_PACKS } else { 0 });
-    let mut lookahead = Lookahead::new(ahead);
+    let mut lookahead = Lookahead::new(&packs, &[]);
     // Files are fetched on this thread (the pack cache, the limits) a batch at a time,
     // then checked in parallel (decryption, decompression and hashing are the work),
     // then counted in order.

@@ -165,6 +165,20 @@ impl Creator {
     }
 }
 
+/// A whole object of at most `limit` bytes, or `None` when it is larger (its body is
+/// not downloaded): what [`Reader::get_small`] and [`Reader::spawn_get_small`] read.
+async fn get_small(
+    store: Arc<dyn ObjectStore>,
+    path: StorePath,
+    limit: u64,
+) -> object_store::Result<Option<Bytes>> {
+    let result = store.get(&path).await?;
+    if result.meta.size > limit {
+        return Ok(None);
+    }
+    result.bytes().await.map(Some)
+}
+
 /// Creates objects, and nothing else: what a backup gets.
 #[derive(Clone, Debug)]
 pub struct Creator {
@@ -492,16 +506,8 @@ impl Reader {
     /// Reads a whole object if it is at most `limit` bytes; `None` if it is larger (the
     /// body of a larger one is not downloaded). One request either way.
     pub(crate) fn get_small(&self, path: &StorePath, limit: u64) -> Result<Option<Bytes>> {
-        let store = self.core.inner.clone();
-        let p = path.clone();
         runtime()
-            .block_on(async move {
-                let result = store.get(&p).await?;
-                if result.meta.size > limit {
-                    return Ok(None);
-                }
-                result.bytes().await.map(Some)
-            })
+            .block_on(get_small(self.core.inner.clone(), path.clone(), limit))
             .map_err(|e| self.core.map_err(path, "read", e))
     }
 
@@ -520,14 +526,9 @@ impl Reader {
         let store = self.core.inner.clone();
         let (p, name) = (path.clone(), self.core.name.clone());
         runtime().spawn(async move {
-            let got = async {
-                let result = store.get(&p).await?;
-                if result.meta.size > limit {
-                    return Ok(None);
-                }
-                result.bytes().await.map(Some)
-            };
-            got.await.map_err(|e| map_store_error(&name, &p, "read", e))
+            get_small(store, p.clone(), limit)
+                .await
+                .map_err(|e| map_store_error(&name, &p, "read", e))
         })
     }
 
@@ -659,11 +660,7 @@ impl Reader {
                      version that matches"
                 )))
             }
-            Err(
-                why @ (s3api::ApiError::Other(_)
-                | s3api::ApiError::NotFound(_)
-                | s3api::ApiError::Conflict(_)),
-            ) => {
+            Err(why) => {
                 return Ok(Recovery::NotFound(format!(
                     "its earlier versions could not be listed: {why}"
                 )))

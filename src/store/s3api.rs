@@ -291,11 +291,7 @@ impl S3Api {
         let body = format!(
             "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{}</Mode>\
              <RetainUntilDate>{}</RetainUntilDate></Retention>",
-            if retention.compliance {
-                "COMPLIANCE"
-            } else {
-                "GOVERNANCE"
-            },
+            crate::config::lock_mode(retention.compliance),
             retention
                 .until
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)

@@ -42,19 +42,8 @@ dir=$(realpath -m "${2:?usage: azure-server.sh start|stop DIR}")
 prefix=${COFFER_AZURE_PREFIX:-$HOME/.cache/coffer/azurite}
 version=3.35.0
 
-stop() {
-    if [ -f "$dir/azurite.pid" ]; then
-        pid=$(cat "$dir/azurite.pid")
-        kill "$pid" 2>/dev/null || true
-        # Wait (up to 5 s) for it to exit, so that its port is free when stop returns (a
-        # zombie, dead but not yet reaped by its new parent, counts as exited).
-        for _ in $(seq 50); do
-            grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status" || break
-            sleep 0.1
-        done
-        rm -f "$dir/azurite.pid"
-    fi
-}
+. "$(dirname "$(realpath "$0")")/stop-server.sh"
+stop() { stop_pidfile "$dir/azurite.pid"; }
 
 case "$cmd" in
 stop) stop; exit 0 ;;

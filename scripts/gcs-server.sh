@@ -30,21 +30,8 @@ dir=$(realpath -m "${2:?usage: gcs-server.sh start|stop DIR}")
 venv=${COFFER_GCS_VENV:-$HOME/.cache/coffer/gcs-venv}
 here=$(dirname "$(realpath "$0")")
 
-stop() {
-    for name in shim fake-gcs; do
-        if [ -f "$dir/$name.pid" ]; then
-            pid=$(cat "$dir/$name.pid")
-            kill "$pid" 2>/dev/null || true
-            # Wait (up to 5 s) for it to exit, so that its port is free when stop returns (a
-            # zombie, dead but not yet reaped by its new parent, counts as exited).
-            for _ in $(seq 50); do
-                grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status" || break
-                sleep 0.1
-            done
-            rm -f "$dir/$name.pid"
-        fi
-    done
-}
+. "$here/stop-server.sh"
+stop() { stop_pidfile "$dir/shim.pid"; stop_pidfile "$dir/fake-gcs.pid"; }
 
 case "$cmd" in
 stop) stop; exit 0 ;;

@@ -18,10 +18,8 @@ venv=${COFFER_MINISTACK_VENV:-$HOME/.cache/coffer/ministack-venv}
 
 case "$cmd" in
 stop)
-    if [ -f "$dir/ministack.pid" ]; then
-        kill "$(cat "$dir/ministack.pid")" 2>/dev/null || true
-        rm -f "$dir/ministack.pid"
-    fi
+    . "$(dirname "$(realpath "$0")")/stop-server.sh"
+    stop_pidfile "$dir/ministack.pid"
     exit 0
     ;;
 start) ;;

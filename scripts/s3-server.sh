@@ -16,10 +16,8 @@ venv=${COFFER_S3_VENV:-$HOME/.cache/coffer/s3-venv}
 
 case "$cmd" in
 stop)
-    if [ -f "$dir/moto.pid" ]; then
-        kill "$(cat "$dir/moto.pid")" 2>/dev/null || true
-        rm -f "$dir/moto.pid"
-    fi
+    . "$(dirname "$(realpath "$0")")/stop-server.sh"
+    stop_pidfile "$dir/moto.pid"
     exit 0
     ;;
 start) ;;

@@ -156,6 +156,14 @@ impl S3 {
         }
     }
 
+    /// The lines of a target section that point it at this server.
+    pub fn server_lines(&self) -> String {
+        format!(
+            "endpoint = \"{}\"\nallow_http = true\nregion = \"us-east-1\"\n",
+            self.endpoint
+        )
+    }
+
     /// The moto server's (`COFFER_TEST_S3_ENV`).
     pub fn from_env() -> S3 {
         S3::from_file(
@@ -435,11 +443,10 @@ impl On {
             }
             Kind::S3 | Kind::S3Ministack => {
                 text += &format!(
-                    "\n[target.s3]\nurl = \"{}\"\nendpoint = \"{}\"\nallow_http = true\n\
-                     region = \"us-east-1\"\npack_size = \"1MiB\"\nretries = 2\n\
+                    "\n[target.s3]\nurl = \"{}\"\n{}pack_size = \"1MiB\"\nretries = 2\n\
                      retry_timeout = \"20s\"\n{lines}",
                     self.url(),
-                    self.s3().endpoint,
+                    self.s3().server_lines(),
                 )
             }
         }
@@ -647,14 +654,7 @@ impl On {
                 keys
             }
             Kind::S3 | Kind::S3Ministack => {
-                let v = self.aws_json(&[
-                    "s3api",
-                    "list-objects-v2",
-                    "--bucket",
-                    &self.s3().bucket,
-                    "--prefix",
-                    &format!("{}/", self.prefix),
-                ]);
+                let v = self.s3_listing();
                 let mut keys: Vec<String> = v["Contents"]
                     .as_array()
                     .map(|a| {
@@ -804,6 +804,19 @@ impl On {
                 (k, refs)
             })
             .collect()
+    }
+
+    /// The S3 listing of the prefix (list-objects-v2 with the admin credential), as the
+    /// AWS CLI prints it: keys, sizes, storage classes.
+    pub fn s3_listing(&self) -> serde_json::Value {
+        self.aws_json(&[
+            "s3api",
+            "list-objects-v2",
+            "--bucket",
+            &self.s3().bucket,
+            "--prefix",
+            &format!("{}/", self.prefix),
+        ])
     }
 
     /// Every version and delete marker under the prefix (a versioned bucket).
